@@ -1,0 +1,25 @@
+"""Open a repository with an API key (from REPOLIB_KEY or REPOLIB_KEY_FILE) and look around.
+
+Run by scripts/demo.sh after it created the demo repository; the tests run it too.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import repolib
+
+
+def main(name: str = "demo") -> None:
+    repo = repolib.open(name)  # the key comes from REPOLIB_KEY / REPOLIB_KEY_FILE
+    print(f"opened {repo.name!r} with key {repo.key_id} ({repo.access.value} access)")
+    for res in repo.resources():
+        print(f"  {res.kind:<8} {res.name:<10} {res.summary}")
+    try:
+        repo.create_key("sneaky", "admin")
+    except repolib.AccessDenied as exc:
+        print(f"as expected, a {repo.access.value} key cannot issue keys: {exc}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

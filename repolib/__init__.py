@@ -1,0 +1,63 @@
+"""repolib: one Repository over many buckets and LLM endpoints, behind repository-scoped keys.
+
+>>> import repolib
+>>> cat = repolib.Catalog()                      # $REPOLIB_HOME or the user data folder
+>>> repo = repolib.open("analytics", key="rpk_...")
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .api import Catalog
+from .api import open as open  # public, deliberately not in __all__
+from .exceptions import (
+    AccessDenied,
+    AIError,
+    AuthError,
+    BackendUnavailable,
+    BudgetExceeded,
+    CatalogError,
+    CatalogReadOnly,
+    ConfigError,
+    InvalidKey,
+    PolicyViolation,
+    RepolibError,
+    SecretError,
+    UpstreamError,
+)
+from .info import AuditEvent, IssuedKey, KeyInfo, RepositoryInfo, ResourceInfo
+from .keys import Access, AIPolicy
+from .repository import Repository
+
+try:
+    __version__ = version("repolib")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0+unknown"
+
+# `open` is public but not in __all__: a star import must not shadow the builtin.
+__all__ = [
+    "AIError",
+    "AIPolicy",
+    "Access",
+    "AccessDenied",
+    "AuditEvent",
+    "AuthError",
+    "BackendUnavailable",
+    "BudgetExceeded",
+    "Catalog",
+    "CatalogError",
+    "CatalogReadOnly",
+    "ConfigError",
+    "InvalidKey",
+    "IssuedKey",
+    "KeyInfo",
+    "PolicyViolation",
+    "RepolibError",
+    "Repository",
+    "RepositoryInfo",
+    "ResourceInfo",
+    "SecretError",
+    "UpstreamError",
+    "__version__",
+]

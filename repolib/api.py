@@ -1,0 +1,331 @@
+"""The two ways in: ``Catalog`` (for whoever holds the admin secret) and ``open`` (an API key)."""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import os
+from typing import Any
+
+from . import admin_secret, audit, crypto, keys, vault
+from .catalog import RepoRow, Store
+from .context import Clock, Context
+from .exceptions import ConfigError, InvalidKey, SecretError
+from .info import AuditEvent, KeyInfo, RepositoryInfo, ResourceInfo
+from .names import check_name
+from .repository import Repository, _Admin, authenticate
+
+ENV_KEY = "REPOLIB_KEY"
+ENV_KEY_FILE = "REPOLIB_KEY_FILE"
+
+
+def read_key_file(path: str) -> str:
+    """A key file holds the token, optionally followed by one newline (what ``echo`` writes)."""
+    try:
+        with builtins.open(path, encoding="ascii", errors="strict") as f:
+            text = f.read(4096)
+    except (OSError, UnicodeDecodeError):
+        raise InvalidKey(f"cannot read an API key from the key file {path}") from None
+    for end in ("\r\n", "\n"):
+        if text.endswith(end):
+            return text[: -len(end)]
+    return text
+
+
+def key_from_env(environ: dict[str, str] | None = None) -> str | None:
+    env = os.environ if environ is None else environ
+    if ENV_KEY in env:
+        return env[ENV_KEY]
+    if env.get(ENV_KEY_FILE):
+        return read_key_file(env[ENV_KEY_FILE])
+    return None
+
+
+class Catalog:
+    """A catalog of repositories: ``$REPOLIB_HOME/catalog.db`` plus, on admin machines, the
+    admin secret. Listing needs only read access; changes need the admin secret (or, inside
+    one repository, an ADMIN key through :func:`open`).
+    """
+
+    def __init__(self, home: str | os.PathLike[str] | None = None, *, read_only: bool = False,
+                 clock: Clock | None = None, store: Store | None = None) -> None:
+        self._ctx = Context(home, read_only=read_only, clock=clock, store=store)
+
+    @property
+    def home(self) -> str:
+        return self._ctx.home
+
+    @property
+    def location(self) -> str:
+        return self._ctx.store.location
+
+    def __repr__(self) -> str:
+        return f"<Catalog {self._ctx.store.location}>"
+
+    def close(self) -> None:
+        self._ctx.store.close()
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return self._ctx.store.exists()
+
+    def init(self) -> bool:
+        """Create the catalog and the admin secret if missing. Returns True if it created any.
+
+        The admin secret comes from ``REPOLIB_ADMIN_KEY`` or ``REPOLIB_PASSPHRASE`` when set,
+        else a new random one is written to ``admin.key`` (0600).
+        """
+        store = self._ctx.store
+        created = False
+        if not store.exists():
+            store.create()
+            created = True
+        with store.read() as tx:
+            initialised = tx.meta_get("admin_verifier") is not None
+        if initialised:
+            self._ctx.admin(required=False)  # a wrong REPOLIB_ADMIN_KEY fails loudly here
+            return created
+        now = self._ctx.now()
+        with store.write() as tx:
+            if tx.meta_get("admin_verifier") is not None:
+                return created
+            env = os.environ
+            if env.get(admin_secret.ENV_KEY):
+                secret = admin_secret.AdminSecret(
+                    admin_secret.parse(env[admin_secret.ENV_KEY], admin_secret.ENV_KEY), "env")
+            elif env.get(admin_secret.ENV_PASSPHRASE):
+                tx.meta_set("passphrase_salt", crypto.random_bytes(16))
+                secret = admin_secret.from_passphrase(tx, env[admin_secret.ENV_PASSPHRASE])
+            else:
+                secret = admin_secret.new()
+                admin_secret.write_file(os.path.join(self.home, admin_secret.FILE_NAME), secret)
+            material = crypto.admin_material(secret.value)
+            tx.meta_set("admin_verifier", material.verifier)
+            tx.meta_set("admin_public", material.public)
+            tx.meta_set("admin_source", secret.source.encode())
+            audit.append(tx, actor="admin", action="catalog.initialised", target=self.home,
+                         detail={"admin_secret": secret.source}, now=now)
+            audit.seal(tx, secret.value, now)
+        self._ctx.set_admin(secret)
+        return True
+
+    def has_admin_secret(self) -> bool:
+        return self._ctx.admin(required=False) is not None
+
+    def rotate_admin(self) -> str | None:
+        """Replace the admin secret, re-wrapping every data key and re-MACing the seals.
+
+        From a file: the new secret replaces ``admin.key``; returns None. From
+        ``REPOLIB_ADMIN_KEY``: returns the new secret (hex) for the caller to store, once.
+        From a passphrase: derives the new one from ``REPOLIB_NEW_PASSPHRASE``.
+        """
+        old = self._ctx.admin()
+        assert old is not None
+        old_material = crypto.admin_material(old.value)
+        path = os.path.join(self.home, admin_secret.FILE_NAME)
+        now = self._ctx.now()
+        with self._ctx.store.write() as tx:
+            if old.source == "passphrase":
+                passphrase = os.environ.get(admin_secret.ENV_NEW_PASSPHRASE)
+                if not passphrase:
+                    raise SecretError(f"set {admin_secret.ENV_NEW_PASSPHRASE} to the new "
+                                      "passphrase to rotate a passphrase-derived admin secret")
+                tx.meta_set("passphrase_salt", crypto.random_bytes(16))
+                new = admin_secret.from_passphrase(tx, passphrase)
+            else:
+                new = admin_secret.AdminSecret(crypto.random_bytes(), old.source)
+            material = crypto.admin_material(new.value)
+            for row in tx.resource_list():
+                dks = {vault.FULL: vault.admin_unwrap(old_material, row, vault.FULL)}
+                if row.admin_read_wrap is not None:
+                    dks[vault.READ] = vault.admin_unwrap(old_material, row, vault.READ)
+                sealed = vault.Sealed(row.ciphertext, row.read_ciphertext, dks)
+                full, read = vault.admin_wraps(material.public, row.id, sealed)
+                tx.resource_replace(dataclasses.replace(row, admin_wrap=full,
+                                                        admin_read_wrap=read))
+            audit.remac(tx, old.value, new.value)
+            tx.meta_set("admin_verifier", material.verifier)
+            tx.meta_set("admin_public", material.public)
+            audit.append(tx, actor="admin", action="admin.rotated", target=self.home, now=now)
+            audit.seal(tx, new.value, now)
+            if new.source == "file":
+                admin_secret.write_file(path + ".new", new)
+        if new.source == "file":
+            os.replace(path + ".new", path)
+        self._ctx.set_admin(new)
+        return new.text() if new.source == "env" else None
+
+    # -- repositories -----------------------------------------------------------------------
+
+    def create_repository(self, name: str, description: str = "") -> Repository:
+        check_name(name, "repository name")
+        if not isinstance(description, str):
+            raise ConfigError("description must be a string")
+        self._ctx.admin()
+        now = self._ctx.now()
+        with self._ctx.store.write() as tx:
+            if tx.repo_get(name) is not None:
+                raise ConfigError(f"a repository named {name!r} already exists")
+            row = tx.repo_insert(name, description, now)
+            audit.append(tx, actor="admin", action="repository.created", target=name,
+                         repo=name, detail={"description": description}, now=now)
+            secret = self._ctx.admin()
+            assert secret is not None
+            audit.seal(tx, secret.value, now)
+        return Repository(self._ctx, row, _Admin(self._ctx))
+
+    def repository(self, name: str) -> Repository:
+        """A repository managed with the admin secret."""
+        row = self._repo_row(name)
+        return Repository(self._ctx, row, _Admin(self._ctx))
+
+    def open(self, name: str, key: str | None = None) -> Repository:
+        """Open a repository with an API key (``key``, else REPOLIB_KEY / REPOLIB_KEY_FILE)."""
+        if key is None:
+            key = key_from_env()
+        if key is None:
+            raise InvalidKey("no API key given: pass key=..., or set REPOLIB_KEY or "
+                             "REPOLIB_KEY_FILE")
+        row = self._repo_row(name)
+        return Repository(self._ctx, row, authenticate(self._ctx, row, key))
+
+    def open_key(self, key: str | None = None) -> Repository:
+        """Open whichever repository the key belongs to (``repolib whoami``)."""
+        if key is None:
+            key = key_from_env()
+        if key is None:
+            raise InvalidKey("no API key given: pass --key-file, or set REPOLIB_KEY or "
+                             "REPOLIB_KEY_FILE")
+        key_id, _ = keys.parse_token(key)
+        self._ctx.require_catalog()
+        with self._ctx.store.read() as tx:
+            k = tx.key_get(key_id)
+            row = None if k is None else tx.repo_by_id(k.repo_id)
+        if row is None:
+            raise InvalidKey()
+        return Repository(self._ctx, row, authenticate(self._ctx, row, key))
+
+    def repositories(self) -> list[RepositoryInfo]:
+        self._ctx.require_catalog()
+        with self._ctx.store.read() as tx:
+            out = []
+            for r in tx.repo_list():
+                out.append(RepositoryInfo(r.name, r.description, r.created_at,
+                                          len(tx.resource_list(r.id)),
+                                          sum(1 for k in tx.key_list(r.id)
+                                              if k.revoked_at is None)))
+        return out
+
+    def resources(self, repository: str) -> list[ResourceInfo]:
+        """A repository's resources, without credentials. Listing needs no secret."""
+        row = self._repo_row(repository)
+        return Repository(self._ctx, row, _ListOnly()).resources()  # type: ignore[arg-type]
+
+    def delete_repository(self, name: str) -> None:
+        """Soft delete: rows stay for the audit trail, keys are revoked, the name is free."""
+        self._ctx.admin()
+        now = self._ctx.now()
+        with self._ctx.store.write() as tx:
+            row = tx.repo_get(name) if isinstance(name, str) else None
+            if row is None:
+                raise ConfigError(f"no repository named {name!r}")
+            for k in tx.key_list(row.id):
+                if k.revoked_at is None:
+                    tx.key_update(k.key_id, revoked_at=now)
+                tx.secrets_delete(k.key_id)
+            for res in tx.resource_list(row.id):
+                tx.resource_delete(res.id, now)
+            tx.repo_delete(row.id, now)
+            audit.append(tx, actor="admin", action="repository.deleted", target=name, repo=name,
+                         now=now)
+            secret = self._ctx.admin()
+            assert secret is not None
+            audit.seal(tx, secret.value, now)
+
+    def _repo_row(self, name: str) -> RepoRow:
+        self._ctx.require_catalog()
+        if not isinstance(name, str):
+            raise ConfigError("repository name must be a string")
+        with self._ctx.store.read() as tx:
+            row = tx.repo_get(name)
+        if row is None:
+            raise ConfigError(f"no repository named {name!r} in the catalog at {self.home}; "
+                              "`repolib repo list` shows them")
+        return row
+
+    # -- keys across repositories -------------------------------------------------------------
+
+    def keys(self, repository: str | None = None) -> list[KeyInfo]:
+        """Keys of one repository, or of all of them. Listing needs no secret."""
+        self._ctx.require_catalog()
+        with self._ctx.store.read() as tx:
+            if repository is not None:
+                repos = [self._repo_row(repository)]
+            else:
+                repos = tx.repo_list()
+            out = []
+            for r in repos:
+                view = Repository(self._ctx, r, _ListOnly())  # type: ignore[arg-type]
+                out.extend(view._key_info(k) for k in tx.key_list(r.id))
+        return out
+
+    # -- audit ------------------------------------------------------------------------------
+
+    def audit(self, repository: str | None = None, limit: int | None = None) -> list[AuditEvent]:
+        self._ctx.require_catalog()
+        with self._ctx.store.read() as tx:
+            rows = tx.audit_rows(repository, limit)
+        return [AuditEvent(r.seq, r.ts, r.repo, r.actor, r.action, r.target, r.detail)
+                for r in rows]
+
+    def verify_audit(self) -> audit.Verification:
+        self._ctx.require_catalog()
+        try:
+            secret = self._ctx.admin(required=False)
+        except SecretError:
+            secret = None
+        with self._ctx.store.read() as tx:
+            return audit.verify(tx, None if secret is None else secret.value)
+
+    def seal_audit(self) -> tuple[int, str]:
+        """Write a checkpoint now; returns (row count, head hash hex) to keep elsewhere."""
+        secret = self._ctx.admin()
+        assert secret is not None
+        with self._ctx.store.write() as tx:
+            audit.append(tx, actor="admin", action="audit.sealed", target=self.home,
+                         now=self._ctx.now())
+            row = audit.seal(tx, secret.value, self._ctx.now())
+        return row.row_count, row.head_hash.hex()
+
+    # -- usage ------------------------------------------------------------------------------
+
+    def usage_rows(self, repository: str | None = None) -> list[dict[str, Any]]:
+        """Raw usage counters: one dict per (day, repository, key, resource, metric)."""
+        self._ctx.require_catalog()
+        with self._ctx.store.read() as tx:
+            names = {r.id: r.name for r in tx.repo_list()}
+            repo_id = None if repository is None else self._repo_row(repository).id
+            rows = tx.usage_rows(repo_id)
+        return [{"day": d, "repository": names.get(rid, str(rid)), "key_id": k,
+                 "resource": res, "metric": m, "value": v}
+                for d, rid, k, res, m, v in rows]
+
+
+class _ListOnly:
+    """An authority that may only format what it lists (Catalog.keys without any secret)."""
+
+    access = _Admin.access
+    key_id = None
+    scope = None
+    actor = "catalog"
+
+
+def open(name: str, key: str | None = None, *, home: str | os.PathLike[str] | None = None,
+         clock: Clock | None = None) -> Repository:
+    """Open repository ``name`` with an API key.
+
+    ``key`` defaults to ``$REPOLIB_KEY``, else the contents of ``$REPOLIB_KEY_FILE``; the catalog
+    to ``home``, else ``$REPOLIB_HOME``, else the user data folder. Never uses the admin secret.
+    """
+    return Catalog(home, clock=clock).open(name, key)

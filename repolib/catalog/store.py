@@ -1,0 +1,219 @@
+"""The catalog interface: what the library needs from wherever repositories and keys live.
+
+The embedded default is SQLite (:mod:`repolib.catalog.sqlite`); a shared store for many machines
+(PostgreSQL) can implement the same two classes without touching the callers. Nothing passed
+through this interface is a secret in clear: credentials arrive encrypted, data keys wrapped or
+sealed, API keys as verifiers and public keys.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class RepoRow:
+    id: int
+    name: str
+    description: str
+    created_at: float
+    updated_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourceRow:
+    id: int
+    repo_id: int
+    name: str
+    kind: str
+    public: dict[str, Any]
+    credential_fields: tuple[str, ...]
+    read_credential_fields: tuple[str, ...] | None
+    ciphertext: bytes
+    read_ciphertext: bytes | None
+    admin_wrap: bytes
+    admin_read_wrap: bytes | None
+    created_at: float
+    updated_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyRow:
+    key_id: str
+    repo_id: int
+    name: str
+    access: str
+    scope: tuple[str, ...] | None  # resource names; None = every resource
+    expires_at: float | None
+    ai: dict[str, Any] | None
+    created_at: float
+    created_by: str
+    last_used_at: float | None
+    revoked_at: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class SecretRow:
+    """One generation of a key's secret: its verifier and public key (rotation adds one)."""
+
+    key_id: str
+    generation: int
+    verifier: bytes
+    public_key: bytes
+    valid_until: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class WrapRow:
+    key_id: str
+    generation: int
+    resource_id: int
+    which: str  # "full" or "read"
+    sealed: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditRow:
+    seq: int
+    ts: float
+    repo: str | None
+    actor: str
+    action: str
+    target: str
+    detail: dict[str, Any]
+    prev_hash: bytes
+    hash: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class SealRow:
+    seq: int
+    ts: float
+    row_count: int
+    head_hash: bytes
+    mac: bytes
+
+
+class Tx(abc.ABC):
+    """One transaction. Reads see one snapshot; writes commit together or not at all."""
+
+    # meta
+    @abc.abstractmethod
+    def meta_get(self, name: str) -> bytes | None: ...
+    @abc.abstractmethod
+    def meta_set(self, name: str, value: bytes) -> None: ...
+
+    # repositories
+    @abc.abstractmethod
+    def repo_insert(self, name: str, description: str, now: float) -> RepoRow: ...
+    @abc.abstractmethod
+    def repo_get(self, name: str) -> RepoRow | None: ...
+    @abc.abstractmethod
+    def repo_by_id(self, repo_id: int) -> RepoRow | None: ...
+    @abc.abstractmethod
+    def repo_list(self) -> list[RepoRow]: ...
+    @abc.abstractmethod
+    def repo_update(self, repo_id: int, description: str, now: float) -> None: ...
+    @abc.abstractmethod
+    def repo_delete(self, repo_id: int, now: float) -> None: ...
+
+    # resources
+    @abc.abstractmethod
+    def resource_insert(self, row: ResourceRow) -> int: ...
+    @abc.abstractmethod
+    def resource_get(self, repo_id: int, name: str) -> ResourceRow | None: ...
+    @abc.abstractmethod
+    def resource_list(self, repo_id: int | None = None) -> list[ResourceRow]: ...
+    @abc.abstractmethod
+    def resource_replace(self, row: ResourceRow) -> None: ...
+    @abc.abstractmethod
+    def resource_delete(self, resource_id: int, now: float) -> None: ...
+
+    # keys
+    @abc.abstractmethod
+    def key_insert(self, row: KeyRow) -> None: ...
+    @abc.abstractmethod
+    def key_get(self, key_id: str) -> KeyRow | None: ...
+    @abc.abstractmethod
+    def key_list(self, repo_id: int | None = None) -> list[KeyRow]: ...
+    @abc.abstractmethod
+    def key_update(self, key_id: str, **fields: Any) -> None: ...
+    @abc.abstractmethod
+    def key_touch(self, key_id: str, now: float, every: float) -> bool: ...
+
+    # key secrets and wraps
+    @abc.abstractmethod
+    def secret_insert(self, row: SecretRow) -> None: ...
+    @abc.abstractmethod
+    def secrets(self, key_id: str) -> list[SecretRow]: ...
+    @abc.abstractmethod
+    def secret_set_valid_until(self, key_id: str, generation: int, until: float) -> None: ...
+    @abc.abstractmethod
+    def secrets_delete(self, key_id: str, generations: Sequence[int] | None = None) -> None:
+        """Delete verifiers and their wraps (all generations when None)."""
+    @abc.abstractmethod
+    def secrets_expired(self, now: float) -> list[SecretRow]: ...
+    @abc.abstractmethod
+    def wrap_put(self, row: WrapRow) -> None: ...
+    @abc.abstractmethod
+    def wrap_get(self, key_id: str, generation: int, resource_id: int, which: str
+                 ) -> WrapRow | None: ...
+    @abc.abstractmethod
+    def wraps(self, *, key_id: str | None = None, resource_id: int | None = None
+              ) -> list[WrapRow]: ...
+    @abc.abstractmethod
+    def wraps_delete(self, *, key_id: str | None = None, resource_id: int | None = None,
+                     which: str | None = None) -> None: ...
+
+    # usage counters
+    @abc.abstractmethod
+    def usage_add(self, day: str, repo_id: int, key_id: str, resource: str,
+                  counters: dict[str, float]) -> None: ...
+    @abc.abstractmethod
+    def usage_rows(self, repo_id: int | None = None, since_day: str | None = None
+                   ) -> list[tuple[str, int, str, str, str, float]]:
+        """(day, repo_id, key_id, resource, metric, value) rows."""
+
+    # audit
+    @abc.abstractmethod
+    def audit_head(self) -> tuple[int, bytes]: ...
+    @abc.abstractmethod
+    def audit_insert(self, row: AuditRow) -> None: ...
+    @abc.abstractmethod
+    def audit_rows(self, repo: str | None = None, limit: int | None = None) -> list[AuditRow]: ...
+    @abc.abstractmethod
+    def seal_insert(self, row: SealRow) -> None: ...
+    @abc.abstractmethod
+    def seals(self) -> list[SealRow]: ...
+    @abc.abstractmethod
+    def seal_replace_mac(self, seq: int, mac: bytes) -> None: ...
+
+
+class Store(abc.ABC):
+    """A catalog location. ``read()`` and ``write()`` give transactions."""
+
+    location: str
+    read_only: bool
+
+    @abc.abstractmethod
+    def exists(self) -> bool: ...
+
+    @abc.abstractmethod
+    def create(self) -> None:
+        """Create the empty catalog (schema at the newest version)."""
+
+    @abc.abstractmethod
+    def read(self) -> contextlib.AbstractContextManager[Tx]: ...
+
+    @abc.abstractmethod
+    def write(self) -> contextlib.AbstractContextManager[Tx]:
+        """A write transaction; raises CatalogReadOnly on a catalog opened read-only."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up everything the tests need (venv, extras, local storage servers) and run lint + tests.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k keys -x`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+if [ -f scripts/install-servers.sh ]; then
+    PY=.venv/bin/python bash scripts/install-servers.sh
+fi
+.venv/bin/ruff check repolib mount tests bench examples
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,89 @@
+"""Shared fixtures: a clean environment, a fresh catalog, a demo repository, the CLI."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+import repolib
+from repolib.cli import main as cli_main
+
+# Credentials used throughout the suite; test_leaks.py searches for every one of them.
+S3_KEY = "AKIATESTKEYID0000001"
+S3_SECRET = "s3-secret-Zq8vN3xL0pRt7uW2yB5c"
+S3_READ_KEY = "AKIAREADONLY00000002"
+S3_READ_SECRET = "s3-read-secret-Hj4kM9nQ2sV6xZ1a"
+LLM_API_KEY = "sk-upstream-Lm3Np7Qr1St5Uv9Wx2Yz"
+SUITE_SECRETS = [S3_KEY, S3_SECRET, S3_READ_KEY, S3_READ_SECRET, LLM_API_KEY]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees the developer's own keys, catalog or cloud credentials."""
+    for name in list(os.environ):
+        if name.startswith(("REPOLIB_", "AWS_", "GOOGLE_", "AZURE_", "OPENAI_")):
+            monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    h = tmp_path / "home"
+    monkeypatch.setenv("REPOLIB_HOME", str(h))
+    return h
+
+
+@pytest.fixture
+def catalog(home: Path) -> Iterator[repolib.Catalog]:
+    cat = repolib.Catalog(home)
+    cat.init()
+    yield cat
+    cat.close()
+
+
+@pytest.fixture
+def repo(catalog: repolib.Catalog) -> repolib.Repository:
+    """Repository 'analytics' with an S3 bucket (and a read-only set), memory storage, an LLM."""
+    r = catalog.create_repository("analytics", description="demo data")
+    r.add_storage("raw", "s3://bucket/raw", endpoint_url="http://127.0.0.1:9",
+                  key=S3_KEY, secret=S3_SECRET,
+                  read_credentials={"key": S3_READ_KEY, "secret": S3_READ_SECRET})
+    r.add_storage("scratch", "memory://scratch")
+    r.add_llm("local", base_url="http://127.0.0.1:9/v1", api_key=LLM_API_KEY,
+              models=["smollm2"], aliases={"fast": "smollm2"})
+    return r
+
+
+class Cli:
+    """Runs the real click command in-process and keeps every output for leak checks."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.outputs: list[str] = []
+
+    def __call__(self, *args: str, input: str | None = None, env: dict[str, str] | None = None,
+                 ok: bool = True) -> Result:
+        runner = CliRunner()
+        result = runner.invoke(cli_main, list(args), input=input,
+                               env={"REPOLIB_HOME": str(self.home), **(env or {})})
+        self.outputs.extend([result.stdout, result.stderr])
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise AssertionError(f"traceback from repolib {' '.join(args)}") \
+                from result.exception
+        if ok:
+            assert result.exit_code == 0, (args, result.stdout, result.stderr)
+        return result
+
+
+@pytest.fixture
+def cli(home: Path) -> Cli:
+    return Cli(home)
+
+
+@pytest.fixture
+def python() -> str:
+    return sys.executable
