@@ -302,6 +302,7 @@ class Repository:
         Given credential fields replace the whole credential set; ``None`` removes an option.
         The resource gets new data keys, re-granted to every key that holds it.
         """
+        check_name(name, "resource name")
         self.require(Access.ADMIN, "update resource", f"{self.name}/{name}", resource=name)
         with self._write() as w:
             row = self._get_resource(w.tx, name)
@@ -316,6 +317,7 @@ class Repository:
         return self._resource_info(new)
 
     def remove_resource(self, name: str) -> None:
+        check_name(name, "resource name")
         self.require(Access.ADMIN, "remove resource", f"{self.name}/{name}", resource=name)
         with self._write() as w:
             row = self._get_resource(w.tx, name)
@@ -327,6 +329,7 @@ class Repository:
 
     def resolve(self, name: str) -> ResolvedResource:
         """Decrypt a resource's definition for use. Checks scope; READ keys get the read set."""
+        check_name(name, "resource name")
         self.require(Access.READ, "use", f"{self.name}/{name}", resource=name)
         now = self._ctx.now()
         with self._ctx.store.read() as tx:
@@ -376,6 +379,7 @@ class Repository:
         return [self._key_info(r) for r in rows if include_revoked or r.revoked_at is None]
 
     def key(self, key_id: str) -> KeyInfo:
+        key_id = keys.check_key_id(key_id)  # first: never echo a token pasted as an id
         self.require(Access.ADMIN, "show key", key_id)
         with self._ctx.store.read() as tx:
             return self._key_info(self._get_key(tx, key_id))
@@ -419,10 +423,11 @@ class Repository:
         """A new secret for the same key id; the old one works ``grace`` more seconds."""
         if not isinstance(grace, int | float) or isinstance(grace, bool) or grace < 0:
             raise ConfigError("grace must be a number of seconds >= 0")
+        key_id = keys.check_key_id(key_id)
         self.require(Access.ADMIN, "rotate key", key_id)
         secret = keys.new_secret()
         with self._write() as w:
-            row = self._get_key(w.tx, keys.check_key_id(key_id))
+            row = self._get_key(w.tx, key_id)
             if row.revoked_at is not None:
                 raise ConfigError(f"key {key_id} is revoked and cannot be rotated; create a new "
                                   "key instead")
@@ -451,9 +456,10 @@ class Repository:
 
     def revoke_key(self, key_id: str) -> None:
         """Soft delete: the row stays for the audit trail; verifier and wraps are deleted."""
+        key_id = keys.check_key_id(key_id)
         self.require(Access.ADMIN, "revoke key", key_id)
         with self._write() as w:
-            row = self._get_key(w.tx, keys.check_key_id(key_id))
+            row = self._get_key(w.tx, key_id)
             if row.revoked_at is not None:
                 return
             if not (isinstance(self._auth, _Key) and self._auth.key_id == key_id):
@@ -466,9 +472,10 @@ class Repository:
                    expires_in: Any = _UNSET, expires_at: Any = _UNSET, ai: Any = _UNSET
                    ) -> KeyInfo:
         """Edit scope, expiry (``None`` removes it), AI policy or name."""
+        key_id = keys.check_key_id(key_id)
         self.require(Access.ADMIN, "update key", key_id)
         with self._write() as w:
-            row = self._get_key(w.tx, keys.check_key_id(key_id))
+            row = self._get_key(w.tx, key_id)
             if row.revoked_at is not None:
                 raise ConfigError(f"key {key_id} is revoked")
             self._check_may_manage(row)
