@@ -312,6 +312,32 @@ class Catalog:
                 for d, rid, k, res, m, v in rows]
 
 
+    def usage(self, repository: str | None = None, by: str = "resource",
+              since_day: str | None = None) -> list[dict[str, Any]]:
+        """Usage totals grouped ``by`` "repository", "key", "resource" or "day".
+
+        Counters of running processes reach the catalog within a few seconds (and at exit).
+        """
+        if by not in USAGE_GROUPS:
+            raise ConfigError(f"usage can be grouped by {', '.join(USAGE_GROUPS)}, not {by!r}")
+        from . import usage
+
+        usage.flush_all()
+        groups: dict[tuple[str, ...], dict[str, Any]] = {}
+        for u in self.usage_rows(repository):
+            if since_day is not None and u["day"] < since_day:
+                continue
+            k = (u["repository"],) if by == "repository" else (u["repository"], u[USAGE_GROUPS[by]])
+            g = groups.setdefault(k, {"repository": k[0], **({} if by == "repository" else
+                                                              {USAGE_GROUPS[by]: k[1]})})
+            g[u["metric"]] = g.get(u["metric"], 0) + u["value"]
+        return [groups[k] for k in sorted(groups)]
+
+
+USAGE_GROUPS = {"repository": "repository", "key": "key_id", "resource": "resource",
+                "day": "day"}
+
+
 class _ListOnly:
     """An authority that may only format what it lists (Catalog.keys without any secret)."""
 

@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from . import audit, crypto, keys, vault
+from . import audit, crypto, keys, usage, vault
 from .catalog import KeyRow, RepoRow, ResourceRow, SecretRow, Tx
 from .context import Context
 from .exceptions import AccessDenied, ConfigError, InvalidKey, SecretError
@@ -48,10 +48,12 @@ class _Admin:
 class _Key:
     """Authority of one API key generation, re-checked against the catalog on every change."""
 
-    def __init__(self, row: KeyRow, generation: int, material: crypto.KeyMaterial) -> None:
+    def __init__(self, row: KeyRow, generation: int, material: crypto.KeyMaterial,
+                 token: str | None = None) -> None:
         self.row = row
         self.generation = generation
         self._material = material
+        self.token = token  # kept so that repo.fs can be pickled to a worker
 
     def __repr__(self) -> str:
         return f"_Key({self.row.key_id!r}, generation={self.generation})"
@@ -120,7 +122,7 @@ def authenticate(ctx: Context, repo: RepoRow, token: object) -> _Key:
             match = s
     if match is None or not _key_usable(row, match, now):
         raise InvalidKey()
-    auth = _Key(row, match.generation, material)
+    auth = _Key(row, match.generation, material, token if isinstance(token, str) else None)
     if (row.last_used_at is None or row.last_used_at <= now - TOUCH_EVERY_S) \
             and not ctx.store.read_only:
         with ctx.store.write() as tx:
@@ -198,6 +200,25 @@ class Repository:
     @property
     def home(self) -> str:
         return self._ctx.home
+
+    @property
+    def catalog_location(self) -> str:
+        return self._ctx.store.location
+
+    @property
+    def fs(self) -> Any:
+        """This repository as an fsspec filesystem (``repo://`` paths, same authority)."""
+        from .fs import RepositoryFileSystem  # the filesystem builds on Repository, not back
+
+        if isinstance(self._auth, _Key):
+            return RepositoryFileSystem(repo=self.name, home=self.home, key=self._auth.token,
+                                        repository=self)
+        return RepositoryFileSystem(repo=self.name, home=self.home, admin=True, repository=self)
+
+    def record_usage(self, resource: str, **counters: float) -> None:
+        """Count requests, bytes or tokens for this key and resource (flushed in the background)."""
+        usage.meter(self._ctx.store).add(self._row.id, self.key_id or "admin", resource,
+                                         self._ctx.now(), **counters)
 
     def __repr__(self) -> str:
         who = "admin secret" if self.key_id is None else f"key {self.key_id}"
@@ -450,7 +471,7 @@ class Repository:
                 w.tx.secrets_delete(key_id, expired)
             if isinstance(self._auth, _Key) and self._auth.key_id == key_id \
                     and self._auth.generation in expired:
-                self._auth = _Key(row, gen, material)  # rotating oneself keeps this object usable
+                self._auth = _Key(row, gen, material, keys.format_token(key_id, secret))
             w.log("key.rotated", key_id, {"grace": grace})
         return IssuedKey(keys.format_token(key_id, secret), self._key_info(row))
 

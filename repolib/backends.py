@@ -1,0 +1,192 @@
+"""Turn a resolved storage resource into the fsspec filesystem that serves it.
+
+Each backend is built from the decrypted definition only: the host's own cloud identity is used
+only when the definition says ``ambient_credentials=True``; otherwise a resource without
+credentials is anonymous. Backends are private instances (never from fsspec's shared cache), so
+decrypted credentials live in exactly one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import posixpath
+from typing import Any
+
+import fsspec
+
+from .exceptions import BackendUnavailable, ConfigError
+from .paths import PathEscape
+from .repository import ResolvedResource
+from .resources.storage import BUCKET_PROTOCOLS, split_url
+
+_REPOLIB_OPTIONS = {"read_only", "ambient_credentials", "endpoint_url", "region", "account_name"}
+_EXTRA = {"s3": "s3", "gcs": "gcs", "az": "azure"}
+_MODULES = {"s3": "s3fs", "gcs": "gcsfs", "az": "adlfs"}
+
+
+@dataclasses.dataclass
+class Backend:
+    """A resource's filesystem and the root inside it that the resource maps to."""
+
+    name: str
+    fs: Any
+    root: str  # backend path of the resource root, no trailing slash ("" or "/" allowed)
+    protocol: str
+    read_only: bool
+    local: bool
+    secrets: tuple[str, ...] = dataclasses.field(repr=False, default=())
+
+    def path(self, rel: str) -> str:
+        """Backend path for a path inside the resource (already checked by repolib.paths)."""
+        if not rel:
+            return self.root
+        p = f"{self.root.rstrip('/')}/{rel}" if self.root not in ("", "/") else \
+            f"{self.root}{rel}"
+        if self.local:
+            self._inside(p)
+        return p
+
+    def _inside(self, p: str) -> None:
+        """Symlinks in a local folder may not lead outside it."""
+        root = os.path.realpath(self.root)
+        real = os.path.realpath(p)
+        if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+            raise PathEscape(p[len(self.root):], "symlink leads outside the folder")
+
+    def rel(self, name: str) -> str | None:
+        """Inverse of ``path``: the path inside the resource, or None if outside the root."""
+        name = self.fs._strip_protocol(name) if not self.local else name
+        root = self.root.rstrip("/")
+        if name.rstrip("/") == root:
+            return ""
+        prefix = root + "/" if root else ""
+        if root == "" and name.startswith("/"):
+            name = name[1:]
+        if not name.startswith(prefix):
+            return None
+        return name[len(prefix):].strip("/")
+
+
+def _import(kind: str) -> Any:
+    module = _MODULES[kind]
+    if kind == "gcs":
+        # gcsfs >= 2026.10 probes every bucket over gRPC first: 60 s per probe on emulators.
+        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    try:
+        return __import__(module)
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"this resource needs {module}: pip install \"repolib[{_EXTRA[kind]}]\"") from exc
+
+
+def build(resolved: ResolvedResource) -> Backend:
+    info = resolved.info
+    url: str = info.definition["url"]
+    options: dict[str, Any] = dict(info.definition["options"])
+    creds = dict(resolved.credentials)
+    secrets = tuple(str(v) for v in creds.values() if isinstance(v, str))
+    ambient = bool(options.get("ambient_credentials"))
+    read_only = bool(options.get("read_only"))
+    extra = {k: v for k, v in options.items() if k not in _REPOLIB_OPTIONS}
+    if "::" in url:
+        fs, root = fsspec.core.url_to_fs(url, skip_instance_cache=True, **extra, **creds)
+        return Backend(info.name, fs, root, "chained", read_only, False, secrets)
+    proto, rest = split_url(url)
+    kind = BUCKET_PROTOCOLS.get(proto)
+    if kind == "s3":
+        fs = _s3(options, extra, creds, ambient)
+    elif kind == "gcs":
+        fs = _gcs(options, extra, creds, ambient)
+    elif kind == "az":
+        fs = _azure(options, extra, creds, ambient)
+    elif proto == "file":
+        from fsspec.implementations.local import LocalFileSystem
+
+        root = posixpath.normpath(rest)
+        return Backend(info.name, LocalFileSystem(auto_mkdir=True, skip_instance_cache=True),
+                       root, "file", read_only, True, secrets)
+    elif proto == "memory":
+        from fsspec.implementations.memory import MemoryFileSystem
+
+        root = "/" + rest.strip("/")
+        return Backend(info.name, MemoryFileSystem(skip_instance_cache=True), root, "memory",
+                       read_only, False, secrets)
+    else:
+        try:
+            fs, root = fsspec.core.url_to_fs(url, skip_instance_cache=True, **extra, **creds)
+        except ImportError as exc:
+            raise BackendUnavailable(f"the {proto}:// backend is not installed: {exc}") from exc
+        return Backend(info.name, fs, root.rstrip("/"), proto, read_only, False, secrets)
+    root = "/".join(p for p in rest.split("/") if p)
+    return Backend(info.name, fs, root, kind, read_only, False, secrets)
+
+
+def _s3(options: dict[str, Any], extra: dict[str, Any], creds: dict[str, Any],
+        ambient: bool) -> Any:
+    s3fs = _import("s3")
+    kw: dict[str, Any] = dict(extra)
+    key = creds.pop("key", None) or creds.pop("access_key_id", None) or \
+        creds.pop("aws_access_key_id", None)
+    secret = creds.pop("secret", None) or creds.pop("secret_access_key", None) or \
+        creds.pop("aws_secret_access_key", None)
+    token = creds.pop("token", None) or creds.pop("session_token", None) or \
+        creds.pop("aws_session_token", None)
+    kw.update(creds)
+    if key or secret:
+        kw.update(key=key, secret=secret, token=token)
+    elif not ambient:
+        kw["anon"] = True  # never the host's own identity unless asked for
+    if options.get("endpoint_url"):
+        kw["endpoint_url"] = options["endpoint_url"]
+    if options.get("region"):
+        kw.setdefault("client_kwargs", {})["region_name"] = options["region"]
+    return s3fs.S3FileSystem(skip_instance_cache=True, **kw)
+
+
+def _gcs(options: dict[str, Any], extra: dict[str, Any], creds: dict[str, Any],
+         ambient: bool) -> Any:
+    gcsfs = _import("gcs")
+    kw: dict[str, Any] = dict(extra)
+    token = creds.pop("token", None) or creds.pop("service_account_json", None)
+    if isinstance(token, str) and token.lstrip().startswith("{"):
+        import json
+
+        token = json.loads(token)
+    kw.update(creds)
+    if token is not None:
+        kw["token"] = token
+    elif not ambient:
+        kw["token"] = "anon"
+    if options.get("endpoint_url"):
+        kw["endpoint_url"] = options["endpoint_url"]
+    kw.setdefault("project", "repolib")
+    return gcsfs.GCSFileSystem(skip_instance_cache=True, **kw)
+
+
+def _azure(options: dict[str, Any], extra: dict[str, Any], creds: dict[str, Any],
+           ambient: bool) -> Any:
+    adlfs = _import("az")
+    kw: dict[str, Any] = dict(extra)
+    kw.update(creds)
+    account = options.get("account_name")
+    endpoint = options.get("endpoint_url")
+    if account:
+        kw["account_name"] = account
+    if endpoint and "connection_string" not in kw:
+        if not account:
+            raise ConfigError("an Azure resource with endpoint_url needs account_name")
+        parts = ["DefaultEndpointsProtocol=" + endpoint.split("://", 1)[0],
+                 f"AccountName={account}"]
+        if kw.get("account_key"):
+            parts.append(f"AccountKey={kw.pop('account_key')}")
+        if kw.get("sas_token"):
+            parts.append(f"SharedAccessSignature={kw.pop('sas_token').lstrip('?')}")
+        parts.append(f"BlobEndpoint={endpoint.rstrip('/')}/{account};" if
+                     not endpoint.rstrip("/").endswith(account) else
+                     f"BlobEndpoint={endpoint.rstrip('/')};")
+        kw["connection_string"] = ";".join(parts)
+    if not any(kw.get(k) for k in ("account_key", "sas_token", "connection_string",
+                                   "client_secret", "credential")) and not ambient:
+        kw["anon"] = True
+    return adlfs.AzureBlobFileSystem(skip_instance_cache=True, **kw)

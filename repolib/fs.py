@@ -1,0 +1,611 @@
+"""RepositoryFileSystem: fsspec protocol ``repo``, one namespace over a repository's storage.
+
+Paths are ``<repository>/<resource>/<path>`` (the URL without ``repo://``), in everything that
+returns names. ``<resource>/<path>`` is delegated to that resource's own filesystem (s3fs,
+gcsfs, adlfs, local, memory, any fsspec URL) with its bucket and prefix applied. Every operation
+checks the key's level and scope first; bytes and requests are counted per key and resource.
+
+Decrypted backends live in one process-wide state per (catalog, repository, key id), shared by
+all instances and threads and dropped after ``fork``; an instance holds only how to reach it,
+so pickling carries the key (or nothing, when it came from the environment), never credentials.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from fsspec import AbstractFileSystem
+from fsspec.callbacks import DEFAULT_CALLBACK
+
+from . import api, errors, paths
+from .backends import Backend, build
+from .exceptions import AccessDenied, ConfigError, InvalidKey
+from .keys import Access
+from .paths import RepoPath
+from .repository import Repository
+
+REVALIDATE_S = 2.0
+COPY_CHUNK = 8 * 2**20
+_WRITE_CHARS = set("wax+")
+
+
+class _State:
+    """What every instance for one (catalog, repository, key id) shares in a process."""
+
+    def __init__(self, repository: Repository, key_file: str | None) -> None:
+        self.repository = repository
+        self.key_file = key_file
+        self.lock = threading.RLock()
+        self.backends: dict[str, Backend] = {}
+        self.versions: dict[str, float] = {}
+        self.visible: dict[str, Any] = {}
+        self.checked = 0.0
+        self.refresh(force=True)
+
+    def refresh(self, force: bool = False) -> None:
+        """Re-check the key and the resource definitions at most every REVALIDATE_S."""
+        now = time.monotonic()
+        if not force and now - self.checked < REVALIDATE_S:
+            return
+        with self.lock:
+            if not force and now - self.checked < REVALIDATE_S:
+                return
+            try:
+                self.repository.check_valid()
+            except InvalidKey:
+                if not self._reread_key_file():
+                    raise
+            infos = {r.name: r for r in self.repository.resources(kind="storage")}
+            for name in list(self.backends):
+                if name not in infos or infos[name].updated_at != self.versions.get(name):
+                    self.backends.pop(name)  # credentials or options changed: rebuild
+            self.visible = infos
+            self.checked = time.monotonic()
+
+    def _reread_key_file(self) -> bool:
+        """A key file rewritten after rotation: switch to the new token."""
+        if not self.key_file:
+            return False
+        token = api.read_key_file(self.key_file)
+        repo = self.repository
+        fresh = api.Catalog(repo.home).open(repo.name, token)
+        if fresh.key_id != repo.key_id:
+            return False
+        self.repository = fresh
+        return True
+
+    def backend(self, name: str) -> Backend:
+        b = self.backends.get(name)
+        if b is not None:
+            return b
+        with self.lock:
+            b = self.backends.get(name)
+            if b is None:
+                if name not in self.visible:
+                    raise FileNotFoundError(errno.ENOENT, "no such resource",
+                                            f"{self.repository.name}/{name}")
+                b = build(self.repository.resolve(name))
+                self.backends[name] = b
+                self.versions[name] = self.visible[name].updated_at
+            return b
+
+
+_states: dict[tuple[str, str, str], _State] = {}
+_states_lock = threading.Lock()
+
+
+def _reset_after_fork() -> None:
+    global _states_lock
+    _states.clear()  # backends hold sockets and event loops of the parent
+    _states_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _state_for(repository: Repository, key_file: str | None) -> _State:
+    k = (repository.catalog_location, repository.name, repository.key_id or "admin")
+    with _states_lock:
+        state = _states.get(k)
+        if state is None:
+            state = _states[k] = _State(repository, key_file)
+        elif repository is not state.repository:
+            state.repository = repository  # a fresher authentication (e.g. after rotation)
+            state.key_file = key_file or state.key_file
+        return state
+
+
+class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
+    """fsspec filesystem for ``repo://<repository>/<resource>/<path>``.
+
+    ``RepositoryFileSystem(repo="analytics", key="rpk_...", home=None)``; the key defaults to
+    ``REPOLIB_KEY`` / ``REPOLIB_KEY_FILE``, the catalog to ``REPOLIB_HOME``. ``repo`` is optional:
+    a key belongs to one repository.
+    """
+
+    protocol = "repo"
+    root_marker = ""
+
+    def __init__(self, repo: str | None = None, key: str | None = None,
+                 home: str | None = None, *, repository: Repository | None = None,
+                 admin: bool = False, **kwargs: Any) -> None:
+        super().__init__(repo=repo, key=key, home=home, admin=admin, **kwargs)
+        key_file = None
+        if repository is None:
+            catalog = api.Catalog(home)
+            if admin:
+                if repo is None:
+                    raise ConfigError("admin=True needs repo=NAME")
+                repository = catalog.repository(repo)
+            else:
+                if key is None:
+                    key = os.environ.get(api.ENV_KEY)
+                    if key is None and os.environ.get(api.ENV_KEY_FILE):
+                        key_file = os.environ[api.ENV_KEY_FILE]
+                        key = api.read_key_file(key_file)
+                if key is None:
+                    raise InvalidKey("no API key for repo://: pass key=..., or set REPOLIB_KEY "
+                                     "or REPOLIB_KEY_FILE")
+                repository = catalog.open_key(key)
+                if repo is not None and repo != repository.name:
+                    raise InvalidKey(f"this key belongs to another repository, not {repo!r}")
+        self._repo_name = repository.name
+        self._state = _state_for(repository, key_file)
+
+    def __repr__(self) -> str:
+        r = self._state.repository
+        return f"<RepositoryFileSystem repo://{r.name} access={r.access.value}>"
+
+    def __reduce__(self) -> Any:
+        # storage_options hold the repository name and home, and the key only when it was given
+        # as an argument; never decrypted credentials.
+        from fsspec.spec import make_instance
+
+        opts = {k: v for k, v in self.storage_options.items() if k != "repository"}
+        return make_instance, (type(self), self.storage_args, opts)
+
+    @property
+    def repository(self) -> Repository:
+        return self._state.repository
+
+    # -- paths ------------------------------------------------------------------------------
+
+    @classmethod
+    def _strip_protocol(cls, path: Any) -> Any:
+        if isinstance(path, list):
+            return [cls._strip_protocol(p) for p in path]
+        return paths.strip_protocol(str(path))
+
+    def unstrip_protocol(self, name: str) -> str:
+        return f"repo://{self._strip_protocol(name)}"
+
+    def _split(self, path: str) -> RepoPath:
+        rp = paths.split(path)
+        if rp.repository and rp.repository != self._repo_name:
+            raise AccessDenied(f"access {path!r} denied: this key belongs to repository "
+                               f"{self._repo_name!r}")
+        return rp
+
+    def _target(self, path: str, need: Access, op: str) -> tuple[RepoPath, Backend]:
+        """Check the key for ``op`` on ``path``; return the split path and its backend."""
+        state = self._state
+        state.refresh()
+        rp = self._split(path)
+        if not rp.resource:
+            if need is Access.READ:
+                raise IsADirectoryError(errno.EISDIR, "is a directory", rp.full)
+            raise AccessDenied(f"{op} {rp.full or 'repo://'} denied: the repository and its "
+                               "resources cannot be changed through the filesystem")
+        state.repository.require(need, op, rp.full, resource=rp.resource)
+        backend = state.backend(rp.resource)
+        if need is not Access.READ and backend.read_only:
+            raise AccessDenied(f"{op} {rp.full} denied: resource {rp.resource!r} is read-only")
+        return rp, backend
+
+    def _call(self, rp: RepoPath, backend: Backend, fn: Callable[..., Any], *args: Any,
+              count: dict[str, float] | None = None, **kwargs: Any) -> Any:
+        """Run one backend call: count the request, translate the error."""
+        counters = {"requests": 1, **(count or {})}
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            new = errors.translate(exc, rp.full, backend.secrets)
+            if not isinstance(new, FileNotFoundError):  # "not there" is an answer, not an error
+                counters["errors"] = 1
+            if new is exc:
+                raise
+            raise new from exc
+        finally:
+            self._count(rp.resource, **counters)
+
+    def _count(self, resource: str, **counters: float) -> None:
+        self._state.repository.record_usage(resource, **counters)
+
+    def _entry(self, rp: RepoPath, backend: Backend, info: dict[str, Any]) -> dict[str, Any]:
+        rel = backend.rel(info["name"])
+        out = dict(info)
+        out["name"] = paths.join(rp.repository or self._repo_name, rp.resource,
+                                 rel if rel is not None else "")
+        return out
+
+    def _dir(self, name: str) -> dict[str, Any]:
+        return {"name": name, "size": 0, "type": "directory"}
+
+    # -- listing ----------------------------------------------------------------------------
+
+    def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
+        state = self._state
+        state.refresh()
+        rp = self._split(path)
+        if not rp.repository:
+            out = [self._dir(self._repo_name)]
+        elif not rp.resource:
+            out = [self._dir(f"{self._repo_name}/{name}") for name in sorted(state.visible)]
+        else:
+            rp, backend = self._target(path, Access.READ, "list")
+            try:
+                entries = self._call(rp, backend, backend.fs.ls, backend.path(rp.rel),
+                                     detail=True)
+            except FileNotFoundError:
+                if rp.rel:
+                    raise
+                entries = []  # an empty bucket prefix or missing folder: the root still exists
+            out = [self._entry(rp, backend, e) for e in entries]
+            out = [e for e in out if e["name"] != rp.full or e["type"] != "directory"]
+        return out if detail else [e["name"] for e in out]
+
+    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        state = self._state
+        state.refresh()
+        rp = self._split(path)
+        if not rp.repository:
+            return self._dir("")
+        if not rp.resource:
+            return self._dir(self._repo_name)
+        if not rp.rel:
+            self._target(path, Access.READ, "stat")
+            return self._dir(rp.full)
+        rp, backend = self._target(path, Access.READ, "stat")
+        return self._entry(rp, backend, self._call(rp, backend, backend.fs.info,
+                                                   backend.path(rp.rel)))
+
+    def exists(self, path: str, **kwargs: Any) -> bool:
+        try:
+            self.info(path)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def isdir(self, path: str) -> bool:
+        try:
+            return bool(self.info(path)["type"] == "directory")
+        except FileNotFoundError:
+            return False
+
+    def isfile(self, path: str) -> bool:
+        try:
+            return bool(self.info(path)["type"] == "file")
+        except FileNotFoundError:
+            return False
+
+    def find(self, path: str, maxdepth: int | None = None, withdirs: bool = False,
+             detail: bool = False, **kwargs: Any) -> Any:
+        if maxdepth is not None and maxdepth < 1:
+            raise ValueError("maxdepth must be at least 1")
+        state = self._state
+        state.refresh()
+        rp = self._split(path)
+        out: dict[str, dict[str, Any]] = {}
+        if not rp.resource:
+            # Above the resources: recurse into each resource the key may see.
+            repo_dir = self._repo_name
+            if withdirs and rp.repository:
+                out[repo_dir] = self._dir(repo_dir)
+            depth = None if maxdepth is None else maxdepth - (1 if rp.repository else 2)
+            for name in sorted(state.visible):
+                full = f"{repo_dir}/{name}"
+                if withdirs:
+                    out[full] = self._dir(full)
+                if depth is None or depth >= 1:
+                    out.update(self.find(full, maxdepth=depth, withdirs=withdirs, detail=True))
+        else:
+            rp, backend = self._target(path, Access.READ, "list")
+            try:
+                found = self._call(rp, backend, backend.fs.find, backend.path(rp.rel),
+                                   maxdepth=maxdepth, withdirs=withdirs, detail=True)
+            except FileNotFoundError:
+                if rp.rel:
+                    raise
+                found = {}
+            for info in found.values():
+                e = self._entry(rp, backend, info)
+                if e["name"] == rp.full and e["type"] == "directory" and not withdirs:
+                    continue
+                out[e["name"]] = e
+            if withdirs and not rp.rel:
+                out.setdefault(rp.full, self._dir(rp.full))
+        names = sorted(out)
+        return {n: out[n] for n in names} if detail else names
+
+    def modified(self, path: str) -> Any:
+        rp, backend = self._target(path, Access.READ, "stat")
+        return self._call(rp, backend, backend.fs.modified, backend.path(rp.rel))
+
+    def created(self, path: str) -> Any:
+        rp, backend = self._target(path, Access.READ, "stat")
+        return self._call(rp, backend, backend.fs.created, backend.path(rp.rel))
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _open(self, path: str, mode: str = "rb", block_size: Any = None,
+              autocommit: bool = True, cache_options: Any = None, **kwargs: Any) -> Any:
+        writing = bool(set(mode) & _WRITE_CHARS)
+        need = Access.WRITE if writing else Access.READ
+        rp, backend = self._target(path, need, "write" if writing else "read")
+        f = self._call(rp, backend, backend.fs.open, backend.path(rp.rel), mode=mode,
+                       block_size=block_size, autocommit=autocommit,
+                       cache_options=cache_options, **kwargs)
+        return _CountingFile(f, rp.full, lambda **c: self._count(rp.resource, **c),
+                             lambda exc: errors.translate(exc, rp.full, backend.secrets))
+
+    def cat_file(self, path: str, start: int | None = None, end: int | None = None,
+                 **kwargs: Any) -> bytes:
+        rp, backend = self._target(path, Access.READ, "read")
+        data: bytes = self._call(rp, backend, backend.fs.cat_file, backend.path(rp.rel),
+                                 start=start, end=end, **kwargs)
+        self._count(rp.resource, bytes_read=len(data))
+        return data
+
+    def cat_ranges(self, paths_: list[str], starts: Any, ends: Any, max_gap: Any = None,
+                   on_error: str = "return", **kwargs: Any) -> list[Any]:
+        if not isinstance(paths_, list):
+            raise TypeError("cat_ranges takes a list of paths")
+        if not isinstance(starts, list):
+            starts = [starts] * len(paths_)
+        if not isinstance(ends, list):
+            ends = [ends] * len(paths_)
+        if len(starts) != len(paths_) or len(ends) != len(paths_):
+            raise ValueError("paths, starts and ends must have the same length")
+        groups: dict[str, list[int]] = {}
+        targets = []
+        for i, p in enumerate(paths_):
+            rp, backend = self._target(p, Access.READ, "read")
+            targets.append((rp, backend))
+            groups.setdefault(rp.resource, []).append(i)
+        out: list[Any] = [None] * len(paths_)
+        for idx in groups.values():
+            rp, backend = targets[idx[0]]
+            results = self._call(rp, backend, backend.fs.cat_ranges,
+                                 [backend.path(targets[i][0].rel) for i in idx],
+                                 [starts[i] for i in idx], [ends[i] for i in idx],
+                                 on_error=on_error, **kwargs)
+            for i, r in zip(idx, results, strict=True):
+                if isinstance(r, Exception):
+                    r = errors.translate(r, targets[i][0].full, backend.secrets)
+                else:
+                    self._count(rp.resource, bytes_read=len(r))
+                out[i] = r
+        return out
+
+    def get_file(self, rpath: str, lpath: str, callback: Any = DEFAULT_CALLBACK,
+                 outfile: Any = None, **kwargs: Any) -> None:
+        rp, backend = self._target(rpath, Access.READ, "read")
+        if self.isdir(rpath):
+            os.makedirs(lpath, exist_ok=True)
+            return
+        if outfile is not None:
+            with self.open(rpath, "rb") as src:
+                shutil.copyfileobj(src, outfile, COPY_CHUNK)
+            return
+        self._call(rp, backend, backend.fs.get_file, backend.path(rp.rel), lpath,
+                   callback=callback, **kwargs)
+        self._count(rp.resource, bytes_read=os.path.getsize(lpath))
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
+        rp, backend = self._target(path, Access.WRITE, "write")
+        if mode != "overwrite":
+            kwargs["mode"] = mode
+        self._call(rp, backend, backend.fs.pipe_file, backend.path(rp.rel), value, **kwargs)
+        self._count(rp.resource, bytes_written=len(value))
+
+    def put_file(self, lpath: str, rpath: str, callback: Any = DEFAULT_CALLBACK,
+                 mode: str = "overwrite", **kwargs: Any) -> None:
+        rp, backend = self._target(rpath, Access.WRITE, "write")
+        if os.path.isdir(lpath):
+            self._call(rp, backend, backend.fs.makedirs, backend.path(rp.rel), exist_ok=True)
+            return
+        if mode != "overwrite":
+            kwargs["mode"] = mode
+        self._call(rp, backend, backend.fs.put_file, lpath, backend.path(rp.rel),
+                   callback=callback, **kwargs)
+        self._count(rp.resource, bytes_written=os.path.getsize(lpath))
+
+    def mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
+        rp = self._split(path)
+        if not rp.rel:
+            if rp.resource:
+                self._target(path, Access.WRITE, "mkdir")
+            raise FileExistsError(errno.EEXIST, "exists", rp.full)
+        rp, backend = self._target(path, Access.WRITE, "mkdir")
+        self._call(rp, backend, backend.fs.mkdir, backend.path(rp.rel),
+                   create_parents=create_parents, **kwargs)
+
+    def makedirs(self, path: str, exist_ok: bool = False) -> None:
+        rp = self._split(path)
+        if not rp.rel:
+            if rp.resource:
+                self._target(path, Access.WRITE, "mkdir")
+            if not exist_ok:
+                raise FileExistsError(errno.EEXIST, "exists", rp.full)
+            return
+        rp, backend = self._target(path, Access.WRITE, "mkdir")
+        self._call(rp, backend, backend.fs.makedirs, backend.path(rp.rel), exist_ok=exist_ok)
+
+    def rmdir(self, path: str) -> None:
+        rp, backend = self._target(path, Access.WRITE, "rmdir")
+        if not rp.rel:
+            raise AccessDenied(f"rmdir {rp.full} denied: a resource's root cannot be removed")
+        self._call(rp, backend, backend.fs.rmdir, backend.path(rp.rel))
+
+    def rm_file(self, path: str) -> None:
+        rp, backend = self._target(path, Access.WRITE, "delete")
+        if not rp.rel:
+            raise IsADirectoryError(errno.EISDIR, "is a directory", rp.full)
+        self._call(rp, backend, backend.fs.rm_file, backend.path(rp.rel))
+
+    def rm(self, path: Any, recursive: bool = False, maxdepth: int | None = None) -> None:
+        items = path if isinstance(path, list) else [path]
+        groups: dict[str, tuple[RepoPath, Backend, list[str]]] = {}
+        for p in items:
+            rp, backend = self._target(p, Access.WRITE, "delete")
+            if not rp.rel:
+                if not recursive:
+                    raise IsADirectoryError(errno.EISDIR, "is a directory; use recursive=True",
+                                            rp.full)
+                # Empty the resource, never delete its bucket or folder itself.
+                children = [backend.path(paths.split(c).rel) for c in self.ls(rp.full, False)]
+                if children:
+                    groups.setdefault(rp.resource, (rp, backend, []))[2].extend(children)
+                continue
+            groups.setdefault(rp.resource, (rp, backend, []))[2].append(backend.path(rp.rel))
+        for rp, backend, bpaths in groups.values():
+            self._call(rp, backend, backend.fs.rm, bpaths, recursive=recursive,
+                       maxdepth=maxdepth)
+
+    def cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
+        rp1, b1 = self._target(path1, Access.READ, "read")
+        rp2, b2 = self._target(path2, Access.WRITE, "write")
+        if rp1.resource == rp2.resource:
+            self._call(rp1, b1, b1.fs.cp_file, b1.path(rp1.rel), b2.path(rp2.rel), **kwargs)
+            return
+        if self.isdir(path1):
+            self.makedirs(path2, exist_ok=True)
+            return
+        with self.open(path1, "rb") as src, self.open(path2, "wb") as dst:
+            shutil.copyfileobj(src, dst, COPY_CHUNK)  # streamed: bounded memory
+
+    def mv(self, path1: Any, path2: Any, recursive: bool = False, maxdepth: int | None = None,
+           **kwargs: Any) -> None:
+        if isinstance(path1, str) and isinstance(path2, str):
+            rp1, b1 = self._target(path1, Access.WRITE, "move")
+            rp2, b2 = self._target(path2, Access.WRITE, "move")
+            if rp1.resource == rp2.resource and rp1.rel and rp2.rel:
+                if rp1.rel == rp2.rel:
+                    return
+                self._call(rp1, b1, b1.fs.mv, b1.path(rp1.rel), b2.path(rp2.rel),
+                           recursive=recursive, maxdepth=maxdepth, **kwargs)
+                return
+        super().mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
+
+    def invalidate_cache(self, path: str | None = None) -> None:
+        for b in list(self._state.backends.values()):
+            b.fs.invalidate_cache()
+
+    def sign(self, path: str, expiration: int = 100, **kwargs: Any) -> str:
+        raise NotImplementedError("repo:// does not hand out backend URLs (they would bypass "
+                                  "the key)")
+
+
+class _CountingFile(io.BufferedIOBase):
+    """A backend file that counts the bytes it moves and translates backend errors."""
+
+    def __init__(self, f: Any, path: str, count: Callable[..., None],
+                 translate: Callable[[BaseException], BaseException]) -> None:
+        self._f = f
+        self.path = path
+        self._countfn = count
+        self._translate = translate
+        self._read = 0
+        self._written = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+    def _guard(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as exc:
+            new = self._translate(exc)
+            if new is exc:
+                raise
+            raise new from exc
+
+    def read(self, size: int | None = -1) -> bytes:
+        data: bytes = self._guard(self._f.read, -1 if size is None else size)
+        self._read += len(data)
+        return data
+
+    def read1(self, size: int = -1) -> bytes:
+        return self.read(size)
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        n = len(data)
+        b[:n] = data
+        return n
+
+    def readline(self, size: int | None = -1) -> bytes:
+        data: bytes = self._guard(self._f.readline, -1 if size is None else size)
+        self._read += len(data)
+        return data
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            line = self.readline()
+            if not line:
+                return
+            yield line
+
+    def write(self, b: Any) -> int:
+        n = self._guard(self._f.write, b)
+        n = len(memoryview(b)) if n is None else n
+        self._written += n
+        return int(n)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return int(self._guard(self._f.seek, offset, whence))
+
+    def tell(self) -> int:
+        return int(self._f.tell())
+
+    def flush(self) -> None:
+        if not self._f.closed:
+            self._guard(self._f.flush)
+
+    def readable(self) -> bool:
+        return bool(self._f.readable())
+
+    def writable(self) -> bool:
+        return bool(self._f.writable())
+
+    def seekable(self) -> bool:
+        return bool(self._f.seekable())
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._f.closed)
+
+    def close(self) -> None:
+        if self._f.closed:
+            return
+        try:
+            self._guard(self._f.close)
+        finally:
+            self._countfn(bytes_read=self._read, bytes_written=self._written)
+            self._read = self._written = 0
+
+    def __del__(self) -> None:
+        pass  # the backend file closes (or discards) itself; do not flush from a finaliser
+
+    def __repr__(self) -> str:
+        return f"<repo file {self.path!r}>"
+

@@ -1,0 +1,118 @@
+"""Usage counters: counted in memory, flushed to the catalog every few seconds and at exit.
+
+Counters are process-wide, per catalog. After ``fork`` the child starts from zero (the parent
+flushes what it counted), so nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from .catalog import Store
+
+FLUSH_EVERY_S = 2.0
+CounterKey = tuple[str, int, str, str]  # day, repo_id, key_id, resource
+
+
+class Meter:
+    """The unflushed counters of one catalog."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._counts: dict[CounterKey, collections.Counter[str]] = {}
+
+    def add(self, repo_id: int, key_id: str, resource: str, now: float | None = None,
+            **counters: float) -> None:
+        day = time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))
+        k = (day, repo_id, key_id, resource)
+        with self._lock:
+            c = self._counts.get(k)
+            if c is None:
+                c = self._counts[k] = collections.Counter()
+            for name, value in counters.items():
+                if value:
+                    c[name] += value
+        _ensure_flusher()
+
+    def pending(self) -> dict[CounterKey, dict[str, float]]:
+        with self._lock:
+            return {k: dict(v) for k, v in self._counts.items()}
+
+    def flush(self) -> None:
+        """Write the counters in one transaction; on failure they stay for the next try."""
+        with self._lock:
+            counts, self._counts = self._counts, {}
+        if not counts or self.store.read_only:
+            return  # a read-only catalog cannot record usage
+        try:
+            with self.store.write() as tx:
+                for (day, repo_id, key_id, resource), c in counts.items():
+                    tx.usage_add(day, repo_id, key_id, resource, dict(c))
+        except Exception:
+            with self._lock:  # put them back, merged with what arrived meanwhile
+                for k, c in counts.items():
+                    self._counts.setdefault(k, collections.Counter()).update(c)
+            raise
+
+
+_meters: dict[str, Meter] = {}
+_meters_lock = threading.Lock()
+_flusher: threading.Thread | None = None
+_flusher_pid = 0
+
+
+def meter(store: Store) -> Meter:
+    with _meters_lock:
+        m = _meters.get(store.location)
+        if m is None:
+            m = _meters[store.location] = Meter(store)
+        return m
+
+
+def flush_all(on_error: Callable[[Exception], None] | None = None) -> None:
+    with _meters_lock:
+        meters = list(_meters.values())
+    for m in meters:
+        try:
+            m.flush()
+        except Exception as exc:  # a locked or vanished catalog must not crash the caller
+            if on_error is not None:
+                on_error(exc)
+
+
+def _loop() -> None:
+    while True:
+        time.sleep(FLUSH_EVERY_S)
+        if os.getpid() != _flusher_pid:
+            return
+        flush_all()
+
+
+def _ensure_flusher() -> None:
+    global _flusher, _flusher_pid
+    if _flusher is not None and _flusher_pid == os.getpid() and _flusher.is_alive():
+        return
+    with _meters_lock:
+        if _flusher is not None and _flusher_pid == os.getpid() and _flusher.is_alive():
+            return
+        _flusher_pid = os.getpid()
+        _flusher = threading.Thread(target=_loop, name="repolib-usage-flush", daemon=True)
+        _flusher.start()
+
+
+def _after_fork_in_child() -> None:
+    """The child owns none of the parent's unflushed counts: the parent flushes them."""
+    global _flusher, _meters_lock
+    _meters_lock = threading.Lock()
+    _meters.clear()
+    _flusher = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(flush_all)
