@@ -12,12 +12,14 @@ so pickling carries the key (or nothing, when it came from the environment), nev
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -233,6 +235,10 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
         out = dict(info)
         out["name"] = paths.join(rp.repository or self._repo_name, rp.resource,
                                  rel if rel is not None else "")
+        if "mtime" not in out:
+            mtime = _mtime(out)
+            if mtime is not None:
+                out["mtime"] = mtime
         return out
 
     def _dir(self, name: str) -> dict[str, Any]:
@@ -349,11 +355,28 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
         writing = bool(set(mode) & _WRITE_CHARS)
         need = Access.WRITE if writing else Access.READ
         rp, backend = self._target(path, need, "write" if writing else "read")
-        f = self._call(rp, backend, backend.fs.open, backend.path(rp.rel), mode=mode,
+        target = backend.path(rp.rel)
+        commit: Callable[[], None] | None = None
+        abort: Callable[[], None] | None = None
+        if backend.local and mode == "wb":
+            # Write beside the target and rename on close: a failed write keeps the old file.
+            tmp = _temp_beside(target)
+            opened = tmp
+
+            def commit() -> None:
+                os.replace(tmp, target)
+
+            def abort() -> None:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+        else:
+            opened = target
+        f = self._call(rp, backend, backend.fs.open, opened, mode=mode,
                        block_size=block_size, autocommit=autocommit,
                        cache_options=cache_options, **kwargs)
         return _CountingFile(f, rp.full, lambda **c: self._count(rp.resource, **c),
-                             lambda exc: errors.translate(exc, rp.full, backend.secrets))
+                             lambda exc: errors.translate(exc, rp.full, backend.secrets),
+                             commit=commit, abort=abort)
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None,
                  **kwargs: Any) -> bytes:
@@ -425,8 +448,19 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
             return
         if mode != "overwrite":
             kwargs["mode"] = mode
-        self._call(rp, backend, backend.fs.put_file, lpath, backend.path(rp.rel),
-                   callback=callback, **kwargs)
+        target = backend.path(rp.rel)
+        if backend.local and mode == "overwrite":
+            tmp = _temp_beside(target)  # upload beside, then rename: never a partial file
+            try:
+                self._call(rp, backend, backend.fs.put_file, lpath, tmp, callback=callback,
+                           **kwargs)
+                os.replace(tmp, target)
+            finally:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+        else:
+            self._call(rp, backend, backend.fs.put_file, lpath, target, callback=callback,
+                       **kwargs)
         self._count(rp.resource, bytes_written=os.path.getsize(lpath))
 
     def mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
@@ -515,15 +549,45 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
                                   "the key)")
 
 
+_MTIME_KEYS = ("LastModified", "last_modified", "updated", "mtime", "created", "timeCreated")
+
+
+def _mtime(info: dict[str, Any]) -> float | None:
+    """One float ``mtime`` for every backend (s3: LastModified, gcs: updated, az: ...)."""
+    import datetime as dt
+
+    for k in _MTIME_KEYS:
+        v = info.get(k)
+        if isinstance(v, dt.datetime):
+            return v.timestamp() if v.tzinfo else v.replace(tzinfo=dt.timezone.utc).timestamp()
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            return float(v)
+        if isinstance(v, str) and v:
+            try:
+                return dt.datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return None
+
+
+def _temp_beside(target: str) -> str:
+    head, tail = os.path.split(target)
+    return os.path.join(head, f".{tail}.repolib-{uuid.uuid4().hex[:8]}.tmp")
+
+
 class _CountingFile(io.BufferedIOBase):
     """A backend file that counts the bytes it moves and translates backend errors."""
 
     def __init__(self, f: Any, path: str, count: Callable[..., None],
-                 translate: Callable[[BaseException], BaseException]) -> None:
+                 translate: Callable[[BaseException], BaseException],
+                 commit: Callable[[], None] | None = None,
+                 abort: Callable[[], None] | None = None) -> None:
         self._f = f
         self.path = path
         self._countfn = count
         self._translate = translate
+        self._commit = commit
+        self._abort = abort
         self._read = 0
         self._written = 0
 
@@ -597,11 +661,34 @@ class _CountingFile(io.BufferedIOBase):
     def close(self) -> None:
         if self._f.closed:
             return
+        ok = False
         try:
             self._guard(self._f.close)
+            if self._commit is not None:
+                self._guard(self._commit)
+            ok = True
         finally:
+            if not ok and self._abort is not None:
+                self._abort()
+            self._commit = self._abort = None
             self._countfn(bytes_read=self._read, bytes_written=self._written)
             self._read = self._written = 0
+
+    def discard(self) -> None:
+        """Give up a write: the target keeps its old content (local folders)."""
+        if self._abort is not None:
+            with contextlib.suppress(Exception):
+                self._f.close()
+            self._abort()
+            self._commit = self._abort = None
+        elif hasattr(self._f, "discard"):
+            self._f.discard()
+
+    def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
+        if et is not None and self._abort is not None:
+            self.discard()  # an exception inside `with`: do not publish a half-written file
+            return
+        self.close()
 
     def __del__(self) -> None:
         pass  # the backend file closes (or discards) itself; do not flush from a finaliser

@@ -432,3 +432,24 @@ def test_pandas_round_trip(local_repo: repolib.Repository) -> None:
     assert back.to_dict("list") == {"x": [1, 3], "y": [2, 4], "z": [3, 7]}
     df.to_csv("repo://analytics/raw/out.csv", storage_options=so, index=False)
     assert pd.read_csv("repo://analytics/raw/out.csv", storage_options=so).shape == (2, 3)
+
+
+def test_failed_local_write_keeps_the_old_file(local_repo: repolib.Repository,
+                                               data: Path) -> None:
+    fs = fs_for(local_repo)
+    old = (data / "raw" / "a.csv").read_bytes()
+    with pytest.raises(RuntimeError), fs.open("analytics/raw/a.csv", "wb") as f:
+        f.write(b"half a new ver")
+        raise RuntimeError("the writer died")
+    assert (data / "raw" / "a.csv").read_bytes() == old
+    assert sorted(p.name for p in (data / "raw").iterdir()) == ["a.csv", "sub"]  # no temp left
+    with fs.open("analytics/raw/a.csv", "wb") as f:
+        f.write(b"new")
+    assert (data / "raw" / "a.csv").read_bytes() == b"new"
+
+
+def test_entries_carry_a_float_mtime(local_repo: repolib.Repository) -> None:
+    fs = fs_for(local_repo)
+    fs.pipe_file("analytics/scratch/m.txt", b"m")
+    for path in ("analytics/raw/a.csv", "analytics/scratch/m.txt"):
+        assert isinstance(fs.info(path)["mtime"], float)
