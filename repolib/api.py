@@ -313,25 +313,42 @@ class Catalog:
 
 
     def usage(self, repository: str | None = None, by: str = "resource",
-              since_day: str | None = None) -> list[dict[str, Any]]:
+              since_day: str | None = None, ai: bool = False) -> list[dict[str, Any]]:
         """Usage totals grouped ``by`` "repository", "key", "resource" or "day".
 
-        Counters of running processes reach the catalog within a few seconds (and at exit).
+        ``ai=True``: the LLM counters (requests, prompt/completion tokens, errors, latency),
+        grouped by model too. Counters of running processes reach the catalog within a few
+        seconds (and at exit).
         """
         if by not in USAGE_GROUPS:
             raise ConfigError(f"usage can be grouped by {', '.join(USAGE_GROUPS)}, not {by!r}")
         from . import usage
 
         usage.flush_all()
+        fields = [] if by == "repository" else [USAGE_GROUPS[by]]
+        if ai:
+            fields.append("model")
         groups: dict[tuple[str, ...], dict[str, Any]] = {}
-        for u in self.usage_rows(repository):
+        rows = self.ai_usage_rows(repository) if ai else self.usage_rows(repository)
+        for u in rows:
             if since_day is not None and u["day"] < since_day:
                 continue
-            k = (u["repository"],) if by == "repository" else (u["repository"], u[USAGE_GROUPS[by]])
-            g = groups.setdefault(k, {"repository": k[0], **({} if by == "repository" else
-                                                              {USAGE_GROUPS[by]: k[1]})})
+            k = (u["repository"], *(u[f] for f in fields))
+            g = groups.setdefault(k, {"repository": u["repository"],
+                                      **{f: u[f] for f in fields}})
             g[u["metric"]] = g.get(u["metric"], 0) + u["value"]
         return [groups[k] for k in sorted(groups)]
+
+    def ai_usage_rows(self, repository: str | None = None) -> list[dict[str, Any]]:
+        """Raw LLM usage counters: one dict per (day, repository, key, resource, model, metric)."""
+        self._ctx.require_catalog()
+        with self._ctx.store.read() as tx:
+            names = {r.id: r.name for r in tx.repo_list()}
+            repo_id = None if repository is None else self._repo_row(repository).id
+            rows = tx.ai_usage_rows(repo_id)
+        return [{"day": d, "repository": names.get(rid, str(rid)), "key_id": k,
+                 "resource": res, "model": model, "metric": m, "value": v}
+                for d, rid, k, res, model, m, v in rows]
 
 
 USAGE_GROUPS = {"repository": "repository", "key": "key_id", "resource": "resource",

@@ -56,3 +56,26 @@ def probe_storage(repo: Repository, name: str, write: bool = False,
 def _same(got: bytes, want: bytes) -> None:
     if got != want:
         raise OSError(errno.EIO, "the probe read back different bytes")
+
+
+def probe_llm(repo: Repository, name: str, report: Callable[[str], None] = lambda s: None
+              ) -> None:
+    """List the endpoint's models and make one tiny request (max_tokens=1)."""
+    from .ai.client import _Core, upstream_error
+
+    info = repo.resource(name)
+    core = _Core(repo)
+    client, secrets = core.client(name, False)
+    model = (info.definition["models"] or list(info.definition["aliases"].values()) or [None])[0]
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("list models", lambda: report(f"{len(list(client.models.list()))} models upstream"))]
+    if model is not None:
+        steps.append(("tiny request", lambda: client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "ping"}], max_tokens=1)))
+    for step, fn in steps:
+        try:
+            fn()
+        except Exception as exc:
+            raise ProbeFailed(f"{repo.name}/{name}: {step} failed: "
+                              f"{upstream_error(exc, secrets, 'endpoint')}") from None
+        report(f"{step}: ok")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -215,10 +216,10 @@ class Repository:
                                         repository=self)
         return RepositoryFileSystem(repo=self.name, home=self.home, admin=True, repository=self)
 
-    def record_usage(self, resource: str, **counters: float) -> None:
+    def record_usage(self, resource: str, model: str = "", **counters: float) -> None:
         """Count requests, bytes or tokens for this key and resource (flushed in the background)."""
         usage.meter(self._ctx.store).add(self._row.id, self.key_id or "admin", resource,
-                                         self._ctx.now(), **counters)
+                                         self._ctx.now(), model=model, **counters)
 
     def __repr__(self) -> str:
         who = "admin secret" if self.key_id is None else f"key {self.key_id}"
@@ -238,6 +239,54 @@ class Repository:
         """Re-read the key from the catalog: revoked or expired keys stop here."""
         with self._ctx.store.read() as tx:
             self._auth.recheck(tx, self._ctx.now())
+        self._checked = time.monotonic()
+
+    def ensure_valid(self, max_age: float = 2.0) -> None:
+        """``check_valid`` at most every ``max_age`` seconds (a revoked key stops soon)."""
+        if time.monotonic() - getattr(self, "_checked", -1e9) >= max_age:
+            self.check_valid()
+
+    @property
+    def ai_policy(self) -> AIPolicy | None:
+        """What this authority may do with the LLMs; None: AI use is off."""
+        return self._auth.ai
+
+    @property
+    def catalog_store(self) -> Any:
+        return self._ctx.store
+
+    def now(self) -> float:
+        return self._ctx.now()
+
+    @property
+    def ai(self) -> Any:
+        """The repository's LLMs behind the openai SDK's interface (``repo.ai.chat...``)."""
+        from .ai import AI  # the AI facade builds on Repository, not back
+
+        if getattr(self, "_ai", None) is None:
+            self._ai = AI(self)
+        return self._ai
+
+    @property
+    def aio(self) -> Any:
+        """The async twin of ``repo.ai``."""
+        from .ai import AsyncAI
+
+        if getattr(self, "_aio", None) is None:
+            self._aio = AsyncAI(self)
+        return self._aio
+
+    def ask(self, question: str, files: str | list[str] | None = None,
+            model: str | None = None, **params: Any) -> Any:
+        """Ask the repository's LLM about its files; returns an Answer (``.text``, ``.files``)."""
+        from .ai.notebook import ask
+
+        return ask(self, question, files=files, model=model, **params)
+
+    def _repr_html_(self) -> str:
+        from .ai.notebook import repository_html
+
+        return repository_html(self)
 
     def in_scope(self, resource: str) -> bool:
         scope = self._auth.scope

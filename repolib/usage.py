@@ -16,7 +16,7 @@ from collections.abc import Callable
 from .catalog import Store
 
 FLUSH_EVERY_S = 2.0
-CounterKey = tuple[str, int, str, str]  # day, repo_id, key_id, resource
+CounterKey = tuple[str, int, str, str, str]  # day, repo_id, key_id, resource, model
 
 
 class Meter:
@@ -25,12 +25,14 @@ class Meter:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()  # a flush returns only after earlier ones committed
         self._counts: dict[CounterKey, collections.Counter[str]] = {}
 
     def add(self, repo_id: int, key_id: str, resource: str, now: float | None = None,
-            **counters: float) -> None:
+            model: str = "", **counters: float) -> None:
+        """Count for a storage resource, or (with ``model``) for an LLM resource's model."""
         day = time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))
-        k = (day, repo_id, key_id, resource)
+        k = (day, repo_id, key_id, resource, model)
         with self._lock:
             c = self._counts.get(k)
             if c is None:
@@ -46,14 +48,21 @@ class Meter:
 
     def flush(self) -> None:
         """Write the counters in one transaction; on failure they stay for the next try."""
+        with self._flush_lock:
+            self._flush()
+
+    def _flush(self) -> None:
         with self._lock:
             counts, self._counts = self._counts, {}
         if not counts or self.store.read_only:
             return  # a read-only catalog cannot record usage
         try:
             with self.store.write() as tx:
-                for (day, repo_id, key_id, resource), c in counts.items():
-                    tx.usage_add(day, repo_id, key_id, resource, dict(c))
+                for (day, repo_id, key_id, resource, model), c in counts.items():
+                    if model:
+                        tx.ai_usage_add(day, repo_id, key_id, resource, model, dict(c))
+                    else:
+                        tx.usage_add(day, repo_id, key_id, resource, dict(c))
         except Exception:
             with self._lock:  # put them back, merged with what arrived meanwhile
                 for k, c in counts.items():

@@ -123,6 +123,31 @@ MIGRATIONS: list[str] = [
         mac BLOB NOT NULL
     );
     """,
+    # 2: the AI side: budgets (reserve-then-settle), request rates, usage per model
+    """
+    CREATE TABLE ai_ledger (
+        key_id TEXT NOT NULL,
+        period TEXT NOT NULL,
+        tokens REAL NOT NULL DEFAULT 0,
+        PRIMARY KEY (key_id, period)
+    );
+    CREATE TABLE ai_rate (
+        key_id TEXT NOT NULL,
+        minute INTEGER NOT NULL,
+        requests INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (key_id, minute)
+    );
+    CREATE TABLE ai_usage (
+        day TEXT NOT NULL,
+        repo_id INTEGER NOT NULL,
+        key_id TEXT NOT NULL,
+        resource TEXT NOT NULL,
+        model TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        value REAL NOT NULL,
+        PRIMARY KEY (day, repo_id, key_id, resource, model, metric)
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -413,6 +438,45 @@ class SQLiteTx(Tx):
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
         return [tuple(r) for r in self._all(sql + " ORDER BY day", args)]  # type: ignore[misc]
+
+    def ai_usage_add(self, day: str, repo_id: int, key_id: str, resource: str, model: str,
+                     counters: dict[str, float]) -> None:
+        self.c.executemany(
+            "INSERT INTO ai_usage(day, repo_id, key_id, resource, model, metric, value) "
+            "VALUES (?,?,?,?,?,?,?) ON CONFLICT(day, repo_id, key_id, resource, model, metric) "
+            "DO UPDATE SET value = value + excluded.value",
+            [(day, repo_id, key_id, resource, model, m, v) for m, v in counters.items() if v])
+
+    def ai_usage_rows(self, repo_id: int | None = None
+                      ) -> list[tuple[str, int, str, str, str, str, float]]:
+        sql, args = ("SELECT day, repo_id, key_id, resource, model, metric, value FROM ai_usage",
+                     [])
+        if repo_id is not None:
+            sql += " WHERE repo_id = ?"
+            args.append(repo_id)
+        return [tuple(r) for r in self._all(sql + " ORDER BY day", args)]  # type: ignore[misc]
+
+    def ledger_get(self, key_id: str, period: str) -> float:
+        row = self._one("SELECT tokens FROM ai_ledger WHERE key_id = ? AND period = ?",
+                        (key_id, period))
+        return 0.0 if row is None else float(row[0])
+
+    def ledger_add(self, key_id: str, period: str, tokens: float) -> None:
+        self.c.execute("INSERT INTO ai_ledger(key_id, period, tokens) VALUES (?,?,?) "
+                       "ON CONFLICT(key_id, period) DO UPDATE SET tokens = tokens + "
+                       "excluded.tokens", (key_id, period, tokens))
+
+    def rate_get(self, key_id: str, minute: int) -> int:
+        row = self._one("SELECT requests FROM ai_rate WHERE key_id = ? AND minute = ?",
+                        (key_id, minute))
+        return 0 if row is None else int(row[0])
+
+    def rate_add(self, key_id: str, minute: int) -> None:
+        self.c.execute("INSERT INTO ai_rate(key_id, minute, requests) VALUES (?,?,1) "
+                       "ON CONFLICT(key_id, minute) DO UPDATE SET requests = requests + 1",
+                       (key_id, minute))
+        self.c.execute("DELETE FROM ai_rate WHERE key_id = ? AND minute < ?",
+                       (key_id, minute - 1))
 
     # audit
     def audit_head(self) -> tuple[int, bytes]:

@@ -178,6 +178,24 @@ class Tx(abc.ABC):
                    ) -> list[tuple[str, int, str, str, str, float]]:
         """(day, repo_id, key_id, resource, metric, value) rows."""
 
+    # the AI side
+    @abc.abstractmethod
+    def ai_usage_add(self, day: str, repo_id: int, key_id: str, resource: str, model: str,
+                     counters: dict[str, float]) -> None: ...
+    @abc.abstractmethod
+    def ai_usage_rows(self, repo_id: int | None = None
+                      ) -> list[tuple[str, int, str, str, str, str, float]]:
+        """(day, repo_id, key_id, resource, model, metric, value) rows."""
+    @abc.abstractmethod
+    def ledger_get(self, key_id: str, period: str) -> float:
+        """Tokens charged (reserved or settled) to a key in a budget period."""
+    @abc.abstractmethod
+    def ledger_add(self, key_id: str, period: str, tokens: float) -> None: ...
+    @abc.abstractmethod
+    def rate_get(self, key_id: str, minute: int) -> int: ...
+    @abc.abstractmethod
+    def rate_add(self, key_id: str, minute: int) -> None: ...
+
     # audit
     @abc.abstractmethod
     def audit_head(self) -> tuple[int, bytes]: ...

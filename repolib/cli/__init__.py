@@ -15,6 +15,7 @@ import click
 
 from .. import __version__
 from ..exceptions import RepolibError
+from .ai import ai_group
 from .common import State
 from .files import COMMANDS as FILE_COMMANDS
 from .keys import key_group
@@ -87,7 +88,7 @@ def main(ctx: click.Context, home: str | None) -> None:
 
 
 for command in (init_cmd, overview_cmd, whoami_cmd, audit_cmd, usage_cmd, repo_group,
-                admin_group, resource_group, llm_group, key_group, *FILE_COMMANDS):
+                admin_group, resource_group, llm_group, key_group, ai_group, *FILE_COMMANDS):
     main.add_command(command)
 resource_group.add_command(resource_test)
 
