@@ -1,4 +1,4 @@
-"""Open a repository with an API key (from REPOLIB_KEY or REPOLIB_KEY_FILE) and look around.
+"""Open a repository with an API key (from REPOLIB_KEY or REPOLIB_KEY_FILE) and use it.
 
 Run by scripts/demo.sh after it created the demo repository; the tests run it too.
 """
@@ -6,6 +6,8 @@ Run by scripts/demo.sh after it created the demo repository; the tests run it to
 from __future__ import annotations
 
 import sys
+
+import fsspec
 
 import repolib
 
@@ -15,6 +17,8 @@ def main(name: str = "demo") -> None:
     print(f"opened {repo.name!r} with key {repo.key_id} ({repo.access.value} access)")
     for res in repo.resources():
         print(f"  {res.kind:<8} {res.name:<10} {res.summary}")
+    with fsspec.open(f"repo://{name}/raw/2024.csv", "r") as f:  # same key, through fsspec
+        print("raw/2024.csv:", f.read().splitlines()[1])
     try:
         repo.create_key("sneaky", "admin")
     except repolib.AccessDenied as exc:

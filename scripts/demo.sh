@@ -5,11 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO_ROOT="$PWD"
 REPOLIB_EXTRAS="${REPOLIB_EXTRAS:-all}" bash scripts/setup.sh
+PY=.venv/bin/python bash scripts/install-llm.sh
 export PATH="$REPO_ROOT/.venv/bin:$PATH"
 
 DEMO_DIR="$(realpath -m "${DEMO_DIR:-.demo}")"
 rm -rf "$DEMO_DIR"
-mkdir -p "$DEMO_DIR/data/raw" "$DEMO_DIR/data/docs"
+mkdir -p "$DEMO_DIR/data/raw" "$DEMO_DIR/data/docs" "$DEMO_DIR/data/scratch"
 export REPOLIB_HOME="$DEMO_DIR/home"
 unset REPOLIB_KEY REPOLIB_KEY_FILE REPOLIB_ADMIN_KEY REPOLIB_PASSPHRASE
 
@@ -20,6 +21,18 @@ printf '# Visitors\nLisbon had the most visitors in 2024, then Porto.\n' \
 
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 
+# A real model on loopback: SmolLM2-135M-Instruct through llama.cpp's server (no account needed).
+python tools/serve_llm.py --model .tools/models/SmolLM2-135M-Instruct.Q4_1.gguf --port 0 \
+    > "$DEMO_DIR/llm.out" 2> "$DEMO_DIR/llm.log" &
+LLM_PID=$!
+trap 'kill $LLM_PID 2>/dev/null || true' EXIT
+for _ in $(seq 1 600); do
+    grep -q '^ready ' "$DEMO_DIR/llm.out" 2>/dev/null && break
+    kill -0 $LLM_PID 2>/dev/null || { echo "the model server failed: see $DEMO_DIR/llm.log"; exit 1; }
+    sleep 0.1
+done
+LLM_URL="$(awk '/^ready /{print $2}' "$DEMO_DIR/llm.out")"
+
 step repolib init
 repolib init
 step repolib repo create demo
@@ -27,14 +40,27 @@ repolib repo create demo --description "local folders, no cloud account"
 step repolib resource add demo raw "file://$DEMO_DIR/data/raw"
 repolib resource add demo raw "file://$DEMO_DIR/data/raw"
 repolib resource add demo docs "file://$DEMO_DIR/data/docs" --read-only
-step "repolib key create demo notebook --access read > notebook.key"
-repolib key create demo notebook --access read > "$DEMO_DIR/notebook.key"
+repolib resource add demo scratch "file://$DEMO_DIR/data/scratch"
+step repolib llm add demo local --base-url "$LLM_URL" --model smollm2
+repolib llm add demo local --base-url "$LLM_URL" --model smollm2
+step "repolib key create demo notebook --access write --ai --max-tokens 256 > notebook.key"
+repolib key create demo notebook --access write --ai --max-tokens 256 > "$DEMO_DIR/notebook.key"
 chmod 600 "$DEMO_DIR/notebook.key"
 export REPOLIB_KEY_FILE="$DEMO_DIR/notebook.key"
 step repolib whoami
 repolib whoami
 step python examples/quickstart.py
 python examples/quickstart.py
+step repolib ls -l repo://demo/raw
+repolib ls -l repo://demo/raw
+step "repolib cp repo://demo/raw/2024.csv repo://demo/scratch/copy.csv && repolib cat repo://demo/scratch/copy.csv"
+repolib cp repo://demo/raw/2024.csv repo://demo/scratch/copy.csv
+repolib cat repo://demo/scratch/copy.csv
+step repolib ai ask demo "Which city had the most visitors in 2024?" --files 'docs/*.md'
+repolib ai ask demo "Which city had the most visitors in 2024?" --files 'docs/*.md' \
+    --max-tokens 48 --temperature 0
+step repolib usage demo --ai
+repolib usage demo --ai
 step repolib overview
 repolib overview
 step repolib audit --verify

@@ -4,8 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-if [ -f scripts/install-servers.sh ]; then
-    PY=.venv/bin/python bash scripts/install-servers.sh
-fi
+PY=.venv/bin/python bash scripts/install-servers.sh
+PY=.venv/bin/python bash scripts/install-llm.sh
 .venv/bin/ruff check repolib mount tests bench examples
 exec .venv/bin/python -m pytest "$@"
