@@ -9,8 +9,12 @@ decrypted credentials live in exactly one place.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import posixpath
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import fsspec
@@ -19,6 +23,31 @@ from .exceptions import BackendUnavailable, ConfigError
 from .paths import PathEscape
 from .repository import ResolvedResource
 from .resources.storage import BUCKET_PROTOCOLS, split_url
+
+_instances: dict[str, Any] = {}
+_instances_lock = threading.Lock()
+
+
+def _reset_after_fork() -> None:
+    global _instances_lock
+    _instances.clear()  # clients hold sockets and event loops of the parent
+    _instances_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _shared(factory: Callable[..., Any], kind: str, kw: dict[str, Any]) -> Any:
+    """One client per identical configuration in this process (creating an S3 or GCS client
+    costs hundreds of milliseconds). Private to repolib: never fsspec's shared cache."""
+    ident = hashlib.sha256(json.dumps([kind, kw], sort_keys=True, default=repr).encode())
+    k = ident.hexdigest()
+    with _instances_lock:
+        fs = _instances.get(k)
+        if fs is None:
+            fs = _instances[k] = factory(skip_instance_cache=True, **kw)
+        return fs
+
 
 _REPOLIB_OPTIONS = {"read_only", "ambient_credentials", "endpoint_url", "region", "account_name"}
 _EXTRA = {"s3": "s3", "gcs": "gcs", "az": "azure"}
@@ -140,8 +169,8 @@ def _s3(options: dict[str, Any], extra: dict[str, Any], creds: dict[str, Any],
     if options.get("endpoint_url"):
         kw["endpoint_url"] = options["endpoint_url"]
     if options.get("region"):
-        kw.setdefault("client_kwargs", {})["region_name"] = options["region"]
-    return s3fs.S3FileSystem(skip_instance_cache=True, **kw)
+        kw.setdefault("config_kwargs", {})["region_name"] = options["region"]
+    return _shared(s3fs.S3FileSystem, "s3", kw)
 
 
 def _gcs(options: dict[str, Any], extra: dict[str, Any], creds: dict[str, Any],
@@ -161,7 +190,7 @@ def _gcs(options: dict[str, Any], extra: dict[str, Any], creds: dict[str, Any],
     if options.get("endpoint_url"):
         kw["endpoint_url"] = options["endpoint_url"]
     kw.setdefault("project", "repolib")
-    return gcsfs.GCSFileSystem(skip_instance_cache=True, **kw)
+    return _shared(gcsfs.GCSFileSystem, "gcs", kw)
 
 
 def _azure(options: dict[str, Any], extra: dict[str, Any], creds: dict[str, Any],
@@ -189,4 +218,4 @@ def _azure(options: dict[str, Any], extra: dict[str, Any], creds: dict[str, Any]
     if not any(kw.get(k) for k in ("account_key", "sas_token", "connection_string",
                                    "client_secret", "credential")) and not ambient:
         kw["anon"] = True
-    return adlfs.AzureBlobFileSystem(skip_instance_cache=True, **kw)
+    return _shared(adlfs.AzureBlobFileSystem, "az", kw)

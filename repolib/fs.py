@@ -235,7 +235,7 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
         out = dict(info)
         out["name"] = paths.join(rp.repository or self._repo_name, rp.resource,
                                  rel if rel is not None else "")
-        if "mtime" not in out:
+        if not isinstance(out.get("mtime"), float):
             mtime = _mtime(out)
             if mtime is not None:
                 out["mtime"] = mtime
@@ -356,6 +356,10 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
         need = Access.WRITE if writing else Access.READ
         rp, backend = self._target(path, need, "write" if writing else "read")
         target = backend.path(rp.rel)
+        if "x" in mode and not backend.local and \
+                self._call(rp, backend, backend.fs.exists, target):
+            # object stores check "create only" at upload time, if at all: say it at open
+            raise FileExistsError(errno.EEXIST, "file exists", rp.full)
         commit: Callable[[], None] | None = None
         abort: Callable[[], None] | None = None
         if backend.local and mode == "wb":
@@ -427,6 +431,9 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
             with self.open(rpath, "rb") as src:
                 shutil.copyfileobj(src, outfile, COPY_CHUNK)
             return
+        parent = os.path.dirname(lpath)
+        if parent:
+            os.makedirs(parent, exist_ok=True)  # as fsspec's local side does for every backend
         self._call(rp, backend, backend.fs.get_file, backend.path(rp.rel), lpath,
                    callback=callback, **kwargs)
         self._count(rp.resource, bytes_read=os.path.getsize(lpath))
@@ -437,6 +444,9 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
         rp, backend = self._target(path, Access.WRITE, "write")
         if mode != "overwrite":
             kwargs["mode"] = mode
+            if mode == "create" and not backend.local and \
+                    self._call(rp, backend, backend.fs.exists, backend.path(rp.rel)):
+                raise FileExistsError(errno.EEXIST, "file exists", rp.full)
         self._call(rp, backend, backend.fs.pipe_file, backend.path(rp.rel), value, **kwargs)
         self._count(rp.resource, bytes_written=len(value))
 
@@ -535,8 +545,14 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
             if rp1.resource == rp2.resource and rp1.rel and rp2.rel:
                 if rp1.rel == rp2.rel:
                     return
-                self._call(rp1, b1, b1.fs.mv, b1.path(rp1.rel), b2.path(rp2.rel),
-                           recursive=recursive, maxdepth=maxdepth, **kwargs)
+                src, dst = b1.path(rp1.rel), b2.path(rp2.rel)
+                if b1.protocol in ("file", "memory"):
+                    self._call(rp1, b1, b1.fs.mv, src, dst, recursive=recursive,
+                               maxdepth=maxdepth, **kwargs)
+                else:  # object stores: server-side copy, then delete (no emulator-only APIs)
+                    self._call(rp1, b1, b1.fs.copy, src, dst, recursive=recursive,
+                               maxdepth=maxdepth)
+                    self._call(rp1, b1, b1.fs.rm, src, recursive=recursive, maxdepth=maxdepth)
                 return
         super().mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
 

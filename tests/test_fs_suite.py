@@ -1,4 +1,4 @@
-"""fsspec's own shared test suite (copy, get, put, pipe, open) on repo:// over a memory resource."""
+"""fsspec's own shared test suite (copy, get, put, pipe, open) on repo:// over memory and S3."""
 
 from __future__ import annotations
 
@@ -41,6 +41,54 @@ class MemoryRepoFixtures(AbstractFixtures):
     @pytest.fixture
     def fs_path(self) -> str:
         return "suite/mem"
+
+
+class S3RepoFixtures(AbstractFixtures):
+    """repo:// over an S3 bucket prefix on the session's real S3 server (rclone serve s3)."""
+
+    @pytest.fixture
+    def fs(self, tmp_path: Path, rclone_server) -> Iterator[fsspec.AbstractFileSystem]:  # type: ignore[no-untyped-def]
+        from .conftest import new_bucket, s3_options
+
+        bucket = new_bucket(rclone_server, "suite")
+        cat = repolib.Catalog(tmp_path / "home")
+        cat.init()
+        repo = cat.create_repository("suite")
+        repo.add_storage("mem", f"s3://{bucket}/prefix", **s3_options(rclone_server))
+        token = repo.create_key("suite", "write").token
+        yield fsspec.filesystem("repo", key=token, home=str(tmp_path / "home"))
+
+    @pytest.fixture
+    def fs_join(self):  # type: ignore[no-untyped-def]
+        return lambda *args: "/".join(args)
+
+    @pytest.fixture
+    def fs_path(self) -> str:
+        return "suite/mem"
+
+    @pytest.fixture
+    def supports_empty_directories(self) -> bool:
+        return False  # object stores have no empty directories
+
+
+class TestRepoS3Copy(AbstractCopyTests, S3RepoFixtures):
+    pass
+
+
+class TestRepoS3Get(AbstractGetTests, S3RepoFixtures):
+    pass
+
+
+class TestRepoS3Put(AbstractPutTests, S3RepoFixtures):
+    pass
+
+
+class TestRepoS3Pipe(AbstractPipeTests, S3RepoFixtures):
+    pass
+
+
+class TestRepoS3Open(AbstractOpenTests, S3RepoFixtures):
+    pass
 
 
 class TestRepoMemoryCopy(AbstractCopyTests, MemoryRepoFixtures):
