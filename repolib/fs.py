@@ -212,11 +212,18 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
         return rp, backend
 
     def _call(self, rp: RepoPath, backend: Backend, fn: Callable[..., Any], *args: Any,
-              count: dict[str, float] | None = None, **kwargs: Any) -> Any:
-        """Run one backend call: count the request, translate the error."""
-        counters = {"requests": 1, **(count or {})}
+              count: dict[str, float] | None = None,
+              measure: Callable[[Any], dict[str, float]] | None = None, **kwargs: Any) -> Any:
+        """Run one backend call: count the request (and ``count``/``measure(result)`` on
+        success) in one go, translate the error."""
+        counters: dict[str, float] = {"requests": 1}
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            if count:
+                counters.update(count)
+            if measure is not None:
+                counters.update(measure(result))
+            return result
         except Exception as exc:
             new = errors.translate(exc, rp.full, backend.secrets)
             if not isinstance(new, FileNotFoundError):  # "not there" is an answer, not an error
@@ -386,8 +393,7 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
                  **kwargs: Any) -> bytes:
         rp, backend = self._target(path, Access.READ, "read")
         data: bytes = self._call(rp, backend, backend.fs.cat_file, backend.path(rp.rel),
-                                 start=start, end=end, **kwargs)
-        self._count(rp.resource, bytes_read=len(data))
+                                 start=start, end=end, measure=_read_bytes, **kwargs)
         return data
 
     def cat_ranges(self, paths_: list[str], starts: Any, ends: Any, max_gap: Any = None,
@@ -447,8 +453,8 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
             if mode == "create" and not backend.local and \
                     self._call(rp, backend, backend.fs.exists, backend.path(rp.rel)):
                 raise FileExistsError(errno.EEXIST, "file exists", rp.full)
-        self._call(rp, backend, backend.fs.pipe_file, backend.path(rp.rel), value, **kwargs)
-        self._count(rp.resource, bytes_written=len(value))
+        self._call(rp, backend, backend.fs.pipe_file, backend.path(rp.rel), value,
+                   count={"bytes_written": len(value)}, **kwargs)
 
     def put_file(self, lpath: str, rpath: str, callback: Any = DEFAULT_CALLBACK,
                  mode: str = "overwrite", **kwargs: Any) -> None:
@@ -563,6 +569,10 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
     def sign(self, path: str, expiration: int = 100, **kwargs: Any) -> str:
         raise NotImplementedError("repo:// does not hand out backend URLs (they would bypass "
                                   "the key)")
+
+
+def _read_bytes(data: bytes) -> dict[str, float]:
+    return {"bytes_read": len(data)}
 
 
 _MTIME_KEYS = ("LastModified", "last_modified", "updated", "mtime", "created", "timeCreated")

@@ -19,6 +19,18 @@ FLUSH_EVERY_S = 2.0
 CounterKey = tuple[str, int, str, str, str]  # day, repo_id, key_id, resource, model
 
 
+_day_cache: tuple[int, str] = (-1, "")
+
+
+def _day(now: float) -> str:
+    """UTC day of ``now``, computed once per second (this runs on every counted call)."""
+    global _day_cache
+    second = int(now)
+    if _day_cache[0] != second:
+        _day_cache = (second, time.strftime("%Y-%m-%d", time.gmtime(second)))
+    return _day_cache[1]
+
+
 class Meter:
     """The unflushed counters of one catalog."""
 
@@ -31,7 +43,7 @@ class Meter:
     def add(self, repo_id: int, key_id: str, resource: str, now: float | None = None,
             model: str = "", **counters: float) -> None:
         """Count for a storage resource, or (with ``model``) for an LLM resource's model."""
-        day = time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))
+        day = _day(time.time() if now is None else now)
         k = (day, repo_id, key_id, resource, model)
         with self._lock:
             c = self._counts.get(k)
@@ -95,29 +107,37 @@ def flush_all(on_error: Callable[[Exception], None] | None = None) -> None:
                 on_error(exc)
 
 
+_current_pid = os.getpid()
+
+
+def _pid() -> int:
+    return _current_pid
+
+
 def _loop() -> None:
     while True:
         time.sleep(FLUSH_EVERY_S)
-        if os.getpid() != _flusher_pid:
+        if _pid() != _flusher_pid:
             return
         flush_all()
 
 
 def _ensure_flusher() -> None:
     global _flusher, _flusher_pid
-    if _flusher is not None and _flusher_pid == os.getpid() and _flusher.is_alive():
+    if _flusher is not None and _flusher_pid == _pid():
         return
     with _meters_lock:
-        if _flusher is not None and _flusher_pid == os.getpid() and _flusher.is_alive():
+        if _flusher is not None and _flusher_pid == _pid():
             return
-        _flusher_pid = os.getpid()
+        _flusher_pid = _pid()
         _flusher = threading.Thread(target=_loop, name="repolib-usage-flush", daemon=True)
         _flusher.start()
 
 
 def _after_fork_in_child() -> None:
     """The child owns none of the parent's unflushed counts: the parent flushes them."""
-    global _flusher, _meters_lock
+    global _flusher, _meters_lock, _current_pid
+    _current_pid = os.getpid()
     _meters_lock = threading.Lock()
     _meters.clear()
     _flusher = None

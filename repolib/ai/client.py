@@ -199,9 +199,10 @@ class _Outcome:
     """Charges one finished call: usage counters and the budget ledger."""
 
     def __init__(self, core: _Core, route: Route, model: str, plan: Plan,
-                 res: ledger.Reservation | None, started: float) -> None:
+                 res: ledger.Reservation | None, started: float,
+                 secrets: tuple[str, ...] = ()) -> None:
         self.core, self.route, self.model, self.plan = core, route, model, plan
-        self.res, self.started = res, started
+        self.res, self.started, self.secrets = res, started, secrets
 
     def done(self, usage: Any, text: str) -> None:
         numbers = _usage_numbers(usage)
@@ -229,6 +230,7 @@ class _Tally:
 
     def __init__(self, out: _Outcome) -> None:
         self.out, self.usage, self.text, self.finished = out, None, [], False
+        self.finish_reason = False
 
     def keep(self, chunk: Any) -> bool:
         if getattr(chunk, "usage", None) is not None:
@@ -236,14 +238,18 @@ class _Tally:
         for ch in chunk.choices or []:
             if ch.delta is not None and isinstance(ch.delta.content, str):
                 self.text.append(ch.delta.content)
+            if getattr(ch, "finish_reason", None):
+                self.finish_reason = True
         # the usage-only chunk was asked for by us; pass it on only if the caller asked too
         return bool(chunk.choices) or self.out.plan.wants_usage
 
     def error(self, exc: Exception) -> UpstreamError:
-        return upstream_error(exc, (), f"stream from {self.out.route.resource}")
+        return upstream_error(exc, self.out.secrets, f"stream from {self.out.route.resource}")
 
     def close(self) -> None:
-        if self.finished:
+        # A stream that ended without usage and without a finish reason was cut short, even
+        # if the connection closed cleanly: it is charged its reservation.
+        if self.finished and (self.usage is not None or self.finish_reason):
             self.out.done(self.usage, "".join(self.text))
         else:
             self.out.cut()
@@ -251,28 +257,46 @@ class _Tally:
 
 def _observe(stream: Any, out: _Outcome) -> Iterator[Any]:
     tally = _Tally(out)
+    failure: Exception | None = None
     try:
-        for chunk in stream:
-            if tally.keep(chunk):
-                yield chunk
-        tally.finished = True
-    except Exception as exc:
-        raise tally.error(exc) from None
+        try:
+            for chunk in stream:
+                if tally.keep(chunk):
+                    yield chunk
+            tally.finished = True
+        except Exception as exc:
+            failure = exc
+        if failure is not None:
+            raise tally.error(failure) from None  # outside the except: no __context__ kept
     finally:
         tally.close()
 
 
 async def _aobserve(stream: Any, out: _Outcome) -> AsyncIterator[Any]:
     tally = _Tally(out)
+    failure: Exception | None = None
     try:
-        async for chunk in stream:
-            if tally.keep(chunk):
-                yield chunk
-        tally.finished = True
-    except Exception as exc:
-        raise tally.error(exc) from None
+        try:
+            async for chunk in stream:
+                if tally.keep(chunk):
+                    yield chunk
+            tally.finished = True
+        except Exception as exc:
+            failure = exc
+        if failure is not None:
+            raise tally.error(failure) from None
     finally:
         tally.close()
+
+
+def _hide_key(result: Any) -> Any:
+    """A stream keeps its HTTP response, whose request carries the upstream key: mask it."""
+    response = getattr(result, "response", None)
+    request = getattr(response, "request", None)
+    headers = getattr(request, "headers", None)
+    if headers is not None and "authorization" in headers:
+        headers["authorization"] = "Bearer ***"
+    return result
 
 
 def _attempts(core: _Core, routes: list[Route], plans: list[Plan], is_async: bool
@@ -287,15 +311,15 @@ def _attempts(core: _Core, routes: list[Route], plans: list[Plan], is_async: boo
 
 
 def _failed(core: _Core, exc: Exception, route: Route, model: str, started: float,
-            res: ledger.Reservation | None, secrets: tuple[str, ...]) -> None:
-    """Count a failed try; re-raise at once what no retry or other endpoint can fix."""
+            res: ledger.Reservation | None, secrets: tuple[str, ...]) -> BaseException | None:
+    """Count a failed try; return what to raise at once (no retry or other endpoint helps)."""
     core.record(route, model, started, error=True)
     if retryable(exc):
-        return
+        return None
     core.settle(res, 0)
     if isinstance(exc, openai.OpenAIError):
-        raise upstream_error(exc, secrets, route.resource) from None
-    raise exc
+        return upstream_error(exc, secrets, route.resource)
+    return exc
 
 
 def _exhausted(core: _Core, model: str, res: ledger.Reservation | None,
@@ -307,33 +331,45 @@ def _exhausted(core: _Core, model: str, res: ledger.Reservation | None,
 
 def _run(core: _Core, model: str, routes: list[Route], plans: list[Plan],
          res: ledger.Reservation | None, send: Callable[[Any, Plan], Any]
-         ) -> tuple[Any, Route, Plan, float]:
+         ) -> tuple[Any, Route, Plan, float, tuple[str, ...]]:
     last = None
     for route, plan, client, secrets, pause in _attempts(core, routes, plans, False):
         started = time.monotonic()
         try:
-            return send(client, plan), route, plan, started
+            result = send(client, plan)
         except Exception as exc:
-            _failed(core, exc, route, model, started, res, secrets)
-            last = (exc, secrets)
-            if pause:
-                time.sleep(pause)
+            failure = exc
+        else:
+            return _hide_key(result), route, plan, started, secrets
+        # Raised outside the except block, so the SDK's error (which holds the request and
+        # its Authorization header) is not kept as __context__.
+        fatal = _failed(core, failure, route, model, started, res, secrets)
+        if fatal is not None:
+            raise fatal from None
+        last = (failure, secrets)
+        if pause:
+            time.sleep(pause)
     raise _exhausted(core, model, res, last) from None
 
 
 async def _arun(core: _Core, model: str, routes: list[Route], plans: list[Plan],
                 res: ledger.Reservation | None, send: Callable[[Any, Plan], Awaitable[Any]]
-                ) -> tuple[Any, Route, Plan, float]:
+                ) -> tuple[Any, Route, Plan, float, tuple[str, ...]]:
     last = None
     for route, plan, client, secrets, pause in _attempts(core, routes, plans, True):
         started = time.monotonic()
         try:
-            return await send(client, plan), route, plan, started
+            result = await send(client, plan)
         except Exception as exc:
-            _failed(core, exc, route, model, started, res, secrets)
-            last = (exc, secrets)
-            if pause:
-                await asyncio.sleep(pause)
+            failure = exc
+        else:
+            return _hide_key(result), route, plan, started, secrets
+        fatal = _failed(core, failure, route, model, started, res, secrets)
+        if fatal is not None:
+            raise fatal from None
+        last = (failure, secrets)
+        if pause:
+            await asyncio.sleep(pause)
     raise _exhausted(core, model, res, last) from None
 
 
@@ -363,8 +399,9 @@ class _Completions:
         routes, plans, res = core.begin(
             model, lambda up, pol: chat_plan(up, messages, params, pol, bool(stream),
                                              pol.token_budget is not None))
-        result, route, plan, started = _run(core, model, routes, plans, res, _send_chat)
-        out = _Outcome(core, route, model, plan, res, started)
+        result, route, plan, started, secrets = _run(core, model, routes, plans, res,
+                                                     _send_chat)
+        out = _Outcome(core, route, model, plan, res, started, secrets)
         if stream:
             result._iterator = _observe(result._iterator, out)
             return result
@@ -386,8 +423,9 @@ class _AsyncCompletions:
         async def send(client: Any, plan: Plan) -> Any:
             return await _send_chat(client, plan)
 
-        result, route, plan, started = await _arun(core, model, routes, plans, res, send)
-        out = _Outcome(core, route, model, plan, res, started)
+        result, route, plan, started, secrets = await _arun(core, model, routes, plans,
+                                                             res, send)
+        out = _Outcome(core, route, model, plan, res, started, secrets)
         if stream:
             result._iterator = _aobserve(result._iterator, out)
             return result
@@ -408,8 +446,9 @@ class _Embeddings:
         core = self._core
         routes, plans, res = core.begin(model, lambda up, pol: embeddings_plan(up, input,
                                                                                   params))
-        result, route, plan, started = _run(core, model, routes, plans, res, _send_embeddings)
-        _Outcome(core, route, model, plan, res, started).done(result.usage, "")
+        result, route, plan, started, secrets = _run(core, model, routes, plans, res,
+                                                     _send_embeddings)
+        _Outcome(core, route, model, plan, res, started, secrets).done(result.usage, "")
         return result
 
 
@@ -425,8 +464,9 @@ class _AsyncEmbeddings:
         async def send(client: Any, plan: Plan) -> Any:
             return await _send_embeddings(client, plan)
 
-        result, route, plan, started = await _arun(core, model, routes, plans, res, send)
-        _Outcome(core, route, model, plan, res, started).done(result.usage, "")
+        result, route, plan, started, secrets = await _arun(core, model, routes, plans,
+                                                             res, send)
+        _Outcome(core, route, model, plan, res, started, secrets).done(result.usage, "")
         return result
 
 
