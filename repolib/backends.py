@@ -66,6 +66,11 @@ class Backend:
     local: bool
     secrets: tuple[str, ...] = dataclasses.field(repr=False, default=())
 
+    @property
+    def prefixed(self) -> bool:
+        """A prefix (which may hold no object yet), not a bucket or a local folder."""
+        return self.protocol == "memory" or (not self.local and "/" in self.root.strip("/"))
+
     def path(self, rel: str) -> str:
         """Backend path for a path inside the resource (already checked by repolib.paths)."""
         if not rel:

@@ -267,9 +267,9 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
                 entries = self._call(rp, backend, backend.fs.ls, backend.path(rp.rel),
                                      detail=True)
             except FileNotFoundError:
-                if rp.rel:
-                    raise
-                entries = []  # an empty bucket prefix or missing folder: the root still exists
+                if rp.rel or not backend.prefixed:
+                    raise  # a missing bucket, container or folder is an error, not emptiness
+                entries = []  # an empty prefix inside a bucket: the resource root still exists
             out = [self._entry(rp, backend, e) for e in entries]
             out = [e for e in out if e["name"] != rp.full or e["type"] != "directory"]
         return out if detail else [e["name"] for e in out]
@@ -334,7 +334,7 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
                 found = self._call(rp, backend, backend.fs.find, backend.path(rp.rel),
                                    maxdepth=maxdepth, withdirs=withdirs, detail=True)
             except FileNotFoundError:
-                if rp.rel:
+                if rp.rel or not backend.prefixed:
                     raise
                 found = {}
             for info in found.values():

@@ -160,3 +160,25 @@ def test_backend_errors_become_builtin_oserrors(catalog: repolib.Catalog,
     with pytest.raises(OSError) as exc2:
         fs.cat_file("analytics/dead/x.txt")
     assert "s3-dead-secret" not in str(exc2.value)
+
+
+def test_resource_test_says_what_failed(catalog: repolib.Catalog, cli: object,
+                                        rclone_server: servers.RcloneS3Server) -> None:
+    from .conftest import new_bucket, s3_options
+
+    bucket = new_bucket(rclone_server)
+    repo = catalog.create_repository("analytics")
+    good = s3_options(rclone_server)
+    repo.add_storage("good", f"s3://{bucket}/p", **good)
+    repo.add_storage("badcreds", f"s3://{bucket}", **{**good, "secret": "wrong-secret-value"})
+    repo.add_storage("nobucket", "s3://no-such-bucket-here", **good)
+    repo.add_storage("dead", "s3://b", **{**good, "endpoint_url": "http://127.0.0.1:9"})
+    out = cli("resource", "test", "analytics", "good", "--write").stdout  # type: ignore[operator]
+    assert "write: ok" in out and "read back: ok" in out and "delete: ok" in out
+    for name, why in (("badcreds", "access denied"), ("nobucket", "not found"),
+                      ("dead", "unreachable")):
+        result = cli("resource", "test", "analytics", name, ok=False)  # type: ignore[operator]
+        assert result.exit_code == 1, (name, result.stdout, result.stderr)
+        assert why in result.stderr, (name, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert "wrong-secret-value" not in result.stderr

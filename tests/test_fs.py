@@ -453,3 +453,14 @@ def test_entries_carry_a_float_mtime(local_repo: repolib.Repository) -> None:
     fs.pipe_file("analytics/scratch/m.txt", b"m")
     for path in ("analytics/raw/a.csv", "analytics/scratch/m.txt"):
         assert isinstance(fs.info(path)["mtime"], float)
+
+
+def test_empty_resources_list_empty_and_missing_folders_say_so(catalog: repolib.Catalog,
+                                                               tmp_path: Path) -> None:
+    repo = catalog.create_repository("analytics")
+    repo.add_storage("fresh", f"memory://fresh-{time.monotonic_ns()}")
+    repo.add_storage("gone", f"file://{tmp_path / 'missing'}")
+    fs = fs_for(repo, "read")
+    assert fs.ls("analytics/fresh") == [] and fs.find("analytics/fresh") == []
+    with pytest.raises(FileNotFoundError):
+        fs.ls("analytics/gone")
