@@ -24,10 +24,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests import servers  # noqa: E402
-
 import repolib  # noqa: E402
 from repolib.fs import RepositoryFileSystem  # noqa: E402
+from tests import servers  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
