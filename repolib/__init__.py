@@ -7,7 +7,8 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
 
 from .api import Catalog
 from .api import open as open  # public, deliberately not in __all__
@@ -31,8 +32,8 @@ from .keys import Access, AIPolicy
 from .repository import Repository
 
 try:
-    __version__ = version("repolib")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = _version("repolib")
+except _PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 # `open` is public but not in __all__: a star import must not shadow the builtin.

@@ -874,3 +874,12 @@ def test_returned_stream_does_not_expose_the_upstream_key(ai_repo: repolib.Repos
         assert LLM_API_KEY not in json.dumps(headers)
     finally:
         stream.close()
+
+
+def test_repository_html_summary(repo: repolib.Repository) -> None:
+    html = repo._repr_html_()
+    assert "<table>" in html and "analytics" in html and "raw" in html
+    key = repolib.open("analytics", key=repo.create_key("nb", "read", ai=True).token)
+    shown = key._repr_html_()
+    assert "read access" in shown and "fast" in shown and "smollm2" in shown
+    assert LLM_API_KEY not in shown

@@ -37,11 +37,13 @@ def init_cmd(state: State) -> None:
         click.echo(f"catalog already initialised at {cat.home}")
 
 
-def _usage_totals(cat: Any, repository: str | None = None) -> dict[str, dict[str, float]]:
+def _usage_totals(cat: Any, ai: bool = False) -> dict[str, dict[str, float]]:
     totals: dict[str, dict[str, float]] = collections.defaultdict(
         lambda: collections.defaultdict(float))
-    for u in cat.usage_rows(repository):
-        totals[u["repository"]][u["metric"]] += u["value"]
+    for u in cat.usage(by="repository", ai=ai):
+        for metric, value in u.items():
+            if metric not in ("repository", "model") and isinstance(value, int | float):
+                totals[u["repository"]][metric] += value
     return totals
 
 
@@ -53,6 +55,7 @@ def overview_cmd(state: State, as_json: bool) -> None:
     """Repositories with their resources, keys and usage at a glance."""
     cat = state.catalog
     usage = _usage_totals(cat)
+    ai_usage = _usage_totals(cat, ai=True)
     data = []
     for info in cat.repositories():
         keys = cat.keys(info.name)
@@ -61,7 +64,8 @@ def overview_cmd(state: State, as_json: bool) -> None:
         data.append({"repository": info.name, "description": info.description,
                      "resources": [{"name": r["name"], "kind": r["kind"],
                                     "summary": r["summary"]} for r in resources],
-                     "keys": dict(status), "usage": dict(usage.get(info.name, {}))})
+                     "keys": dict(status), "usage": dict(usage.get(info.name, {})),
+                     "ai_usage": dict(ai_usage.get(info.name, {}))})
     if as_json:
         print_json(data)
         return
@@ -79,6 +83,9 @@ def overview_cmd(state: State, as_json: bool) -> None:
         u = d["usage"]
         if u:
             click.echo("  usage: " + ", ".join(f"{m}={int(v)}" for m, v in sorted(u.items())))
+        a = {m: v for m, v in d["ai_usage"].items() if m != "latency_ms"}
+        if a:
+            click.echo("  ai usage: " + ", ".join(f"{m}={int(v)}" for m, v in sorted(a.items())))
 
 
 @click.command("whoami")

@@ -1,0 +1,65 @@
+"""Packaging: the public API, the daemon package under an editable install, import arrows."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib.metadata import distribution, entry_points
+
+import repolib
+
+
+def test_all_is_sorted_and_complete() -> None:
+    assert repolib.__all__ == sorted(repolib.__all__)
+    public = {n for n in dir(repolib) if not n.startswith("_") and n[0].isupper()}
+    assert public <= set(repolib.__all__), public - set(repolib.__all__)
+    for name in repolib.__all__:
+        assert hasattr(repolib, name), name
+    assert "open" not in repolib.__all__ and callable(repolib.open)  # no shadowing on *
+
+
+def test_exceptions_follow_the_documented_tree() -> None:
+    assert issubclass(repolib.ConfigError, ValueError)
+    assert issubclass(repolib.BackendUnavailable, ImportError)
+    assert issubclass(repolib.AccessDenied, PermissionError)
+    assert issubclass(repolib.InvalidKey, repolib.AuthError)
+    for exc in (repolib.PolicyViolation, repolib.BudgetExceeded, repolib.UpstreamError):
+        assert issubclass(exc, repolib.AIError)
+    errors = [getattr(repolib, n) for n in repolib.__all__
+              if isinstance(getattr(repolib, n), type)
+              and issubclass(getattr(repolib, n), Exception)]
+    assert len(errors) == 13
+    assert all(issubclass(e, repolib.RepolibError) for e in errors)
+
+
+def test_daemon_package_imports_from_its_own_folder() -> None:
+    import repolib_mount
+
+    assert repolib_mount.__file__ is not None
+    assert "/mount/repolib_mount/" in repolib_mount.__file__.replace("\\", "/")
+
+
+def test_extras_and_markers() -> None:
+    meta = distribution("repolib").metadata
+    extras = set(meta.get_all("Provides-Extra") or [])
+    assert {"s3", "gcs", "azure", "llm", "mount", "all"} <= extras
+    requires = meta.get_all("Requires-Dist") or []
+    pyfuse = [r for r in requires if r.startswith("pyfuse3")]
+    assert pyfuse and all('sys_platform == "linux"' in r for r in pyfuse)
+    assert {ep.name for ep in entry_points(group="fsspec.specs")} >= {"repo"}
+
+
+def test_core_never_imports_the_daemon_cli_or_backends() -> None:
+    script = (
+        "import sys, repolib, fsspec, tempfile\n"
+        "home = tempfile.mkdtemp()\n"
+        "cat = repolib.Catalog(home); cat.init()\n"
+        "r = cat.create_repository('abc'); r.add_storage('mem', 'memory://x')\n"
+        "r.fs.pipe_file('abc/mem/a', b'1'); r.fs.cat_file('abc/mem/a')\n"
+        "bad = [m for m in sys.modules if m.startswith(('repolib_mount', 'repolib.cli', "
+        "'pyfuse3', 'trio', 's3fs', 'gcsfs', 'adlfs', 'openai'))]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, timeout=120).stdout.strip()
+    assert out == ""
