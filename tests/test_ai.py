@@ -882,4 +882,7 @@ def test_repository_html_summary(repo: repolib.Repository) -> None:
     key = repolib.open("analytics", key=repo.create_key("nb", "read", ai=True).token)
     shown = key._repr_html_()
     assert "read access" in shown and "fast" in shown and "smollm2" in shown
+    assert "usage: none yet" in shown
+    key.record_usage("raw", requests=2, bytes_read=10)
+    assert "requests=2" in key._repr_html_() and "bytes_read=10" in key._repr_html_()
     assert LLM_API_KEY not in shown

@@ -246,4 +246,23 @@ def repository_html(repo: Any) -> str:
     return (f"<div><b>repository {esc(repo.name)}</b> — {esc(repo.access.value)} access via "
             f"{who}<br><i>{esc(repo.description)}</i>"
             f"<table><tr><th>resource</th><th>kind</th><th>target</th></tr>{rows}</table>"
-            f"<div>models: {models}</div></div>")
+            f"<div>models: {models}</div><div>usage: {esc(_usage_line(repo))}</div></div>")
+
+
+def _usage_line(repo: Any) -> str:
+    """This key's totals (storage and AI), from the catalog counters."""
+    from ..api import Catalog
+
+    me = repo.key_id or "admin"
+    cat = Catalog(repo.home)
+    totals: dict[str, float] = {}
+    for ai in (False, True):
+        for row in cat.usage(repo.name, by="key", ai=ai):
+            if row.get("key_id") != me:
+                continue
+            for metric in ("requests", "bytes_read", "bytes_written", "prompt_tokens",
+                           "completion_tokens"):
+                name = f"ai {metric}" if ai and metric == "requests" else metric
+                totals[name] = totals.get(name, 0) + float(row.get(metric, 0) or 0)
+    shown = [f"{k}={int(v)}" for k, v in totals.items() if v]
+    return ", ".join(shown) or "none yet"
