@@ -1,0 +1,242 @@
+"""Metadata caches with explicit TTLs, and a bounded block cache for reads.
+
+* :class:`TTLCache` — attributes and negative lookups by path; every entry carries the time it
+  was learned, and a reader states how old an answer it accepts.
+* :class:`DirCache` — one directory listing per folder, filled from one bulk
+  ``fs.ls(detail=True)`` (never one request per entry); lookups inside a listed folder are
+  answered from it, positive and negative.
+* :class:`BlockCache` — file blocks in memory, evicted least-recently-used by total bytes.
+
+Plain classes, no pyfuse3 or trio; the clock is a parameter so tests need no sleeping.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+Clock = Callable[[], float]
+
+
+@dataclasses.dataclass(frozen=True)
+class Meta:
+    """What the mount needs to know about one file or folder."""
+
+    is_dir: bool
+    size: int = 0
+    mtime: float | None = None
+    etag: str | None = None
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> Meta:
+        """From an fsspec ``info``/``ls`` entry (RepositoryFileSystem gives a float ``mtime``)."""
+        is_dir = info.get("type") == "directory"
+        mtime = info.get("mtime")
+        etag = info.get("ETag") or info.get("etag") or info.get("md5Hash")
+        return cls(is_dir=is_dir, size=0 if is_dir else int(info.get("size") or 0),
+                   mtime=float(mtime) if isinstance(mtime, int | float) else None,
+                   etag=str(etag).strip('"') if etag else None)
+
+    @classmethod
+    def directory(cls, mtime: float | None = None) -> Meta:
+        return cls(is_dir=True, mtime=mtime)
+
+    @property
+    def version(self) -> tuple[Any, ...]:
+        """Changes whenever the content may have changed (for page and block caches)."""
+        return (self.size, self.mtime, self.etag)
+
+
+_MISSING = object()
+
+
+class TTLCache:
+    """path → value, each with the time it was learned and the TTL it was stored with."""
+
+    def __init__(self, ttl: float, max_entries: int = 200_000,
+                 clock: Clock = time.monotonic) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.clock = clock
+        self._items: collections.OrderedDict[str, tuple[float, Any]] = collections.OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: str) -> bool:
+        return self.get(key, count=False) is not None
+
+    def put(self, key: str, value: Any) -> None:
+        self._items[key] = (self.clock(), value)
+        self._items.move_to_end(key)
+        while len(self._items) > self.max_entries:
+            self._items.popitem(last=False)
+
+    def get(self, key: str, max_age: float | None = None, count: bool = True) -> Any:
+        """The value if it is younger than ``max_age`` (default: the TTL), else None."""
+        item = self._items.get(key)
+        limit = self.ttl if max_age is None else min(max_age, self.ttl)
+        if item is not None and limit > 0 and self.clock() - item[0] <= limit:
+            if count:
+                self.hits += 1
+            return item[1]
+        if item is not None and self.clock() - item[0] > self.ttl:
+            del self._items[key]
+        if count:
+            self.misses += 1
+        return None
+
+    def pop(self, key: str) -> None:
+        self._items.pop(key, None)
+
+    def pop_below(self, top: str) -> None:
+        """Forget ``top`` and everything under it."""
+        for k in [k for k in self._items if k == top or top == "" or k.startswith(top + "/")]:
+            del self._items[k]
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+class DirCache:
+    """folder path → {name: Meta} from one listing, with the time it was listed."""
+
+    def __init__(self, ttl: float, max_dirs: int = 10_000, clock: Clock = time.monotonic) -> None:
+        self.ttl = ttl
+        self.max_dirs = max_dirs
+        self.clock = clock
+        self._items: collections.OrderedDict[str, tuple[float, dict[str, Meta]]] = \
+            collections.OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, path: str, entries: dict[str, Meta]) -> None:
+        self._items[path] = (self.clock(), dict(entries))
+        self._items.move_to_end(path)
+        while len(self._items) > self.max_dirs:
+            self._items.popitem(last=False)
+
+    def get(self, path: str, max_age: float | None = None,
+            count: bool = True) -> dict[str, Meta] | None:
+        item = self._items.get(path)
+        limit = self.ttl if max_age is None else min(max_age, self.ttl)
+        if item is not None and limit > 0 and self.clock() - item[0] <= limit:
+            if count:
+                self.hits += 1
+            return item[1]
+        if item is not None and self.clock() - item[0] > self.ttl:
+            del self._items[path]
+        if count:
+            self.misses += 1
+        return None
+
+    def entry(self, path: str, name: str, max_age: float | None = None) -> Meta | bool | None:
+        """Within a fresh listing of ``path``: the Meta of ``name``, or False if it is absent;
+        None when there is no fresh listing (the caller must ask the backend)."""
+        entries = self.get(path, max_age=max_age, count=False)
+        if entries is None:
+            return None
+        return entries.get(name, False)
+
+    def set_entry(self, path: str, name: str, meta: Meta) -> None:
+        """Our own change: keep a cached listing of ``path`` right (its age does not change)."""
+        item = self._items.get(path)
+        if item is not None:
+            item[1][name] = meta
+
+    def remove_entry(self, path: str, name: str) -> None:
+        item = self._items.get(path)
+        if item is not None:
+            item[1].pop(name, None)
+
+    def pop(self, path: str) -> None:
+        self._items.pop(path, None)
+
+    def pop_below(self, top: str) -> None:
+        for k in [k for k in self._items if k == top or top == "" or k.startswith(top + "/")]:
+            del self._items[k]
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+BlockKey = tuple[str, tuple[Any, ...], int]  # (path, version, block index)
+
+
+class BlockCache:
+    """File blocks in memory, least recently used evicted first, bounded by total bytes."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self._blocks: collections.OrderedDict[BlockKey, bytes] = collections.OrderedDict()
+        self._by_path: dict[str, set[BlockKey]] = {}
+        self.hits = 0
+        self.misses = 0
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def __contains__(self, key: BlockKey) -> bool:
+        return key in self._blocks
+
+    def get(self, key: BlockKey, count: bool = True) -> bytes | None:
+        data = self._blocks.get(key)
+        if data is None:
+            if count:
+                self.misses += 1
+            return None
+        self._blocks.move_to_end(key)
+        if count:
+            self.hits += 1
+        return data
+
+    def put(self, key: BlockKey, data: bytes) -> None:
+        if len(data) > self.capacity:
+            return
+        old = self._blocks.pop(key, None)
+        if old is not None:
+            self.used -= len(old)
+        self._blocks[key] = data
+        self._by_path.setdefault(key[0], set()).add(key)
+        self.used += len(data)
+        while self.used > self.capacity:
+            k, d = self._blocks.popitem(last=False)
+            self._unindex(k)
+            self.used -= len(d)
+            self.evicted += 1
+
+    def _unindex(self, key: BlockKey) -> None:
+        keys = self._by_path.get(key[0])
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_path[key[0]]
+
+    def drop_path(self, path: str) -> None:
+        """Forget every block of ``path`` (any version)."""
+        for k in self._by_path.pop(path, set()):
+            d = self._blocks.pop(k, None)
+            if d is not None:
+                self.used -= len(d)
+
+    def drop_below(self, top: str) -> None:
+        for p in [p for p in self._by_path if p == top or top == "" or p.startswith(top + "/")]:
+            self.drop_path(p)
+
+    def clear(self) -> None:
+        self._blocks.clear()
+        self._by_path.clear()
+        self.used = 0
+
+    def keys(self) -> Iterator[BlockKey]:
+        return iter(list(self._blocks))

@@ -1,0 +1,150 @@
+"""``repolib mount``, ``repolib umount`` and ``repolib mount-stats``.
+
+They reach the ``repolib`` CLI through the ``repolib.cli`` entry point group, so the core never
+imports the daemon. pyfuse3 and trio are imported only by the process that serves the mount.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any
+
+import click
+
+from repolib.api import key_from_env
+from repolib.cli.common import (
+    State,
+    command_example,
+    explicit_key,
+    key_options,
+    pass_state,
+    print_json,
+    print_table,
+)
+from repolib.exceptions import InvalidKey
+
+from . import daemon
+from .options import MountOptions, default_cache_dir, parse_size
+
+
+def _clean_doc(f: Any) -> Any:
+    """Dedent a multi-line docstring before command_example appends to it."""
+    f.__doc__ = inspect.cleandoc(f.__doc__ or "")
+    return f
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: Any) -> int:
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _positive(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if value < 0:
+        raise click.BadParameter("must be >= 0")
+    return value
+
+
+@click.command("mount")
+@click.argument("repo_name", metavar="REPO")
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@key_options
+@click.option("--foreground", "-f", is_flag=True,
+              help="Serve in this process until unmounted or interrupted (default: detach).")
+@click.option("--read-only", is_flag=True, help="Refuse every change (EROFS).")
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Staged writes and the daemon's log (default: the user cache folder).")
+@click.option("--cache-size", default="256M", show_default=True, callback=_size,
+              help="Memory for cached file blocks (K, M, G).")
+@click.option("--attr-timeout", type=float, default=1.0, show_default=True, callback=_positive,
+              help="Seconds file attributes and names are trusted.")
+@click.option("--dir-timeout", type=float, default=5.0, show_default=True, callback=_positive,
+              help="Seconds directory listings are trusted.")
+@click.option("--rename-limit", type=int, default=1000, show_default=True,
+              help="A folder rename moves at most this many objects (else EXDEV).")
+@click.option("--allow-other", is_flag=True, help="Let other users use the mount.")
+@click.option("--debug", is_flag=True, help="Log every request (and libfuse's trace).")
+@pass_state
+@command_example("REPOLIB_KEY_FILE=~/analytics.key repolib mount analytics ~/mnt && "
+                 "ls -l ~/mnt && repolib umount ~/mnt")
+@_clean_doc
+def mount_cmd(state: State, repo_name: str, mountpoint: str, key: str | None,
+              key_file: str | None, foreground: bool, read_only: bool, cache_dir: str | None,
+              cache_size: int, attr_timeout: float, dir_timeout: float, rename_limit: int,
+              allow_other: bool, debug: bool) -> None:
+    """Mount repository REPO at MOUNTPOINT, its storage resources as folders.
+
+    The key comes from --key-file, REPOLIB_KEY or REPOLIB_KEY_FILE (or --key - on stdin).
+    A READ key (or --read-only) gives a read-only mount. By default the daemon detaches,
+    logging to the cache folder, and this command returns once the mount is ready. Files
+    written are uploaded when they are closed (close-to-open; staleness bounded by the
+    timeouts; last writer wins).
+    """
+    token = explicit_key(key, key_file)
+    if token is None:
+        token = key_from_env()
+    if token is None:
+        raise InvalidKey("no API key: pass --key-file, or set REPOLIB_KEY or REPOLIB_KEY_FILE")
+    repo = state.catalog.open(repo_name, token)  # a bad key or name fails here, in one line
+    cache_dir = os.path.abspath(os.path.expanduser(cache_dir or default_cache_dir()))
+    try:
+        options = MountOptions(attr_timeout=attr_timeout, dir_timeout=dir_timeout,
+                               read_only=read_only, allow_other=allow_other, debug=debug,
+                               cache_dir=cache_dir, cache_size=cache_size,
+                               rename_limit=rename_limit)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        mp = daemon.prepare_mountpoint(mountpoint)
+        if foreground:
+            daemon._setup_logging(debug)
+            daemon.serve(repo, mp, options,
+                         ready=lambda: click.echo(f"mounted repo://{repo.name} at {mp}; "
+                                                  "Ctrl-C unmounts", err=True))
+            return
+        log_path = daemon.log_path_for(cache_dir, repo.name, mp)
+        pid = daemon.spawn(repo.name, mp, token, options, state.catalog.home, log_path)
+    except daemon.MountError as exc:
+        raise click.ClickException(str(exc)) from None
+    mode = "read-only" if (read_only or repo.access.value == "read") else "read-write"
+    click.echo(f"mounted repo://{repo.name} at {mp} ({mode}, daemon pid {pid}, log {log_path})",
+               err=True)
+
+
+@click.command("umount")
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("--lazy", "-z", is_flag=True,
+              help="Detach now even if files are open; finish when they are closed.")
+@command_example("repolib umount ~/mnt")
+def umount_cmd(mountpoint: str, lazy: bool) -> None:
+    """Unmount a repolib mount (waits for its daemon to finish)."""
+    try:
+        daemon.unmount(mountpoint, lazy=lazy)
+    except daemon.MountError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"unmounted {os.path.abspath(mountpoint)}", err=True)
+
+
+@click.command("mount-stats")
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@command_example("repolib mount-stats ~/mnt --json")
+def mount_stats_cmd(mountpoint: str, as_json: bool) -> None:
+    """Requests, bytes, cache hits and pending uploads of a mount (MOUNTPOINT/.repolib/stats)."""
+    try:
+        stats = daemon.read_stats(mountpoint)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"{mountpoint} is not a working repolib mount: "
+                                   f"{getattr(exc, 'strerror', None) or exc}") from None
+    if as_json:
+        print_json(stats)
+        return
+    rows = []
+    for k, v in stats.items():
+        if isinstance(v, dict):
+            rows.extend((f"{k}.{k2}", v2) for k2, v2 in v.items())
+        else:
+            rows.append((k, v))
+    print_table(rows, ["metric", "value"])

@@ -1,0 +1,203 @@
+"""Open file handles: readers, writers with a staged local file, directory snapshots.
+
+A file opened for writing is staged in a local temporary file (random writes, seeks, truncate
+and append all work on it); every writer of one inode shares the same :class:`Staged` file,
+reference-counted. The daemon uploads it on flush/fsync and discards it when the last handle
+is released. Readers of an inode that is being written read the staged file, so a process sees
+its own writes before they are uploaded.
+
+Plain classes without pyfuse3 or trio; the daemon's event loop is the only caller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import tempfile
+import time
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class HandleTable(Generic[T]):
+    """Integer handles for open objects (file handles, directory handles)."""
+
+    def __init__(self) -> None:
+        self._items: dict[int, T] = {}
+        self._ids = itertools.count(1)
+
+    def add(self, item: T) -> int:
+        fh = next(self._ids)
+        self._items[fh] = item
+        return fh
+
+    def get(self, fh: int) -> T:
+        return self._items[fh]  # KeyError: the kernel passed a handle we never issued
+
+    def pop(self, fh: int) -> T | None:
+        return self._items.pop(fh, None)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def values(self) -> list[T]:
+        return list(self._items.values())
+
+
+class Staged:
+    """A local file holding what is being written to ``path``, until it is uploaded."""
+
+    def __init__(self, local: str, path: str, inode: int) -> None:
+        self.local = local
+        self.path = path  # mount-relative; follows renames
+        self.inode = inode
+        self.fd = os.open(local, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self.refs = 0
+        self.dirty = False
+        self.version = 0  # bumped by every change, so an upload knows if it is still current
+        self.unlinked = False
+        self.mtime = time.time()
+        self.lock: Any = None  # the daemon's per-file upload lock (trio.Lock)
+
+    def write(self, offset: int, data: bytes) -> int:
+        n = os.pwrite(self.fd, data, offset)
+        self._changed()
+        return n
+
+    def append(self, data: bytes) -> int:
+        return self.write(self.size(), data)
+
+    def read(self, offset: int, size: int) -> bytes:
+        return os.pread(self.fd, size, offset)
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self.fd, size)
+        self._changed()
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def _changed(self) -> None:
+        self.dirty = True
+        self.version += 1
+        self.mtime = time.time()
+
+    def mark_dirty(self) -> None:
+        self._changed()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        try:
+            os.remove(self.local)
+        except FileNotFoundError:
+            pass
+
+
+class StagingArea:
+    """The staged files of one daemon, by inode and by path, in a private 0700 folder."""
+
+    def __init__(self, folder: str) -> None:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        self.folder = tempfile.mkdtemp(prefix="staging-", dir=folder)  # private, 0700
+        self._names = itertools.count(1)
+        self._by_inode: dict[int, Staged] = {}
+        self._by_path: dict[str, Staged] = {}
+
+    def new(self, path: str, inode: int) -> Staged:
+        local = os.path.join(self.folder, f"{next(self._names)}.part")
+        staged = Staged(local, path, inode)
+        self._by_inode[inode] = staged
+        self._by_path[path] = staged
+        return staged
+
+    def by_inode(self, inode: int) -> Staged | None:
+        return self._by_inode.get(inode)
+
+    def by_path(self, path: str) -> Staged | None:
+        return self._by_path.get(path)
+
+    def under(self, top: str) -> list[Staged]:
+        """Staged files at ``top`` or below it."""
+        return [s for p, s in self._by_path.items()
+                if p == top or top == "" or p.startswith(top + "/")]
+
+    def children(self, path: str) -> list[Staged]:
+        """Staged files directly inside the folder ``path``."""
+        return [s for p, s in self._by_path.items() if os.path.dirname(p) == path]
+
+    def move(self, old: str, new: str) -> None:
+        for s in self.under(old):
+            del self._by_path[s.path]
+        for s in [s for s in self._by_inode.values() if s.path == old or
+                  s.path.startswith(old + "/")]:
+            s.path = new + s.path[len(old):]
+            self._by_path[s.path] = s
+
+    def forget_path(self, path: str) -> None:
+        """The file was deleted: its staged copy must never be uploaded."""
+        s = self._by_path.pop(path, None)
+        if s is not None:
+            s.unlinked = True
+
+    def discard(self, staged: Staged) -> None:
+        if self._by_inode.get(staged.inode) is staged:
+            del self._by_inode[staged.inode]
+        if self._by_path.get(staged.path) is staged:
+            del self._by_path[staged.path]
+        staged.close()
+
+    def all(self) -> list[Staged]:
+        return list(self._by_inode.values())
+
+    def pending(self) -> int:
+        """Staged files with changes not uploaded yet."""
+        return sum(1 for s in self._by_inode.values() if s.dirty and not s.unlinked)
+
+    def close(self) -> None:
+        for s in self.all():
+            self.discard(s)
+        try:
+            os.rmdir(self.folder)
+        except OSError:
+            pass
+
+
+@dataclasses.dataclass
+class ReadHandle:
+    """A file opened for reading; remembers where its reader is, to detect sequential reads."""
+
+    inode: int
+    path: str
+    size: int
+    version: tuple[Any, ...]
+    next_offset: int = 0  # where a sequential reader reads next
+    streak: int = 0  # consecutive sequential reads
+
+
+@dataclasses.dataclass
+class WriteHandle:
+    """A file opened for writing (or reading and writing): a reference to its staged file."""
+
+    inode: int
+    staged: Staged
+    append: bool = False
+    readable: bool = False
+
+
+@dataclasses.dataclass
+class VirtualHandle:
+    """A read-only virtual file whose content was fixed when it was opened."""
+
+    data: bytes
+
+
+@dataclasses.dataclass
+class DirHandle:
+    """A directory listing snapshot: readdir offsets index into it, so they stay stable."""
+
+    path: str
+    entries: list[tuple[str, Any]]

@@ -1,0 +1,424 @@
+"""The mount's parts without a mount: inode and handle tables, caches, errno mapping, options,
+and the operations driven directly (no kernel) to count the requests they make."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import repolib
+from repolib_mount.cache import BlockCache, DirCache, Meta, TTLCache
+from repolib_mount.handles import HandleTable, StagingArea
+from repolib_mount.inodes import ROOT_INODE, InodeTable, is_below, join, parent_of
+from repolib_mount.options import MountOptions, parse_size
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+# -- inodes -----------------------------------------------------------------------------------
+
+
+def test_inode_lookup_counts_and_forget() -> None:
+    t = InodeTable()
+    assert t.path(ROOT_INODE) == "" and t.inode("") == ROOT_INODE
+    a = t.lookup("raw/a.csv")
+    assert t.lookup("raw/a.csv") == a and t.lookups(a) == 2
+    assert not t.forget(a, 1) and t.path(a) == "raw/a.csv"
+    assert t.forget(a, 1) and a not in t and t.inode("raw/a.csv") is None
+    b = t.lookup("raw/a.csv")
+    assert b != a  # numbers are never reused
+    assert not t.forget(ROOT_INODE, 10) and ROOT_INODE in t  # the root stays
+    with pytest.raises(KeyError):
+        t.path(a)
+
+
+def test_inode_ensure_without_reference_and_pinned() -> None:
+    t = InodeTable()
+    ino = t.ensure("x/y")
+    assert t.lookups(ino) == 0 and t.drop_if_unused(ino) and ino not in t
+    ino = t.ensure("x/y")
+    t.incref(ino)
+    assert not t.drop_if_unused(ino)
+    v = t.pin(".repolib")
+    assert not t.forget(v, 5) and t.path(v) == ".repolib"
+
+
+def test_inode_move_subtree_and_replace() -> None:
+    t = InodeTable()
+    d = t.lookup("r/d")
+    f = t.lookup("r/d/f")
+    g = t.lookup("r/d/sub/g")
+    old_target = t.lookup("r/e")
+    t.move("r/d", "r/e")
+    assert t.path(d) == "r/e" and t.path(f) == "r/e/f" and t.path(g) == "r/e/sub/g"
+    assert t.inode("r/d") is None and t.inode("r/d/f") is None
+    # the inode that was at the target is detached but lives until forgotten
+    assert t.is_detached(old_target) and t.path(old_target) == "r/e"
+    assert t.inode("r/e") == d
+    assert t.forget(old_target, 1) and old_target not in t
+    assert t.inode("r/e") == d  # forgetting the detached inode does not touch the new one
+    assert t.children("r/e") == ["r/e/f"] and t.children("r/e/sub") == ["r/e/sub/g"]
+
+
+def test_inode_detach_unreferenced_is_dropped() -> None:
+    t = InodeTable()
+    ino = t.ensure("a/b")
+    assert t.detach("a/b") == ino and ino not in t
+    ino = t.lookup("a/c")
+    t.detach("a/c")
+    assert ino in t and t.is_detached(ino)
+
+
+def test_path_helpers() -> None:
+    assert join("", "raw") == "raw" and join("raw", "a") == "raw/a"
+    assert parent_of("raw/a") == "raw" and parent_of("raw") == ""
+    assert is_below("raw/a/b", "raw/a") and is_below("raw/a", "raw/a")
+    assert not is_below("raw/ab", "raw/a") and is_below("anything", "")
+
+
+# -- handles ----------------------------------------------------------------------------------
+
+
+def test_handle_table() -> None:
+    t: HandleTable[str] = HandleTable()
+    a, b = t.add("a"), t.add("b")
+    assert a != b and t.get(a) == "a" and len(t) == 2
+    assert t.pop(a) == "a" and t.pop(a) is None
+    with pytest.raises(KeyError):
+        t.get(a)
+
+
+def test_staging_area(tmp_path: Path) -> None:
+    area = StagingArea(str(tmp_path / "cache"))
+    assert stat.S_IMODE(os.stat(tmp_path / "cache").st_mode) == 0o700
+    s = area.new("raw/f.bin", 7)
+    assert area.by_inode(7) is s and area.by_path("raw/f.bin") is s
+    assert not s.dirty and area.pending() == 0
+    s.write(0, b"hello")
+    s.write(10, b"!")  # a hole
+    assert s.dirty and s.size() == 11 and s.read(0, 11) == b"hello\0\0\0\0\0!"
+    v = s.version
+    s.append(b"+")
+    s.truncate(3)
+    assert s.version > v and s.read(0, 100) == b"hel" and area.pending() == 1
+    area.move("raw", "cooked")
+    assert area.by_path("cooked/f.bin") is s and s.path == "cooked/f.bin"
+    assert area.children("cooked") == [s] and area.under("cooked") == [s]
+    area.forget_path("cooked/f.bin")
+    assert s.unlinked and area.pending() == 0 and area.by_inode(7) is s
+    local = s.local
+    area.discard(s)
+    assert not os.path.exists(local) and area.by_inode(7) is None
+    area.new("x", 8)
+    area.close()
+    assert not os.path.exists(area.folder)
+
+
+# -- caches -----------------------------------------------------------------------------------
+
+
+def test_ttl_cache_expiry_and_max_age() -> None:
+    clock = Clock()
+    c = TTLCache(1.0, max_entries=3, clock=clock)
+    c.put("a", 1)
+    assert c.get("a") == 1 and c.hits == 1
+    clock.t += 0.6
+    assert c.get("a", max_age=0.5) is None and c.get("a") == 1
+    assert c.get("a", max_age=0) is None  # 0: always ask again
+    clock.t += 0.5
+    assert c.get("a") is None and c.misses == 3 and len(c) == 0
+    for k in "bcde":
+        c.put(k, k)
+    assert len(c) == 3 and c.get("b") is None  # the oldest went first
+    c.put("d/x", 1)
+    c.pop_below("d")
+    assert c.get("d") is None and c.get("d/x") is None and c.get("e") == "e"
+
+
+def test_dir_cache_answers_lookups_from_one_listing() -> None:
+    clock = Clock()
+    d = DirCache(5.0, clock=clock)
+    assert d.entry("raw", "a") is None  # no listing: ask the backend
+    d.put("raw", {"a": Meta(False, 3)})
+    assert d.entry("raw", "a") == Meta(False, 3)
+    assert d.entry("raw", "nope") is False  # a negative answer without a request
+    d.set_entry("raw", "b", Meta(True))
+    d.remove_entry("raw", "a")
+    assert d.get("raw") == {"b": Meta(True)}
+    clock.t += 5.1
+    assert d.get("raw") is None and d.entry("raw", "b") is None
+    d.set_entry("gone", "x", Meta(False))  # no listing to update: nothing happens
+    assert d.get("gone") is None
+
+
+def test_block_cache_lru_by_bytes() -> None:
+    c = BlockCache(capacity=10)
+    c.put(("f", (1,), 0), b"aaaa")
+    c.put(("f", (1,), 1), b"bbbb")
+    assert c.get(("f", (1,), 0)) == b"aaaa"  # now most recent
+    c.put(("g", (1,), 0), b"cccc")  # 12 bytes > 10: the least recent (f/1) goes
+    assert ("f", (1,), 1) not in c and ("f", (1,), 0) in c and c.used == 8 and c.evicted == 1
+    c.put(("h", (1,), 0), b"x" * 11)  # larger than the whole cache: not kept
+    assert ("h", (1,), 0) not in c
+    c.drop_path("f")
+    assert c.used == 4 and len(c) == 1
+    c.put(("d/x", (1,), 0), b"1")
+    c.drop_below("d")
+    assert ("d/x", (1,), 0) not in c and c.get(("nope", (), 0)) is None and c.misses == 1
+
+
+def test_meta_from_fsspec_entries() -> None:
+    m = Meta.from_info({"name": "a/b", "type": "file", "size": 5, "mtime": 12.5,
+                        "ETag": '"abc"'})
+    assert m == Meta(False, 5, 12.5, "abc") and m.version == (5, 12.5, "abc")
+    assert Meta.from_info({"name": "a", "type": "directory", "size": 4096}) == Meta(True, 0)
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+def test_errno_of_maps_every_exception(caplog: pytest.LogCaptureFixture) -> None:
+    from repolib_mount.errors import errno_of
+
+    assert errno_of(FileNotFoundError(errno.ENOENT, "x")) == errno.ENOENT
+    assert errno_of(OSError(errno.ENOTEMPTY, "x")) == errno.ENOTEMPTY
+    assert errno_of(TimeoutError(errno.ETIMEDOUT, "t")) == errno.ETIMEDOUT
+    assert errno_of(repolib.InvalidKey()) == errno.EACCES
+    assert errno_of(repolib.AccessDenied("no")) == errno.EACCES
+    assert errno_of(repolib.AccessDenied("no"), write=True, read_only=True) == errno.EROFS
+    assert errno_of(PermissionError(errno.EPERM, "x")) == errno.EACCES
+    assert errno_of(NotImplementedError()) == errno.ENOSYS
+    with caplog.at_level(logging.DEBUG, logger="repolib_mount"):
+        assert errno_of(ValueError("bug"), "read") == errno.EIO
+        assert errno_of(ValueError("bug again"), "read") == errno.EIO
+        assert errno_of(OSError("no errno"), "read") == errno.EIO
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 2  # ValueError once, OSError once
+
+
+def test_fuse_handler_lets_only_fuse_errors_out() -> None:
+    pyfuse3 = pytest.importorskip("pyfuse3", reason="needs pyfuse3 (repolib[mount])")
+    import trio
+
+    from repolib_mount.errors import fuse_handler
+
+    class Ops:
+        read_only = False
+        key_denied = False
+
+        @fuse_handler()
+        async def boom(self) -> None:
+            raise KeyError("bug")
+
+        @fuse_handler()
+        async def gone(self) -> None:
+            raise FileNotFoundError(errno.ENOENT, "x")
+
+        @fuse_handler(write=True)
+        async def change(self) -> str:
+            return "done"
+
+        @fuse_handler(check_key=False)
+        async def cleanup(self) -> str:
+            return "ok"
+
+    ops = Ops()
+
+    def code(fn: Any) -> int:
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            trio.run(fn)
+        return int(e.value.errno)
+
+    assert code(ops.boom) == errno.EIO
+    assert code(ops.gone) == errno.ENOENT
+    assert trio.run(ops.change) == "done"
+    ops.read_only = True
+    assert code(ops.change) == errno.EROFS
+    ops.key_denied = True
+    assert code(ops.gone) == errno.EACCES
+    assert trio.run(ops.cleanup) == "ok"
+
+
+# -- options ----------------------------------------------------------------------------------
+
+
+def test_sizes_and_options(tmp_path: Path) -> None:
+    assert parse_size("2G") == 2 * 2**30 and parse_size("512M") == 512 * 2**20
+    assert parse_size("1.5GiB") == 3 * 2**29 and parse_size("4096") == 4096
+    with pytest.raises(ValueError):
+        parse_size("lots")
+    o = MountOptions(cache_dir=str(tmp_path), attr_timeout=0.5)
+    assert MountOptions.from_dict({**o.to_dict(), "unknown": 1}) == o
+    assert o.attr_timeout == 0.5 and o.dir_timeout == 5.0
+    with pytest.raises(ValueError):
+        MountOptions(cache_dir=str(tmp_path), attr_timeout=-1)
+
+
+# -- the operations, driven without a kernel --------------------------------------------------
+
+
+@pytest.fixture
+def ops_factory(catalog: repolib.Catalog, tmp_path: Path) -> Any:
+    pytest.importorskip("pyfuse3", reason="needs pyfuse3 (repolib[mount])")
+
+    from repolib_mount.operations import RepositoryOperations
+
+    data = tmp_path / "data"
+    (data / "many").mkdir(parents=True)
+    for i in range(50):
+        (data / "many" / f"f{i:02d}").write_bytes(b"x" * i)
+    (data / "big.bin").write_bytes(bytes(range(256)) * 4096 * 4)  # 4 MiB
+    r = catalog.create_repository("analytics")
+    r.add_storage("local", f"file://{data}")
+    made = []
+
+    def make(access: str = "write", **opts: Any) -> Any:
+        token = r.create_key(f"k{len(made)}", access).token
+        repo = repolib.open("analytics", key=token, home=catalog.home)
+        ops = RepositoryOperations(repo, MountOptions(cache_dir=str(tmp_path / "cache"),
+                                                      **opts))
+        made.append(ops)
+        return ops
+
+    make.data = data  # type: ignore[attr-defined]
+    yield make
+    for ops in made:
+        ops.close()
+
+
+def _run(fn: Any, *args: Any) -> Any:
+    import trio
+
+    return trio.run(fn, *args)
+
+
+def test_a_listing_answers_every_lookup_in_it(ops_factory: Any) -> None:
+    ops = ops_factory()
+
+    async def go() -> None:
+        local = await ops.lookup(ROOT_INODE, b"local")
+        many = await ops.lookup(local.st_ino, b"many")
+        fh = await ops.opendir(many.st_ino, None)
+        assert len(ops.dir_handles.get(fh).entries) == 50
+        before = ops.counters["requests"]
+        for i in range(50):
+            a = await ops.lookup(many.st_ino, f"f{i:02d}".encode())
+            assert a.st_size == i and stat.S_ISREG(a.st_mode)
+            await ops.getattr(a.st_ino)
+        import pyfuse3
+
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.lookup(many.st_ino, b"absent")
+        assert e.value.errno == errno.ENOENT
+        assert ops.counters["requests"] == before  # all answered from the one listing
+        await ops.releasedir(fh)
+
+    _run(go)
+
+
+def test_write_flush_read_and_own_changes_invalidate(ops_factory: Any) -> None:
+    import pyfuse3
+
+    ops = ops_factory()
+    data = ops_factory.data
+
+    async def go() -> None:
+        local = await ops.lookup(ROOT_INODE, b"local")
+        fi, attr = await ops.create(local.st_ino, b"new.txt", 0o644, os.O_WRONLY, None)
+        assert await ops.write(fi.fh, 0, b"hello ") == 6
+        assert await ops.write(fi.fh, 6, b"world") == 5
+        assert (await ops.getattr(attr.st_ino)).st_size == 11
+        assert not (data / "new.txt").exists()  # staged, not uploaded yet
+        assert ops.stats()["pending_uploads"] == 1
+        await ops.flush(fi.fh)
+        assert (data / "new.txt").read_bytes() == b"hello world"
+        await ops.release(fi.fh)
+        before = ops.counters["requests"]
+        again = await ops.lookup(local.st_ino, b"new.txt")  # our own write: no request
+        assert again.st_size == 11 and ops.counters["requests"] == before
+        rfi = await ops.open(again.st_ino, os.O_RDONLY, None)
+        assert await ops.read(rfi.fh, 0, 100) == b"hello world"
+        await ops.release(rfi.fh)
+        await ops.rename(local.st_ino, b"new.txt", local.st_ino, b"renamed.txt", 0, None)
+        assert (data / "renamed.txt").exists() and not (data / "new.txt").exists()
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.lookup(local.st_ino, b"new.txt")
+        assert e.value.errno == errno.ENOENT
+        await ops.unlink(local.st_ino, b"renamed.txt", None)
+        assert not (data / "renamed.txt").exists()
+        await ops.mkdir(local.st_ino, b"d", 0o755, None)
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.mkdir(ROOT_INODE, b"newres", 0o755, None)
+        assert e.value.errno == errno.EACCES  # the root holds resources only
+        many = await ops.lookup(local.st_ino, b"many")
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.rmdir(local.st_ino, b"many", None)
+        assert e.value.errno == errno.ENOTEMPTY and many.st_ino
+        await ops.rmdir(local.st_ino, b"d", None)
+        assert not (data / "d").exists()
+
+    _run(go)
+
+
+def test_sequential_reads_read_ahead_and_random_reads_do_not(ops_factory: Any) -> None:
+    import trio
+
+    ops = ops_factory(block_size=256 * 1024, readahead_blocks=4)
+    blob = (ops_factory.data / "big.bin").read_bytes()
+
+    async def go() -> None:
+        async with trio.open_nursery() as nursery:
+            ops.nursery = nursery
+            local = await ops.lookup(ROOT_INODE, b"local")
+            big = await ops.lookup(local.st_ino, b"big.bin")
+            fi = await ops.open(big.st_ino, os.O_RDONLY, None)
+            got = b""
+            while chunk := await ops.read(fi.fh, len(got), 128 * 1024):
+                got += chunk
+            assert got == blob
+            assert ops.counters["readahead_blocks"] >= 8
+            await ops.release(fi.fh)
+            ops.blocks.clear()
+            ahead = ops.counters["readahead_blocks"]
+            fi = await ops.open(big.st_ino, os.O_RDONLY, None)
+            for off in (3_000_000, 17, 2_000_000, 900_000):
+                assert await ops.read(fi.fh, off, 4096) == blob[off:off + 4096]
+            assert ops.counters["readahead_blocks"] == ahead
+            assert ops.counters["random_reads"] == 4
+            await ops.release(fi.fh)
+
+    _run(go)
+
+
+def test_read_only_key_refuses_writes(ops_factory: Any) -> None:
+    import pyfuse3
+
+    ops = ops_factory("read")
+
+    async def go() -> None:
+        local = await ops.lookup(ROOT_INODE, b"local")
+        assert stat.S_IMODE(local.st_mode) == 0o555
+        for attempt in (ops.create(local.st_ino, b"x", 0o644, os.O_WRONLY, None),
+                        ops.mkdir(local.st_ino, b"d", 0o755, None),
+                        ops.unlink(local.st_ino, b"big.bin", None)):
+            with pytest.raises(pyfuse3.FUSEError) as e:
+                await attempt
+            assert e.value.errno == errno.EROFS
+        big = await ops.lookup(local.st_ino, b"big.bin")
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.open(big.st_ino, os.O_RDWR, None)
+        assert e.value.errno == errno.EROFS
+
+    _run(go)
