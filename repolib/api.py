@@ -182,13 +182,24 @@ class Catalog:
 
     def open(self, name: str, key: str | None = None) -> Repository:
         """Open a repository with an API key (``key``, else REPOLIB_KEY / REPOLIB_KEY_FILE)."""
+        key_file = None
         if key is None:
             key = key_from_env()
+            if ENV_KEY not in os.environ and os.environ.get(ENV_KEY_FILE):
+                key_file = os.environ[ENV_KEY_FILE]
         if key is None:
             raise InvalidKey("no API key given: pass key=..., or set REPOLIB_KEY or "
                              "REPOLIB_KEY_FILE")
         row = self._repo_row(name)
-        return Repository(self._ctx, row, authenticate(self._ctx, row, key))
+        repo = Repository(self._ctx, row, authenticate(self._ctx, row, key))
+        repo.key_file = key_file
+        return repo
+
+    def open_key_file(self, name: str, path: str) -> Repository:
+        """Open with the key in ``path``; filesystems made from it follow a rotated file."""
+        repo = self.open(name, read_key_file(path))
+        repo.key_file = path
+        return repo
 
     def open_key(self, key: str | None = None) -> Repository:
         """Open whichever repository the key belongs to (``repolib whoami``)."""

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import io
 import os
+import re
 import shutil
 import threading
 import time
@@ -137,9 +138,11 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
 
     def __init__(self, repo: str | None = None, key: str | None = None,
                  home: str | None = None, *, repository: Repository | None = None,
-                 admin: bool = False, **kwargs: Any) -> None:
-        super().__init__(repo=repo, key=key, home=home, admin=admin, **kwargs)
-        key_file = None
+                 admin: bool = False, key_file: str | None = None, **kwargs: Any) -> None:
+        super().__init__(repo=repo, key=key, home=home, admin=admin, key_file=key_file,
+                         **kwargs)
+        if key is None and key_file is not None and repository is None:
+            key = api.read_key_file(key_file)  # re-read after a rotation (see _State)
         if repository is None:
             catalog = api.Catalog(home)
             if admin:
@@ -149,7 +152,7 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
             else:
                 if key is None:
                     key = os.environ.get(api.ENV_KEY)
-                    if key is None and os.environ.get(api.ENV_KEY_FILE):
+                    if key is None and not key_file and os.environ.get(api.ENV_KEY_FILE):
                         key_file = os.environ[api.ENV_KEY_FILE]
                         key = api.read_key_file(key_file)
                 if key is None:
@@ -159,6 +162,8 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
                 if repo is not None and repo != repository.name:
                     raise InvalidKey(f"this key belongs to another repository, not {repo!r}")
         self._repo_name = repository.name
+        if key_file is None and repository.key_id is not None:
+            key_file = repository.key_file
         self._state = _state_for(repository, key_file)
 
     def __repr__(self) -> str:
@@ -270,7 +275,8 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
                 if rp.rel or not backend.prefixed:
                     raise  # a missing bucket, container or folder is an error, not emptiness
                 entries = []  # an empty prefix inside a bucket: the resource root still exists
-            out = [self._entry(rp, backend, e) for e in entries]
+            out = [self._entry(rp, backend, e) for e in entries
+                   if not is_temp_name(e["name"].rsplit("/", 1)[-1])]
             out = [e for e in out if e["name"] != rp.full or e["type"] != "directory"]
         return out if detail else [e["name"] for e in out]
 
@@ -338,6 +344,8 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
                     raise
                 found = {}
             for info in found.values():
+                if is_temp_name(info["name"].rsplit("/", 1)[-1]):
+                    continue
                 e = self._entry(rp, backend, info)
                 if e["name"] == rp.full and e["type"] == "directory" and not withdirs:
                     continue
@@ -594,6 +602,14 @@ def _mtime(info: dict[str, Any]) -> float | None:
             except ValueError:
                 continue
     return None
+
+
+_TEMP_NAME = re.compile(r"\..+\.repolib-[0-9a-f]{8}\.tmp")
+
+
+def is_temp_name(name: str) -> bool:
+    """A temp file of an atomic write to a local folder (listings never show them)."""
+    return _TEMP_NAME.fullmatch(name) is not None
 
 
 def _temp_beside(target: str) -> str:

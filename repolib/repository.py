@@ -203,6 +203,15 @@ class Repository:
         return self._ctx.home
 
     @property
+    def key_file(self) -> str | None:
+        """The file the key was read from (followed after a rotation), if any."""
+        return getattr(self, "_key_file", None)
+
+    @key_file.setter
+    def key_file(self, path: str | None) -> None:
+        self._key_file = path
+
+    @property
     def catalog_location(self) -> str:
         return self._ctx.store.location
 
@@ -213,7 +222,7 @@ class Repository:
 
         if isinstance(self._auth, _Key):
             return RepositoryFileSystem(repo=self.name, home=self.home, key=self._auth.token,
-                                        repository=self)
+                                        repository=self, key_file=self.key_file)
         return RepositoryFileSystem(repo=self.name, home=self.home, admin=True, repository=self)
 
     def record_usage(self, resource: str, model: str = "", **counters: float) -> None:

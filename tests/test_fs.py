@@ -464,3 +464,29 @@ def test_empty_resources_list_empty_and_missing_folders_say_so(catalog: repolib.
     assert fs.ls("analytics/fresh") == [] and fs.find("analytics/fresh") == []
     with pytest.raises(FileNotFoundError):
         fs.ls("analytics/gone")
+
+
+def test_temp_files_of_atomic_writes_are_never_listed(local_repo: repolib.Repository,
+                                                      data: Path) -> None:
+    from repolib.fs import is_temp_name
+
+    (data / "raw" / ".a.csv.repolib-0123abcd.tmp").write_text("half")
+    fs = fs_for(local_repo, "read")
+    assert is_temp_name(".a.csv.repolib-0123abcd.tmp") and not is_temp_name("a.csv")
+    assert "analytics/raw/.a.csv.repolib-0123abcd.tmp" not in fs.ls("analytics/raw", False)
+    assert all("repolib-" not in p for p in fs.find("analytics/raw"))
+
+
+def test_a_key_file_given_explicitly_is_followed_after_rotation(
+        local_repo: repolib.Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import repolib.fs as fsmod
+
+    monkeypatch.setattr(fsmod, "REVALIDATE_S", 0.0)
+    issued = local_repo.create_key("app", "read")
+    f = tmp_path / "app.key"
+    f.write_text(issued.token + "\n")
+    repo = repolib.Catalog().open_key_file("analytics", str(f))
+    fs = repo.fs
+    assert fs.cat("analytics/raw/sub/b.txt") == b"bee"
+    f.write_text(local_repo.rotate_key(issued.key_id, grace=0).token + "\n")
+    assert fs.cat("analytics/raw/sub/b.txt") == b"bee"

@@ -34,6 +34,13 @@ class RepolibGroup(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except BrokenPipeError:
+            # `repolib cat ... | head`: the reader left; exit quietly like coreutils do.
+            import os
+
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(141)
         except RepolibError as exc:
             raise click.ClickException(str(exc)) from None
         except OSError as exc:
