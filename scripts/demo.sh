@@ -25,7 +25,12 @@ step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 python tools/serve_llm.py --model .tools/models/SmolLM2-135M-Instruct.Q4_1.gguf --port 0 \
     > "$DEMO_DIR/llm.out" 2> "$DEMO_DIR/llm.log" &
 LLM_PID=$!
-trap 'kill $LLM_PID 2>/dev/null || true' EXIT
+MNT="$DEMO_DIR/mnt"
+cleanup() {
+    repolib umount "$MNT" >/dev/null 2>&1 || true
+    kill $LLM_PID 2>/dev/null || true
+}
+trap cleanup EXIT
 for _ in $(seq 1 600); do
     grep -q '^ready ' "$DEMO_DIR/llm.out" 2>/dev/null && break
     kill -0 $LLM_PID 2>/dev/null || { echo "the model server failed: see $DEMO_DIR/llm.log"; exit 1; }
@@ -61,6 +66,22 @@ repolib ai ask demo "Which city had the most visitors in 2024?" --files 'docs/*.
     --max-tokens 48 --temperature 0
 step repolib usage demo --ai
 repolib usage demo --ai
+if [ -e /dev/fuse ] && command -v fusermount3 >/dev/null 2>&1; then
+    mkdir -p "$MNT"
+    step repolib mount demo mnt --cache-dir "$DEMO_DIR/cache"
+    repolib mount demo "$MNT" --cache-dir "$DEMO_DIR/cache"
+    step ls -l mnt mnt/raw
+    ls -l "$MNT" "$MNT/raw"
+    step "cp mnt/raw/2024.csv mnt/scratch/from-the-mount.csv && ls -l mnt/scratch"
+    cp "$MNT/raw/2024.csv" "$MNT/scratch/from-the-mount.csv"
+    ls -l "$MNT/scratch"
+    step "repolib cat repo://demo/scratch/from-the-mount.csv   # the copy reached the resource"
+    repolib cat repo://demo/scratch/from-the-mount.csv
+    step repolib umount mnt
+    repolib umount "$MNT"
+else
+    echo "(skipping the mount: /dev/fuse or fusermount3 is missing)"
+fi
 step repolib overview
 repolib overview
 step repolib audit --verify

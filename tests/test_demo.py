@@ -27,5 +27,11 @@ def test_demo_script(tmp_path: Path) -> None:
     assert "Lisbon,2024,120" in out  # copied through repo:// and read back
     assert "audit chain intact" in out
     assert "(smollm2; files: docs/summary.md)" in proc.stderr  # the LLM answered from the doc
+    if os.path.exists("/dev/fuse"):
+        assert "from-the-mount.csv" in out  # cp through the mount, listed by ls -l
+        assert (tmp_path / "demo" / "data" / "scratch" / "from-the-mount.csv").read_text() \
+            .startswith("city,year,visitors")
+    with open("/proc/mounts") as mounts:
+        assert str(tmp_path) not in mounts.read()  # the demo unmounted what it mounted
     token = (tmp_path / "demo" / "notebook.key").read_text().strip()
     assert token.startswith("rpk_") and token not in out + proc.stderr
