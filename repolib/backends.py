@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import posixpath
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -21,32 +20,20 @@ import fsspec
 
 from .exceptions import BackendUnavailable, ConfigError
 from .paths import PathEscape
+from .procstate import ProcessLocal
 from .repository import ResolvedResource
 from .resources.storage import BUCKET_PROTOCOLS, split_url
 
-_instances: dict[str, Any] = {}
-_instances_lock = threading.Lock()
-
-
-def _reset_after_fork() -> None:
-    global _instances_lock
-    _instances.clear()  # clients hold sockets and event loops of the parent
-    _instances_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)
+_instances: ProcessLocal[str, Any] = ProcessLocal()  # clients hold sockets and event loops
 
 
 def _shared(factory: Callable[..., Any], kind: str, kw: dict[str, Any]) -> Any:
     """One client per identical configuration in this process (creating an S3 or GCS client
     costs hundreds of milliseconds). Private to repolib: never fsspec's shared cache."""
     ident = hashlib.sha256(json.dumps([kind, kw], sort_keys=True, default=repr).encode())
-    k = ident.hexdigest()
-    with _instances_lock:
-        fs = _instances.get(k)
-        if fs is None:
-            fs = _instances[k] = factory(skip_instance_cache=True, **kw)
-        return fs
+    fs, _ = _instances.get_or_create(ident.hexdigest(),
+                                     lambda: factory(skip_instance_cache=True, **kw))
+    return fs
 
 
 _REPOLIB_OPTIONS = {"read_only", "ambient_credentials", "endpoint_url", "region", "account_name"}

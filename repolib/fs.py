@@ -32,6 +32,7 @@ from .backends import Backend, build
 from .exceptions import AccessDenied, ConfigError, InvalidKey
 from .keys import Access
 from .paths import RepoPath
+from .procstate import ProcessLocal
 from .repository import Repository
 
 REVALIDATE_S = 2.0
@@ -100,29 +101,17 @@ class _State:
             return b
 
 
-_states: dict[tuple[str, str, str], _State] = {}
-_states_lock = threading.Lock()
-
-
-def _reset_after_fork() -> None:
-    global _states_lock
-    _states.clear()  # backends hold sockets and event loops of the parent
-    _states_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)
+_states: ProcessLocal[tuple[str, str, str], _State] = ProcessLocal()
 
 
 def _state_for(repository: Repository, key_file: str | None) -> _State:
     k = (repository.catalog_location, repository.name, repository.key_id or "admin")
-    with _states_lock:
-        state = _states.get(k)
-        if state is None:
-            state = _states[k] = _State(repository, key_file)
-        elif repository is not state.repository:
+    state, made = _states.get_or_create(k, lambda: _State(repository, key_file))
+    if not made and repository is not state.repository:
+        with state.lock:
             state.repository = repository  # a fresher authentication (e.g. after rotation)
             state.key_file = key_file or state.key_file
-        return state
+    return state
 
 
 class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
