@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import os
-import re
 import shutil
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from fsspec import AbstractFileSystem
@@ -30,6 +27,7 @@ from fsspec.callbacks import DEFAULT_CALLBACK
 from . import api, errors, paths
 from .backends import Backend, build
 from .exceptions import AccessDenied, ConfigError, InvalidKey
+from .fsfile import CountingFile, is_temp_name, mtime_of, read_bytes, temp_beside
 from .keys import Access
 from .paths import RepoPath
 from .procstate import ProcessLocal
@@ -237,7 +235,7 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
         out["name"] = paths.join(rp.repository or self._repo_name, rp.resource,
                                  rel if rel is not None else "")
         if not isinstance(out.get("mtime"), float):
-            mtime = _mtime(out)
+            mtime = mtime_of(out)
             if mtime is not None:
                 out["mtime"] = mtime
         return out
@@ -368,7 +366,7 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
         abort: Callable[[], None] | None = None
         if backend.local and mode == "wb":
             # Write beside the target and rename on close: a failed write keeps the old file.
-            tmp = _temp_beside(target)
+            tmp = temp_beside(target)
             opened = tmp
 
             def commit() -> None:
@@ -382,7 +380,7 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
         f = self._call(rp, backend, backend.fs.open, opened, mode=mode,
                        block_size=block_size, autocommit=autocommit,
                        cache_options=cache_options, **kwargs)
-        return _CountingFile(f, rp.full, lambda **c: self._count(rp.resource, **c),
+        return CountingFile(f, rp.full, lambda **c: self._count(rp.resource, **c),
                              lambda exc: errors.translate(exc, rp.full, backend.secrets),
                              commit=commit, abort=abort)
 
@@ -390,7 +388,7 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
                  **kwargs: Any) -> bytes:
         rp, backend = self._target(path, Access.READ, "read")
         data: bytes = self._call(rp, backend, backend.fs.cat_file, backend.path(rp.rel),
-                                 start=start, end=end, measure=_read_bytes, **kwargs)
+                                 start=start, end=end, measure=read_bytes, **kwargs)
         return data
 
     def cat_ranges(self, paths_: list[str], starts: Any, ends: Any, max_gap: Any = None,
@@ -463,7 +461,7 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
             kwargs["mode"] = mode
         target = backend.path(rp.rel)
         if backend.local and mode == "overwrite":
-            tmp = _temp_beside(target)  # upload beside, then rename: never a partial file
+            tmp = temp_beside(target)  # upload beside, then rename: never a partial file
             try:
                 self._call(rp, backend, backend.fs.put_file, lpath, tmp, callback=callback,
                            **kwargs)
@@ -566,164 +564,3 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
     def sign(self, path: str, expiration: int = 100, **kwargs: Any) -> str:
         raise NotImplementedError("repo:// does not hand out backend URLs (they would bypass "
                                   "the key)")
-
-
-def _read_bytes(data: bytes) -> dict[str, float]:
-    return {"bytes_read": len(data)}
-
-
-_MTIME_KEYS = ("LastModified", "last_modified", "updated", "mtime", "created", "timeCreated")
-
-
-def _mtime(info: dict[str, Any]) -> float | None:
-    """One float ``mtime`` for every backend (s3: LastModified, gcs: updated, az: ...)."""
-    import datetime as dt
-
-    for k in _MTIME_KEYS:
-        v = info.get(k)
-        if isinstance(v, dt.datetime):
-            return v.timestamp() if v.tzinfo else v.replace(tzinfo=dt.timezone.utc).timestamp()
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            return float(v)
-        if isinstance(v, str) and v:
-            try:
-                return dt.datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp()
-            except ValueError:
-                continue
-    return None
-
-
-_TEMP_NAME = re.compile(r"\..+\.repolib-[0-9a-f]{8}\.tmp")
-
-
-def is_temp_name(name: str) -> bool:
-    """A temp file of an atomic write to a local folder (listings never show them)."""
-    return _TEMP_NAME.fullmatch(name) is not None
-
-
-def _temp_beside(target: str) -> str:
-    head, tail = os.path.split(target)
-    return os.path.join(head, f".{tail}.repolib-{uuid.uuid4().hex[:8]}.tmp")
-
-
-class _CountingFile(io.BufferedIOBase):
-    """A backend file that counts the bytes it moves and translates backend errors."""
-
-    def __init__(self, f: Any, path: str, count: Callable[..., None],
-                 translate: Callable[[BaseException], BaseException],
-                 commit: Callable[[], None] | None = None,
-                 abort: Callable[[], None] | None = None) -> None:
-        self._f = f
-        self.path = path
-        self._countfn = count
-        self._translate = translate
-        self._commit = commit
-        self._abort = abort
-        self._read = 0
-        self._written = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._f, name)
-
-    def _guard(self, fn: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return fn(*args)
-        except Exception as exc:
-            new = self._translate(exc)
-            if new is exc:
-                raise
-            raise new from exc
-
-    def read(self, size: int | None = -1) -> bytes:
-        data: bytes = self._guard(self._f.read, -1 if size is None else size)
-        self._read += len(data)
-        return data
-
-    def read1(self, size: int = -1) -> bytes:
-        return self.read(size)
-
-    def readinto(self, b: Any) -> int:
-        data = self.read(len(b))
-        n = len(data)
-        b[:n] = data
-        return n
-
-    def readline(self, size: int | None = -1) -> bytes:
-        data: bytes = self._guard(self._f.readline, -1 if size is None else size)
-        self._read += len(data)
-        return data
-
-    def __iter__(self) -> Iterator[bytes]:
-        while True:
-            line = self.readline()
-            if not line:
-                return
-            yield line
-
-    def write(self, b: Any) -> int:
-        n = self._guard(self._f.write, b)
-        n = len(memoryview(b)) if n is None else n
-        self._written += n
-        return int(n)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return int(self._guard(self._f.seek, offset, whence))
-
-    def tell(self) -> int:
-        return int(self._f.tell())
-
-    def flush(self) -> None:
-        if not self._f.closed:
-            self._guard(self._f.flush)
-
-    def readable(self) -> bool:
-        return bool(self._f.readable())
-
-    def writable(self) -> bool:
-        return bool(self._f.writable())
-
-    def seekable(self) -> bool:
-        return bool(self._f.seekable())
-
-    @property
-    def closed(self) -> bool:
-        return bool(self._f.closed)
-
-    def close(self) -> None:
-        if self._f.closed:
-            return
-        ok = False
-        try:
-            self._guard(self._f.close)
-            if self._commit is not None:
-                self._guard(self._commit)
-            ok = True
-        finally:
-            if not ok and self._abort is not None:
-                self._abort()
-            self._commit = self._abort = None
-            self._countfn(bytes_read=self._read, bytes_written=self._written)
-            self._read = self._written = 0
-
-    def discard(self) -> None:
-        """Give up a write: the target keeps its old content (local folders)."""
-        if self._abort is not None:
-            with contextlib.suppress(Exception):
-                self._f.close()
-            self._abort()
-            self._commit = self._abort = None
-        elif hasattr(self._f, "discard"):
-            self._f.discard()
-
-    def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
-        if et is not None and self._abort is not None:
-            self.discard()  # an exception inside `with`: do not publish a half-written file
-            return
-        self.close()
-
-    def __del__(self) -> None:
-        pass  # the backend file closes (or discards) itself; do not flush from a finaliser
-
-    def __repr__(self) -> str:
-        return f"<repo file {self.path!r}>"
-
