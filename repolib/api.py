@@ -8,12 +8,13 @@ import os
 from typing import Any
 
 from . import admin_secret, audit, crypto, keys, vault
+from .authority import Admin, authenticate
 from .catalog import RepoRow, Store
 from .context import Clock, Context
 from .exceptions import ConfigError, InvalidKey, SecretError
 from .info import AuditEvent, KeyInfo, RepositoryInfo, ResourceInfo
 from .names import check_name
-from .repository import Repository, _Admin, authenticate
+from .repository import Repository
 
 ENV_KEY = "REPOLIB_KEY"
 ENV_KEY_FILE = "REPOLIB_KEY_FILE"
@@ -173,12 +174,12 @@ class Catalog:
             secret = self._ctx.admin()
             assert secret is not None
             audit.seal(tx, secret.value, now)
-        return Repository(self._ctx, row, _Admin(self._ctx))
+        return Repository(self._ctx, row, Admin(self._ctx))
 
     def repository(self, name: str) -> Repository:
         """A repository managed with the admin secret."""
         row = self._repo_row(name)
-        return Repository(self._ctx, row, _Admin(self._ctx))
+        return Repository(self._ctx, row, Admin(self._ctx))
 
     def open(self, name: str, key: str | None = None) -> Repository:
         """Open a repository with an API key (``key``, else REPOLIB_KEY / REPOLIB_KEY_FILE)."""
@@ -369,7 +370,7 @@ USAGE_GROUPS = {"repository": "repository", "key": "key_id", "resource": "resour
 class _ListOnly:
     """An authority that may only format what it lists (Catalog.keys without any secret)."""
 
-    access = _Admin.access
+    access = Admin.access
     key_id = None
     scope = None
     actor = "catalog"

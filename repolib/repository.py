@@ -14,130 +14,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from . import audit, crypto, keys, usage, vault
+from .authority import Admin, Key, purge_expired
 from .catalog import KeyRow, RepoRow, ResourceRow, SecretRow, Tx
 from .context import Context
-from .exceptions import AccessDenied, ConfigError, InvalidKey, SecretError
+from .exceptions import AccessDenied, ConfigError, SecretError
 from .info import IssuedKey, KeyInfo, ResourceInfo, iso
 from .keys import Access, AIPolicy
 from .names import check_name
 from .resources import Definition, get_kind
 
-TOUCH_EVERY_S = 60.0
 _UNSET: Any = object()
-
-
-class _Admin:
-    """Authority of the admin secret: everything in every repository."""
-
-    access = Access.ADMIN
-    key_id: str | None = None
-    scope: tuple[str, ...] | None = None
-    expires_at: float | None = None
-    ai: AIPolicy | None = keys.UNLIMITED_AI
-    actor = "admin"
-
-    def __init__(self, ctx: Context) -> None:
-        self._material = ctx.admin_material()
-
-    def data_key(self, tx: Tx, row: ResourceRow, which: str) -> bytes:
-        return vault.admin_unwrap(self._material, row, which)
-
-    def recheck(self, tx: Tx, now: float) -> None:
-        return None
-
-
-class _Key:
-    """Authority of one API key generation, re-checked against the catalog on every change."""
-
-    def __init__(self, row: KeyRow, generation: int, material: crypto.KeyMaterial,
-                 token: str | None = None) -> None:
-        self.row = row
-        self.generation = generation
-        self._material = material
-        self.token = token  # kept so that repo.fs can be pickled to a worker
-
-    def __repr__(self) -> str:
-        return f"_Key({self.row.key_id!r}, generation={self.generation})"
-
-    @property
-    def key_id(self) -> str:
-        return self.row.key_id
-
-    @property
-    def actor(self) -> str:
-        return f"key:{self.row.key_id}"
-
-    @property
-    def access(self) -> Access:
-        return Access(self.row.access)
-
-    @property
-    def scope(self) -> tuple[str, ...] | None:
-        return self.row.scope
-
-    @property
-    def expires_at(self) -> float | None:
-        return self.row.expires_at
-
-    @property
-    def ai(self) -> AIPolicy | None:
-        return None if self.row.ai is None else AIPolicy.from_dict(self.row.ai)
-
-    def data_key(self, tx: Tx, row: ResourceRow, which: str) -> bytes:
-        wrap = tx.wrap_get(self.row.key_id, self.generation, row.id, which)
-        if wrap is None:
-            raise AccessDenied(f"key {self.row.key_id} holds no credentials for resource "
-                               f"{row.name!r}")
-        return vault.key_unwrap(self._material, wrap)
-
-    def recheck(self, tx: Tx, now: float) -> None:
-        row = tx.key_get(self.row.key_id)
-        secret = next((s for s in tx.secrets(self.row.key_id)
-                       if s.generation == self.generation), None)
-        if row is None or secret is None or not _key_usable(row, secret, now):
-            raise InvalidKey()
-        self.row = row
-
-
-def _key_usable(row: KeyRow, secret: SecretRow, now: float) -> bool:
-    if row.revoked_at is not None:
-        return False
-    if row.expires_at is not None and row.expires_at <= now:
-        return False
-    return secret.valid_until is None or secret.valid_until > now
-
-
-def authenticate(ctx: Context, repo: RepoRow, token: object) -> _Key:
-    """Verify a token for ``repo``; every failure is the same opaque InvalidKey."""
-    key_id, secret = keys.parse_token(token)
-    now = ctx.now()
-    with ctx.store.read() as tx:
-        row = tx.key_get(key_id)
-        if row is None or row.repo_id != repo.id:
-            raise InvalidKey()
-        secrets = tx.secrets(key_id)
-    material = crypto.derive_key_material(secret, key_id)
-    match = None
-    for s in secrets:  # every generation is compared, so timing does not tell which matched
-        if crypto.equal(s.verifier, material.verifier) and match is None:
-            match = s
-    if match is None or not _key_usable(row, match, now):
-        raise InvalidKey()
-    auth = _Key(row, match.generation, material, token if isinstance(token, str) else None)
-    if (row.last_used_at is None or row.last_used_at <= now - TOUCH_EVERY_S) \
-            and not ctx.store.read_only:
-        with ctx.store.write() as tx:
-            _purge_expired(tx, now)
-            if tx.key_touch(key_id, now, TOUCH_EVERY_S) and row.last_used_at is None:
-                audit.append(tx, actor=auth.actor, action="key.first_use", target=key_id,
-                             repo=repo.name, now=now)
-    return auth
-
-
-def _purge_expired(tx: Tx, now: float) -> None:
-    """Old secrets past their rotation grace lose their verifier and wraps."""
-    for s in tx.secrets_expired(now):
-        tx.secrets_delete(s.key_id, [s.generation])
 
 
 def _expiry(now: float, expires_in: Any, expires_at: Any) -> float | None:
@@ -175,7 +61,7 @@ class ResolvedResource:
 class Repository:
     """One repository as seen by one authority (the admin secret or an API key)."""
 
-    def __init__(self, ctx: Context, row: RepoRow, auth: _Admin | _Key) -> None:
+    def __init__(self, ctx: Context, row: RepoRow, auth: Admin | Key) -> None:
         self._ctx = ctx
         self._row = row
         self._auth = auth
@@ -220,7 +106,7 @@ class Repository:
         """This repository as an fsspec filesystem (``repo://`` paths, same authority)."""
         from .fs import RepositoryFileSystem  # the filesystem builds on Repository, not back
 
-        if isinstance(self._auth, _Key):
+        if isinstance(self._auth, Key):
             return RepositoryFileSystem(repo=self.name, home=self.home, key=self._auth.token,
                                         repository=self, key_file=self.key_file)
         return RepositoryFileSystem(repo=self.name, home=self.home, admin=True, repository=self)
@@ -236,7 +122,7 @@ class Repository:
 
     def whoami(self) -> KeyInfo | None:
         """The key this repository was opened with (None when opened with the admin secret)."""
-        if not isinstance(self._auth, _Key):
+        if not isinstance(self._auth, Key):
             return None
         with self._ctx.store.read() as tx:
             self._auth.recheck(tx, self._ctx.now())
@@ -365,7 +251,7 @@ class Repository:
             if w.tx.resource_get(self._row.id, name) is not None:
                 raise ConfigError(f"repository {self.name!r} already has a resource {name!r}")
             row = w.store_resource(None, name, definition)
-            if isinstance(self._auth, _Key) and self._auth.scope is not None:
+            if isinstance(self._auth, Key) and self._auth.scope is not None:
                 # An ADMIN key with a list scope keeps managing what it attached.
                 scope = (*self._auth.scope, name)
                 w.tx.key_update(self._auth.key_id, scope=scope)
@@ -430,7 +316,7 @@ class Repository:
         return Definition(row.kind, row.public, creds, read)
 
     def _check_attachable(self, kind: str, definition: Definition) -> None:
-        if isinstance(self._auth, _Admin):
+        if isinstance(self._auth, Admin):
             return
         reason = get_kind(kind).admin_secret_only(definition)
         if reason is not None:
@@ -475,7 +361,7 @@ class Repository:
         scope = self._scope_arg(resources)
         expires = _expiry(now, expires_in, expires_at)
         policy = keys.coerce_ai(ai)
-        if isinstance(self._auth, _Key):  # an ADMIN key issues nothing stronger than itself
+        if isinstance(self._auth, Key):  # an ADMIN key issues nothing stronger than itself
             if resources is None:
                 scope = self._auth.scope
             if expires is None:
@@ -527,9 +413,9 @@ class Repository:
                 w.tx.secret_set_valid_until(key_id, s.generation, until)
             if expired:
                 w.tx.secrets_delete(key_id, expired)
-            if isinstance(self._auth, _Key) and self._auth.key_id == key_id \
+            if isinstance(self._auth, Key) and self._auth.key_id == key_id \
                     and self._auth.generation in expired:
-                self._auth = _Key(row, gen, material, keys.format_token(key_id, secret))
+                self._auth = Key(row, gen, material, keys.format_token(key_id, secret))
             w.log("key.rotated", key_id, {"grace": grace})
         return IssuedKey(keys.format_token(key_id, secret), self._key_info(row))
 
@@ -541,7 +427,7 @@ class Repository:
             row = self._get_key(w.tx, key_id)
             if row.revoked_at is not None:
                 return
-            if not (isinstance(self._auth, _Key) and self._auth.key_id == key_id):
+            if not (isinstance(self._auth, Key) and self._auth.key_id == key_id):
                 self._check_may_manage(row)
             w.tx.key_update(key_id, revoked_at=w.now)
             w.tx.secrets_delete(key_id)
@@ -574,7 +460,7 @@ class Repository:
                 policy = keys.coerce_ai(ai)
                 fields["ai"] = None if policy is None else policy.to_dict()
             new = dataclasses.replace(row, **fields)
-            if isinstance(self._auth, _Key):
+            if isinstance(self._auth, Key):
                 self._check_not_stronger(Access(new.access), new.scope, new.expires_at,
                                          None if new.ai is None else AIPolicy.from_dict(new.ai))
             w.tx.key_update(key_id, **fields)
@@ -614,7 +500,7 @@ class Repository:
                                + "; ".join(problems))
 
     def _check_may_manage(self, row: KeyRow) -> None:
-        if isinstance(self._auth, _Key):
+        if isinstance(self._auth, Key):
             target = Access(row.access)
             if not self._auth.access.allows(target) or not keys.scope_within(row.scope,
                                                                             self._auth.scope):
@@ -663,14 +549,14 @@ class _WriteTx:
             self.repo._auth.recheck(self.tx, self.now)
             if self.tx.repo_by_id(self.repo._row.id) is None:
                 raise ConfigError(f"repository {self.repo.name!r} was deleted")
-            _purge_expired(self.tx, self.now)
+            purge_expired(self.tx, self.now)
         except BaseException as exc:
             self._cm.__exit__(type(exc), exc, exc.__traceback__)
             raise
         return self
 
     def __exit__(self, et: Any, ev: Any, tb: Any) -> Any:
-        if et is None and isinstance(self.repo._auth, _Admin):
+        if et is None and isinstance(self.repo._auth, Admin):
             secret = self.ctx.admin()
             assert secret is not None
             audit.seal(self.tx, secret.value, self.now)
