@@ -387,8 +387,14 @@ class RepositoryOperations(pyfuse3.Operations):  # type: ignore[misc]
         return self._attr(self.inodes.lookup(rel), meta)
 
     async def _is_empty(self, rel: str) -> bool:
-        if await self._listing(rel, max_age=0):
-            return False
+        try:
+            if await self._listing(rel, max_age=0):
+                return False
+        except FileNotFoundError:
+            pass  # an object-store "folder" whose last object is gone: empty
+        except pyfuse3.FUSEError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
         if self.staging.children(rel):
             return False
         return not any(parent_of(d) == rel for d in self.pending_dirs if d != rel)
@@ -403,8 +409,9 @@ class RepositoryOperations(pyfuse3.Operations):  # type: ignore[misc]
         try:
             await self._run(self.fs.rmdir, self._fs_path(rel))
         except FileNotFoundError:
-            if rel not in self.pending_dirs:
-                raise
+            # Object stores have no folders: an emptied prefix is already gone. The lookup
+            # found it, so removing it succeeded.
+            pass
         self._after_remove(rel)
 
     # -- files ------------------------------------------------------------------------------
