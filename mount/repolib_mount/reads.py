@@ -11,7 +11,9 @@ folders. Any other reader is *random*: it gets exactly the range it asked for wi
 
 from __future__ import annotations
 
+import errno
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,6 +27,7 @@ from .options import MountOptions
 log = logging.getLogger("repolib_mount")
 
 PREFETCH_GROUP = 4  # blocks per cat_ranges call (object stores)
+FAILURE_TTL_S = 1.0  # a failed block fetch is reported, not retried, for this long
 
 
 class BlockReader:
@@ -40,6 +43,10 @@ class BlockReader:
         self.counters = counters
         self.inflight: dict[BlockKey, trio.Event] = {}
         self.nursery: trio.Nursery | None = None  # where read-ahead runs (None: no read-ahead)
+        # Blocks whose fetch failed less than FAILURE_TTL_S ago: readers get that error at once
+        # instead of fetching again (each fetch from a dead server costs the client's whole
+        # retry budget, ~10 s with botocore's defaults). Any successful fetch clears them.
+        self.failed: dict[BlockKey, tuple[float, str]] = {}
 
     def is_sequential(self, h: ReadHandle, off: int) -> bool:
         slack = max(1, self.readahead_blocks) * self.block_size
@@ -60,6 +67,8 @@ class BlockReader:
             keys = [(rel, h.version, b) for b in range(first, last + 1)]
             if all(k in self.blocks for k in keys):
                 return self._slice([self.blocks.get(k) or b"" for k in keys], first, off, end)
+            for k in keys:
+                self._raise_if_failed(k)
             self.counters["random_reads"] += 1
             data: bytes = await self.run(self.fs.cat_file, path, start=off, end=end)
             self.counters["bytes_read"] += len(data)
@@ -94,6 +103,7 @@ class BlockReader:
             data = self.blocks.get(key, count=False)
             if data is not None:
                 return data
+        self._raise_if_failed(key)
         event = self.inflight[key] = trio.Event()
         try:
             bs = self.block_size
@@ -101,11 +111,33 @@ class BlockReader:
                                   end=min(h.size, (b + 1) * bs))
             self.counters["bytes_read"] += len(data)
             self.blocks.put(key, data)
+            self._succeeded()
             return data
+        except Exception as exc:
+            self._failed(key, exc)
+            raise
         finally:
             if self.inflight.get(key) is event:
                 del self.inflight[key]
             event.set()
+
+    def _raise_if_failed(self, key: BlockKey) -> None:
+        """EIO at once if fetching ``key`` failed a moment ago (a fetch this read waited for,
+        or the kernel's retry after its read-ahead failed), not after the client's whole retry
+        budget again."""
+        failure = self.failed.get(key)
+        if failure is not None and failure[0] > time.monotonic() - FAILURE_TTL_S:
+            raise OSError(errno.EIO, f"fetching the block failed: {failure[1]}")
+
+    def _failed(self, key: BlockKey, exc: BaseException) -> None:
+        now = time.monotonic()
+        if len(self.failed) > 1000:
+            self.failed = {k: v for k, v in self.failed.items() if v[0] > now - FAILURE_TTL_S}
+        self.failed[key] = (now, f"{type(exc).__name__}: {exc}")
+
+    def _succeeded(self) -> None:
+        if self.failed:
+            self.failed.clear()
 
     def _prefetch(self, rel: str, path: str, h: ReadHandle, blocks: list[int],
                   local: bool) -> None:
@@ -123,6 +155,7 @@ class BlockReader:
     async def _fetch_group(self, path: str, keys: list[BlockKey],
                            ranges: list[tuple[int, int]],
                            events: dict[BlockKey, trio.Event]) -> None:
+        results: list[Any] = []
         try:
             if len(keys) == 1:
                 results = [await self.run(self.fs.cat_file, path, start=ranges[0][0],
@@ -134,12 +167,16 @@ class BlockReader:
             for k, r in zip(keys, results, strict=True):
                 if isinstance(r, bytes):
                     self.blocks.put(k, r)
+                    self._succeeded()
                     self.counters["bytes_read"] += len(r)
                     self.counters["readahead_blocks"] += 1
-        except Exception as exc:  # the reader then fetches the block itself and sees the error
+        except Exception as exc:  # a reader waiting for these blocks gets EIO
             log.debug("read-ahead of %s failed: %s", path, exc)
+            results = [exc] * len(keys)
         finally:
-            for k, ev in events.items():
+            for i, (k, ev) in enumerate(events.items()):
                 if self.inflight.get(k) is ev:
                     del self.inflight[k]
+                    if i < len(results) and isinstance(results[i], BaseException):
+                        self._failed(k, results[i])
                 ev.set()

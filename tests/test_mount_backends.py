@@ -1,0 +1,354 @@
+"""The mount over object stores, for real: S3 (rclone serve s3), GCS and Azure test servers.
+
+Shell tools and Python file calls through one mount of a repository holding one resource per
+backend, then fault injection on a dedicated rclone serve s3 (data kept on disk across
+restarts): the server stopped in the middle of a read and of an upload, the daemon SIGKILLed
+in the middle of an upload. Every mount is unmounted in ``finally``; the session safety net of
+test_mount.py lazily unmounts leftovers and kills the daemons started here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import fsspec
+import pytest
+
+import repolib
+
+from . import servers
+from .conftest import new_bucket, s3_options
+from .test_mount import (  # noqa: F401 - no_stale_mounts: the session safety net
+    DAEMONS,
+    MISSING,
+    World,
+    _alive,
+    _stale,
+    mounted,
+    no_stale_mounts,
+    sh,
+    stats,
+    unmount,
+    wait_for,
+)
+
+pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"FUSE mount tests need {MISSING}")
+
+MiB = 2**20
+RESOURCES = ["bucket", "gcs", "azure"]
+
+
+def _repo_fs(world: World) -> fsspec.AbstractFileSystem:
+    return fsspec.filesystem("repo", key=world.read_key, home=str(world.home),
+                             skip_instance_cache=True)
+
+
+def _new_world(top: Path) -> tuple[World, repolib.Repository]:
+    home, cache = top / "home", top / "cache"
+    cache.mkdir(parents=True)
+    cat = repolib.Catalog(home)
+    cat.init()
+    return World(home, top, top, cache, "", "", cat), cat.create_repository("analytics")
+
+
+def _keys(world: World, repo: repolib.Repository) -> None:
+    world.write_key = repo.create_key("writer", "write").token
+    world.read_key = repo.create_key("reader", "read").token
+
+
+# -- one mount over S3, GCS and Azure --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bworld(tmp_path_factory: pytest.TempPathFactory, rclone_server: servers.RcloneS3Server,
+           gcs_server: servers.GCSServer, azure_server: servers.AzuriteServer
+           ) -> Iterator[World]:
+    w, r = _new_world(tmp_path_factory.mktemp("backendsworld"))
+    r.add_storage("bucket", f"s3://{new_bucket(rclone_server)}/data", **s3_options(rclone_server))
+    gcs = servers.make_bucket(gcs_server, f"g{os.getpid()}x{os.urandom(3).hex()}")
+    r.add_storage("gcs", f"gs://{gcs}/data", endpoint_url=gcs_server.endpoint_url,
+                  project=gcs_server.project, token="anon")
+    az = servers.make_bucket(azure_server, f"a{os.getpid()}x{os.urandom(3).hex()}")
+    r.add_storage("azure", f"az://{az}/data",
+                  endpoint_url=azure_server.blob_endpoint.rsplit("/", 1)[0],
+                  account_name=azure_server.account_name,
+                  account_key=azure_server.account_key)
+    _keys(w, r)
+    yield w
+    w.catalog.close()
+
+
+@pytest.fixture(scope="module")
+def bmnt(bworld: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with mounted(bworld, tmp_path_factory.mktemp("bmnt"), bworld.write_key) as m:
+        yield m
+
+
+def test_the_mount_shows_one_folder_per_backend(bmnt: Path) -> None:
+    assert sorted(os.listdir(bmnt)) == sorted(RESOURCES)
+
+
+@pytest.mark.parametrize("resource", RESOURCES)
+def test_shell_tools(bmnt: Path, bworld: World, tmp_path: Path, resource: str) -> None:
+    top = bmnt / resource / "shell"
+    src = tmp_path / "a.bin"
+    src.write_bytes(os.urandom(300_000))
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(5 * MiB))
+    sh(f"mkdir -p {top} && cp {src} {top}/a.bin && cmp {src} {top}/a.bin")
+    assert sh(f"cat {top}/a.bin | md5sum").split()[0] == hashlib.md5(src.read_bytes()).hexdigest()
+    sh(f"mkdir {top}/sub && echo inside > {top}/sub/note.txt")
+    assert sh(f"cat {top}/sub/note.txt") == "inside\n"
+    listing = sh(f"ls -l {top}")
+    assert "a.bin" in listing and "300000" in listing and "sub" in listing
+    assert listing.splitlines()[-1].startswith("d")  # sub is a folder
+    # mv within the resource: a file, then a folder
+    sh(f"mv {top}/a.bin {top}/b.bin && mv {top}/sub {top}/sub2")
+    assert not (top / "a.bin").exists() and not (top / "sub").exists()
+    sh(f"cmp {src} {top}/b.bin && test \"$(cat {top}/sub2/note.txt)\" = inside")
+    # dd a 5 MiB file in, cmp it back (cold: a fresh open reads from the server)
+    sh(f"dd if={big} of={top}/big.bin bs=1M status=none && cmp {big} {top}/big.bin")
+    # Python open/seek/read at an offset
+    data = big.read_bytes()
+    with open(top / "big.bin", "rb") as f:
+        f.seek(3 * MiB + 7)
+        assert f.read(10_000) == data[3 * MiB + 7:3 * MiB + 7 + 10_000]
+        f.seek(123)
+        assert f.read(5) == data[123:128]
+    # a write through the mount reached the server: read it back through repo://
+    fs = _repo_fs(bworld)
+    assert fs.cat_file(f"analytics/{resource}/shell/big.bin") == data
+    assert fs.cat_file(f"analytics/{resource}/shell/b.bin") == src.read_bytes()
+    assert fs.cat_file(f"analytics/{resource}/shell/sub2/note.txt") == b"inside\n"
+    assert sorted(fs.ls(f"analytics/{resource}/shell", detail=False)) == [
+        f"analytics/{resource}/shell/{n}" for n in ("b.bin", "big.bin", "sub2")]
+    # rm -r: gone from the mount and from the server
+    sh(f"rm -r {top}")
+    assert not top.exists()
+    fs.invalidate_cache()
+    assert not fs.exists(f"analytics/{resource}/shell/big.bin")
+
+
+# -- fault injection on a dedicated rclone serve s3 ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fault_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.RcloneS3Server]:
+    data = tmp_path_factory.mktemp("rclone-data")
+    try:
+        cm = servers.rclone_s3(data_dir=data)
+        server = cm.__enter__()
+    except servers.ServerUnavailable as exc:
+        pytest.skip(f"rclone serve s3 is not available: {exc}")
+    try:
+        yield server
+    finally:
+        cm.__exit__(None, None, None)
+
+
+@pytest.fixture
+def fworld(tmp_path: Path, fault_server: servers.RcloneS3Server) -> Iterator[World]:
+    """A repository whose resource "bucket" is a fresh bucket of the dedicated server."""
+    fault_server.start()  # a test that failed half-way may have left it stopped
+    w, r = _new_world(tmp_path / "fworld")
+    bucket = new_bucket(fault_server, "f")
+    r.add_storage("bucket", f"s3://{bucket}/data", **s3_options(fault_server))
+    _keys(w, r)
+    w.data = fault_server.data_dir / bucket / "data"  # where the server keeps the objects
+    try:
+        yield w
+    finally:
+        fault_server.start()
+        w.catalog.close()
+
+
+def _put_on_disk(world: World, name: str, data: bytes) -> None:
+    world.data.mkdir(parents=True, exist_ok=True)
+    (world.data / name).write_bytes(data)
+
+
+def test_server_stopped_during_a_read_gives_eio_then_works_again(
+        fworld: World, fault_server: servers.RcloneS3Server, tmp_path: Path) -> None:
+    data = os.urandom(64 * MiB)
+    _put_on_disk(fworld, "large.bin", data)
+    _put_on_disk(fworld, "small.txt", b"small\n")
+    with mounted(fworld, tmp_path / "m", fworld.write_key, "--cache-size", "8M") as mp:
+        pid = stats(mp)["pid"]
+        f = open(mp / "bucket" / "large.bin", "rb", buffering=0)
+        try:
+            got = f.read(MiB) + f.read(MiB)
+            assert got == data[:2 * MiB]
+            fault_server.stop(kill=True)
+            t0 = time.monotonic()
+            with pytest.raises(OSError) as e:
+                while f.read(MiB):
+                    pass
+            assert e.value.errno == errno.EIO
+            assert time.monotonic() - t0 < 30, "the daemon hung on a dead server"
+        finally:
+            f.close()
+        assert os.path.ismount(mp) and _alive(pid)  # type: ignore[arg-type]
+        assert (fworld.data / "large.bin").read_bytes() == data  # the object is intact
+        fault_server.start()
+        # the same mount works again: the other file, then the large one from the start
+        assert (mp / "bucket" / "small.txt").read_bytes() == b"small\n"
+        with open(mp / "bucket" / "large.bin", "rb") as f2:
+            assert hashlib.sha256(f2.read()).digest() == hashlib.sha256(data).digest()
+        assert stats(mp)["pid"] == pid
+
+
+def test_server_stopped_during_an_upload_gives_eio_and_keeps_the_old_object(
+        fworld: World, fault_server: servers.RcloneS3Server, tmp_path: Path) -> None:
+    old = b"old content\n" * 1000
+    _put_on_disk(fworld, "obj.bin", old)
+    with mounted(fworld, tmp_path / "m", fworld.write_key) as mp:
+        pid = stats(mp)["pid"]
+        assert (mp / "bucket" / "obj.bin").read_bytes() == old
+        f = open(mp / "bucket" / "obj.bin", "wb")
+        try:
+            chunk = os.urandom(MiB)
+            for _ in range(24):
+                f.write(chunk)
+            f.flush()  # Python's buffer only: the upload happens on close
+            fault_server.stop(kill=True)
+            t0 = time.monotonic()
+            with pytest.raises(OSError) as e:
+                f.close()
+            assert e.value.errno == errno.EIO
+            assert time.monotonic() - t0 < 30, "the daemon hung on a dead server"
+        finally:
+            with contextlib.suppress(OSError):
+                f.close()  # a no-op after a failed close
+        assert os.path.ismount(mp) and _alive(pid)  # type: ignore[arg-type]
+        assert (fworld.data / "obj.bin").read_bytes() == old  # the old object is intact
+        assert sorted(os.listdir(fworld.data)) == ["obj.bin"]
+        fault_server.start()
+        # the same mount works again, without remounting
+        (mp / "bucket" / "after.txt").write_text("after\n")
+        assert (mp / "bucket" / "after.txt").read_text() == "after\n"
+        assert (fworld.data / "after.txt").read_text() == "after\n"
+        assert wait_for(lambda: (mp / "bucket" / "obj.bin").read_bytes() == old, timeout=8)
+        assert stats(mp)["upload_errors"] >= 1  # type: ignore[operator]
+
+
+def test_sigkill_during_an_upload_leaves_no_partial_object(
+        fworld: World, fault_server: servers.RcloneS3Server, tmp_path: Path) -> None:
+    old = b"old content\n" * 1000
+    _put_on_disk(fworld, "old.bin", old)
+    mp = tmp_path / "m"
+    size = 96 * MiB
+    with mounted(fworld, mp, fworld.write_key) as m:
+        pid = stats(m)["pid"]
+        chunk = os.urandom(MiB)
+        outcome: dict[str, BaseException | None] = {}
+        closing = {n: threading.Event() for n in ("old.bin", "new.bin")}
+
+        def write_and_close(name: str) -> None:
+            try:
+                f = open(m / "bucket" / name, "wb")
+                try:
+                    for _ in range(size // MiB):
+                        f.write(chunk)
+                    f.flush()
+                finally:
+                    closing[name].set()
+                    f.close()  # the upload
+                outcome[name] = None
+            except BaseException as exc:  # reported by the main thread
+                outcome[name] = exc
+
+        writers = [threading.Thread(target=write_and_close, args=(n,), daemon=True)
+                   for n in closing]
+        for t in writers:
+            t.start()
+        assert all(e.wait(timeout=30) for e in closing.values())
+        time.sleep(0.2)  # the uploads are in flight
+        assert not outcome, f"the uploads ended before the kill: {outcome}"
+        os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
+        for t in writers:
+            t.join(timeout=30)
+            assert not t.is_alive()
+        assert wait_for(lambda: not _alive(pid))  # type: ignore[arg-type]
+        assert all(isinstance(outcome[n], OSError) for n in ("old.bin", "new.bin")), outcome
+        # no partial object: the new name is absent, the old one holds its old content
+        time.sleep(0.5)  # let the server notice the dropped connections
+        assert sorted(os.listdir(fworld.data)) == ["old.bin"]
+        assert (fworld.data / "old.bin").read_bytes() == old
+        assert wait_for(lambda: _stale(mp))
+        # `repolib mount` on the same (stale) folder cleans it and mounts again
+        fworld.cli("mount", "analytics", str(mp), "--cache-dir", str(fworld.cache),
+                   key=fworld.write_key)
+        pid2 = None
+        try:
+            assert os.path.ismount(mp)
+            pid2 = stats(mp)["pid"]
+            DAEMONS.append(pid2)  # type: ignore[arg-type]
+            assert (mp / "bucket" / "old.bin").read_bytes() == old
+            assert not (mp / "bucket" / "new.bin").exists()
+            (mp / "bucket" / "new.bin").write_bytes(b"now complete\n")
+            assert (fworld.data / "new.bin").read_bytes() == b"now complete\n"
+        finally:
+            unmount(mp, pid2)  # type: ignore[arg-type]
+
+
+# -- the read path's memory of a failed fetch (no mount needed) ------------------------------
+
+
+def test_a_failed_block_fetch_is_reported_not_refetched_for_a_moment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that is down costs the client its whole retry budget per fetch (~10 s with
+    botocore's defaults): the kernel's retry of a read that just failed gets EIO at once."""
+    import collections
+
+    import trio
+
+    from repolib_mount import reads
+    from repolib_mount.cache import BlockCache
+    from repolib_mount.handles import ReadHandle
+    from repolib_mount.options import MountOptions
+
+    calls: list[tuple[int, int]] = []
+    down = True
+
+    class FS:
+        def cat_file(self, path: str, start: int, end: int) -> bytes:
+            calls.append((start, end))
+            if down:
+                raise OSError(errno.EIO, "storage endpoint unreachable")
+            return b"x" * (end - start)
+
+    async def run(fn: object, *args: object, **kwargs: object) -> object:
+        return fn(*args, **kwargs)  # type: ignore[operator]
+
+    opts = MountOptions(block_size=4096, readahead_blocks=0, cache_dir="/nonexistent")
+    reader = reads.BlockReader(FS(), run, opts, BlockCache(2**20), collections.Counter())
+    h = ReadHandle(1, "r/f", 10 * 4096, ("v",))
+
+    async def read(off: int) -> bytes:
+        async def not_local() -> bool:
+            return False
+        return await reader.read(h, "r/f", "repo/r/f", off, 4096, not_local)
+
+    with pytest.raises(OSError):
+        trio.run(read, 0)
+    assert len(calls) == 1
+    for off in (0, 100):  # the same block again, sequential or random: no new fetch
+        h.next_offset, h.streak = off, 0
+        with pytest.raises(OSError) as e:
+            trio.run(read, off)
+        assert e.value.errno == errno.EIO
+    assert len(calls) == 1
+    # after the moment has passed the block is fetched again; a success forgets every failure
+    monkeypatch.setattr(reads, "FAILURE_TTL_S", 0.0)
+    down = False
+    h.next_offset, h.streak = 0, 0
+    assert trio.run(read, 0) == b"x" * 4096
+    assert len(calls) == 2 and not reader.failed
