@@ -143,10 +143,14 @@ def build(resolved: ResolvedResource) -> Backend:
     return Backend(info.name, fs, root, kind, read_only, False, secrets)
 
 
+S3_CONNECT_TIMEOUT_S = 5
+
+
 def _s3(options: dict[str, Any], extra: dict[str, Any], creds: dict[str, Any],
         ambient: bool) -> Any:
     s3fs = _import("s3")
     kw: dict[str, Any] = dict(extra)
+    kw["config_kwargs"] = dict(kw.get("config_kwargs") or {})
     key = creds.pop("key", None) or creds.pop("access_key_id", None) or \
         creds.pop("aws_access_key_id", None)
     secret = creds.pop("secret", None) or creds.pop("secret_access_key", None) or \
@@ -161,7 +165,12 @@ def _s3(options: dict[str, Any], extra: dict[str, Any], creds: dict[str, Any],
     if options.get("endpoint_url"):
         kw["endpoint_url"] = options["endpoint_url"]
     if options.get("region"):
-        kw.setdefault("config_kwargs", {})["region_name"] = options["region"]
+        kw["config_kwargs"]["region_name"] = options["region"]
+    # botocore's defaults (60 s to connect, 5 legacy attempts) make a dead endpoint look like a
+    # hang for minutes; a mount or a notebook should hear about it within seconds.
+    config = kw["config_kwargs"]
+    config.setdefault("connect_timeout", S3_CONNECT_TIMEOUT_S)
+    config.setdefault("retries", {"mode": "standard", "max_attempts": 3})
     return _shared(s3fs.S3FileSystem, "s3", kw)
 
 
