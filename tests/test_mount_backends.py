@@ -333,9 +333,7 @@ def test_a_failed_block_fetch_is_reported_not_refetched_for_a_moment(
     h = ReadHandle(1, "r/f", 10 * 4096, ("v",))
 
     async def read(off: int) -> bytes:
-        async def not_local() -> bool:
-            return False
-        return await reader.read(h, "r/f", "repo/r/f", off, 4096, not_local)
+        return bytes(await reader.read(h, "r/f", "repo/r/f", off, 4096))
 
     with pytest.raises(OSError):
         trio.run(read, 0)

@@ -328,6 +328,74 @@ def test_a_listing_answers_every_lookup_in_it(ops_factory: Any) -> None:
     _run(go)
 
 
+def test_new_names_in_a_small_listed_folder_cost_one_listing_not_two_requests_each(
+        ops_factory: Any) -> None:
+    import pyfuse3
+
+    ops = ops_factory(dir_timeout=0.0, attr_timeout=0.0)  # every listing expires at once
+    (ops_factory.data / "many" / "late").write_bytes(b"new")  # appears after the listing
+
+    async def go() -> None:
+        local = await ops.lookup(ROOT_INODE, b"local")
+        many = await ops.lookup(local.st_ino, b"many")
+        fh = await ops.opendir(many.st_ino, None)
+        await ops.releasedir(fh)
+        for name in (b"absent-1", b"absent-2", b"late"):
+            before = ops.counters["requests"]
+            if name == b"late":
+                assert (await ops.lookup(many.st_ino, name)).st_size == 3
+            else:
+                with pytest.raises(pyfuse3.FUSEError) as e:
+                    await ops.lookup(many.st_ino, name)
+                assert e.value.errno == errno.ENOENT
+            assert ops.counters["requests"] == before + 1  # one listing of the folder
+        assert ops.counters["dir_misses"] >= 4
+
+    _run(go)
+
+
+def test_read_ahead_asks_for_whole_runs_of_blocks() -> None:
+    import collections
+
+    import trio
+
+    from repolib_mount.cache import BlockCache
+    from repolib_mount.handles import ReadHandle
+    from repolib_mount.reads import BlockReader
+
+    bs, nblocks = 4096, 64
+    blob = bytes(range(256)) * (bs * nblocks // 256)
+    calls: list[tuple[int, int]] = []
+
+    class FS:  # the fs surface BlockReader uses, counting requests
+        def cat_file(self, path: str, start: int, end: int) -> bytes:
+            calls.append((start, end))
+            return blob[start:end]
+
+    async def run(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        await trio.lowlevel.checkpoint()
+        return fn(*args, **kwargs)
+
+    opts = MountOptions(block_size=bs, readahead_blocks=16, request_blocks=4,
+                        cache_dir="/nonexistent")
+    reader = BlockReader(FS(), run, opts, BlockCache(2**22), collections.Counter())
+    h = ReadHandle(1, "r/f", len(blob), ("v",))
+
+    async def go() -> bytes:
+        got = b""
+        async with trio.open_nursery() as nursery:
+            reader.nursery = nursery
+            while len(got) < len(blob):
+                got += bytes(await reader.read(h, "r/f", "repo/r/f", len(got), 2 * bs))
+        return got
+
+    assert trio.run(go) == blob
+    sizes = [(end - start) // bs for start, end in calls]
+    assert max(sizes) == 4 and sizes.count(4) >= 12  # full runs once the window has grown
+    assert len(calls) <= 24  # not one request per block (64)
+    assert all(start % bs == 0 for start, _ in calls)
+
+
 def test_write_flush_read_and_own_changes_invalidate(ops_factory: Any) -> None:
     import pyfuse3
 

@@ -112,6 +112,7 @@ class DirCache:
         self.clock = clock
         self._items: collections.OrderedDict[str, tuple[float, dict[str, Meta]]] = \
             collections.OrderedDict()
+        self._sizes: dict[str, int] = {}  # entries in the last listing, fresh or expired
         self.hits = 0
         self.misses = 0
 
@@ -120,6 +121,9 @@ class DirCache:
 
     def put(self, path: str, entries: dict[str, Meta]) -> None:
         self._items[path] = (self.clock(), dict(entries))
+        if len(self._sizes) >= 4 * self.max_dirs:
+            self._sizes.clear()
+        self._sizes[path] = len(entries)
         self._items.move_to_end(path)
         while len(self._items) > self.max_dirs:
             self._items.popitem(last=False)
@@ -146,6 +150,11 @@ class DirCache:
             return None
         return entries.get(name, False)
 
+    def last_size(self, path: str) -> int | None:
+        """How many entries ``path`` had when last listed (even if that listing expired):
+        whether listing it again is cheaper than asking for names one by one."""
+        return self._sizes.get(path)
+
     def set_entry(self, path: str, name: str, meta: Meta) -> None:
         """Our own change: keep a cached listing of ``path`` right (its age does not change)."""
         item = self._items.get(path)
@@ -163,12 +172,16 @@ class DirCache:
     def pop_below(self, top: str) -> None:
         for k in [k for k in self._items if k == top or top == "" or k.startswith(top + "/")]:
             del self._items[k]
+        for k in [k for k in self._sizes if k == top or top == "" or k.startswith(top + "/")]:
+            del self._sizes[k]
 
     def clear(self) -> None:
         self._items.clear()
+        self._sizes.clear()
 
 
 BlockKey = tuple[str, tuple[Any, ...], int]  # (path, version, block index)
+Block = bytes | memoryview  # blocks of one backend request share its buffer (views)
 
 
 class BlockCache:
@@ -177,7 +190,7 @@ class BlockCache:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.used = 0
-        self._blocks: collections.OrderedDict[BlockKey, bytes] = collections.OrderedDict()
+        self._blocks: collections.OrderedDict[BlockKey, Block] = collections.OrderedDict()
         self._by_path: dict[str, set[BlockKey]] = {}
         self.hits = 0
         self.misses = 0
@@ -189,7 +202,7 @@ class BlockCache:
     def __contains__(self, key: BlockKey) -> bool:
         return key in self._blocks
 
-    def get(self, key: BlockKey, count: bool = True) -> bytes | None:
+    def get(self, key: BlockKey, count: bool = True) -> Block | None:
         data = self._blocks.get(key)
         if data is None:
             if count:
@@ -200,7 +213,7 @@ class BlockCache:
             self.hits += 1
         return data
 
-    def put(self, key: BlockKey, data: bytes) -> None:
+    def put(self, key: BlockKey, data: Block) -> None:
         if len(data) > self.capacity:
             return
         old = self._blocks.pop(key, None)

@@ -67,6 +67,7 @@ log = logging.getLogger("repolib_mount")
 VIRTUAL_DIR = ".repolib"
 STATS_FILE = ".repolib/stats"
 DOWNLOAD_CHUNK = 8 * 2**20
+SMALL_LISTING = 1000  # a folder this small is re-listed rather than asked about name by name
 _TEMP = re.compile(r"^\..+\.repolib-[0-9a-f]{8}\.tmp$")  # repolib's atomic-write temp files
 _UPLOAD_ERRNOS = {errno.EACCES, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
@@ -211,6 +212,18 @@ class RepositoryOperations(pyfuse3.Operations):  # type: ignore[misc]
             self.counters["metadata_hits"] += 1
             return listed
         self.counters["metadata_misses"] += 1
+        known = self.dirs.last_size(parent_of(rel))
+        if "/" in rel and known is not None and known <= SMALL_LISTING:
+            # A small folder listed before: listing it again (one request) answers this name
+            # and its siblings, where `info` of a new name costs two (HEAD, then LIST).
+            try:
+                entries = await self._listing(parent_of(rel), max_age)
+            except FileNotFoundError:
+                entries = {}
+            if name_of(rel) in entries:
+                return entries[name_of(rel)]
+            self.negative.put(rel, True)
+            raise FileNotFoundError(errno.ENOENT, "not found", rel)
         try:
             info = await self._run(self.fs.info, self._fs_path(rel))
         except FileNotFoundError:
@@ -516,7 +529,7 @@ class RepositoryOperations(pyfuse3.Operations):  # type: ignore[misc]
                 self._attr(ino, meta))
 
     @fuse_handler()
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         h = self.files.get(fh)
         if isinstance(h, VirtualHandle):
             return h.data[off:off + size]
@@ -527,19 +540,12 @@ class RepositoryOperations(pyfuse3.Operations):  # type: ignore[misc]
             return staged.read(off, size)
         return await self._read_remote(h, off, size)
 
-    async def _read_remote(self, h: ReadHandle, off: int, size: int) -> bytes:
+    async def _read_remote(self, h: ReadHandle, off: int, size: int) -> bytes | memoryview:
         try:
             rel = self.inodes.path(h.inode)
         except KeyError:
             rel = h.path
-        return await self.reader.read(h, rel, self._fs_path(rel), off, size,
-                                      lambda: self._is_local(rel))
-
-    async def _is_local(self, rel: str) -> bool:
-        """Is ``rel`` in a local-folder or memory resource (no network round trips)?"""
-        info = (await self._resource_infos()).get(rel.split("/", 1)[0])
-        url = str(getattr(info, "definition", {}).get("url", ""))
-        return url.startswith(("file://", "memory://"))
+        return await self.reader.read(h, rel, self._fs_path(rel), off, size)
 
     @fuse_handler(write=True)
     async def write(self, fh: int, off: int, buf: bytes) -> int:

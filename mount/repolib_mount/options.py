@@ -38,7 +38,8 @@ class MountOptions:
     cache_dir: str = dataclasses.field(default_factory=default_cache_dir)
     cache_size: int = 256 * MiB  # memory block cache for reads
     block_size: int = 1 * MiB
-    readahead_blocks: int = 8  # at most this many blocks ahead of a sequential reader
+    readahead_blocks: int = 32  # at most this many blocks ahead of a sequential reader
+    request_blocks: int = 8  # read-ahead fetches up to this many blocks per backend request
     threads: int = 16  # worker threads for backend calls
     rename_limit: int = 1000  # a folder rename moves at most this many objects (else EXDEV)
     uid: int = dataclasses.field(default_factory=os.getuid)
@@ -49,8 +50,9 @@ class MountOptions:
             raise ValueError("timeouts must be >= 0 seconds")
         if self.block_size < 4096 or self.cache_size < 0:
             raise ValueError("block size must be >= 4096 bytes and cache size >= 0")
-        if self.readahead_blocks < 0 or self.threads < 1 or self.rename_limit < 0:
-            raise ValueError("readahead, threads and rename limit must be positive")
+        if min(self.readahead_blocks, self.rename_limit) < 0 or \
+                min(self.request_blocks, self.threads) < 1:
+            raise ValueError("read-ahead, request size, threads and rename limit must be positive")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
