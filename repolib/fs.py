@@ -169,6 +169,12 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
     def repository(self) -> Repository:
         return self._state.repository
 
+    def revalidate(self) -> None:
+        """Check the key now (InvalidKey if it was revoked or expired), switching to the token
+        in the key file if that was rewritten by a rotation: a long-lived user such as the
+        mount daemon keeps working across a rotation without a restart."""
+        self._state.refresh(force=True)
+
     # -- paths ------------------------------------------------------------------------------
 
     @classmethod

@@ -486,6 +486,33 @@ def test_revoked_key_stops_working_within_seconds(world: World, tmp_path: Path) 
             os.listdir(m)
 
 
+def test_a_rotated_key_file_is_followed_without_a_remount(world: World, tmp_path: Path
+                                                          ) -> None:
+    repo = world.catalog.repository("analytics")
+    issued = repo.create_key("rotating", "write")
+    with mounted(world, tmp_path / "rot", issued.token, key_file=True) as m:
+        key_file = m.parent / f"{m.name}.key"
+        assert (m / "local" / "hello.txt").read_text() == "hello\n"
+        fresh = repo.rotate_key(issued.info.key_id)  # no grace: the old secret fails now
+        key_file.write_text(fresh.token + "\n")
+        time.sleep(2.5)  # past the key check interval and the attribute timeout
+        assert (m / "local" / "hello.txt").read_text() == "hello\n"
+        (m / "local" / "after-rotation.txt").write_text("still writable\n")
+        assert stats(m)["key_valid"] is True
+        assert (world.data / "after-rotation.txt").read_text() == "still writable\n"
+        # a key file that no longer holds a valid key: refused, as for a revoked key
+        repo.revoke_key(issued.info.key_id)
+
+        def denied() -> bool:
+            try:
+                os.listdir(m / "local")
+            except PermissionError:
+                return True
+            return False
+
+        assert wait_for(denied, timeout=6)
+
+
 def test_key_is_not_on_the_daemons_command_line_or_environment(world: World,
                                                                tmp_path: Path) -> None:
     with mounted(world, tmp_path / "e", world.write_key) as m:

@@ -218,6 +218,7 @@ async def _main(ops: Any, ready: Callable[[], None] | None) -> None:
         await nursery.start(_on_signals, ops)
         nursery.start_soon(ops.watch_key)
         nursery.start_soon(_tune_read_ahead, ops.mountpoint)
+        nursery.start_soon(ops.warm_up)
         if ready is not None:
             ready()
         await pyfuse3.main()
@@ -267,10 +268,14 @@ def log_path_for(cache_dir: str, repo_name: str, mountpoint: str) -> str:
 
 
 def spawn(repo_name: str, mountpoint: str, token: str, options: MountOptions,
-          home: str, log_path: str, timeout: float = READY_TIMEOUT_S) -> int:
-    """Start the daemon in a new session; return its pid once the mount is ready."""
+          home: str, log_path: str, timeout: float = READY_TIMEOUT_S,
+          key_file: str | None = None) -> int:
+    """Start the daemon in a new session; return its pid once the mount is ready.
+
+    ``key_file``: where the key came from (a path, not a secret); the daemon re-reads it when
+    the key stops working, so a rotation does not end the mount."""
     config = json.dumps({"repository": repo_name, "mountpoint": mountpoint, "home": home,
-                         "options": options.to_dict()})
+                         "options": options.to_dict(), "key_file": key_file})
     env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
     ready_r, ready_w = os.pipe()
     try:
@@ -380,6 +385,8 @@ def child_main(argv: list[str] | None = None) -> int:
 
         repo = Catalog(config["home"]).open(config["repository"], token or None)
         del token
+        if config.get("key_file"):
+            repo.key_file = config["key_file"]
         serve(repo, config["mountpoint"], options, ready=lambda: report("ready"))
         return 0
     except Exception as exc:

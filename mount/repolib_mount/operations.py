@@ -68,6 +68,7 @@ VIRTUAL_DIR = ".repolib"
 STATS_FILE = ".repolib/stats"
 DOWNLOAD_CHUNK = 8 * 2**20
 SMALL_LISTING = 1000  # a folder this small is re-listed rather than asked about name by name
+RELIST_LIMIT = 20_000  # ... and one this big if names are being looked up in it repeatedly
 _TEMP = re.compile(r"^\..+\.repolib-[0-9a-f]{8}\.tmp$")  # repolib's atomic-write temp files
 _UPLOAD_ERRNOS = {errno.EACCES, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
@@ -109,6 +110,7 @@ class RepositoryOperations(pyfuse3.Operations):  # type: ignore[misc]
         self.uploading = 0
         self.started = time.time()
         self._resources: tuple[float, dict[str, Any]] = (-1e9, {})
+        self._recent_misses: dict[str, float] = {}  # folder -> last lookup it could not answer
 
     @property
     def nursery(self) -> trio.Nursery | None:
@@ -212,12 +214,9 @@ class RepositoryOperations(pyfuse3.Operations):  # type: ignore[misc]
             self.counters["metadata_hits"] += 1
             return listed
         self.counters["metadata_misses"] += 1
-        known = self.dirs.last_size(parent_of(rel))
-        if "/" in rel and known is not None and known <= SMALL_LISTING:
-            # A small folder listed before: listing it again (one request) answers this name
-            # and its siblings, where `info` of a new name costs two (HEAD, then LIST).
+        if max_age is None and "/" in rel and self._relist_first(parent_of(rel)):
             try:
-                entries = await self._listing(parent_of(rel), max_age)
+                entries = await self._listing(parent_of(rel))
             except FileNotFoundError:
                 entries = {}
             if name_of(rel) in entries:
@@ -232,6 +231,26 @@ class RepositoryOperations(pyfuse3.Operations):  # type: ignore[misc]
         meta = Meta.from_info(info)
         self.attrs.put(rel, meta)
         return meta
+
+    def _relist_first(self, folder: str) -> bool:
+        """Answer a lookup in ``folder`` by listing it again rather than with ``info``?
+
+        ``info`` of a new name costs two requests (HEAD, then LIST for a folder of that name);
+        a listing answers this name and all its siblings for the dir timeout. Worth it for a
+        folder listed before that was small, or not too big and missed in a moment ago (a
+        ``tar x`` or ``cp -r`` creating many names in it)."""
+        known = self.dirs.last_size(folder)
+        if known is None:
+            return False
+        now = time.monotonic()
+        last = self._recent_misses.get(folder)
+        if len(self._recent_misses) > 10_000:
+            self._recent_misses.clear()
+        self._recent_misses[folder] = now
+        if known <= SMALL_LISTING:
+            return True
+        return known <= RELIST_LIMIT and last is not None and \
+            now - last <= max(self.options.dir_timeout, 1.0)
 
     async def _listing(self, rel: str, max_age: float | None = None) -> dict[str, Meta]:
         """A folder's entries from one bulk listing (cached for the dir timeout)."""
@@ -295,7 +314,7 @@ class RepositoryOperations(pyfuse3.Operations):  # type: ignore[misc]
     async def _resource_infos(self) -> dict[str, Any]:
         t, infos = self._resources
         if time.monotonic() - t > self.options.dir_timeout:
-            found = await self._run(self.repo.resources, kind="storage")
+            found = await self._run(self.fs.repository.resources, kind="storage")
             infos = {r.name: r for r in found}
             self._resources = (time.monotonic(), infos)
         return infos
@@ -805,7 +824,22 @@ class RepositoryOperations(pyfuse3.Operations):  # type: ignore[misc]
         return json.dumps(self.stats(), indent=2, sort_keys=True) + "\n"
 
     def _check_key(self) -> None:
-        self.fs.repository.check_valid()
+        self.fs.revalidate()  # follows a rotated key file (repository.key_file)
+
+    async def warm_up(self) -> None:
+        """Make each resource's backend client now, in the background once the mount is
+        ready, with one cheap request per resource: creating an S3 client costs ~0.3 s of CPU
+        (botocore loads its service models), which the first ``cat`` would otherwise pay."""
+        try:
+            names = list(await self._listing(""))
+        except Exception as exc:
+            log.debug("warm-up: %s", exc)
+            return
+        for name in names:
+            try:
+                await self._meta(name)
+            except Exception as exc:  # the first real request reports what is wrong
+                log.debug("warm-up of %s: %s", name, exc)
 
     async def watch_key(self) -> None:
         """Re-check the key about once per attribute timeout; a revoked key ends every answer."""
