@@ -490,3 +490,83 @@ def test_read_only_key_refuses_writes(ops_factory: Any) -> None:
         assert e.value.errno == errno.EROFS
 
     _run(go)
+
+
+def test_disk_block_cache_bounds_ages_and_cleans_up(tmp_path: Path) -> None:
+    from repolib_mount.diskcache import DiskBlockCache, folder_for
+
+    clock = Clock()
+    root = tmp_path / "blocks-1"
+    d = DiskBlockCache(str(root), capacity=10, max_age=60, clock=clock)
+    d.put(("f", (1,), 0), b"aaaa")
+    d.put(("f", (1,), 1), memoryview(b"bbbb"))
+    assert d.get(("f", (1,), 0)) == b"aaaa"  # now the most recent
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in root.iterdir())
+    d.put(("g", (1,), 0), b"cccc")  # 12 bytes > 10: the least recent (f/1) goes
+    assert ("f", (1,), 1) not in d and d.get(("f", (1,), 1)) is None and d.evicted == 1
+    assert d.get(("f", (2,), 0)) is None  # another version of the same file: not an answer
+    clock.t += 61
+    assert d.get(("f", (1,), 0)) is None and d.used == 4  # too old: dropped (g is next)
+    d.put(("dir/x", (1,), 0), b"1")
+    name = next(p for p in root.iterdir() if p.stat().st_size == 1)
+    name.write_bytes(b"")  # cut short on disk: a miss, not a wrong answer
+    assert d.get(("dir/x", (1,), 0)) is None
+    d.put(("dir/y", (1,), 0), b"2")
+    d.drop_below("dir")
+    assert ("dir/y", (1,), 0) not in d
+    d.put(("h", (1,), 0), b"hh")
+    assert d.get(("h", (1,), 0)) == b"hh" and d.hits == 2
+    d.close()
+    assert not root.exists()
+    stale = tmp_path / "blocks-999999999"  # a daemon that is gone left this behind
+    stale.mkdir()
+    assert folder_for(str(tmp_path)) == str(tmp_path / f"blocks-{os.getpid()}")
+    assert not stale.exists()
+
+
+def test_read_ahead_fills_the_disk_tier_and_a_reread_is_served_from_it(
+        tmp_path: Path) -> None:
+    import collections
+
+    import trio
+
+    from repolib_mount.cache import BlockCache
+    from repolib_mount.diskcache import DiskBlockCache
+    from repolib_mount.handles import ReadHandle
+    from repolib_mount.reads import BlockReader
+
+    bs = 4096
+    blob = os.urandom(bs * 32)
+    calls: list[tuple[int, int]] = []
+
+    class FS:  # the fs surface BlockReader uses, counting requests
+        def cat_file(self, path: str, start: int, end: int) -> bytes:
+            calls.append((start, end))
+            return blob[start:end]
+
+    async def run(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        await trio.lowlevel.checkpoint()
+        return fn(*args, **kwargs)
+
+    opts = MountOptions(block_size=bs, readahead_blocks=8, request_blocks=4,
+                        cache_dir=str(tmp_path))
+    disk = DiskBlockCache(str(tmp_path / "blocks"), capacity=2**20)
+    reader = BlockReader(FS(), run, opts, BlockCache(2 * bs), collections.Counter(), disk)
+
+    async def read_all() -> bytes:
+        h = ReadHandle(1, "r/f", len(blob), ("v",))
+        got = b""
+        async with trio.open_nursery() as nursery:
+            reader.nursery = nursery
+            while len(got) < len(blob):
+                got += bytes(await reader.read(h, "r/f", "repo/r/f", len(got), bs))
+        return got
+
+    assert trio.run(read_all) == blob
+    fetched = len(calls)
+    assert disk.used == len(blob)
+    assert trio.run(read_all) == blob  # memory holds 2 blocks: the rest comes from disk
+    assert len(calls) == fetched and reader.counters["disk_hits"] >= 30
+    reader.drop_path("r/f")
+    assert disk.used == 0

@@ -58,6 +58,10 @@ def _positive(ctx: click.Context, param: click.Parameter, value: float) -> float
               help="Staged writes and the daemon's log (default: the user cache folder).")
 @click.option("--cache-size", default="256M", show_default=True, callback=_size,
               help="Memory for cached file blocks (K, M, G).")
+@click.option("--disk-cache-size", default="0", show_default=True, callback=_size,
+              help="Disk for cached file blocks under --cache-dir (K, M, G; 0: none).")
+@click.option("--disk-cache-age", type=float, default=3600.0, show_default=True,
+              callback=_positive, help="Seconds a block cached on disk is kept.")
 @click.option("--attr-timeout", type=float, default=1.0, show_default=True, callback=_positive,
               help="Seconds file attributes and names are trusted.")
 @click.option("--dir-timeout", type=float, default=5.0, show_default=True, callback=_positive,
@@ -72,7 +76,8 @@ def _positive(ctx: click.Context, param: click.Parameter, value: float) -> float
 @_clean_doc
 def mount_cmd(state: State, repo_name: str, mountpoint: str, key: str | None,
               key_file: str | None, foreground: bool, read_only: bool, cache_dir: str | None,
-              cache_size: int, attr_timeout: float, dir_timeout: float, rename_limit: int,
+              cache_size: int, disk_cache_size: int, disk_cache_age: float,
+              attr_timeout: float, dir_timeout: float, rename_limit: int,
               allow_other: bool, debug: bool) -> None:
     """Mount repository REPO at MOUNTPOINT, its storage resources as folders.
 
@@ -98,6 +103,7 @@ def mount_cmd(state: State, repo_name: str, mountpoint: str, key: str | None,
         options = MountOptions(attr_timeout=attr_timeout, dir_timeout=dir_timeout,
                                read_only=read_only, allow_other=allow_other, debug=debug,
                                cache_dir=cache_dir, cache_size=cache_size,
+                               disk_cache_size=disk_cache_size, disk_cache_age=disk_cache_age,
                                rename_limit=rename_limit)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

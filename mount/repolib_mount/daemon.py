@@ -34,6 +34,7 @@ log = logging.getLogger("repolib_mount")
 FSTYPE = "fuse.repolib"
 READY_TIMEOUT_S = 60.0
 FLUSH_ON_EXIT_TIMEOUT_S = 120.0
+WARM_UP_WAIT_S = 3.0  # the mount is reported ready once its backend clients exist, or after this
 READ_AHEAD_KB = 4096  # kernel read-ahead for the mount (bigger FUSE reads, fewer requests)
 _SCRUBBED_ENV = ("REPOLIB_KEY", "REPOLIB_KEY_FILE")
 
@@ -218,7 +219,17 @@ async def _main(ops: Any, ready: Callable[[], None] | None) -> None:
         await nursery.start(_on_signals, ops)
         nursery.start_soon(ops.watch_key)
         nursery.start_soon(_tune_read_ahead, ops.mountpoint)
-        nursery.start_soon(ops.warm_up)
+        warmed = trio.Event()
+
+        async def warm_up() -> None:
+            try:
+                await ops.warm_up()
+            finally:
+                warmed.set()
+
+        nursery.start_soon(warm_up)
+        with trio.move_on_after(WARM_UP_WAIT_S):  # a slow backend must not hold the mount
+            await warmed.wait()
         if ready is not None:
             ready()
         await pyfuse3.main()

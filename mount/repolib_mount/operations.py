@@ -48,6 +48,8 @@ from repolib.keys import Access
 from repolib.paths import split as split_repo_path
 
 from .cache import BlockCache, DirCache, Meta, TTLCache
+from .diskcache import DiskBlockCache
+from .diskcache import folder_for as disk_folder_for
 from .errors import fuse_handler
 from .handles import (
     DirHandle,
@@ -100,7 +102,11 @@ class RepositoryOperations(pyfuse3.Operations):  # type: ignore[misc]
         self.dirs = DirCache(options.dir_timeout)
         self.blocks = BlockCache(options.cache_size)
         self.counters: collections.Counter[str] = collections.Counter()
-        self.reader = BlockReader(self.fs, self._run, options, self.blocks, self.counters)
+        self.disk = (DiskBlockCache(disk_folder_for(options.cache_dir), options.disk_cache_size,
+                                    options.disk_cache_age)
+                     if options.disk_cache_size > 0 else None)
+        self.reader = BlockReader(self.fs, self._run, options, self.blocks, self.counters,
+                                  self.disk)
         self.files: HandleTable[Any] = HandleTable()
         self.dir_handles: HandleTable[DirHandle] = HandleTable()
         self.staging = StagingArea(options.cache_dir)
@@ -293,7 +299,7 @@ class RepositoryOperations(pyfuse3.Operations):  # type: ignore[misc]
         self.attrs.put(rel, meta)
         self.negative.pop(rel)
         self.dirs.set_entry(parent_of(rel), name_of(rel), meta)
-        self.blocks.drop_path(rel)
+        self.reader.drop_path(rel)
 
     def _after_remove(self, rel: str) -> None:
         self.attrs.pop_below(rel)
@@ -301,7 +307,7 @@ class RepositoryOperations(pyfuse3.Operations):  # type: ignore[misc]
         self.negative.put(rel, True)
         self.dirs.pop_below(rel)
         self.dirs.remove_entry(parent_of(rel), name_of(rel))
-        self.blocks.drop_below(rel)
+        self.reader.drop_below(rel)
         self.pending_dirs = {d for d in self.pending_dirs if not is_below(d, rel)}
         self.inodes.detach(rel)
 
@@ -309,7 +315,7 @@ class RepositoryOperations(pyfuse3.Operations):  # type: ignore[misc]
         self.attrs.clear()
         self.negative.clear()
         self.dirs.clear()
-        self.blocks.clear()
+        self.reader.clear()
 
     async def _resource_infos(self) -> dict[str, Any]:
         t, infos = self._resources
@@ -701,7 +707,7 @@ class RepositoryOperations(pyfuse3.Operations):  # type: ignore[misc]
             self.attrs.pop_below(p)
             self.negative.pop_below(p)
             self.dirs.pop_below(p)
-            self.blocks.drop_below(p)
+            self.reader.drop_below(p)
         self.negative.put(src, True)
         self.dirs.remove_entry(parent_of(src), name_of(src))
         self.dirs.set_entry(parent_of(dst), name_of(dst), meta)
@@ -816,6 +822,9 @@ class RepositoryOperations(pyfuse3.Operations):  # type: ignore[misc]
                 "block_bytes": self.blocks.used,
                 "block_capacity": self.options.cache_size,
                 "readahead_blocks": c["readahead_blocks"],
+                "disk_hits": c["disk_hits"],
+                "disk_bytes": self.disk.used if self.disk is not None else 0,
+                "disk_capacity": self.options.disk_cache_size,
                 "random_reads": c["random_reads"],
             },
         }
@@ -827,9 +836,10 @@ class RepositoryOperations(pyfuse3.Operations):  # type: ignore[misc]
         self.fs.revalidate()  # follows a rotated key file (repository.key_file)
 
     async def warm_up(self) -> None:
-        """Make each resource's backend client now, in the background once the mount is
-        ready, with one cheap request per resource: creating an S3 client costs ~0.3 s of CPU
-        (botocore loads its service models), which the first ``cat`` would otherwise pay."""
+        """Make each resource's backend client now, with one cheap request per resource
+        (the daemon waits a few seconds for this before it reports the mount ready): creating
+        an S3 client costs ~0.3 s of CPU (botocore loads its service models), which the first
+        ``ls`` or ``cat`` would otherwise pay."""
         try:
             names = list(await self._listing(""))
         except Exception as exc:
@@ -873,3 +883,5 @@ class RepositoryOperations(pyfuse3.Operations):  # type: ignore[misc]
 
     def close(self) -> None:
         self.staging.close()
+        if self.disk is not None:
+            self.disk.close()

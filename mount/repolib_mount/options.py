@@ -37,6 +37,8 @@ class MountOptions:
     debug: bool = False
     cache_dir: str = dataclasses.field(default_factory=default_cache_dir)
     cache_size: int = 256 * MiB  # memory block cache for reads
+    disk_cache_size: int = 0  # a second block cache on disk under cache_dir (0: none)
+    disk_cache_age: float = 3600.0  # seconds a block on disk is trusted (keys carry versions)
     block_size: int = 1 * MiB
     readahead_blocks: int = 32  # at most this many blocks ahead of a sequential reader
     request_blocks: int = 8  # read-ahead fetches up to this many blocks per backend request
@@ -48,8 +50,9 @@ class MountOptions:
     def __post_init__(self) -> None:
         if self.attr_timeout < 0 or self.dir_timeout < 0:
             raise ValueError("timeouts must be >= 0 seconds")
-        if self.block_size < 4096 or self.cache_size < 0:
-            raise ValueError("block size must be >= 4096 bytes and cache size >= 0")
+        if self.block_size < 4096 or min(self.cache_size, self.disk_cache_size) < 0 or \
+                self.disk_cache_age < 0:
+            raise ValueError("block size must be >= 4096 bytes, cache sizes and age >= 0")
         if min(self.readahead_blocks, self.rename_limit) < 0 or \
                 min(self.request_blocks, self.threads) < 1:
             raise ValueError("read-ahead, request size, threads and rename limit must be positive")

@@ -24,6 +24,7 @@ from typing import Any
 import trio
 
 from .cache import Block, BlockCache, BlockKey
+from .diskcache import DiskBlockCache
 from .handles import ReadHandle
 from .options import MountOptions
 
@@ -36,8 +37,10 @@ class BlockReader:
     """The read path of one mount. Runs on the trio loop; backend calls go through ``run``."""
 
     def __init__(self, fs: Any, run: Callable[..., Awaitable[Any]], options: MountOptions,
-                 blocks: BlockCache, counters: Counter[str]) -> None:
+                 blocks: BlockCache, counters: Counter[str],
+                 disk: DiskBlockCache | None = None) -> None:
         self.fs = fs
+        self.disk = disk  # a larger second tier on local disk (None: memory only)
         self.run = run  # run(fn, *args, **kwargs) in a worker thread
         self.block_size = options.block_size
         self.readahead_blocks = options.readahead_blocks
@@ -68,8 +71,10 @@ class BlockReader:
             h.streak = 0
             h.next_offset = end
             keys = [(rel, h.version, b) for b in range(first, last + 1)]
-            if all(k in self.blocks for k in keys):
-                return self._slice([self.blocks.get(k) or b"" for k in keys], first, off, end)
+            if all(self._cached(k) for k in keys):
+                parts = [self._get(k) for k in keys]
+                if all(p is not None for p in parts):
+                    return self._slice(parts, first, off, end)  # type: ignore[arg-type]
             for k in keys:
                 self._raise_if_failed(k)
             self.counters["random_reads"] += 1
@@ -97,9 +102,46 @@ class BlockReader:
         views = [memoryview(p) for p in parts]
         return b"".join([views[0][start:], *views[1:-1], views[-1][:stop]])
 
+    def _cached(self, key: BlockKey) -> bool:
+        return key in self.blocks or (self.disk is not None and key in self.disk)
+
+    def _get(self, key: BlockKey) -> Block | None:
+        """From memory, else from disk (then kept in memory too)."""
+        data = self.blocks.get(key)
+        if data is None and self.disk is not None:
+            data = self.disk.get(key)
+            if data is not None:
+                self.counters["disk_hits"] += 1
+                self.blocks.put(key, data)
+        return data
+
+    async def _spill(self, keys: list[BlockKey], parts: list[Block]) -> None:
+        """Copy fetched blocks to the disk tier (file writes in a worker thread)."""
+        disk = self.disk
+        if disk is None:
+            return
+        for k, part in zip(keys, parts, strict=False):
+            if await trio.to_thread.run_sync(disk.store, k, part):
+                disk.add(k, len(part))
+
+    def drop_path(self, rel: str) -> None:
+        self.blocks.drop_path(rel)
+        if self.disk is not None:
+            self.disk.drop_path(rel)
+
+    def drop_below(self, rel: str) -> None:
+        self.blocks.drop_below(rel)
+        if self.disk is not None:
+            self.disk.drop_below(rel)
+
+    def clear(self) -> None:
+        self.blocks.clear()
+        if self.disk is not None:
+            self.disk.clear()
+
     async def _block(self, rel: str, path: str, h: ReadHandle, b: int) -> Block:
         key = (rel, h.version, b)
-        data = self.blocks.get(key)
+        data = self._get(key)
         if data is not None:
             return data
         event = self.inflight.get(key)
@@ -117,6 +159,8 @@ class BlockReader:
             self.counters["bytes_read"] += len(data)
             self.blocks.put(key, data)
             self._succeeded()
+            if self.disk is not None and self.nursery is not None:
+                self.nursery.start_soon(self._spill, [key], [data])
             return data
         except Exception as exc:
             self._failed(key, exc)
@@ -156,7 +200,7 @@ class BlockReader:
         run: list[int] = []
         for b in range(first, last + 1):
             key = (rel, h.version, b)
-            if key in self.inflight or key in self.blocks:
+            if key in self.inflight or self._cached(key):
                 self._start_run(rel, path, h, run)
                 run = []
                 continue
@@ -181,6 +225,7 @@ class BlockReader:
     async def _fetch_run(self, path: str, keys: list[BlockKey], start: int, end: int,
                          event: trio.Event) -> None:
         error: BaseException | None = None
+        parts: list[Block] = []
         try:
             data: bytes = await self.run(self.fs.cat_file, path, start=start, end=end)
             self.counters["bytes_read"] += len(data)
@@ -191,6 +236,7 @@ class BlockReader:
                 if not part:
                     break  # the object is shorter than its listing said: readers fetch
                 self.blocks.put(k, part)
+                parts.append(part)
                 self.counters["readahead_blocks"] += 1
             self._succeeded()
         except Exception as exc:  # a reader waiting for these blocks gets EIO
@@ -203,3 +249,5 @@ class BlockReader:
                     if error is not None:
                         self._failed(k, error)
             event.set()
+        if error is None and self.disk is not None:
+            await self._spill(keys[:len(parts)], parts)
