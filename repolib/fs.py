@@ -169,6 +169,12 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
     def repository(self) -> Repository:
         return self._state.repository
 
+    def is_local(self, path: str) -> bool:
+        """Is ``path`` in a local-folder or in-memory resource (no network round trips)?
+        Lets callers such as the mount choose between local copies and remote uploads."""
+        _, backend = self._target(path, Access.READ, "read")
+        return backend.local or backend.protocol == "memory"
+
     def revalidate(self) -> None:
         """Check the key now (InvalidKey if it was revoked or expired), switching to the token
         in the key file if that was rewritten by a rotation: a long-lived user such as the

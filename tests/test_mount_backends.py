@@ -137,6 +137,47 @@ def test_shell_tools(bmnt: Path, bworld: World, tmp_path: Path, resource: str) -
     assert not fs.exists(f"analytics/{resource}/shell/big.bin")
 
 
+@pytest.mark.parametrize("resource", RESOURCES)
+def test_a_big_file_written_front_to_back_is_sent_while_it_is_written(
+        bmnt: Path, bworld: World, resource: str) -> None:
+    data = os.urandom(40 * MiB)
+    target = bmnt / resource / "streamed.bin"
+    fs = _repo_fs(bworld)
+    remote = f"analytics/{resource}/streamed.bin"
+    before = stats(bmnt)
+    with open(target, "wb") as f:
+        for i in range(0, len(data), MiB):
+            f.write(data[i:i + MiB])
+        f.flush()
+        sent = lambda: stats(bmnt)["streamed_bytes"] - before["streamed_bytes"]  # noqa: E731
+        assert wait_for(lambda: sent() >= 32 * MiB, timeout=30)  # two parts before close
+        fs.invalidate_cache()
+        assert not fs.exists(remote)  # nothing visible before the commit at close
+    after = stats(bmnt)
+    assert after["streamed_uploads"] == before["streamed_uploads"] + 1
+    assert after["streamed_bytes"] - before["streamed_bytes"] == len(data)
+    assert fs.cat_file(remote) == data
+    # a write below what was already sent abandons the stream: uploaded in one piece at close
+    with open(target, "wb") as f:
+        f.write(data)
+        f.flush()
+        assert wait_for(lambda: stats(bmnt)["streamed_bytes"] - after["streamed_bytes"]
+                        >= 16 * MiB, timeout=30)
+        f.seek(0)
+        f.write(b"HEAD")
+    assert stats(bmnt)["streamed_uploads"] == after["streamed_uploads"]
+    fs.invalidate_cache()
+    assert fs.cat_file(remote) == b"HEAD" + data[4:]
+    # a file removed while it is being sent: nothing remains
+    with open(bmnt / resource / "gone.bin", "wb") as f:
+        f.write(data[:20 * MiB])
+        f.flush()
+        os.remove(bmnt / resource / "gone.bin")
+    fs.invalidate_cache()
+    assert not fs.exists(f"analytics/{resource}/gone.bin")
+    os.remove(target)
+
+
 # -- fault injection on a dedicated rclone serve s3 ------------------------------------------
 
 
@@ -255,7 +296,13 @@ def test_sigkill_during_an_upload_leaves_no_partial_object(
             try:
                 f = open(m / "bucket" / name, "wb")
                 try:
-                    for _ in range(size // MiB):
+                    # the last MiB first: not front to back, so nothing is sent before close
+                    # (a streamed upload would leave too little to do at close to kill it)
+                    f.seek(size - MiB)
+                    f.write(chunk)
+                    f.flush()
+                    f.seek(0)
+                    for _ in range(size // MiB - 1):
                         f.write(chunk)
                     f.flush()
                 finally:
@@ -279,8 +326,9 @@ def test_sigkill_during_an_upload_leaves_no_partial_object(
         assert wait_for(lambda: not _alive(pid))  # type: ignore[arg-type]
         assert all(isinstance(outcome[n], OSError) for n in ("old.bin", "new.bin")), outcome
         # no partial object: the new name is absent, the old one holds its old content
-        time.sleep(0.5)  # let the server notice the dropped connections
-        assert sorted(os.listdir(fworld.data)) == ["old.bin"]
+        # (the server removes the temp files of uploads cut off once it sees them dropped)
+        assert wait_for(lambda: sorted(os.listdir(fworld.data)) == ["old.bin"], timeout=10), \
+            os.listdir(fworld.data)
         assert (fworld.data / "old.bin").read_bytes() == old
         assert wait_for(lambda: _stale(mp))
         # `repolib mount` on the same (stale) folder cleans it and mounts again

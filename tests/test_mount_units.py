@@ -570,3 +570,22 @@ def test_read_ahead_fills_the_disk_tier_and_a_reread_is_served_from_it(
     assert len(calls) == fetched and reader.counters["disk_hits"] >= 30
     reader.drop_path("r/f")
     assert disk.used == 0
+
+
+def test_staged_file_reports_whether_it_is_written_front_to_back(tmp_path: Path) -> None:
+    area = StagingArea(str(tmp_path))
+    s = area.new("r/f", 7)
+    seen: list[tuple[int, bool]] = []
+    s.on_change = lambda staged, offset, sequential: seen.append((offset, sequential))
+    s.write(0, b"abc")
+    s.write(3, b"def")
+    s.append(b"g")
+    s.write(100, b"x")  # a hole: not front to back
+    s.write(2, b"Z")  # below what was written
+    s.truncate(0)
+    assert seen == [(0, True), (3, True), (6, True), (100, False), (2, False), (0, False)]
+    fresh = area.new("r/g", 8)
+    fresh.on_change = lambda staged, offset, sequential: seen.append((offset, sequential))
+    fresh.truncate(0)  # O_TRUNC of a new file: still front to back
+    assert seen[-1] == (0, True)
+    area.close()

@@ -16,6 +16,7 @@ import itertools
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -60,10 +61,17 @@ class Staged:
         self.unlinked = False
         self.mtime = time.time()
         self.lock: Any = None  # the daemon's per-file upload lock (trio.Lock)
+        # called after every change: (self, lowest offset changed, front to back so far?)
+        self.on_change: Callable[[Staged, int, bool], None] | None = None
+        self.written_end = 0  # where the last write ended: the next one is sequential here
+        self.stream: Any = None  # an upload in progress while it is written (uploads.py)
+        self.streamable = False  # started empty and written front to back so far
 
     def write(self, offset: int, data: bytes) -> int:
         n = os.pwrite(self.fd, data, offset)
-        self._changed()
+        sequential = offset == self.written_end
+        self.written_end = offset + n
+        self._changed(offset, sequential)
         return n
 
     def append(self, data: bytes) -> int:
@@ -74,15 +82,19 @@ class Staged:
 
     def truncate(self, size: int) -> None:
         os.ftruncate(self.fd, size)
-        self._changed()
+        sequential = size == 0 and self.written_end == 0
+        self.written_end = min(self.written_end, size)
+        self._changed(size, sequential)
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size
 
-    def _changed(self) -> None:
+    def _changed(self, offset: int | None = None, sequential: bool = True) -> None:
         self.dirty = True
         self.version += 1
         self.mtime = time.time()
+        if self.on_change is not None:
+            self.on_change(self, self.size() if offset is None else offset, sequential)
 
     def mark_dirty(self) -> None:
         self._changed()

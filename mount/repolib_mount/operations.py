@@ -63,6 +63,7 @@ from .handles import (
 from .inodes import InodeTable, is_below, join, name_of, parent_of
 from .options import MountOptions
 from .reads import BlockReader
+from .uploads import Uploads
 
 log = logging.getLogger("repolib_mount")
 
@@ -107,6 +108,7 @@ class RepositoryOperations(pyfuse3.Operations):  # type: ignore[misc]
                      if options.disk_cache_size > 0 else None)
         self.reader = BlockReader(self.fs, self._run, options, self.blocks, self.counters,
                                   self.disk)
+        self.uploads = Uploads(self.fs, self._run, self.counters)
         self.files: HandleTable[Any] = HandleTable()
         self.dir_handles: HandleTable[DirHandle] = HandleTable()
         self.staging = StagingArea(options.cache_dir)
@@ -126,6 +128,7 @@ class RepositoryOperations(pyfuse3.Operations):  # type: ignore[misc]
     @nursery.setter
     def nursery(self, value: trio.Nursery | None) -> None:
         self.reader.nursery = value
+        self.uploads.nursery = value
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -507,6 +510,7 @@ class RepositoryOperations(pyfuse3.Operations):  # type: ignore[misc]
                 try:
                     if flags & os.O_TRUNC:
                         staged.mark_dirty()
+                        self.uploads.watch(staged, self._fs_path(rel))
                     else:
                         meta = await self._meta(rel, max_age=0, remote=True)
                         if meta.is_dir:
@@ -542,6 +546,7 @@ class RepositoryOperations(pyfuse3.Operations):  # type: ignore[misc]
         else:
             staged.truncate(0)
         staged.mark_dirty()  # a new empty file is uploaded on close too
+        self.uploads.watch(staged, self._fs_path(rel))
         staged.refs += 1
         self.page_versions.pop(ino, None)
         h = WriteHandle(ino, staged, append=bool(flags & os.O_APPEND),
@@ -590,7 +595,8 @@ class RepositoryOperations(pyfuse3.Operations):  # type: ignore[misc]
             size = staged.size()
             self.uploading += 1
             try:
-                await self._run(self.fs.put_file, staged.local, self._fs_path(staged.path))
+                if not await self.uploads.finish(staged):
+                    await self._run(self.fs.put_file, staged.local, self._fs_path(staged.path))
             except Exception as exc:
                 self.counters["upload_errors"] += 1
                 code = getattr(exc, "errno", None)
@@ -631,6 +637,7 @@ class RepositoryOperations(pyfuse3.Operations):  # type: ignore[misc]
         if staged.refs > 0:
             return
         lost = staged.dirty and not staged.unlinked
+        await self.uploads.abandon(staged)
         self.staging.discard(staged)  # no upload here: flush (close) reported the outcome
         if lost:
             log.warning("changes to %s were not uploaded and are discarded", staged.path)
@@ -810,6 +817,8 @@ class RepositoryOperations(pyfuse3.Operations):  # type: ignore[misc]
             "uploads": c["uploads"],
             "upload_errors": c["upload_errors"],
             "pending_uploads": self.staging.pending(),
+            "streamed_uploads": c["streamed_uploads"],
+            "streamed_bytes": c["streamed_bytes"],
             "open_files": len(self.files),
             "inodes": len(self.inodes),
             "cache": {

@@ -1,0 +1,157 @@
+"""Uploads of staged files: streamed while a new file is written, else in one piece at close.
+
+A file written from empty, front to back (``cp``, ``dd``, a checkpoint being saved), is sent
+while it is being written: once ``STREAM_START`` bytes are staged, a backend file opened for
+writing (a multipart upload on S3, a resumable upload on GCS, uncommitted blocks on Azure) is
+fed ``PART`` bytes at a time in the background, and close only sends the rest and commits.
+Nothing is visible remotely before that commit, so a failed close still leaves the old object.
+A write below what was already sent, a truncate, or any error abandons the stream (the backend
+upload is aborted) and close uploads the staged file in one piece with ``put_file``, as it does
+for every other file. Local-folder resources are always uploaded in one piece.
+
+Runs on the daemon's trio loop; backend calls go through ``run`` (a worker thread each).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from .handles import Staged
+
+log = logging.getLogger("repolib_mount")
+
+MiB = 2**20
+STREAM_START = 16 * MiB  # smaller files are uploaded in one piece at close
+PART = 16 * MiB  # bytes per background send (one multipart part on S3)
+
+
+class Stream:
+    """One upload in progress of a staged file that is being written front to back."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path  # the fs path it uploads to (a rename finishes it first)
+        self.file: Any = None  # the backend file, opened for writing in a worker thread
+        self.claimed = 0  # bytes taken for sending: a write below this breaks the stream
+        self.broken = False
+        self.idle = trio.Event()  # set when no send is in flight
+        self.idle.set()
+
+
+class Uploads:
+    """Streams of the staged files of one mount."""
+
+    def __init__(self, fs: Any, run: Callable[..., Awaitable[Any]],
+                 counters: Counter[str]) -> None:
+        self.fs = fs
+        self.run = run
+        self.counters = counters
+        self.nursery: trio.Nursery | None = None  # set by the daemon (None: no streaming)
+
+    def watch(self, staged: Staged, fs_path: str) -> None:
+        """Stream ``staged`` (content starts empty) to ``fs_path`` once it is big enough."""
+        staged.on_change = lambda s, offset, sequential: self._changed(s, offset, sequential,
+                                                                       fs_path)
+        staged.streamable = staged.written_end == 0
+
+    def _changed(self, staged: Staged, offset: int, sequential: bool, fs_path: str) -> None:
+        st: Stream | None = staged.stream
+        if st is not None and offset < st.claimed:
+            st.broken = True  # what was sent is no longer what the file holds
+        if not sequential:
+            staged.streamable = False  # not front to back: uploaded in one piece at close
+        if self.nursery is None or (st is not None and st.broken):
+            return
+        size = staged.size()
+        if st is None:
+            if not staged.streamable or size < STREAM_START:
+                return
+            if self.fs.is_local(fs_path):
+                staged.streamable = False  # a local copy gains nothing from streaming
+                return
+            st = staged.stream = Stream(fs_path)
+        if st.idle.is_set() and size - st.claimed >= PART:
+            st.idle = trio.Event()
+            self.nursery.start_soon(self._send, staged, st, False)
+
+    async def _send(self, staged: Staged, st: Stream, final: bool) -> None:
+        """Send whole parts of what is staged beyond ``claimed`` (all of it if ``final``)."""
+        try:
+            if st.file is None:
+                st.file = await self.run(self.fs.open, st.path, "wb", block_size=PART)
+            while not st.broken and staged.fd >= 0:
+                n = min(PART, staged.size() - st.claimed)
+                if n <= 0 or (n < PART and not final):
+                    break
+                offset = st.claimed
+                st.claimed += n
+                await self.run(_send_range, staged.fd, st.file, offset, n)
+                self.counters["streamed_bytes"] += n
+        except Exception as exc:
+            st.broken = True
+            log.info("streaming upload of %s abandoned (the file is uploaded at close): %s",
+                     st.path, exc)
+        finally:
+            st.idle.set()
+
+    async def finish(self, staged: Staged) -> bool:
+        """At close: send the rest and commit the stream. False when there is none (or it
+        broke): the caller uploads the staged file in one piece."""
+        st: Stream | None = staged.stream
+        if st is None:
+            return False
+        staged.streamable = False  # later changes are uploaded in one piece
+        await st.idle.wait()
+        if not st.broken:
+            st.idle = trio.Event()
+            await self._send(staged, st, True)
+        if not st.broken:
+            try:
+                await self.run(st.file.close)
+            except Exception as exc:
+                st.broken = True
+                log.info("committing the streamed upload of %s failed (uploading it in one "
+                         "piece): %s", st.path, exc)
+            else:
+                staged.stream = None
+                self.counters["streamed_uploads"] += 1
+                return True
+        await self.abandon(staged)
+        return False
+
+    async def abandon(self, staged: Staged) -> None:
+        """Abort the stream of ``staged`` (if any): the backend keeps nothing of it. Waits
+        only for a send in flight (it reads the staged file); the abort itself runs in the
+        background, so a close does not wait on a server that may be gone."""
+        st: Stream | None = staged.stream
+        if st is None:
+            return
+        staged.stream = None
+        st.broken = True
+        await st.idle.wait()
+        if st.file is None:
+            return
+        if self.nursery is not None:
+            self.nursery.start_soon(self._discard, st)
+        else:
+            await self._discard(st)
+
+    async def _discard(self, st: Stream) -> None:
+        try:
+            await self.run(st.file.discard)
+        except Exception as exc:  # an unfinished multipart upload the server may keep
+            log.debug("aborting the streamed upload of %s: %s", st.path, exc)
+
+
+def _send_range(fd: int, f: Any, offset: int, n: int) -> None:
+    """Copy ``n`` staged bytes at ``offset`` into the backend file (a worker thread)."""
+    data = os.pread(fd, n, offset)
+    if len(data) != n:
+        raise OSError(errno.EIO, "the staged file is shorter than what was written")
+    f.write(data)
