@@ -70,6 +70,7 @@ log = logging.getLogger("repolib_mount")
 VIRTUAL_DIR = ".repolib"
 STATS_FILE = ".repolib/stats"
 DOWNLOAD_CHUNK = 8 * 2**20
+WARM_UP_PROBE = ".repolib-warm-up"  # looked up (never made) to build each backend's client
 SMALL_LISTING = 1000  # a folder this small is re-listed rather than asked about name by name
 RELIST_LIMIT = 20_000  # ... and one this big if names are being looked up in it repeatedly
 _TEMP = re.compile(r"^\..+\.repolib-[0-9a-f]{8}\.tmp$")  # repolib's atomic-write temp files
@@ -846,17 +847,17 @@ class RepositoryOperations(pyfuse3.Operations):  # type: ignore[misc]
 
     async def warm_up(self) -> None:
         """Make each resource's backend client now, with one cheap request per resource
-        (the daemon waits a few seconds for this before it reports the mount ready): creating
-        an S3 client costs ~0.3 s of CPU (botocore loads its service models), which the first
-        ``ls`` or ``cat`` would otherwise pay."""
+        (the daemon waits a few seconds for this before it reports the mount ready): building
+        an S3 client and its first request cost ~0.3-1.5 s of CPU and disk (botocore loads its
+        models lazily), which the first ``ls`` or ``cat`` would otherwise pay."""
         try:
             names = list(await self._listing(""))
         except Exception as exc:
             log.debug("warm-up: %s", exc)
             return
         for name in names:
-            try:
-                await self._meta(name)
+            try:  # a name that is not there: a HEAD (and a LIST) that answers "no"
+                await self._run(self.fs.exists, self._fs_path(f"{name}/{WARM_UP_PROBE}"))
             except Exception as exc:  # the first real request reports what is wrong
                 log.debug("warm-up of %s: %s", name, exc)
 
