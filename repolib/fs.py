@@ -175,6 +175,12 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
         _, backend = self._target(path, Access.READ, "read")
         return backend.local or backend.protocol == "memory"
 
+    def local_path(self, path: str) -> str | None:
+        """The file's own path on this machine when ``path`` is in a local-folder resource
+        (else None), after the key's read check: the mount reads such files directly."""
+        rp, backend = self._target(path, Access.READ, "read")
+        return str(backend.path(rp.rel)) if backend.local else None
+
     def revalidate(self) -> None:
         """Check the key now (InvalidKey if it was revoked or expired), switching to the token
         in the key file if that was rewritten by a rotation: a long-lived user such as the

@@ -14,7 +14,6 @@ import os
 import random
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tarfile
@@ -322,30 +321,6 @@ def test_random_reader_does_not_read_ahead(world: World, tmp_path: Path) -> None
         assert s["bytes_read"] <= 40 * 256 * 1024, s  # no block-sized fetches per 4 KiB read
     finally:
         os.remove(world.data / "random.bin")
-
-
-def test_disk_cache_answers_what_memory_evicted(world: World, tmp_path: Path) -> None:
-    blob = os.urandom(8 * 2**20)
-    (world.data / "cached.bin").write_bytes(blob)
-    try:
-        with mounted(world, tmp_path / "dc", world.write_key, "--cache-size", "2M",
-                     "--disk-cache-size", "64M") as m:
-            assert (m / "local" / "cached.bin").read_bytes() == blob
-            # blocks are copied to disk in the background, after the reader got them
-            assert wait_for(lambda: stats(m)["cache"]["disk_bytes"] == len(blob),  # type: ignore[index]
-                            timeout=10)
-            first = stats(m)
-            folders = [p for p in world.cache.glob("blocks-*") if p.is_dir()]
-            assert len(folders) == 1 and stat.S_IMODE(folders[0].stat().st_mode) == 0o700
-            Path("/proc/sys/vm/drop_caches").write_text("1\n")  # the kernel forgets its pages
-            with open(m / "local" / "cached.bin", "rb") as f:  # a new open: re-read by us
-                assert f.read() == blob
-            second = stats(m)
-            assert second["cache"]["disk_hits"] >= 6  # type: ignore[index]
-            assert second["bytes_read"] == first["bytes_read"]  # nothing fetched again
-        assert not [p for p in world.cache.glob("blocks-*") if p.is_dir()]  # removed at exit
-    finally:
-        os.remove(world.data / "cached.bin")
 
 
 def test_untar_a_tree_of_500_files_then_diff(mnt: Path, tmp_path: Path) -> None:

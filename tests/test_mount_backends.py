@@ -14,6 +14,7 @@ import errno
 import hashlib
 import os
 import signal
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -176,6 +177,32 @@ def test_a_big_file_written_front_to_back_is_sent_while_it_is_written(
     fs.invalidate_cache()
     assert not fs.exists(f"analytics/{resource}/gone.bin")
     os.remove(target)
+
+
+def test_disk_cache_answers_what_memory_evicted(bmnt: Path, bworld: World,
+                                                tmp_path: Path) -> None:
+    blob = os.urandom(8 * MiB)
+    (bmnt / "bucket" / "cached.bin").write_bytes(blob)
+    cache_dir = tmp_path / "cache"
+    try:
+        with mounted(bworld, tmp_path / "dc", bworld.read_key, "--cache-size", "2M",
+                     "--disk-cache-size", "64M", "--cache-dir", str(cache_dir)) as m:
+            assert (m / "bucket" / "cached.bin").read_bytes() == blob
+            # blocks are copied to disk in the background, after the reader got them
+            assert wait_for(lambda: stats(m)["cache"]["disk_bytes"] == len(blob),  # type: ignore[index]
+                            timeout=10)
+            first = stats(m)
+            folders = [p for p in cache_dir.glob("blocks-*") if p.is_dir()]
+            assert len(folders) == 1 and stat.S_IMODE(folders[0].stat().st_mode) == 0o700
+            Path("/proc/sys/vm/drop_caches").write_text("1\n")  # the kernel forgets its pages
+            with open(m / "bucket" / "cached.bin", "rb") as f:  # a new open: re-read by us
+                assert f.read() == blob
+            second = stats(m)
+            assert second["cache"]["disk_hits"] >= 6  # type: ignore[index]
+            assert second["bytes_read"] == first["bytes_read"]  # nothing fetched again
+        assert not [p for p in cache_dir.glob("blocks-*") if p.is_dir()]  # removed at exit
+    finally:
+        os.remove(bmnt / "bucket" / "cached.bin")
 
 
 # -- fault injection on a dedicated rclone serve s3 ------------------------------------------

@@ -444,6 +444,7 @@ def test_sequential_reads_read_ahead_and_random_reads_do_not(ops_factory: Any) -
     import trio
 
     ops = ops_factory(block_size=256 * 1024, readahead_blocks=4)
+    ops._local_paths["local"] = False  # read it as an object store is read: blocks
     blob = (ops_factory.data / "big.bin").read_bytes()
 
     async def go() -> None:
@@ -466,6 +467,24 @@ def test_sequential_reads_read_ahead_and_random_reads_do_not(ops_factory: Any) -
             assert ops.counters["readahead_blocks"] == ahead
             assert ops.counters["random_reads"] == 4
             await ops.release(fi.fh)
+
+    _run(go)
+
+
+def test_local_folder_files_are_read_directly(ops_factory: Any) -> None:
+    ops = ops_factory()
+    blob = (ops_factory.data / "big.bin").read_bytes()
+
+    async def go() -> None:
+        local = await ops.lookup(ROOT_INODE, b"local")
+        big = await ops.lookup(local.st_ino, b"big.bin")
+        fi = await ops.open(big.st_ino, os.O_RDONLY, None)
+        assert ops.files.get(fi.fh).fd >= 0
+        assert await ops.read(fi.fh, 1000, 5000) == blob[1000:6000]
+        assert await ops.read(fi.fh, len(blob) - 10, 4096) == blob[-10:]
+        assert await ops.read(fi.fh, len(blob) + 5, 4096) == b""
+        await ops.release(fi.fh)
+        assert ops.counters["readahead_blocks"] == 0 and len(ops.blocks) == 0
 
     _run(go)
 

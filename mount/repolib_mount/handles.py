@@ -188,6 +188,8 @@ class ReadHandle:
     version: tuple[Any, ...]
     next_offset: int = 0  # where a sequential reader reads next
     streak: int = 0  # consecutive sequential reads
+    fd: int = -1  # the file itself, for a local-folder resource (read with pread, no blocks)
+    local_bytes: int = 0  # read through ``fd`` (recorded as usage at release)
 
 
 @dataclasses.dataclass
