@@ -1,0 +1,290 @@
+"""FUSE handlers for open files: open, create, read, write, flush, fsync, release,
+truncate. Reads go through :mod:`.reads` (blocks, read-ahead) or, for local folders,
+one ``pread`` each; writes are staged and uploaded on flush (:mod:`.uploads`)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from typing import Any
+
+import pyfuse3
+import trio
+
+from repolib.exceptions import AuthError
+
+from .cache import Meta
+from .errors import fuse_handler
+from .handles import (
+    ReadHandle,
+    Staged,
+    VirtualHandle,
+    WriteHandle,
+)
+from .inodes import is_below, name_of, parent_of
+from .opsbase import (
+    _UPLOAD_ERRNOS,
+    DOWNLOAD_CHUNK,
+    VIRTUAL_DIR,
+    OperationsBase,
+    _fuse_error,
+    log,
+)
+
+
+class FileOperations(OperationsBase):
+    """Handlers and helpers for file contents."""
+
+    async def _truncate(self, inode: int, rel: str, size: int) -> None:
+        staged = self.staging.by_inode(inode)
+        if staged is not None:
+            staged.truncate(size)
+            return
+        meta = await self._meta(rel, max_age=0)
+        if meta.is_dir:
+            raise IsADirectoryError(errno.EISDIR, "is a directory", rel)
+        if meta.size == size:
+            return
+        self.page_versions.pop(inode, None)
+        if size == 0:
+            await self._run(self.fs.pipe_file, self._fs_path(rel), b"")
+        else:
+            staged = self._new_staged(rel, inode)
+            try:
+                self.counters["bytes_read"] += await self._run(self._download,
+                                                               self._fs_path(rel), staged)
+                staged.truncate(size)
+                await self._upload(staged)
+            finally:
+                self.staging.discard(staged)
+        self._after_write(rel, Meta(False, size, time.time()))
+
+    def _new_staged(self, rel: str, inode: int) -> Staged:
+        staged = self.staging.new(rel, inode)
+        staged.lock = trio.Lock()  # one upload (or download) of a staged file at a time
+        return staged
+
+    def _download(self, path: str, staged: Staged) -> int:
+        """Copy the remote object into a staged file (runs in a worker thread)."""
+        offset = 0
+        with self.fs.open(path, "rb") as src:
+            while True:
+                chunk = src.read(DOWNLOAD_CHUNK)
+                if not chunk:
+                    break
+                os.pwrite(staged.fd, chunk, offset)
+                offset += len(chunk)
+        return offset
+
+    @fuse_handler()
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        if inode == self.stats_inode:
+            if flags & os.O_ACCMODE != os.O_RDONLY:
+                raise _fuse_error(errno.EACCES)
+            fh = self.files.add(VirtualHandle(self.stats_json().encode()))
+            return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+        rel = self._path(inode)
+        access = flags & os.O_ACCMODE
+        if access != os.O_RDONLY or flags & os.O_TRUNC:
+            return await self._open_write(inode, rel, flags)
+        staged = self.staging.by_inode(inode)
+        if staged is not None:
+            meta = Meta(False, staged.size(), staged.mtime)
+        else:
+            meta = await self._meta(rel, max_age=self.options.attr_timeout)  # close-to-open
+        if meta.is_dir:
+            raise _fuse_error(errno.EISDIR)
+        keep = staged is None and self.page_versions.get(inode) == meta.version
+        h = ReadHandle(inode, rel, meta.size, meta.version)
+        if staged is None:
+            self.page_versions[inode] = meta.version
+            h.fd = await self._open_local(rel)
+        fh = self.files.add(h)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
+
+    async def _open_local(self, rel: str) -> int:
+        """A file of a local-folder resource, opened for reading (-1 for object stores): its
+        reads are one ``pread`` each, without blocks, read-ahead or the copies they make."""
+        local = self._local_paths.get(rel.split("/", 1)[0])
+        if local is False:
+            return -1
+        path = await self._run(self.fs.local_path, self._fs_path(rel))
+        self._local_paths[rel.split("/", 1)[0]] = path is not None
+        if path is None:
+            return -1
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            log.debug("reading %s through the filesystem: %s", rel, exc)
+            return -1
+
+    async def _open_write(self, inode: int, rel: str, flags: int) -> pyfuse3.FileInfo:
+        if self.read_only:
+            raise _fuse_error(errno.EROFS)
+        if "/" not in rel or is_below(rel, VIRTUAL_DIR):
+            raise _fuse_error(errno.EISDIR if "/" not in rel else errno.EACCES)
+        staged = self.staging.by_inode(inode)
+        if staged is None:
+            staged = self._new_staged(rel, inode)
+            async with staged.lock:
+                try:
+                    if flags & os.O_TRUNC:
+                        staged.mark_dirty()
+                        self.uploads.watch(staged, self._fs_path(rel))
+                    else:
+                        meta = await self._meta(rel, max_age=0, remote=True)
+                        if meta.is_dir:
+                            raise _fuse_error(errno.EISDIR)
+                        if meta.size:
+                            self.counters["bytes_read"] += await self._run(
+                                self._download, self._fs_path(rel), staged)
+                except BaseException:
+                    self.staging.discard(staged)
+                    raise
+        else:
+            async with staged.lock:  # another open may still be downloading it
+                pass
+            if staged.fd < 0:
+                raise _fuse_error(errno.EIO)
+            if flags & os.O_TRUNC:
+                staged.truncate(0)
+        staged.refs += 1
+        self.page_versions.pop(inode, None)
+        h = WriteHandle(inode, staged, append=bool(flags & os.O_APPEND),
+                        readable=flags & os.O_ACCMODE == os.O_RDWR)
+        return pyfuse3.FileInfo(fh=self.files.add(h), keep_cache=False)
+
+    @fuse_handler(write=True)
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
+                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        rel = self._child(parent_inode, name)
+        self._check_new_name(rel)
+        ino = self.inodes.lookup(rel)
+        staged = self.staging.by_inode(ino)
+        if staged is None:
+            staged = self._new_staged(rel, ino)
+        else:
+            staged.truncate(0)
+        staged.mark_dirty()  # a new empty file is uploaded on close too
+        self.uploads.watch(staged, self._fs_path(rel))
+        staged.refs += 1
+        self.page_versions.pop(ino, None)
+        h = WriteHandle(ino, staged, append=bool(flags & os.O_APPEND),
+                        readable=flags & os.O_ACCMODE == os.O_RDWR)
+        meta = Meta(False, 0, staged.mtime)
+        self.attrs.pop(rel)
+        self.negative.pop(rel)
+        self.dirs.set_entry(parent_of(rel), name_of(rel), meta)
+        return (pyfuse3.FileInfo(fh=self.files.add(h), keep_cache=False),
+                self._attr(ino, meta))
+
+    @fuse_handler()
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
+        h = self.files.get(fh)
+        if isinstance(h, VirtualHandle):
+            return h.data[off:off + size]
+        if isinstance(h, WriteHandle):
+            return h.staged.read(off, size)
+        staged = self.staging.by_inode(h.inode)
+        if staged is not None:
+            return staged.read(off, size)
+        return await self._read_remote(h, off, size)
+
+    async def _read_remote(self, h: ReadHandle, off: int, size: int) -> bytes | memoryview:
+        if h.fd >= 0:
+            n = min(size, h.size - off)
+            if n <= 0:
+                return b""
+            data: bytes = await trio.to_thread.run_sync(os.pread, h.fd, n, off)
+            h.local_bytes += len(data)
+            self.counters["bytes_read"] += len(data)
+            return data
+        try:
+            rel = self.inodes.path(h.inode)
+        except KeyError:
+            rel = h.path
+        return await self.reader.read(h, rel, self._fs_path(rel), off, size)
+
+    @fuse_handler(write=True)
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self.files.get(fh)
+        if not isinstance(h, WriteHandle):
+            raise _fuse_error(errno.EBADF)
+        if h.append:
+            return h.staged.append(buf)
+        return h.staged.write(off, buf)
+
+    async def _upload(self, staged: Staged) -> None:
+        """Upload a staged file in one piece; on failure the remote object is unchanged."""
+        async with staged.lock:
+            if not staged.dirty or staged.unlinked or staged.fd < 0:
+                return
+            version = staged.version
+            size = staged.size()
+            self.uploading += 1
+            try:
+                if not await self.uploads.finish(staged):
+                    await self._run(self.fs.put_file, staged.local, self._fs_path(staged.path))
+            except Exception as exc:
+                self.counters["upload_errors"] += 1
+                code = getattr(exc, "errno", None)
+                if isinstance(exc, AuthError | PermissionError):
+                    code = errno.EACCES
+                elif code not in _UPLOAD_ERRNOS:
+                    code = errno.EIO
+                log.warning("upload of %s failed (%s): %s", staged.path,
+                            errno.errorcode.get(code, code), exc)
+                raise _fuse_error(code) from None
+            finally:
+                self.uploading -= 1
+            self.counters["uploads"] += 1
+            self.counters["bytes_written"] += size
+            if staged.version == version:
+                staged.dirty = False
+            self._after_write(staged.path, Meta(False, size, time.time()))
+
+    @fuse_handler()
+    async def flush(self, fh: int) -> None:
+        h = self.files.get(fh)
+        if isinstance(h, WriteHandle):
+            await self._upload(h.staged)
+
+    @fuse_handler()
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        h = self.files.get(fh)
+        if isinstance(h, WriteHandle):
+            await self._upload(h.staged)
+
+    @fuse_handler(check_key=False)
+    async def release(self, fh: int) -> None:
+        h = self.files.pop(fh)
+        if isinstance(h, ReadHandle) and h.fd >= 0:
+            os.close(h.fd)
+            h.fd = -1
+            try:  # the same usage counters a read through repo:// records
+                self.fs.repository.record_usage(h.path.split("/", 1)[0], requests=1,
+                                                bytes_read=h.local_bytes)
+            except Exception as exc:
+                log.debug("usage of %s not recorded: %s", h.path, exc)
+        if not isinstance(h, WriteHandle):
+            return
+        staged = h.staged
+        staged.refs -= 1
+        if staged.refs > 0:
+            return
+        lost = staged.dirty and not staged.unlinked
+        await self.uploads.abandon(staged)
+        self.staging.discard(staged)  # no upload here: flush (close) reported the outcome
+        if lost:
+            log.warning("changes to %s were not uploaded and are discarded", staged.path)
+            self.attrs.pop(staged.path)
+            self.dirs.pop(parent_of(staged.path))
+            self.page_versions.pop(h.inode, None)
+            await self._invalidate_inode(h.inode)
+
+    async def _invalidate_inode(self, inode: int) -> None:
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode)
+        except Exception as exc:  # not mounted (tests) or the kernel forgot it already
+            log.debug("invalidate_inode(%d): %s", inode, exc)
