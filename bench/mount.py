@@ -592,9 +592,14 @@ def report(samples: dict[str, dict[str, list[float]]], skipped: dict[str, str],
               "for minutes (tar stuck in `fuse_mkdir`/`fuse_flush`). So the untar case "
               "extracts a flat tar into the mount's root with a per-run name prefix "
               "(`tar --transform`), the same for all three.",
-              "* repolib mount: defaults (`--cache-size 256M`, `--attr-timeout 1`, "
-              "`--dir-timeout 5`), WRITE key, started with `repolib mount`, stopped with "
-              "`repolib umount`."]
+              "* repolib mount: defaults (`--cache-size 256M`, no disk cache, "
+              "`--attr-timeout 1`, `--dir-timeout 5`; read-ahead up to 64 MiB in 16 MiB ranged "
+              "GETs; files written front to back are sent in 16 MiB parts while written), "
+              "WRITE key, started with `repolib mount`, stopped with `repolib umount`. Its "
+              "`close` returns after the upload (close-to-open), so its write and untar times "
+              "include the uploads, as the 'until on server' times of the peers do.",
+              "* Cold runs drop the page cache after mounting, so the server reads the object "
+              "from disk in every run; the daemons' own clients are already made."]
     for case, d in failures.items():
         for s, why in d.items():
             lines.append(f"* **{s} failed in case `{case}`:** {why}")

@@ -40,8 +40,8 @@ class MountOptions:
     disk_cache_size: int = 0  # a second block cache on disk under cache_dir (0: none)
     disk_cache_age: float = 3600.0  # seconds a block on disk is trusted (keys carry versions)
     block_size: int = 1 * MiB
-    readahead_blocks: int = 32  # at most this many blocks ahead of a sequential reader
-    request_blocks: int = 8  # read-ahead fetches up to this many blocks per backend request
+    readahead_blocks: int = 64  # at most this many blocks ahead of a sequential reader
+    request_blocks: int = 16  # read-ahead fetches up to this many blocks per backend request
     threads: int = 16  # worker threads for backend calls
     rename_limit: int = 1000  # a folder rename moves at most this many objects (else EXDEV)
     uid: int = dataclasses.field(default_factory=os.getuid)

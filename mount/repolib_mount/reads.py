@@ -6,7 +6,7 @@ served from fixed-size blocks, and a growing window of blocks ahead of it (1, 2,
 ``readahead_blocks``) is fetched in the background, in aligned runs of up to
 ``request_blocks`` blocks with one ranged ``cat_file`` per run, several runs at once. Large
 requests matter more than anything else here: an S3 GET costs the Python client ~4 ms of CPU
-whatever its size, so 1 MiB requests cap a 2-core machine near 130 MiB/s and 8 MiB requests
+whatever its size, so 1 MiB requests cap a 2-core machine near 130 MiB/s and 16 MiB requests
 let it reach the server's limit. Any other reader is *random*: it gets exactly the range it
 asked for with one ranged ``cat_file`` and triggers no read-ahead, unless the blocks it needs
 are cached already.
