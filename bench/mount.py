@@ -18,6 +18,7 @@ until all are on the server), 4 KiB random reads (cold). 3 runs each, systems ro
 Writes bench/results/mount.{md,json,png}.
 
     .venv/bin/python bench/mount.py [--quick]      # root: drop_caches, apt's s3fs, FUSE
+    .venv/bin/python bench/mount.py --chart-only   # redraw the PNG (pip install matplotlib)
 """
 
 from __future__ import annotations
@@ -269,7 +270,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="64 MiB, 2,000 objects, 300 untar files")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--skip", default="", help="comma-separated peers to skip (rclone,s3fs-fuse)")
+    ap.add_argument("--chart-only", action="store_true",
+                    help="redraw mount.png from mount.json (needs matplotlib)")
     args = ap.parse_args()
+    if args.chart_only:
+        chart(json.loads((RESULTS / "mount.json").read_text())["rows"])
+        return
     runs = args.runs
     big = (64 if args.quick else 256) * MiB
     n_objects = 2000 if args.quick else 10_000
