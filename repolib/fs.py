@@ -179,7 +179,9 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
         """The file's own path on this machine when ``path`` is in a local-folder resource
         (else None), after the key's read check: the mount reads such files directly."""
         rp, backend = self._target(path, Access.READ, "read")
-        return str(backend.path(rp.rel)) if backend.local else None
+        if not backend.local:
+            return None
+        return os.path.realpath(backend.path(rp.rel))  # checked inside the folder, resolved
 
     def revalidate(self) -> None:
         """Check the key now (InvalidKey if it was revoked or expired), switching to the token

@@ -497,6 +497,28 @@ def test_local_folder_files_are_read_directly(ops_factory: Any) -> None:
     _run(go)
 
 
+def test_a_symlink_out_of_a_local_folder_is_not_read_through_the_mount(
+        ops_factory: Any, tmp_path: Path) -> None:
+    import pyfuse3
+
+    ops = ops_factory()
+    secret = tmp_path / "outside.txt"
+    secret.write_text("not yours")
+    (ops_factory.data / "escape").symlink_to(secret)
+
+    async def go() -> None:
+        local = await ops.lookup(ROOT_INODE, b"local")
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.lookup(local.st_ino, b"escape")
+        assert e.value.errno == errno.EACCES
+        ino = ops.inodes.lookup("local/escape")  # even with an inode from before the link
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.open(ino, os.O_RDONLY, None)
+        assert e.value.errno == errno.EACCES
+
+    _run(go)
+
+
 def test_read_only_key_refuses_writes(ops_factory: Any) -> None:
     import pyfuse3
 

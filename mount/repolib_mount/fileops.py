@@ -114,7 +114,8 @@ class FileOperations(OperationsBase):
         if path is None:
             return -1
         try:
-            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            # resolved and checked by local_path: a symlink swapped in since is refused
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError as exc:
             log.debug("reading %s through the filesystem: %s", rel, exc)
             return -1
