@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .inodes import is_below
+
 Clock = Callable[[], float]
 
 
@@ -96,7 +98,7 @@ class TTLCache:
 
     def pop_below(self, top: str) -> None:
         """Forget ``top`` and everything under it."""
-        for k in [k for k in self._items if k == top or top == "" or k.startswith(top + "/")]:
+        for k in [k for k in self._items if is_below(k, top)]:
             del self._items[k]
 
     def clear(self) -> None:
@@ -170,9 +172,9 @@ class DirCache:
         self._items.pop(path, None)
 
     def pop_below(self, top: str) -> None:
-        for k in [k for k in self._items if k == top or top == "" or k.startswith(top + "/")]:
+        for k in [k for k in self._items if is_below(k, top)]:
             del self._items[k]
-        for k in [k for k in self._sizes if k == top or top == "" or k.startswith(top + "/")]:
+        for k in [k for k in self._sizes if is_below(k, top)]:
             del self._sizes[k]
 
     def clear(self) -> None:
@@ -243,7 +245,7 @@ class BlockCache:
                 self.used -= len(d)
 
     def drop_below(self, top: str) -> None:
-        for p in [p for p in self._by_path if p == top or top == "" or p.startswith(top + "/")]:
+        for p in [p for p in self._by_path if is_below(p, top)]:
             self.drop_path(p)
 
     def clear(self) -> None:

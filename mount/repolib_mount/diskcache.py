@@ -15,11 +15,9 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Callable
 
-from .cache import BlockKey
-
-Clock = Callable[[], float]
+from .cache import BlockKey, Clock
+from .inodes import is_below
 
 
 class DiskBlockCache:
@@ -126,8 +124,7 @@ class DiskBlockCache:
 
     def drop_below(self, top: str) -> None:
         """Forget every block of ``top`` and of everything under it (any version)."""
-        for name in [n for n, (_, _, p) in self._index.items()
-                     if p == top or top == "" or p.startswith(top + "/")]:
+        for name in [n for n, (_, _, p) in self._index.items() if is_below(p, top)]:
             self._remove(name)
 
     def drop_path(self, path: str) -> None:

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from .inodes import is_below
+
 T = TypeVar("T")
 
 
@@ -134,8 +136,7 @@ class StagingArea:
 
     def under(self, top: str) -> list[Staged]:
         """Staged files at ``top`` or below it."""
-        return [s for p, s in self._by_path.items()
-                if p == top or top == "" or p.startswith(top + "/")]
+        return [s for p, s in self._by_path.items() if is_below(p, top)]
 
     def children(self, path: str) -> list[Staged]:
         """Staged files directly inside the folder ``path``."""
