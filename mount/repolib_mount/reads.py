@@ -116,12 +116,14 @@ class BlockReader:
         return data
 
     async def _spill(self, keys: list[BlockKey], parts: list[Block]) -> None:
-        """Copy fetched blocks to the disk tier (file writes in a worker thread)."""
+        """Copy fetched blocks to the disk tier (their file writes in one worker thread)."""
         disk = self.disk
         if disk is None:
             return
-        for k, part in zip(keys, parts, strict=False):
-            if await trio.to_thread.run_sync(disk.store, k, part):
+        stored = await trio.to_thread.run_sync(
+            lambda: [disk.store(k, part) for k, part in zip(keys, parts, strict=False)])
+        for k, part, ok in zip(keys, parts, stored, strict=False):
+            if ok:
                 disk.add(k, len(part))
 
     def drop_path(self, rel: str) -> None:
