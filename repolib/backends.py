@@ -36,7 +36,8 @@ def _shared(factory: Callable[..., Any], kind: str, kw: dict[str, Any]) -> Any:
     return fs
 
 
-_REPOLIB_OPTIONS = {"read_only", "ambient_credentials", "endpoint_url", "region", "account_name"}
+_REPOLIB_OPTIONS = {"read_only", "ambient_credentials", "endpoint_url", "region", "account_name",
+                    "allow_chown"}
 _EXTRA = {"s3": "s3", "gcs": "gcs", "az": "azure"}
 _MODULES = {"s3": "s3fs", "gcs": "gcsfs", "az": "adlfs"}
 
@@ -52,26 +53,30 @@ class Backend:
     read_only: bool
     local: bool
     secrets: tuple[str, ...] = dataclasses.field(repr=False, default=())
+    allow_chown: bool = False  # local folders: chown changes the files' real owners
+    markers: bool | None = None  # object stores: are "<folder>/" objects kept as folders?
 
     @property
     def prefixed(self) -> bool:
         """A prefix (which may hold no object yet), not a bucket or a local folder."""
         return self.protocol == "memory" or (not self.local and "/" in self.root.strip("/"))
 
-    def path(self, rel: str) -> str:
-        """Backend path for a path inside the resource (already checked by repolib.paths)."""
+    def path(self, rel: str, follow: bool = True) -> str:
+        """Backend path for a path inside the resource (already checked by repolib.paths).
+        ``follow=False``: the last component may be a symlink (lstat, readlink, unlink)."""
         if not rel:
             return self.root
         p = f"{self.root.rstrip('/')}/{rel}" if self.root not in ("", "/") else \
             f"{self.root}{rel}"
         if self.local:
-            self._inside(p)
+            self._inside(p, follow)
         return p
 
-    def _inside(self, p: str) -> None:
+    def _inside(self, p: str, follow: bool = True) -> None:
         """Symlinks in a local folder may not lead outside it."""
         root = os.path.realpath(self.root)
-        real = os.path.realpath(p)
+        real = os.path.realpath(p) if follow else \
+            os.path.join(os.path.realpath(os.path.dirname(p)), os.path.basename(p))
         if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
             raise PathEscape(p[len(self.root):], "symlink leads outside the folder")
 
@@ -122,11 +127,12 @@ def build(resolved: ResolvedResource) -> Backend:
     elif kind == "az":
         fs = _azure(options, extra, creds, ambient)
     elif proto == "file":
-        from fsspec.implementations.local import LocalFileSystem
+        from .localposix import PosixLocalFileSystem
 
         root = posixpath.normpath(rest)
-        return Backend(info.name, LocalFileSystem(auto_mkdir=True, skip_instance_cache=True),
-                       root, "file", read_only, True, secrets)
+        return Backend(info.name, PosixLocalFileSystem(auto_mkdir=True, skip_instance_cache=True),
+                       root, "file", read_only, True, secrets,
+                       allow_chown=bool(options.get("allow_chown")))
     elif proto == "memory":
         from fsspec.implementations.memory import MemoryFileSystem
 

@@ -16,18 +16,20 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fsspec import AbstractFileSystem
 from fsspec.callbacks import DEFAULT_CALLBACK
 
-from . import api, errors, paths
+from . import api, errors, fsmeta, paths
 from .backends import Backend, build
 from .exceptions import AccessDenied, ConfigError, InvalidKey
-from .fsfile import CountingFile, is_temp_name, mtime_of, read_bytes, temp_beside
+from .fsfile import NAME_MAX, CountingFile, is_temp_name, mtime_of, read_bytes, temp_beside
+from .fsposix import PosixOps, normalize, put_bytes
 from .keys import Access
 from .paths import RepoPath
 from .procstate import ProcessLocal
@@ -36,6 +38,21 @@ from .repository import Repository
 REVALIDATE_S = 2.0
 COPY_CHUNK = 8 * 2**20
 _WRITE_CHARS = set("wax+")
+
+
+def _check_lengths(rp: RepoPath, backend: Backend) -> None:
+    """Names made here must fit everywhere: NAME_MAX bytes per name, and the backend's key
+    length for the whole path (S3, GCS, Azure: 1024 bytes), else ENAMETOOLONG up front."""
+    for name in rp.rel.split("/"):
+        if len(os.fsencode(name)) > NAME_MAX:
+            raise OSError(errno.ENAMETOOLONG, "file name too long", rp.full)
+    limit = fsmeta.MAX_KEY_BYTES.get(backend.protocol)
+    if limit is not None:
+        key = backend.path(rp.rel, follow=False) if backend.local else backend.path(rp.rel)
+        if not backend.local:
+            key = key.split("/", 1)[-1]  # the key, without its bucket or container
+        if len(os.fsencode(key)) > limit:
+            raise OSError(errno.ENAMETOOLONG, "path too long for this backend", rp.full)
 
 
 class _State:
@@ -112,12 +129,19 @@ def _state_for(repository: Repository, key_file: str | None) -> _State:
     return state
 
 
-class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
+class RepositoryFileSystem(PosixOps, AbstractFileSystem):  # type: ignore[misc]
     """fsspec filesystem for ``repo://<repository>/<resource>/<path>``.
 
     ``RepositoryFileSystem(repo="analytics", key="rpk_...", home=None)``; the key defaults to
     ``REPOLIB_KEY`` / ``REPOLIB_KEY_FILE``, the catalog to ``REPOLIB_HOME``. ``repo`` is optional:
     a key belongs to one repository.
+
+    POSIX attributes are kept where the backend can keep them (local folders, S3, GCS, Azure):
+    ``info()`` and listings carry ``mode``, ``uid``, ``gid``, ``atime``/``mtime``/``ctime``
+    (float seconds, and ``*_ns`` integers) when known; symlinks are type ``"link"`` and FIFOs,
+    sockets and devices ``"other"``. Change them with ``setattrs``, make nodes with
+    ``symlink``/``mknod``, read a link with ``readlink``, and give ``attrs=`` to ``open`` (for
+    writing), ``pipe_file``, ``put_file`` and ``mkdir`` to store them with new objects.
     """
 
     protocol = "repo"
@@ -221,6 +245,8 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
         backend = state.backend(rp.resource)
         if need is not Access.READ and backend.read_only:
             raise AccessDenied(f"{op} {rp.full} denied: resource {rp.resource!r} is read-only")
+        if need is not Access.READ and rp.rel:
+            _check_lengths(rp, backend)
         return rp, backend
 
     def _call(self, rp: RepoPath, backend: Backend, fn: Callable[..., Any], *args: Any,
@@ -249,11 +275,18 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
     def _count(self, resource: str, **counters: float) -> None:
         self._state.repository.record_usage(resource, **counters)
 
-    def _entry(self, rp: RepoPath, backend: Backend, info: dict[str, Any]) -> dict[str, Any]:
+    def _entry(self, rp: RepoPath, backend: Backend, info: dict[str, Any],
+               listed: bool = False) -> dict[str, Any]:
         rel = backend.rel(info["name"])
         out = dict(info)
         out["name"] = paths.join(rp.repository or self._repo_name, rp.resource,
                                  rel if rel is not None else "")
+        if backend.protocol in fsmeta.OBJECT_STORES:
+            kept = fsmeta.decode(info.get("metadata"))
+            out.update(fsmeta.public(kept))
+            out["type"] = fsmeta.kind_of(kept.get("mode"), out.get("type", "file"))
+            if listed and backend.protocol == "s3":
+                out["partial"] = True  # S3 listings carry no metadata: info() has it
         if not isinstance(out.get("mtime"), float):
             mtime = mtime_of(out)
             if mtime is not None:
@@ -282,8 +315,9 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
                 if rp.rel or not backend.prefixed:
                     raise  # a missing bucket, container or folder is an error, not emptiness
                 entries = []  # an empty prefix inside a bucket: the resource root still exists
-            out = [self._entry(rp, backend, e) for e in entries
-                   if not is_temp_name(e["name"].rsplit("/", 1)[-1])]
+            out = [self._entry(rp, backend, e, listed=True) for e in entries
+                   if not is_temp_name(e["name"].rsplit("/", 1)[-1])
+                   and not fsmeta.is_marker(e["name"])]
             out = [e for e in out if e["name"] != rp.full or e["type"] != "directory"]
         return out if detail else [e["name"] for e in out]
 
@@ -299,8 +333,12 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
             self._target(path, Access.READ, "stat")
             return self._dir(rp.full)
         rp, backend = self._target(path, Access.READ, "stat")
-        return self._entry(rp, backend, self._call(rp, backend, backend.fs.info,
-                                                   backend.path(rp.rel)))
+        if backend.protocol in fsmeta.OBJECT_STORES:
+            found = self._call(rp, backend, fsmeta.stat_object, backend, backend.path(rp.rel))
+        else:
+            found = self._call(rp, backend, backend.fs.info,
+                               backend.path(rp.rel, follow=not backend.local))
+        return self._entry(rp, backend, found)
 
     def exists(self, path: str, **kwargs: Any) -> bool:
         try:
@@ -351,9 +389,10 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
                     raise
                 found = {}
             for info in found.values():
-                if is_temp_name(info["name"].rsplit("/", 1)[-1]):
+                if is_temp_name(info["name"].rsplit("/", 1)[-1]) or \
+                        fsmeta.is_marker(info["name"]):
                     continue
-                e = self._entry(rp, backend, info)
+                e = self._entry(rp, backend, info, listed=True)
                 if e["name"] == rp.full and e["type"] == "directory" and not withdirs:
                     continue
                 out[e["name"]] = e
@@ -373,11 +412,16 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
     # -- reading ----------------------------------------------------------------------------
 
     def _open(self, path: str, mode: str = "rb", block_size: Any = None,
-              autocommit: bool = True, cache_options: Any = None, **kwargs: Any) -> Any:
+              autocommit: bool = True, cache_options: Any = None,
+              attrs: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        """``attrs`` (writing): POSIX attributes stored with the new object."""
         writing = bool(set(mode) & _WRITE_CHARS)
         need = Access.WRITE if writing else Access.READ
         rp, backend = self._target(path, need, "write" if writing else "read")
         target = backend.path(rp.rel)
+        wanted = normalize(attrs) if writing else {}
+        if wanted:
+            kwargs.update(fsmeta.write_kwargs(backend.protocol, wanted))
         if "x" in mode and not backend.local and \
                 self._call(rp, backend, backend.fs.exists, target):
             # object stores check "create only" at upload time, if at all: say it at open
@@ -390,6 +434,8 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
             opened = tmp
 
             def commit() -> None:
+                if wanted:
+                    self._apply_local(backend, tmp, wanted, False)
                 os.replace(tmp, target)
 
             def abort() -> None:
@@ -461,18 +507,31 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
 
     # -- writing ----------------------------------------------------------------------------
 
-    def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
+    def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", *,
+                  attrs: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        """``attrs``: POSIX attributes stored with the object (see ``setattrs``)."""
         rp, backend = self._target(path, Access.WRITE, "write")
         if mode != "overwrite":
             kwargs["mode"] = mode
             if mode == "create" and not backend.local and \
                     self._call(rp, backend, backend.fs.exists, backend.path(rp.rel)):
                 raise FileExistsError(errno.EEXIST, "file exists", rp.full)
+        wanted = normalize(attrs)
+        if wanted and (backend.local or backend.protocol == "az"):
+            with self.open(path, "wb" if mode == "overwrite" else "xb", attrs=attrs) as f:
+                f.write(value)
+            return
+        if wanted and backend.protocol in fsmeta.OBJECT_STORES:
+            self._call(rp, backend, put_bytes, backend, backend.path(rp.rel), value, wanted,
+                       count={"bytes_written": len(value)})
+            return
         self._call(rp, backend, backend.fs.pipe_file, backend.path(rp.rel), value,
                    count={"bytes_written": len(value)}, **kwargs)
 
     def put_file(self, lpath: str, rpath: str, callback: Any = DEFAULT_CALLBACK,
-                 mode: str = "overwrite", **kwargs: Any) -> None:
+                 mode: str = "overwrite", *, attrs: Mapping[str, Any] | None = None,
+                 **kwargs: Any) -> None:
+        """``attrs``: POSIX attributes stored with the object (see ``setattrs``)."""
         rp, backend = self._target(rpath, Access.WRITE, "write")
         if os.path.isdir(lpath):
             self._call(rp, backend, backend.fs.makedirs, backend.path(rp.rel), exist_ok=True)
@@ -480,11 +539,19 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
         if mode != "overwrite":
             kwargs["mode"] = mode
         target = backend.path(rp.rel)
+        wanted = normalize(attrs)
+        if wanted and backend.protocol == "az":  # adlfs's put_file fixes the metadata itself
+            with open(lpath, "rb") as src, self.open(rpath, "wb", attrs=attrs) as dst:
+                shutil.copyfileobj(src, dst, COPY_CHUNK)
+            return
+        kwargs.update(fsmeta.write_kwargs(backend.protocol, wanted))
         if backend.local and mode == "overwrite":
             tmp = temp_beside(target)  # upload beside, then rename: never a partial file
             try:
                 self._call(rp, backend, backend.fs.put_file, lpath, tmp, callback=callback,
                            **kwargs)
+                if wanted:
+                    self._call(rp, backend, self._apply_local, backend, tmp, wanted, False)
                 os.replace(tmp, target)
             finally:
                 with contextlib.suppress(OSError):
@@ -494,15 +561,30 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
                        **kwargs)
         self._count(rp.resource, bytes_written=os.path.getsize(lpath))
 
-    def mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
+    def mkdir(self, path: str, create_parents: bool = True, *,
+              attrs: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        """``attrs``: the folder's POSIX attributes; in an object store they make a marker
+        object ``<folder>/`` (where the server keeps markers), so the folder exists before a
+        file is put in it."""
         rp = self._split(path)
         if not rp.rel:
             if rp.resource:
                 self._target(path, Access.WRITE, "mkdir")
             raise FileExistsError(errno.EEXIST, "exists", rp.full)
         rp, backend = self._target(path, Access.WRITE, "mkdir")
-        self._call(rp, backend, backend.fs.mkdir, backend.path(rp.rel),
-                   create_parents=create_parents, **kwargs)
+        wanted = normalize(attrs)
+        bpath = backend.path(rp.rel)
+        if wanted and backend.protocol in fsmeta.OBJECT_STORES and \
+                self._call(rp, backend, fsmeta.markers_supported, backend):
+            wanted["mode"] = stat.S_IFDIR | stat.S_IMODE(wanted.get("mode", 0o755))
+            wanted.setdefault("mtime_ns", time.time_ns())
+            wanted.setdefault("ctime_ns", wanted["mtime_ns"])
+            self._call(rp, backend, fsmeta.put_marker, backend, bpath, wanted)
+            return
+        self._call(rp, backend, backend.fs.mkdir, bpath, create_parents=create_parents,
+                   **kwargs)
+        if wanted and backend.local:
+            self._call(rp, backend, self._apply_local, backend, bpath, wanted, False)
 
     def makedirs(self, path: str, exist_ok: bool = False) -> None:
         rp = self._split(path)
@@ -516,10 +598,26 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
         self._call(rp, backend, backend.fs.makedirs, backend.path(rp.rel), exist_ok=exist_ok)
 
     def rmdir(self, path: str) -> None:
+        """Remove an empty folder (OSError ENOTEMPTY if it is not); in an object store that
+        deletes its marker, and a folder without one is FileNotFoundError once empty."""
         rp, backend = self._target(path, Access.WRITE, "rmdir")
         if not rp.rel:
             raise AccessDenied(f"rmdir {rp.full} denied: a resource's root cannot be removed")
-        self._call(rp, backend, backend.fs.rmdir, backend.path(rp.rel))
+        bpath = backend.path(rp.rel)
+        if backend.protocol not in fsmeta.OBJECT_STORES:
+            self._call(rp, backend, backend.fs.rmdir, bpath)
+            return
+        backend.fs.invalidate_cache(bpath)
+        try:
+            inside = self._call(rp, backend, backend.fs.ls, bpath, detail=False)
+        except FileNotFoundError:
+            inside = []
+        if any(not fsmeta.is_marker(n) and n.rstrip("/") != bpath for n in inside):
+            raise OSError(errno.ENOTEMPTY, "directory not empty", rp.full)
+        if not inside and (not self._call(rp, backend, fsmeta.markers_supported, backend) or
+                           self._call(rp, backend, fsmeta.marker_attrs, backend, bpath) is None):
+            raise FileNotFoundError(errno.ENOENT, "no such folder", rp.full)
+        self._call(rp, backend, fsmeta.remove_marker, backend, bpath)
 
     def rm_file(self, path: str) -> None:
         rp, backend = self._target(path, Access.WRITE, "delete")
@@ -555,7 +653,12 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
         if self.isdir(path1):
             self.makedirs(path2, exist_ok=True)
             return
-        with self.open(path1, "rb") as src, self.open(path2, "wb") as dst:
+        kept = {k: v for k, v in self.info(path1).items()
+                if k in ("mode", "uid", "gid", "atime_ns", "mtime_ns")}
+        if b1.local:
+            kept.pop("uid", None)  # a local file's owner is the host's, not the data's
+            kept.pop("gid", None)
+        with self.open(path1, "rb") as src, self.open(path2, "wb", attrs=kept) as dst:
             shutil.copyfileobj(src, dst, COPY_CHUNK)  # streamed: bounded memory
 
     def mv(self, path1: Any, path2: Any, recursive: bool = False, maxdepth: int | None = None,
@@ -571,11 +674,35 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
                     self._call(rp1, b1, b1.fs.mv, src, dst, recursive=recursive,
                                maxdepth=maxdepth, **kwargs)
                 else:  # object stores: server-side copy, then delete (no emulator-only APIs)
-                    self._call(rp1, b1, b1.fs.copy, src, dst, recursive=recursive,
-                               maxdepth=maxdepth)
+                    markers = self._markers_below(rp1, b1, src) if recursive else []
+                    if not markers or any(not fsmeta.is_marker(m) for m in markers):
+                        self._call(rp1, b1, b1.fs.copy, src, dst, recursive=recursive,
+                                   maxdepth=maxdepth)
+                    for m in (m for m in markers if fsmeta.is_marker(m)):
+                        self._call(rp1, b1, fsmeta.copy_marker, b1, m.rstrip("/"),
+                                   dst + m.rstrip("/")[len(src):])
                     self._call(rp1, b1, b1.fs.rm, src, recursive=recursive, maxdepth=maxdepth)
+                    if markers:
+                        self._call(rp1, b1, fsmeta.remove_marker, b1, src)
                 return
         super().mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
+
+    def _markers_below(self, rp: RepoPath, backend: Backend, bpath: str) -> list[str]:
+        """Every object name at or below a folder, folder markers (``x/``) included; empty
+        for a file."""
+        try:
+            found = self._call(rp, backend, backend.fs.find, bpath, detail=False)
+        except FileNotFoundError:
+            return []
+        names = [n for n in found if n != bpath]
+        own = bpath + "/"
+        if names and own not in names and fsmeta.markers_supported(backend):
+            try:
+                if fsmeta.stat_object(backend, bpath).get("metadata") is not None:
+                    names.append(own)
+            except FileNotFoundError:
+                pass
+        return names
 
     def invalidate_cache(self, path: str | None = None) -> None:
         for b in list(self._state.backends.values()):

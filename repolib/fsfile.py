@@ -47,9 +47,17 @@ def is_temp_name(name: str) -> bool:
     return _TEMP_NAME.fullmatch(name) is not None
 
 
+NAME_MAX = 255  # bytes in one file name, as the mount's statfs says (and local filesystems)
+_TEMP_EXTRA = len(".") + len(".repolib-") + 8 + len(".tmp")
+
+
 def temp_beside(target: str) -> str:
+    """A fresh temp name beside ``target`` for an atomic write: the target's name, cut to fit,
+    so the temp name is within NAME_MAX whatever the target name's length."""
     head, tail = os.path.split(target)
-    return os.path.join(head, f".{tail}.repolib-{uuid.uuid4().hex[:8]}.tmp")
+    room = NAME_MAX - _TEMP_EXTRA
+    short = os.fsdecode(os.fsencode(tail)[:room]) or "f"
+    return os.path.join(head, f".{short}.repolib-{uuid.uuid4().hex[:8]}.tmp")
 
 
 class CountingFile(io.BufferedIOBase):

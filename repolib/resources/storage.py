@@ -25,7 +25,7 @@ CREDENTIAL_FIELDS = frozenset({
 })
 # Options repolib itself understands; anything else is passed to the backend as-is.
 KNOWN_OPTIONS = frozenset({"endpoint_url", "region", "read_only", "ambient_credentials",
-                           "account_name"})
+                           "account_name", "allow_chown"})
 BUCKET_PROTOCOLS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs",
                     "az": "az", "abfs": "az", "abfss": "az", "adl": "az"}
 LOCAL_PROTOCOLS = ("file", "local")
@@ -101,11 +101,14 @@ class StorageKind(ResourceKind):
                 credentials[name] = value
             else:
                 options[name] = value
-        for flag in ("read_only", "ambient_credentials"):
+        for flag in ("read_only", "ambient_credentials", "allow_chown"):
             if flag in options and not isinstance(options[flag], bool):
                 raise ConfigError(f"{flag} must be True or False")
             if options.get(flag) is False:
                 del options[flag]
+        if options.get("allow_chown") and proto not in LOCAL_PROTOCOLS:
+            raise ConfigError("allow_chown applies to local folders (file://) only: object "
+                              "stores keep owners as metadata without it")
         if "endpoint_url" in options:
             ep = options["endpoint_url"]
             if not isinstance(ep, str) or not re.match(r"^https?://[^\s]+$", ep):
