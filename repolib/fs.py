@@ -48,9 +48,7 @@ def _check_lengths(rp: RepoPath, backend: Backend) -> None:
             raise OSError(errno.ENAMETOOLONG, "file name too long", rp.full)
     limit = fsmeta.MAX_KEY_BYTES.get(backend.protocol)
     if limit is not None:
-        key = backend.path(rp.rel, follow=False) if backend.local else backend.path(rp.rel)
-        if not backend.local:
-            key = key.split("/", 1)[-1]  # the key, without its bucket or container
+        key = backend.path(rp.rel).split("/", 1)[-1]  # the key, without its bucket
         if len(os.fsencode(key)) > limit:
             raise OSError(errno.ENAMETOOLONG, "path too long for this backend", rp.full)
 
@@ -206,6 +204,12 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):  # type: ignore[misc]
         if not backend.local:
             return None
         return os.path.realpath(backend.path(rp.rel))  # checked inside the folder, resolved
+
+    def check_writable(self, path: str) -> None:
+        """Raise now what a write to ``path`` would be refused for (the key's level and
+        scope, a read-only resource, a name or key over the backend's limits), before any
+        data is staged: the mount asks this when a file is created."""
+        self._target(path, Access.WRITE, "write")
 
     def revalidate(self) -> None:
         """Check the key now (InvalidKey if it was revoked or expired), switching to the token
@@ -623,7 +627,7 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):  # type: ignore[misc]
         rp, backend = self._target(path, Access.WRITE, "delete")
         if not rp.rel:
             raise IsADirectoryError(errno.EISDIR, "is a directory", rp.full)
-        self._call(rp, backend, backend.fs.rm_file, backend.path(rp.rel))
+        self._call(rp, backend, backend.fs.rm_file, backend.path(rp.rel, follow=False))
 
     def rm(self, path: Any, recursive: bool = False, maxdepth: int | None = None) -> None:
         items = path if isinstance(path, list) else [path]
@@ -639,7 +643,8 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):  # type: ignore[misc]
                 if children:
                     groups.setdefault(rp.resource, (rp, backend, []))[2].extend(children)
                 continue
-            groups.setdefault(rp.resource, (rp, backend, []))[2].append(backend.path(rp.rel))
+            groups.setdefault(rp.resource, (rp, backend, []))[2].append(
+                backend.path(rp.rel, follow=False))
         for rp, backend, bpaths in groups.values():
             self._call(rp, backend, backend.fs.rm, bpaths, recursive=recursive,
                        maxdepth=maxdepth)
@@ -669,7 +674,7 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):  # type: ignore[misc]
             if rp1.resource == rp2.resource and rp1.rel and rp2.rel:
                 if rp1.rel == rp2.rel:
                     return
-                src, dst = b1.path(rp1.rel), b2.path(rp2.rel)
+                src, dst = b1.path(rp1.rel, follow=False), b2.path(rp2.rel, follow=False)
                 if b1.protocol in ("file", "memory"):
                     self._call(rp1, b1, b1.fs.mv, src, dst, recursive=recursive,
                                maxdepth=maxdepth, **kwargs)
@@ -686,6 +691,17 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):  # type: ignore[misc]
                         self._call(rp1, b1, fsmeta.remove_marker, b1, src)
                 return
         super().mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
+
+    def abort_uploads(self, path: str, since: float | None = None,
+                      until: float | None = None) -> int:
+        """Abort unfinished multipart uploads of ``path`` (S3) begun between ``since`` and
+        ``until`` (Unix times; None: no bound); returns how many. They are what a writer that
+        crashed leaves behind: never visible, yet stored and billed until aborted. GCS and
+        Azure drop unfinished uploads by themselves after a week (0 here)."""
+        rp, backend = self._target(path, Access.WRITE, "write")
+        n: int = self._call(rp, backend, fsmeta.abort_uploads, backend, backend.path(rp.rel),
+                            since, until)
+        return n
 
     def _markers_below(self, rp: RepoPath, backend: Backend, bpath: str) -> list[str]:
         """Every object name at or below a folder, folder markers (``x/``) included; empty

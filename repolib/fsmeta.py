@@ -35,7 +35,7 @@ INT_KEYS = ("mode", "uid", "gid", "rdev")
 TIME_KEYS = ("atime", "mtime", "ctime")
 OBJECT_STORES = ("s3", "gcs", "az")
 SYMLINK_MODE = stat.S_IFLNK | 0o777
-MAX_KEY_BYTES = {"s3": 1024, "gcs": 1024, "az": 1024, "file": 4095}
+MAX_KEY_BYTES = {"s3": 1024, "gcs": 1024, "az": 1024}  # bytes in an object key
 COPY_LIMIT = 5 * 2**30  # S3 copy_object copies at most this much; above it, a multipart copy
 COPY_PART = 512 * 2**20
 HEAD_CONCURRENCY = 32
@@ -414,6 +414,35 @@ def _probe_s3_markers(backend: Any) -> bool:
         for k in (f"{key}/inner/", f"{key}/inner", f"{key}/", key):
             with contextlib.suppress(Exception):  # what the server made of the probe
                 fs.call_s3("delete_object", Bucket=bucket, Key=k)
+
+
+def abort_uploads(backend: Any, bpath: str, since: float | None, until: float | None) -> int:
+    """Abort the unfinished multipart uploads of exactly ``bpath`` begun between ``since``
+    and ``until`` (Unix times; None: no bound). S3 only: GCS and Azure drop unfinished
+    resumable uploads and uncommitted blocks by themselves after a week."""
+    if backend.protocol != "s3":
+        return 0
+    fs = backend.fs
+    bucket, key = _s3_split(fs, bpath)
+    found = []
+    kw: dict[str, Any] = {"Bucket": bucket, "Prefix": key}
+    while True:
+        page = fs.call_s3("list_multipart_uploads", **kw)
+        for u in page.get("Uploads") or []:
+            when = u.get("Initiated")
+            t = when.timestamp() if hasattr(when, "timestamp") else None
+            if u.get("Key") != key or t is None:
+                continue
+            if (since is None or t >= since) and (until is None or t <= until):
+                found.append(u["UploadId"])
+        if not page.get("IsTruncated"):
+            break
+        kw.update(KeyMarker=page.get("NextKeyMarker", ""),
+                  UploadIdMarker=page.get("NextUploadIdMarker", ""))
+    for upload_id in found:
+        with contextlib.suppress(FileNotFoundError):  # finished or aborted meanwhile
+            fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+    return len(found)
 
 
 def is_marker(name: str) -> bool:

@@ -11,6 +11,7 @@ need_apt=()
 command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
 [ -e /usr/include/fuse3/fuse_lowlevel.h ] || need_apt+=(libfuse3-dev)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+command -v rsync >/dev/null 2>&1 || need_apt+=(rsync)  # the mount tests' second `rsync -a`
 if [ "${#need_apt[@]}" -gt 0 ] && [[ ",$EXTRAS," == *",all,"* || ",$EXTRAS," == *",mount,"* ]]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "setup: installing ${need_apt[*]} (apt)" >&2

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import stat
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -25,31 +26,82 @@ Clock = Callable[[], float]
 
 @dataclasses.dataclass(frozen=True)
 class Meta:
-    """What the mount needs to know about one file or folder."""
+    """What the mount knows about one file, folder, symlink or special file.
+
+    ``mode`` (the whole ``st_mode``), ``uid``, ``gid`` and the ``*_ns`` times are the kept
+    POSIX attributes, None where none are kept (the mount's defaults apply). ``partial``: from
+    a listing that carries no attributes (S3); ``info()`` gives them.
+    """
 
     is_dir: bool
     size: int = 0
     mtime: float | None = None
     etag: str | None = None
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    atime_ns: int | None = None
+    mtime_ns: int | None = None
+    ctime_ns: int | None = None
+    nlink: int | None = None
+    rdev: int = 0
+    target: str | None = None  # a symlink's destination, once read
+    partial: bool = False
 
     @classmethod
     def from_info(cls, info: dict[str, Any]) -> Meta:
-        """From an fsspec ``info``/``ls`` entry (RepositoryFileSystem gives a float ``mtime``)."""
-        is_dir = info.get("type") == "directory"
+        """From a RepositoryFileSystem ``info``/``ls`` entry."""
+        kind = info.get("type")
+        is_dir = kind == "directory"
         mtime = info.get("mtime")
         etag = info.get("ETag") or info.get("etag") or info.get("md5Hash")
+        mode = info.get("mode")
+        if isinstance(mode, int) and stat.S_IFMT(mode) == 0:
+            mode |= stat.S_IFDIR if is_dir else stat.S_IFLNK if kind == "link" else stat.S_IFREG
+        mtime_ns = info.get("mtime_ns")
+        if mtime_ns is None and isinstance(mtime, int | float):
+            mtime_ns = int(mtime * 1e9)
         return cls(is_dir=is_dir, size=0 if is_dir else int(info.get("size") or 0),
                    mtime=float(mtime) if isinstance(mtime, int | float) else None,
-                   etag=str(etag).strip('"') if etag else None)
+                   etag=str(etag).strip('"') if etag else None,
+                   mode=mode if isinstance(mode, int) else None,
+                   uid=_int(info.get("uid")), gid=_int(info.get("gid")),
+                   atime_ns=_int(info.get("atime_ns")), mtime_ns=_int(mtime_ns),
+                   ctime_ns=_int(info.get("ctime_ns")), nlink=_int(info.get("nlink")),
+                   rdev=_int(info.get("rdev")) or 0,
+                   target=info.get("destination") if kind == "link" else None,
+                   partial=bool(info.get("partial")))
 
     @classmethod
     def directory(cls, mtime: float | None = None) -> Meta:
         return cls(is_dir=True, mtime=mtime)
 
     @property
+    def kind(self) -> int:
+        """The file type bits (S_IFREG, S_IFDIR, S_IFLNK, S_IFIFO...)."""
+        fmt = stat.S_IFMT(self.mode) if self.mode is not None else 0
+        return fmt or (stat.S_IFDIR if self.is_dir else stat.S_IFREG)
+
+    @property
+    def is_file(self) -> bool:
+        return self.kind == stat.S_IFREG
+
+    @property
     def version(self) -> tuple[Any, ...]:
         """Changes whenever the content may have changed (for page and block caches)."""
         return (self.size, self.mtime, self.etag)
+
+    def attrs(self) -> dict[str, Any]:
+        """The kept attributes, as RepositoryFileSystem's ``attrs=`` takes them."""
+        out = {"mode": self.mode, "uid": self.uid, "gid": self.gid, "atime_ns": self.atime_ns}
+        return {k: v for k, v in out.items() if v is not None}
+
+    def with_(self, **changes: Any) -> Meta:
+        return dataclasses.replace(self, **changes)
+
+
+def _int(v: Any) -> int | None:
+    return int(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
 _MISSING = object()

@@ -181,7 +181,8 @@ def serve(repo: Any, mountpoint: str, options: MountOptions,
 
     ops = RepositoryOperations(repo, options, mountpoint)
     fuse_options = set(pyfuse3.default_options)
-    fuse_options |= {f"fsname=repolib:{repo.name}", "subtype=repolib"}
+    # nodev, nosuid: device nodes and set-user-ID bits kept in a bucket are shown, never used
+    fuse_options |= {f"fsname=repolib:{repo.name}", "subtype=repolib", "nodev", "nosuid"}
     if ops.read_only:
         fuse_options.add("ro")
     if options.allow_other:

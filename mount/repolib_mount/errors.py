@@ -4,7 +4,8 @@
 exception that leaves a handler (anything else would end pyfuse3's main loop):
 
 * ``OSError`` keeps its errno (``FileNotFoundError`` → ENOENT, ...); one without an errno is EIO;
-* repolib's ``AuthError`` (``InvalidKey``: revoked or expired key) and ``AccessDenied`` → EACCES;
+* repolib's ``AuthError`` (``InvalidKey``: revoked or expired key) and ``AccessDenied`` → EACCES
+  (a ``PermissionError`` with errno EPERM stays EPERM: an operation nobody may do there);
 * on a read-only mount, a refused write → EROFS;
 * ``NotImplementedError`` → ENOSYS;
 * anything else → EIO, logged with its traceback once per (operation, exception type).
@@ -30,6 +31,9 @@ def errno_of(exc: BaseException, op: str = "", *, write: bool = False,
              read_only: bool = False) -> int:
     """The errno that reports ``exc`` (raised while handling ``op``) to the kernel."""
     code = getattr(exc, "errno", None)
+    if isinstance(exc, PermissionError) and code == errno.EPERM and not isinstance(exc,
+                                                                                 AuthError):
+        return errno.EPERM  # not allowed whoever asks (chown in a local folder), not denied
     if isinstance(exc, AuthError) or isinstance(exc, PermissionError):
         return errno.EROFS if write and read_only else errno.EACCES
     if type(exc).__name__ == "FUSEError" and isinstance(code, int):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import time
 from typing import Any
 
@@ -14,7 +15,6 @@ import trio
 
 from repolib.exceptions import AuthError
 
-from .cache import Meta
 from .errors import fuse_handler
 from .handles import (
     ReadHandle,
@@ -23,6 +23,7 @@ from .handles import (
     WriteHandle,
 )
 from .inodes import is_below, name_of, parent_of
+from .journal import MULTIPART_MIN
 from .opsbase import (
     _UPLOAD_ERRNOS,
     DOWNLOAD_CHUNK,
@@ -44,13 +45,18 @@ class FileOperations(OperationsBase):
         meta = await self._meta(rel, max_age=0)
         if meta.is_dir:
             raise IsADirectoryError(errno.EISDIR, "is a directory", rel)
+        if not meta.is_file:
+            raise _fuse_error(errno.EINVAL)
         if meta.size == size:
             return
         self.page_versions.pop(inode, None)
+        now = time.time_ns()
         if size == 0:
-            await self._run(self.fs.pipe_file, self._fs_path(rel), b"")
+            await self._run(self.fs.pipe_file, self._fs_path(rel), b"",
+                            attrs={**meta.attrs(), "mtime_ns": now, "ctime_ns": now})
         else:
             staged = self._new_staged(rel, inode)
+            staged.attrs = meta.attrs()
             try:
                 self.counters["bytes_read"] += await self._run(self._download,
                                                                self._fs_path(rel), staged)
@@ -58,7 +64,8 @@ class FileOperations(OperationsBase):
                 await self._upload(staged)
             finally:
                 self.staging.discard(staged)
-        self._after_write(rel, Meta(False, size, time.time()))
+        self._after_write(rel, meta.with_(size=size, mtime=now / 1e9, mtime_ns=now,
+                                          ctime_ns=now, etag=None))
 
     def _new_staged(self, rel: str, inode: int) -> Staged:
         staged = self.staging.new(rel, inode)
@@ -87,19 +94,22 @@ class FileOperations(OperationsBase):
         rel = self._path(inode)
         access = flags & os.O_ACCMODE
         if access != os.O_RDONLY or flags & os.O_TRUNC:
-            return await self._open_write(inode, rel, flags)
+            return await self._open_write(inode, rel, flags, ctx)
         staged = self.staging.by_inode(inode)
         if staged is not None:
-            meta = Meta(False, staged.size(), staged.mtime)
+            meta = self._staged_meta(staged)
         else:
             meta = await self._meta(rel, max_age=self.options.attr_timeout)  # close-to-open
         if meta.is_dir:
             raise _fuse_error(errno.EISDIR)
         keep = staged is None and self.page_versions.get(inode) == meta.version
-        h = ReadHandle(inode, rel, meta.size, meta.version)
+        h = ReadHandle(inode, rel, meta.size, meta.version, meta=meta)
         if staged is None:
             self.page_versions[inode] = meta.version
             h.fd = await self._open_local(rel)
+        else:
+            staged.refs += 1  # a reader keeps the staged copy too (it may be unlinked meanwhile)
+            h.keeper = staged
         fh = self.files.add(h)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
@@ -120,7 +130,8 @@ class FileOperations(OperationsBase):
             log.debug("reading %s through the filesystem: %s", rel, exc)
             return -1
 
-    async def _open_write(self, inode: int, rel: str, flags: int) -> pyfuse3.FileInfo:
+    async def _open_write(self, inode: int, rel: str, flags: int, ctx: Any = None
+                          ) -> pyfuse3.FileInfo:
         if self.read_only:
             raise _fuse_error(errno.EROFS)
         if "/" not in rel or is_below(rel, VIRTUAL_DIR):
@@ -128,32 +139,39 @@ class FileOperations(OperationsBase):
         staged = self.staging.by_inode(inode)
         if staged is None:
             staged = self._new_staged(rel, inode)
+            staged.refs += 1  # held from now: a second open waits for this one's download
             async with staged.lock:
                 try:
+                    meta = await self._meta(rel, max_age=0, remote=True)
+                    if meta.is_dir:
+                        raise _fuse_error(errno.EISDIR)
+                    staged.attrs = meta.attrs()  # an upload keeps mode, owner and atime
                     if flags & os.O_TRUNC:
                         staged.mark_dirty()
                         self.uploads.watch(staged, self._fs_path(rel))
-                    else:
-                        meta = await self._meta(rel, max_age=0, remote=True)
-                        if meta.is_dir:
-                            raise _fuse_error(errno.EISDIR)
-                        if meta.size:
-                            self.counters["bytes_read"] += await self._run(
-                                self._download, self._fs_path(rel), staged)
+                    elif meta.size:
+                        self.counters["bytes_read"] += await self._run(
+                            self._download, self._fs_path(rel), staged)
                 except BaseException:
+                    staged.refs -= 1
                     self.staging.discard(staged)
                     raise
         else:
-            async with staged.lock:  # another open may still be downloading it
-                pass
-            if staged.fd < 0:
-                raise _fuse_error(errno.EIO)
+            staged.refs += 1  # so the first one's release cannot discard it while we wait
+            try:
+                async with staged.lock:  # another open may still be downloading it
+                    pass
+                if staged.fd < 0:
+                    raise _fuse_error(errno.EIO)
+            except BaseException:
+                staged.refs -= 1
+                raise
             if flags & os.O_TRUNC:
                 staged.truncate(0)
-        staged.refs += 1
         self.page_versions.pop(inode, None)
         h = WriteHandle(inode, staged, append=bool(flags & os.O_APPEND),
-                        readable=flags & os.O_ACCMODE == os.O_RDWR)
+                        readable=flags & os.O_ACCMODE == os.O_RDWR,
+                        kill_priv=getattr(ctx, "uid", 0) != 0)
         return pyfuse3.FileInfo(fh=self.files.add(h), keep_cache=False)
 
     @fuse_handler(write=True)
@@ -161,24 +179,47 @@ class FileOperations(OperationsBase):
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         rel = self._child(parent_inode, name)
         self._check_new_name(rel)
+        await self._check_writable(rel)
+        attrs = await self._new_attrs(rel, stat.S_IFREG | (mode & 0o7777), ctx)
         ino = self.inodes.lookup(rel)
         staged = self.staging.by_inode(ino)
         if staged is None:
             staged = self._new_staged(rel, ino)
         else:
             staged.truncate(0)
+        staged.attrs = attrs
         staged.mark_dirty()  # a new empty file is uploaded on close too
         self.uploads.watch(staged, self._fs_path(rel))
         staged.refs += 1
         self.page_versions.pop(ino, None)
         h = WriteHandle(ino, staged, append=bool(flags & os.O_APPEND),
                         readable=flags & os.O_ACCMODE == os.O_RDWR)
-        meta = Meta(False, 0, staged.mtime)
+        meta = self._staged_meta(staged)
         self.attrs.pop(rel)
         self.negative.pop(rel)
         self.dirs.set_entry(parent_of(rel), name_of(rel), meta)
+        self._touch_dir(parent_of(rel))
         return (pyfuse3.FileInfo(fh=self.files.add(h), keep_cache=False),
-                self._attr(ino, meta))
+                self._attr(ino, meta, rel))
+
+    async def _new_attrs(self, rel: str, mode: int, ctx: Any) -> dict[str, Any]:
+        """The attributes of a new file or folder made by the caller ``ctx``: its mode less
+        the umask, its owner, and the folder's group when the folder is set-group-ID (as
+        Linux filesystems do; a new folder inherits that bit)."""
+        mode = stat.S_IFMT(mode) | (stat.S_IMODE(mode) & ~(getattr(ctx, "umask", 0) or 0))
+        uid = getattr(ctx, "uid", self.options.uid)
+        gid = getattr(ctx, "gid", self.options.gid)
+        try:
+            parent = await self._meta(parent_of(rel)) if "/" in rel else None
+        except FileNotFoundError:
+            raise _fuse_error(errno.ENOENT) from None
+        if parent is not None and parent.mode is not None and parent.mode & stat.S_ISGID:
+            gid = parent.gid if parent.gid is not None else gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        now = time.time_ns()
+        return {"mode": mode, "uid": uid, "gid": gid, "atime_ns": now, "mtime_ns": now,
+                "ctime_ns": now}
 
     @fuse_handler()
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
@@ -187,6 +228,8 @@ class FileOperations(OperationsBase):
             return h.data[off:off + size]
         if isinstance(h, WriteHandle):
             return h.staged.read(off, size)
+        if h.keeper is not None:
+            return h.keeper.read(off, size)
         staged = self.staging.by_inode(h.inode)
         if staged is not None:
             return staged.read(off, size)
@@ -212,6 +255,9 @@ class FileOperations(OperationsBase):
         h = self.files.get(fh)
         if not isinstance(h, WriteHandle):
             raise _fuse_error(errno.EBADF)
+        if h.kill_priv:
+            h.kill_priv = False
+            _drop_set_id_bits(h.staged)
         if h.append:
             return h.staged.append(buf)
         return h.staged.write(off, buf)
@@ -224,9 +270,17 @@ class FileOperations(OperationsBase):
             version = staged.version
             size = staged.size()
             self.uploading += 1
+            attrs = staged.upload_attrs()
+            fs_path = self._fs_path(staged.path)
             try:
                 if not await self.uploads.finish(staged):
-                    await self._run(self.fs.put_file, staged.local, self._fs_path(staged.path))
+                    journal = size >= MULTIPART_MIN and \
+                        not self._local_paths.get(staged.path.split("/", 1)[0])
+                    if journal:
+                        self.journal.begin(fs_path)
+                    await self._run(self.fs.put_file, staged.local, fs_path, attrs=attrs)
+                    if journal:
+                        self.journal.end(fs_path)
             except Exception as exc:
                 self.counters["upload_errors"] += 1
                 code = getattr(exc, "errno", None)
@@ -243,7 +297,8 @@ class FileOperations(OperationsBase):
             self.counters["bytes_written"] += size
             if staged.version == version:
                 staged.dirty = False
-            self._after_write(staged.path, Meta(False, size, time.time()))
+            self._after_write(staged.path, self._staged_meta(staged).with_(
+                size=size, mtime=attrs["mtime_ns"] / 1e9, nlink=None))
 
     @fuse_handler()
     async def flush(self, fh: int) -> None:
@@ -260,6 +315,12 @@ class FileOperations(OperationsBase):
     @fuse_handler(check_key=False)
     async def release(self, fh: int) -> None:
         h = self.files.pop(fh)
+        if isinstance(h, ReadHandle) and h.keeper is not None:
+            keeper, h.keeper = h.keeper, None
+            keeper.refs -= 1
+            if keeper.refs <= 0:
+                await self.uploads.abandon(keeper)
+                self.staging.discard(keeper)
         if isinstance(h, ReadHandle) and h.fd >= 0:
             os.close(h.fd)
             h.fd = -1
@@ -289,3 +350,17 @@ class FileOperations(OperationsBase):
             await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode)
         except Exception as exc:  # not mounted (tests) or the kernel forgot it already
             log.debug("invalidate_inode(%d): %s", inode, exc)
+
+
+def _drop_set_id_bits(staged: Staged) -> None:
+    """A write by a process other than root clears the set-user-ID bit (and set-group-ID
+    with group execute), as Linux filesystems do."""
+    mode = staged.attrs.get("mode")
+    if mode is None:
+        return
+    new = mode & ~stat.S_ISUID
+    if mode & stat.S_ISGID and mode & stat.S_IXGRP:
+        new &= ~stat.S_ISGID
+    if new != mode:
+        staged.attrs["mode"] = new
+        staged.attrs_version += 1

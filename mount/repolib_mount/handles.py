@@ -62,6 +62,10 @@ class Staged:
         self.version = 0  # bumped by every change, so an upload knows if it is still current
         self.unlinked = False
         self.mtime = time.time()
+        self.mtime_ns = time.time_ns()  # the last write (or an explicit utimens since)
+        self.ctime_ns = self.mtime_ns
+        self.attrs: dict[str, Any] = {}  # mode, uid, gid, atime_ns: stored with the upload
+        self.attrs_version = 0  # bumped by setattr, so a stream started before knows
         self.lock: Any = None  # the daemon's per-file upload lock (trio.Lock)
         # called after every change: (self, lowest offset changed, front to back so far?)
         self.on_change: Callable[[Staged, int, bool], None] | None = None
@@ -95,11 +99,16 @@ class Staged:
         self.dirty = True
         self.version += 1
         self.mtime = time.time()
+        self.mtime_ns = self.ctime_ns = time.time_ns()
         if self.on_change is not None:
             self.on_change(self, self.size() if offset is None else offset, sequential)
 
     def mark_dirty(self) -> None:
         self._changed()
+
+    def upload_attrs(self) -> dict[str, Any]:
+        """What the upload stores with the data: kept attributes and the last write's time."""
+        return {**self.attrs, "mtime_ns": self.mtime_ns, "ctime_ns": self.ctime_ns}
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -191,6 +200,8 @@ class ReadHandle:
     streak: int = 0  # consecutive sequential reads
     fd: int = -1  # the file itself, for a local-folder resource (read with pread, no blocks)
     local_bytes: int = 0  # read through ``fd`` (recorded as usage at release)
+    meta: Any = None  # what the file was at open (fstat of a file unlinked since)
+    keeper: Staged | None = None  # a private copy of a file unlinked (or replaced) while open
 
 
 @dataclasses.dataclass
@@ -201,6 +212,7 @@ class WriteHandle:
     staged: Staged
     append: bool = False
     readable: bool = False
+    kill_priv: bool = False  # opened by a process other than root: a write drops set-ID bits
 
 
 @dataclasses.dataclass

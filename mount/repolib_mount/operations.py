@@ -31,19 +31,21 @@ from __future__ import annotations
 
 import errno
 import os
-import time
+import stat
 from typing import Any
 
 import pyfuse3
 import trio
 
 from repolib.exceptions import InvalidKey
+from repolib.fsfile import NAME_MAX
 
+from .attrops import AttrOperations
 from .cache import Meta
 from .errors import fuse_handler
-from .fileops import FileOperations
 from .handles import (
     DirHandle,
+    ReadHandle,
 )
 from .inodes import is_below, join, name_of, parent_of
 from .opsbase import (
@@ -54,40 +56,28 @@ from .opsbase import (
 )
 
 
-class RepositoryOperations(FileOperations):
+class RepositoryOperations(AttrOperations):
     """The FUSE request handlers of one mounted repository."""
 
     @fuse_handler()
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None
                      ) -> pyfuse3.EntryAttributes:
+        if len(name) > NAME_MAX:
+            raise _fuse_error(errno.ENAMETOOLONG)
         rel = self._child(parent_inode, name)
         if parent_inode == pyfuse3.ROOT_INODE and rel not in (VIRTUAL_DIR, ""):
             # The root's names are the key's resources: answer from the root listing.
             if name_of(rel) not in await self._listing(""):
                 raise _fuse_error(errno.ENOENT)
+            await self._learn_kind(name_of(rel))
         meta = await self._meta(rel)
-        return self._attr(self.inodes.lookup(rel), meta)
+        return self._attr(self.inodes.lookup(rel), meta, rel)
 
-    @fuse_handler()
-    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        staged = self.staging.by_inode(inode)
-        if staged is not None:
-            return self._attr(inode, Meta(False, staged.size(), staged.mtime))
-        rel = self._path(inode)
-        if self.inodes.is_detached(inode):
-            raise _fuse_error(errno.ENOENT)
-        return self._attr(inode, await self._meta(rel))
-
-    @fuse_handler()
-    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: Any,
-                      fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
-        if fields.update_size:
-            if self.read_only:
-                raise _fuse_error(errno.EROFS)
-            await self._truncate(inode, self._path(inode), attr.st_size)
-        # Mode, owner and times are accepted and not stored: object stores keep none of them,
-        # and `tar` or `cp -p` run as root must not fail on them.
-        return await self.getattr(inode, ctx)
+    async def _learn_kind(self, resource: str) -> None:
+        """Is ``resource`` a local folder (its files keep their own times)?"""
+        if resource not in self._local_paths:
+            path = await self._run(self.fs.local_path, resource and self._fs_path(resource))
+            self._local_paths[resource] = path is not None
 
     @fuse_handler()
     async def opendir(self, inode: int, ctx: Any) -> int:
@@ -101,7 +91,8 @@ class RepositoryOperations(FileOperations):
         for i in range(start_id, len(h.entries)):
             name, meta = h.entries[i]
             ino = self.inodes.ensure(join(h.path, name))
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attr(ino, meta), i + 1):
+            attr = self._attr(ino, meta, join(h.path, name))
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, i + 1):
                 self.inodes.drop_if_unused(ino)
                 return
             self.inodes.incref(ino)
@@ -119,14 +110,27 @@ class RepositoryOperations(FileOperations):
                     ) -> pyfuse3.EntryAttributes:
         rel = self._child(parent_inode, name)
         self._check_new_name(rel)
-        await self._run(self.fs.mkdir, self._fs_path(rel), create_parents=True)
-        self.pending_dirs.add(rel)
-        meta = Meta.directory(time.time())
+        try:
+            if await self._meta(rel, max_age=0):
+                raise _fuse_error(errno.EEXIST)
+        except FileNotFoundError:
+            pass
+        attrs = await self._new_attrs(rel, stat.S_IFDIR | (mode & 0o7777), ctx)
+        await self._run(self.fs.mkdir, self._fs_path(rel), create_parents=True, attrs=attrs)
+        meta = Meta(True, 0, attrs["mtime_ns"] / 1e9, mode=attrs["mode"], uid=attrs["uid"],
+                    gid=attrs["gid"], atime_ns=attrs["atime_ns"], mtime_ns=attrs["mtime_ns"],
+                    ctime_ns=attrs["ctime_ns"], nlink=None)
+        if not self._local_paths.get(rel.split("/", 1)[0]):
+            # an object store may show the folder only once a file is in it, and one without
+            # folder markers keeps none of its attributes: this daemon keeps both meanwhile
+            self.pending_dirs.add(rel)
+            self.volatile[rel] = dict(attrs)
         self.attrs.put(rel, meta)
         self.negative.pop(rel)
         self.dirs.put(rel, {})  # new and empty: lookups inside it need no request
         self.dirs.set_entry(parent_of(rel), name_of(rel), meta)
-        return self._attr(self.inodes.lookup(rel), meta)
+        self._touch_dir(parent_of(rel))
+        return self._attr(self.inodes.lookup(rel), meta, rel)
 
     async def _is_empty(self, rel: str) -> bool:
         try:
@@ -162,6 +166,11 @@ class RepositoryOperations(FileOperations):
         if "/" not in rel or is_below(rel, VIRTUAL_DIR):
             raise _fuse_error(errno.EACCES)
         staged = self.staging.by_path(rel)
+        if staged is None:
+            meta = await self._meta(rel, max_age=0)
+            if meta.is_dir:
+                raise _fuse_error(errno.EISDIR)
+        await self._keep_open_copies(rel)
         try:
             await self._run(self.fs.rm_file, self._fs_path(rel))
         except FileNotFoundError:
@@ -169,6 +178,32 @@ class RepositoryOperations(FileOperations):
                 raise  # nothing here; a staged file that was never uploaded is just dropped
         self.staging.forget_path(rel)
         self._after_remove(rel)
+
+    async def _keep_open_copies(self, rel: str) -> None:
+        """``rel`` is about to be removed or replaced: readers that still have it open keep
+        reading what it was (POSIX), from a private copy when it is in an object store (a
+        local file's open descriptor keeps it by itself)."""
+        ino = self.inodes.inode(rel)
+        if ino is None or self.staging.by_inode(ino) is not None:
+            return
+        readers = [h for h in self.files.values()
+                   if isinstance(h, ReadHandle) and h.inode == ino and h.fd < 0 and
+                   h.keeper is None]
+        if not readers:
+            return
+        copy = self._new_staged(rel, ino)
+        try:
+            async with copy.lock:
+                self.counters["bytes_read"] += await self._run(self._download,
+                                                               self._fs_path(rel), copy)
+        except BaseException:
+            self.staging.discard(copy)
+            raise
+        self.staging.forget_path(rel)  # never uploaded, and not the new file of that name
+        copy.attrs = readers[0].meta.attrs() if readers[0].meta is not None else {}
+        for h in readers:
+            copy.refs += 1
+            h.keeper = copy
 
     @fuse_handler(write=True)
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
@@ -203,6 +238,8 @@ class RepositoryOperations(FileOperations):
                     await self._run(self.fs.rmdir, self._fs_path(dst))
                 except FileNotFoundError:
                     pass
+            else:
+                await self._keep_open_copies(dst)
         for s in self.staging.under(src):  # what is being written moves with its latest data
             if s.dirty and not s.unlinked:
                 await self._upload(s)
@@ -214,6 +251,8 @@ class RepositoryOperations(FileOperations):
         self.staging.move(src, dst)
         self.pending_dirs = {dst + d[len(src):] if is_below(d, src) else d
                              for d in self.pending_dirs}
+        self.volatile = {(dst + k[len(src):] if is_below(k, src) else k): v
+                         for k, v in self.volatile.items() if not is_below(k, dst)}
         for p in (src, dst):
             self.attrs.pop_below(p)
             self.negative.pop_below(p)
@@ -222,6 +261,8 @@ class RepositoryOperations(FileOperations):
         self.negative.put(src, True)
         self.dirs.remove_entry(parent_of(src), name_of(src))
         self.dirs.set_entry(parent_of(dst), name_of(dst), meta)
+        self._touch_dir(parent_of(src))
+        self._touch_dir(parent_of(dst))
         if meta.is_dir and any(is_below(d, dst) for d in self.pending_dirs):
             self.pending_dirs.add(dst)
 
@@ -315,7 +356,12 @@ class RepositoryOperations(FileOperations):
         except Exception as exc:
             log.debug("warm-up: %s", exc)
             return
+        self.nursery.start_soon(self._abort_stale_uploads)  # type: ignore[union-attr]
         for name in names:
+            try:
+                await self._learn_kind(name)
+            except Exception as exc:
+                log.debug("warm-up of %s: %s", name, exc)
             try:  # a name that is not there: a HEAD (and a LIST) that answers "no"
                 await self._run(self.fs.exists, self._fs_path(f"{name}/{WARM_UP_PROBE}"))
             except Exception as exc:  # the first real request reports what is wrong
@@ -351,7 +397,22 @@ class RepositoryOperations(FileOperations):
                 except pyfuse3.FUSEError as exc:
                     log.error("could not upload %s before exit: %s", staged.path, exc)
 
+    async def _abort_stale_uploads(self) -> None:
+        """Multipart uploads that a daemon killed mid-upload left on the server: abort the
+        ones the journals of dead daemons recognise (see :mod:`.journal`)."""
+        if self.read_only:
+            return
+        try:
+            n = await trio.to_thread.run_sync(self.journal.sweep, self.fs.abort_uploads)
+        except Exception as exc:
+            log.warning("could not look for unfinished uploads: %s", exc)
+            return
+        if n:
+            log.warning("aborted %d unfinished upload(s) left by a daemon that stopped", n)
+        self.counters["stale_uploads_aborted"] += n
+
     def close(self) -> None:
+        self.journal.close()
         self.staging.close()
         if self.disk is not None:
             self.disk.close()

@@ -21,6 +21,7 @@ from typing import Any
 import pyfuse3
 import trio
 
+from repolib.fsfile import NAME_MAX
 from repolib.keys import Access
 from repolib.paths import split as split_repo_path
 
@@ -33,6 +34,7 @@ from .handles import (
     StagingArea,
 )
 from .inodes import InodeTable, is_below, join, name_of, parent_of
+from .journal import UploadJournal
 from .options import MountOptions
 from .reads import BlockReader
 from .uploads import Uploads
@@ -82,11 +84,15 @@ class OperationsBase(pyfuse3.Operations):  # type: ignore[misc]
                      if options.disk_cache_size > 0 else None)
         self.reader = BlockReader(self.fs, self._run, options, self.blocks, self.counters,
                                   self.disk)
-        self.uploads = Uploads(self.fs, self._run, self.counters)
+        self.journal = UploadJournal(options.cache_dir)
+        self.uploads = Uploads(self.fs, self._run, self.counters, self.journal)
         self.files: HandleTable[Any] = HandleTable()
         self.dir_handles: HandleTable[DirHandle] = HandleTable()
         self.staging = StagingArea(options.cache_dir)
         self.pending_dirs: set[str] = set()  # made here, maybe not visible in an object store
+        # attributes only this daemon keeps: folders of object stores without folder markers,
+        # and folders' times changed by what is done here (object stores keep none)
+        self.volatile: dict[str, dict[str, Any]] = {}
         self.page_versions: dict[int, tuple[Any, ...]] = {}  # what the kernel's page cache holds
         self.limiter = trio.CapacityLimiter(options.threads)
         self.uploading = 0
@@ -130,31 +136,96 @@ class OperationsBase(pyfuse3.Operations):  # type: ignore[misc]
         return join(parent, n)
 
     def _check_new_name(self, rel: str) -> None:
-        """Names made here must be ones the repository accepts, inside a resource."""
+        """Names made here must be ones the repository accepts, inside a resource, and fit
+        NAME_MAX (the backend's key length is checked by ``_check_writable``)."""
+        if len(os.fsencode(name_of(rel))) > NAME_MAX:
+            raise _fuse_error(errno.ENAMETOOLONG)
         if "/" not in rel or is_below(rel, VIRTUAL_DIR):
             raise _fuse_error(errno.EACCES)  # the root holds resources only
         split_repo_path(self._fs_path(rel))  # PathEscape (EACCES) for names it refuses
 
-    def _attr(self, inode: int, meta: Meta) -> pyfuse3.EntryAttributes:
+    async def _check_writable(self, rel: str) -> None:
+        """What the repository would refuse for a write to ``rel`` (a key over the backend's
+        length, a read-only resource), said now rather than at close."""
+        await self._run(self.fs.check_writable, self._fs_path(rel))
+
+    def _attr(self, inode: int, meta: Meta, rel: str | None = None) -> pyfuse3.EntryAttributes:
+        """Kernel attributes: the kept ones where there are, else the mount's defaults."""
         a = pyfuse3.EntryAttributes()
         a.st_ino = inode
         a.generation = 0
         a.entry_timeout = self.options.attr_timeout
         a.attr_timeout = self.options.attr_timeout
-        if meta.is_dir:
-            a.st_mode = stat.S_IFDIR | (0o555 if self.read_only else 0o755)
-            a.st_nlink = 2
+        kind = meta.kind
+        if meta.mode is not None:
+            perm = stat.S_IMODE(meta.mode)
         else:
-            a.st_mode = stat.S_IFREG | (0o444 if self.read_only else 0o644)
+            perm = 0o755 if meta.is_dir else 0o644
+        if self.read_only:
+            perm &= ~0o222
+        a.st_mode = kind | perm
+        if meta.nlink is not None:
+            a.st_nlink = meta.nlink
+        elif meta.is_dir:
+            a.st_nlink = self._dir_nlink(rel if rel is not None else self.inodes.path(inode))
+        else:
             a.st_nlink = 1
         a.st_size = meta.size
         a.st_blocks = (meta.size + 511) // 512
         a.st_blksize = self.options.block_size
-        ns = int((meta.mtime if meta.mtime is not None else self.started) * 1e9)
-        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
-        a.st_uid = self.options.uid
-        a.st_gid = self.options.gid
+        a.st_rdev = meta.rdev
+        started = int(self.started * 1e9)
+        mtime = meta.mtime_ns if meta.mtime_ns is not None else \
+            int(meta.mtime * 1e9) if meta.mtime is not None else started
+        a.st_mtime_ns = mtime
+        a.st_atime_ns = meta.atime_ns if meta.atime_ns is not None else mtime
+        a.st_ctime_ns = meta.ctime_ns if meta.ctime_ns is not None else mtime
+        a.st_uid = self.options.uid if meta.uid is None else meta.uid
+        a.st_gid = self.options.gid if meta.gid is None else meta.gid
         return a
+
+    def _dir_nlink(self, rel: str) -> int:
+        """2 + subfolders, from the folder's cached listing (2 when there is none)."""
+        if rel == "":
+            return 2 + len(self._resources[1])
+        entries = self.dirs.get(rel, count=False)
+        if entries is None:
+            return 2
+        subdirs = {n for n, m in entries.items() if m.is_dir}
+        subdirs |= {name_of(d) for d in self.pending_dirs if parent_of(d) == rel and d != rel}
+        return 2 + len(subdirs)
+
+    def _staged_meta(self, staged: Any) -> Meta:
+        """A file being written, as it is now (its attributes as they will be uploaded)."""
+        at = staged.attrs
+        return Meta(False, staged.size(), staged.mtime, mode=at.get("mode"),
+                    uid=at.get("uid"), gid=at.get("gid"), atime_ns=at.get("atime_ns"),
+                    mtime_ns=staged.mtime_ns, ctime_ns=staged.ctime_ns,
+                    nlink=0 if staged.unlinked else 1)
+
+    def _with_volatile(self, rel: str, meta: Meta) -> Meta:
+        """``meta`` with what only this daemon knows about ``rel`` (folders' attributes and
+        times in object stores)."""
+        extra = self.volatile.get(rel)
+        if not extra or not meta.is_dir:
+            return meta
+        return meta.with_(**extra)
+
+    def _touch_dir(self, rel: str) -> None:
+        """Something was made, removed or renamed in the folder ``rel``: its mtime and ctime
+        are now. Object stores keep no folder times, so this daemon keeps them; a local
+        folder's change by itself, so the cached ones are dropped."""
+        if rel == "" or self._local_paths.get(rel.split("/", 1)[0]):
+            self.attrs.pop(rel)
+            return
+        now = time.time_ns()
+        self.volatile.setdefault(rel, {}).update(mtime_ns=now, ctime_ns=now)
+        cached = self.attrs.get(rel, count=False)
+        if cached is not None:
+            self.attrs.put(rel, cached.with_(mtime_ns=now, ctime_ns=now))
+        listed = self.dirs.get(parent_of(rel), count=False)
+        if listed is not None and name_of(rel) in listed:
+            listed[name_of(rel)] = listed[name_of(rel)].with_(mtime_ns=now, ctime_ns=now)
 
     def _virtual_meta(self, rel: str) -> Meta | None:
         if rel == VIRTUAL_DIR:
@@ -176,13 +247,13 @@ class OperationsBase(pyfuse3.Operations):  # type: ignore[misc]
             return virtual
         staged = None if remote else self.staging.by_path(rel)
         if staged is not None:
-            return Meta(False, staged.size(), staged.mtime)
-        if rel in self.pending_dirs:
-            return Meta.directory(self.started)
+            return self._staged_meta(staged)
         meta = self.attrs.get(rel, max_age, count=False)
         if meta is not None:
             self.counters["metadata_hits"] += 1
             return meta  # type: ignore[no-any-return]
+        if rel in self.pending_dirs:
+            return self._with_volatile(rel, Meta.directory(self.started))
         if self.negative.get(rel, max_age, count=False) is not None:
             self.counters["metadata_hits"] += 1
             raise FileNotFoundError(errno.ENOENT, "not found", rel)
@@ -190,26 +261,29 @@ class OperationsBase(pyfuse3.Operations):  # type: ignore[misc]
         if listed is False:
             self.counters["metadata_hits"] += 1
             raise FileNotFoundError(errno.ENOENT, "not found", rel)
-        if isinstance(listed, Meta):
+        if isinstance(listed, Meta) and not listed.partial:
             self.counters["metadata_hits"] += 1
             return listed
         self.counters["metadata_misses"] += 1
-        if max_age is None and "/" in rel and self._relist_first(parent_of(rel)):
+        if listed is None and max_age is None and "/" in rel and \
+                self._relist_first(parent_of(rel)):
             try:
                 entries = await self._listing(parent_of(rel))
             except FileNotFoundError:
                 entries = {}
-            if name_of(rel) in entries:
+            if name_of(rel) not in entries:
+                self.negative.put(rel, True)
+                raise FileNotFoundError(errno.ENOENT, "not found", rel)
+            if not entries[name_of(rel)].partial:
                 return entries[name_of(rel)]
-            self.negative.put(rel, True)
-            raise FileNotFoundError(errno.ENOENT, "not found", rel)
         try:
             info = await self._run(self.fs.info, self._fs_path(rel))
         except FileNotFoundError:
             self.negative.put(rel, True)
             raise
-        meta = Meta.from_info(info)
+        meta = self._with_volatile(rel, Meta.from_info(info))
         self.attrs.put(rel, meta)
+        self.dirs.set_entry(parent_of(rel), name_of(rel), meta)
         return meta
 
     def _relist_first(self, folder: str) -> bool:
@@ -250,10 +324,33 @@ class OperationsBase(pyfuse3.Operations):  # type: ignore[misc]
             name = str(e["name"]).rstrip("/").rsplit("/", 1)[-1]
             if not name or _TEMP.match(name):
                 continue
-            out[name] = Meta.from_info(e)
-            if out[name].is_dir:
+            meta = self._with_volatile(join(rel, name), Meta.from_info(e))
+            if meta.partial:
+                known = self.attrs.get(join(rel, name), count=False)
+                if known is not None and known.version == meta.version:
+                    meta = known  # unchanged since its attributes were read
+            out[name] = meta
+            if meta.is_dir:
                 self.pending_dirs.discard(join(rel, name))  # the backend shows it now
         self.dirs.put(rel, out)
+        return out
+
+    async def _complete(self, rel: str, entries: dict[str, Meta]) -> dict[str, Meta]:
+        """Fill the attributes of listed entries that lack them (S3: one HEAD each, run
+        concurrently by the library), so a listing shows kept modes, owners and times."""
+        names = [n for n, m in entries.items() if m.partial]
+        if not names:
+            return entries
+        found = await self._run(self.fs.info_many, [self._fs_path(join(rel, n)) for n in names])
+        self.counters["requests"] += max(0, len(names) - 1)
+        out = dict(entries)
+        for n, info in zip(names, found, strict=True):
+            if isinstance(info, BaseException):
+                continue  # gone since the listing (or unreadable): keep what the listing said
+            meta = self._with_volatile(join(rel, n), Meta.from_info(info))
+            out[n] = meta
+            self.attrs.put(join(rel, n), meta)
+            self.dirs.set_entry(rel, n, meta)
         return out
 
     async def _dir_entries(self, rel: str) -> dict[str, Meta]:
@@ -261,8 +358,9 @@ class OperationsBase(pyfuse3.Operations):  # type: ignore[misc]
         if rel == VIRTUAL_DIR:
             return {"stats": self._virtual_meta(STATS_FILE)}  # type: ignore[dict-item]
         entries = dict(await self._listing(rel))
+        entries = await self._complete(rel, entries)
         for s in self.staging.children(rel):
-            entries[name_of(s.path)] = Meta(False, s.size(), s.mtime)
+            entries[name_of(s.path)] = self._staged_meta(s)
         for d in self.pending_dirs:
             if parent_of(d) == rel and d != rel:
                 entries.setdefault(name_of(d), Meta.directory(self.started))
@@ -283,7 +381,9 @@ class OperationsBase(pyfuse3.Operations):  # type: ignore[misc]
         self.dirs.remove_entry(parent_of(rel), name_of(rel))
         self.reader.drop_below(rel)
         self.pending_dirs = {d for d in self.pending_dirs if not is_below(d, rel)}
+        self.volatile = {k: v for k, v in self.volatile.items() if not is_below(k, rel)}
         self.inodes.detach(rel)
+        self._touch_dir(parent_of(rel))
 
     def clear_caches(self) -> None:
         self.attrs.clear()
@@ -316,6 +416,7 @@ class OperationsBase(pyfuse3.Operations):  # type: ignore[misc]
             "pending_uploads": self.staging.pending(),
             "streamed_uploads": c["streamed_uploads"],
             "streamed_bytes": c["streamed_bytes"],
+            "stale_uploads_aborted": c["stale_uploads_aborted"],
             "open_files": len(self.files),
             "inodes": len(self.inodes),
             "cache": {

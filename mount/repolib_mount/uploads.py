@@ -42,16 +42,19 @@ class Stream:
         self.broken = False
         self.idle = trio.Event()  # set when no send is in flight
         self.idle.set()
+        self.attrs: dict[str, Any] = {}  # stored with the object when the upload began
+        self.attrs_version = -1
 
 
 class Uploads:
     """Streams of the staged files of one mount."""
 
     def __init__(self, fs: Any, run: Callable[..., Awaitable[Any]],
-                 counters: Counter[str]) -> None:
+                 counters: Counter[str], journal: Any = None) -> None:
         self.fs = fs
         self.run = run
         self.counters = counters
+        self.journal = journal  # UploadJournal: what a crash would leave unfinished
         self.nursery: trio.Nursery | None = None  # set by the daemon (None: no streaming)
 
     def watch(self, staged: Staged, fs_path: str) -> None:
@@ -84,7 +87,12 @@ class Uploads:
         """Send whole parts of what is staged beyond ``claimed`` (all of it if ``final``)."""
         try:
             if st.file is None:
-                st.file = await self.run(self.fs.open, st.path, "wb", block_size=PART)
+                st.attrs = staged.upload_attrs()
+                st.attrs_version = staged.attrs_version
+                if self.journal is not None:
+                    self.journal.begin(st.path)
+                st.file = await self.run(self.fs.open, st.path, "wb", block_size=PART,
+                                         attrs=st.attrs)
             while not st.broken and staged.fd >= 0:
                 n = min(PART, staged.size() - st.claimed)
                 if n <= 0 or (n < PART and not final):
@@ -108,6 +116,8 @@ class Uploads:
             return False
         staged.streamable = False  # later changes are uploaded in one piece
         await st.idle.wait()
+        if staged.attrs_version != st.attrs_version:
+            st.broken = True  # chmod/chown while it was sent: upload again with the new ones
         if not st.broken:
             st.idle = trio.Event()
             await self._send(staged, st, True)
@@ -121,9 +131,21 @@ class Uploads:
             else:
                 staged.stream = None
                 self.counters["streamed_uploads"] += 1
+                self._ended(st)
+                await self._fix_mtime(staged, st)
                 return True
         await self.abandon(staged)
         return False
+
+    async def _fix_mtime(self, staged: Staged, st: Stream) -> None:
+        """The object keeps the mtime of when its upload began; if it was written for longer
+        than a second after that, store the last write's time (a metadata-only change)."""
+        if staged.mtime_ns - st.attrs.get("mtime_ns", 0) <= 10**9:
+            return
+        try:
+            await self.run(self.fs.setattrs, st.path, mtime_ns=staged.mtime_ns)
+        except Exception as exc:
+            log.info("the mtime of %s stays when its upload began: %s", st.path, exc)
 
     async def abandon(self, staged: Staged) -> None:
         """Abort the stream of ``staged`` (if any): the backend keeps nothing of it. Waits
@@ -147,6 +169,12 @@ class Uploads:
             await self.run(st.file.discard)
         except Exception as exc:  # an unfinished multipart upload the server may keep
             log.debug("aborting the streamed upload of %s: %s", st.path, exc)
+            return  # left in the journal: the next daemon aborts it
+        self._ended(st)
+
+    def _ended(self, st: Stream) -> None:
+        if self.journal is not None:
+            self.journal.end(st.path)
 
 
 def _send_range(fd: int, f: Any, offset: int, n: int) -> None:
