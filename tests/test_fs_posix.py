@@ -279,3 +279,29 @@ def test_a_local_folder_changes_owners_only_when_allowed(tmp_path: Path,
     t2.fs.setattrs(t2.p("f"), uid=65534, gid=65534)
     st = os.lstat(t2.folder / "f")  # type: ignore[operator]
     assert (st.st_uid, st.st_gid) == (65534, 65534)
+
+
+def test_abort_uploads_aborts_only_that_key_in_its_window(t: Target) -> None:
+    if t.kind not in ("s3", "moto"):
+        assert t.fs.abort_uploads(t.p("x.bin")) == 0  # GCS, Azure, local: nothing kept
+        return
+    backend = t.fs._state.backend("res")
+    bucket, key, _ = backend.fs.split_path(backend.path("cut.bin"))
+    _, other, _ = backend.fs.split_path(backend.path("cut.bin.other"))
+    for k in (key, other):
+        backend.fs.call_s3("create_multipart_upload", Bucket=bucket, Key=k)
+
+    def left() -> list[str]:
+        found = backend.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key)
+        return sorted(u["Key"] for u in found.get("Uploads") or [])
+
+    import time
+
+    if t.kind == "s3":  # moto reports a fixed start time (2010) for every upload
+        assert t.fs.abort_uploads(t.p("cut.bin"), until=time.time() - 3600) == 0  # too old
+        assert left() == [key, other]
+        assert t.fs.abort_uploads(t.p("cut.bin"), since=time.time() - 600) == 1
+    else:
+        assert t.fs.abort_uploads(t.p("cut.bin")) == 1
+    assert left() == [other]  # a longer name with the same prefix is not this key
+    assert t.fs.abort_uploads(t.p("cut.bin.other")) == 1 and left() == []

@@ -374,6 +374,47 @@ def test_sigkill_during_an_upload_leaves_no_partial_object(
             unmount(mp, pid2)  # type: ignore[arg-type]
 
 
+def test_a_multipart_upload_cut_by_sigkill_is_aborted_by_the_next_daemon(
+        fworld: World, fault_server: servers.RcloneS3Server, tmp_path: Path) -> None:
+    s3 = fault_server.filesystem()
+    bucket = fworld.data.parent.name
+
+    def unfinished() -> list[object]:
+        out = s3.call_s3("list_multipart_uploads", Bucket=bucket, Prefix="data/")
+        return list(out.get("Uploads") or [])
+
+    mp = tmp_path / "m"
+    with mounted(fworld, mp, fworld.write_key) as m:
+        pid = stats(m)["pid"]
+        f = open(m / "bucket" / "cut.bin", "wb")
+        chunk = os.urandom(MiB)
+        for _ in range(40):
+            f.write(chunk)
+        f.flush()
+        assert wait_for(lambda: stats(m)["streamed_bytes"] >= 32 * MiB, timeout=30)
+        assert len(unfinished()) == 1  # parts sent while it was written
+        os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
+        assert wait_for(lambda: not _alive(pid))  # type: ignore[arg-type]
+        with contextlib.suppress(OSError):
+            f.close()
+        assert len(unfinished()) == 1  # billed and never seen, until someone aborts it
+        assert wait_for(lambda: _stale(mp))
+        # `repolib mount` on the same (dead) folder cleans it; the new daemon aborts the upload
+        fworld.cli("mount", "analytics", str(mp), "--cache-dir", str(fworld.cache),
+                   key=fworld.write_key)
+        pid2 = None
+        try:
+            pid2 = stats(mp)["pid"]
+            DAEMONS.append(pid2)  # type: ignore[arg-type]
+            assert wait_for(lambda: not unfinished(), timeout=20)
+            assert stats(mp)["stale_uploads_aborted"] == 1
+            assert not (mp / "bucket" / "cut.bin").exists()
+        finally:
+            unmount(mp, pid2)  # type: ignore[arg-type]
+    journals = list((fworld.cache / "uploads").iterdir())
+    assert journals == [], journals  # handled, and the clean exit removed its own
+
+
 # -- the read path's memory of a failed fetch (no mount needed) ------------------------------
 
 

@@ -182,8 +182,47 @@ def test_block_cache_lru_by_bytes() -> None:
 def test_meta_from_fsspec_entries() -> None:
     m = Meta.from_info({"name": "a/b", "type": "file", "size": 5, "mtime": 12.5,
                         "ETag": '"abc"'})
-    assert m == Meta(False, 5, 12.5, "abc") and m.version == (5, 12.5, "abc")
+    assert m == Meta(False, 5, 12.5, "abc", mtime_ns=12_500_000_000)
+    assert m.version == (5, 12.5, "abc")
     assert Meta.from_info({"name": "a", "type": "directory", "size": 4096}) == Meta(True, 0)
+    kept = Meta.from_info({"name": "l", "type": "link", "size": 3, "mode": 0o120777,
+                           "uid": 7, "gid": 8, "mtime": 1.0, "mtime_ns": 1_000_000_001,
+                           "destination": "t.x", "partial": False})
+    assert kept.kind == stat.S_IFLNK and kept.target == "t.x" and kept.mtime_ns == 1_000_000_001
+    assert kept.attrs() == {"mode": 0o120777, "uid": 7, "gid": 8}
+    listed = Meta.from_info({"name": "f", "type": "file", "size": 1, "partial": True})
+    assert listed.partial and listed.mode is None and listed.kind == stat.S_IFREG
+
+
+def test_upload_journal_recognises_what_dead_daemons_left(tmp_path: Path) -> None:
+    import json
+
+    from repolib_mount.journal import WINDOW_S, UploadJournal
+
+    live = UploadJournal(str(tmp_path))
+    live.begin("r/res/mine.bin")  # our own, in flight: never swept
+    dead = tmp_path / "uploads" / "999999999-0.jsonl"  # no such process
+    dead.write_text("\n".join(json.dumps(e) for e in [
+        {"begin": "r/res/a.bin", "t": 1000.0}, {"end": "r/res/a.bin"},
+        {"begin": "r/res/b.bin", "t": 2000.0}, {"begin": "r/res/c.bin", "t": 3000.0}])
+        + "\n{\"begin\": \"r/res/cut")  # a line cut by the crash
+    calls: list[tuple[str, float, float]] = []
+
+    def abort(path: str, since: float, until: float) -> int:
+        calls.append((path, since, until))
+        if path.endswith("c.bin"):
+            raise OSError(errno.EIO, "server unreachable")
+        return 1
+
+    assert live.sweep(abort) == 1
+    assert calls == [("r/res/b.bin", 2000.0 - WINDOW_S, 2000.0 + WINDOW_S),
+                     ("r/res/c.bin", 3000.0 - WINDOW_S, 3000.0 + WINDOW_S)]
+    assert dead.exists()  # c.bin could not be aborted: tried again at the next start
+    calls.clear()
+    assert live.sweep(lambda p, s, u: 0) == 0 and not dead.exists()
+    assert os.path.exists(live.path)
+    live.close()
+    assert not os.path.exists(live.path)  # a clean exit leaves nothing to sweep
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -198,7 +237,9 @@ def test_errno_of_maps_every_exception(caplog: pytest.LogCaptureFixture) -> None
     assert errno_of(repolib.InvalidKey()) == errno.EACCES
     assert errno_of(repolib.AccessDenied("no")) == errno.EACCES
     assert errno_of(repolib.AccessDenied("no"), write=True, read_only=True) == errno.EROFS
-    assert errno_of(PermissionError(errno.EPERM, "x")) == errno.EACCES
+    assert errno_of(PermissionError(errno.EACCES, "x")) == errno.EACCES
+    assert errno_of(PermissionError(errno.EPERM, "x")) == errno.EPERM  # chown a local file
+    assert errno_of(PermissionError("no errno")) == errno.EACCES
     assert errno_of(NotImplementedError()) == errno.ENOSYS
     with caplog.at_level(logging.DEBUG, logger="repolib_mount"):
         assert errno_of(ValueError("bug"), "read") == errno.EIO
@@ -508,13 +549,12 @@ def test_a_symlink_out_of_a_local_folder_is_not_read_through_the_mount(
 
     async def go() -> None:
         local = await ops.lookup(ROOT_INODE, b"local")
-        with pytest.raises(pyfuse3.FUSEError) as e:
-            await ops.lookup(local.st_ino, b"escape")
-        assert e.value.errno == errno.EACCES
-        ino = ops.inodes.lookup("local/escape")  # even with an inode from before the link
-        with pytest.raises(pyfuse3.FUSEError) as e:
-            await ops.open(ino, os.O_RDONLY, None)
-        assert e.value.errno == errno.EACCES
+        link = await ops.lookup(local.st_ino, b"escape")  # a symlink, shown as one
+        assert stat.S_ISLNK(link.st_mode)
+        assert await ops.readlink(link.st_ino, None) == os.fsencode(secret)  # as written
+        with pytest.raises(pyfuse3.FUSEError) as e:  # the daemon itself never follows it
+            await ops.open(link.st_ino, os.O_RDONLY, None)
+        assert e.value.errno in (errno.ELOOP, errno.EACCES)
 
     _run(go)
 

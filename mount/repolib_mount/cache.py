@@ -47,6 +47,7 @@ class Meta:
     rdev: int = 0
     target: str | None = None  # a symlink's destination, once read
     partial: bool = False
+    stamp: tuple[Any, ...] | None = None  # what a listing shows of the object (see from_info)
 
     @classmethod
     def from_info(cls, info: dict[str, Any]) -> Meta:
@@ -61,6 +62,13 @@ class Meta:
         mtime_ns = info.get("mtime_ns")
         if mtime_ns is None and isinstance(mtime, int | float):
             mtime_ns = int(mtime * 1e9)
+        # size, ETag and the server's own modification time: the same in a listing and in
+        # info() until the object (or its metadata: a copy in place) changes
+        changed = info.get("LastModified") or info.get("last_modified") or info.get("updated")
+        if hasattr(changed, "timestamp"):  # a listing has milliseconds, a HEAD seconds
+            changed = int(changed.timestamp())
+        stamp = (info.get("size"), str(etag).strip('"'), str(changed)) if etag and changed \
+            else None
         return cls(is_dir=is_dir, size=0 if is_dir else int(info.get("size") or 0),
                    mtime=float(mtime) if isinstance(mtime, int | float) else None,
                    etag=str(etag).strip('"') if etag else None,
@@ -70,7 +78,7 @@ class Meta:
                    ctime_ns=_int(info.get("ctime_ns")), nlink=_int(info.get("nlink")),
                    rdev=_int(info.get("rdev")) or 0,
                    target=info.get("destination") if kind == "link" else None,
-                   partial=bool(info.get("partial")))
+                   partial=bool(info.get("partial")), stamp=stamp)
 
     @classmethod
     def directory(cls, mtime: float | None = None) -> Meta:

@@ -102,6 +102,8 @@ class FileOperations(OperationsBase):
             meta = await self._meta(rel, max_age=self.options.attr_timeout)  # close-to-open
         if meta.is_dir:
             raise _fuse_error(errno.EISDIR)
+        if not meta.is_file:
+            raise _fuse_error(errno.ELOOP if meta.kind == stat.S_IFLNK else errno.ENXIO)
         keep = staged is None and self.page_versions.get(inode) == meta.version
         h = ReadHandle(inode, rel, meta.size, meta.version, meta=meta)
         if staged is None:
@@ -145,6 +147,9 @@ class FileOperations(OperationsBase):
                     meta = await self._meta(rel, max_age=0, remote=True)
                     if meta.is_dir:
                         raise _fuse_error(errno.EISDIR)
+                    if not meta.is_file:
+                        raise _fuse_error(errno.ELOOP if meta.kind == stat.S_IFLNK else
+                                          errno.ENXIO)
                     staged.attrs = meta.attrs()  # an upload keeps mode, owner and atime
                     if flags & os.O_TRUNC:
                         staged.mark_dirty()
@@ -257,7 +262,8 @@ class FileOperations(OperationsBase):
             raise _fuse_error(errno.EBADF)
         if h.kill_priv:
             h.kill_priv = False
-            _drop_set_id_bits(h.staged)
+            if _drop_set_id_bits(h.staged):  # the kernel's cached mode must go too
+                await self._invalidate_inode(h.inode, attr_only=True)
         if h.append:
             return h.staged.append(buf)
         return h.staged.write(off, buf)
@@ -345,22 +351,25 @@ class FileOperations(OperationsBase):
             self.page_versions.pop(h.inode, None)
             await self._invalidate_inode(h.inode)
 
-    async def _invalidate_inode(self, inode: int) -> None:
+    async def _invalidate_inode(self, inode: int, attr_only: bool = False) -> None:
         try:
-            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode)
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode, attr_only)
         except Exception as exc:  # not mounted (tests) or the kernel forgot it already
             log.debug("invalidate_inode(%d): %s", inode, exc)
 
 
-def _drop_set_id_bits(staged: Staged) -> None:
+def _drop_set_id_bits(staged: Staged) -> bool:
     """A write by a process other than root clears the set-user-ID bit (and set-group-ID
-    with group execute), as Linux filesystems do."""
+    with group execute), as Linux filesystems do. True if that changed the mode."""
     mode = staged.attrs.get("mode")
     if mode is None:
-        return
+        return False
     new = mode & ~stat.S_ISUID
     if mode & stat.S_ISGID and mode & stat.S_IXGRP:
         new &= ~stat.S_ISGID
-    if new != mode:
-        staged.attrs["mode"] = new
-        staged.attrs_version += 1
+    if new == mode:
+        return False
+    staged.attrs["mode"] = new
+    staged.attrs_version += 1
+    staged.ctime_ns = time.time_ns()
+    return True

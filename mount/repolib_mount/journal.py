@@ -30,12 +30,16 @@ WINDOW_S = 300.0  # an upload begins within this long of its journal line (and c
 
 
 def _start_time(pid: int) -> str | None:
-    """A process's start time in clock ticks since boot (pid reuse tells apart)."""
+    """A running process's start time in clock ticks since boot (pid reuse tells apart);
+    None when it is gone (or a zombie nobody reaped yet)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
         return None
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
 
 
 class UploadJournal:

@@ -47,6 +47,7 @@ DOWNLOAD_CHUNK = 8 * 2**20
 WARM_UP_PROBE = ".repolib-warm-up"  # looked up (never made) to build each backend's client
 SMALL_LISTING = 1000  # a folder this small is re-listed rather than asked about name by name
 RELIST_LIMIT = 20_000  # ... and one this big if names are being looked up in it repeatedly
+KNOWN_MAX = 200_000  # objects whose attributes are remembered across listings (S3)
 _TEMP = re.compile(r"^\..+\.repolib-[0-9a-f]{8}\.tmp$")  # repolib's atomic-write temp files
 _UPLOAD_ERRNOS = {errno.EACCES, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
@@ -93,6 +94,9 @@ class OperationsBase(pyfuse3.Operations):  # type: ignore[misc]
         # attributes only this daemon keeps: folders of object stores without folder markers,
         # and folders' times changed by what is done here (object stores keep none)
         self.volatile: dict[str, dict[str, Any]] = {}
+        # complete attributes of objects whose listings carry none (S3), by path: reused
+        # while a listing shows the same object (its stamp), so a folder is HEADed once
+        self.known: collections.OrderedDict[str, Meta] = collections.OrderedDict()
         self.page_versions: dict[int, tuple[Any, ...]] = {}  # what the kernel's page cache holds
         self.limiter = trio.CapacityLimiter(options.threads)
         self.uploading = 0
@@ -284,6 +288,7 @@ class OperationsBase(pyfuse3.Operations):  # type: ignore[misc]
         meta = self._with_volatile(rel, Meta.from_info(info))
         self.attrs.put(rel, meta)
         self.dirs.set_entry(parent_of(rel), name_of(rel), meta)
+        self._remember(rel, meta)
         return meta
 
     def _relist_first(self, folder: str) -> bool:
@@ -326,8 +331,8 @@ class OperationsBase(pyfuse3.Operations):  # type: ignore[misc]
                 continue
             meta = self._with_volatile(join(rel, name), Meta.from_info(e))
             if meta.partial:
-                known = self.attrs.get(join(rel, name), count=False)
-                if known is not None and known.version == meta.version:
+                known = self.known.get(join(rel, name))
+                if known is not None and meta.stamp is not None and known.stamp == meta.stamp:
                     meta = known  # unchanged since its attributes were read
             out[name] = meta
             if meta.is_dir:
@@ -351,7 +356,16 @@ class OperationsBase(pyfuse3.Operations):  # type: ignore[misc]
             out[n] = meta
             self.attrs.put(join(rel, n), meta)
             self.dirs.set_entry(rel, n, meta)
+            self._remember(join(rel, n), meta)
         return out
+
+    def _remember(self, rel: str, meta: Meta) -> None:
+        if meta.stamp is None:
+            return
+        self.known[rel] = meta
+        self.known.move_to_end(rel)
+        while len(self.known) > KNOWN_MAX:
+            self.known.popitem(last=False)
 
     async def _dir_entries(self, rel: str) -> dict[str, Meta]:
         """A folder as the mount shows it: the listing plus files and folders made here."""
@@ -382,6 +396,7 @@ class OperationsBase(pyfuse3.Operations):  # type: ignore[misc]
         self.reader.drop_below(rel)
         self.pending_dirs = {d for d in self.pending_dirs if not is_below(d, rel)}
         self.volatile = {k: v for k, v in self.volatile.items() if not is_below(k, rel)}
+        self.known.pop(rel, None)
         self.inodes.detach(rel)
         self._touch_dir(parent_of(rel))
 
