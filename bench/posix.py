@@ -160,12 +160,15 @@ def classify(result: FileResult, trace: list[tuple[str, str]]) -> None:
                 name = ops[-1] if call in ("link", "linkat", "symlink", "symlinkat") else ops[0]
                 if got == "0" or got.isdigit():
                     refused.pop(name, None)
-                elif call in ("link", "linkat") and got == "EPERM":
+                elif call in ("link", "linkat"):  # refused, or failed after a refusal
                     last_refusal = "hard links refused (EPERM)"
                     for n in ops[:2]:  # the new name, and the link count of the old one
                         refused[n] = last_refusal
             if call == "rename" and len(ops) == 2 and got == "0":
+                moved = refused.pop(ops[0], None)  # what was refused moves with the name
                 refused.pop(ops[1], None)
+                if moved:
+                    refused[ops[1]] = moved
             if args == f.args and got == f.got:
                 target = (call, ops)
                 break

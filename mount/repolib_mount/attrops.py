@@ -120,6 +120,7 @@ class AttrOperations(FileOperations):
             if meta.is_dir:  # an object-store folder without a marker (rclone serve s3),
                 self._keep_volatile(rel, meta, changes)  # or still empty: kept while we run
             return  # a resource that keeps no attributes (memory): accepted, not stored
+        self._forget_known(rel)
         new = Meta.from_info(info)
         if meta.target is not None:
             new = new.with_(target=meta.target)
@@ -157,6 +158,7 @@ class AttrOperations(FileOperations):
 
     def _made(self, rel: str, meta: Meta) -> pyfuse3.EntryAttributes:
         """A new name made here: caches learn it, its folder's times change."""
+        self._forget_known(rel)
         self.attrs.put(rel, meta)
         self.negative.pop(rel)
         self.dirs.set_entry(parent_of(rel), name_of(rel), meta)

@@ -254,6 +254,7 @@ class RepositoryOperations(AttrOperations):
         self.volatile = {(dst + k[len(src):] if is_below(k, src) else k): v
                          for k, v in self.volatile.items() if not is_below(k, dst)}
         for p in (src, dst):
+            self._forget_known(p)
             self.attrs.pop_below(p)
             self.negative.pop_below(p)
             self.dirs.pop_below(p)

@@ -335,8 +335,6 @@ class OperationsBase(pyfuse3.Operations):  # type: ignore[misc]
                 if known is not None and meta.stamp is not None and known.stamp == meta.stamp:
                     meta = known  # unchanged since its attributes were read
             out[name] = meta
-            if meta.is_dir:
-                self.pending_dirs.discard(join(rel, name))  # the backend shows it now
         self.dirs.put(rel, out)
         return out
 
@@ -380,8 +378,18 @@ class OperationsBase(pyfuse3.Operations):  # type: ignore[misc]
                 entries.setdefault(name_of(d), Meta.directory(self.started))
         return entries
 
+    def _forget_known(self, top: str) -> None:
+        """Our own change at or below ``top``: remembered attributes no longer hold (an object
+        put here with the same size, ETag and second would otherwise match them)."""
+        if top in self.known:
+            del self.known[top]
+        prefix = top + "/"
+        for k in [k for k in self.known if k.startswith(prefix)]:
+            del self.known[k]
+
     def _after_write(self, rel: str, meta: Meta) -> None:
         """Our own change to ``rel``: caches learn it now instead of after their TTL."""
+        self._forget_known(rel)
         self.attrs.put(rel, meta)
         self.negative.pop(rel)
         self.dirs.set_entry(parent_of(rel), name_of(rel), meta)
@@ -396,7 +404,7 @@ class OperationsBase(pyfuse3.Operations):  # type: ignore[misc]
         self.reader.drop_below(rel)
         self.pending_dirs = {d for d in self.pending_dirs if not is_below(d, rel)}
         self.volatile = {k: v for k, v in self.volatile.items() if not is_below(k, rel)}
-        self.known.pop(rel, None)
+        self._forget_known(rel)
         self.inodes.detach(rel)
         self._touch_dir(parent_of(rel))
 
