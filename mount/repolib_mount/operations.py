@@ -109,12 +109,7 @@ class RepositoryOperations(AttrOperations):
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any
                     ) -> pyfuse3.EntryAttributes:
         rel = self._child(parent_inode, name)
-        self._check_new_name(rel)
-        try:
-            if await self._meta(rel, max_age=0):
-                raise _fuse_error(errno.EEXIST)
-        except FileNotFoundError:
-            pass
+        self._check_new_name(rel)  # (the kernel looked the name up first: it is free)
         attrs = await self._new_attrs(rel, stat.S_IFDIR | (mode & 0o7777), ctx)
         await self._run(self.fs.mkdir, self._fs_path(rel), create_parents=True, attrs=attrs)
         meta = Meta(True, 0, attrs["mtime_ns"] / 1e9, mode=attrs["mode"], uid=attrs["uid"],

@@ -47,7 +47,7 @@ DOWNLOAD_CHUNK = 8 * 2**20
 WARM_UP_PROBE = ".repolib-warm-up"  # looked up (never made) to build each backend's client
 SMALL_LISTING = 1000  # a folder this small is re-listed rather than asked about name by name
 RELIST_LIMIT = 20_000  # ... and one this big if names are being looked up in it repeatedly
-KNOWN_MAX = 200_000  # objects whose attributes are remembered across listings (S3)
+KNOWN_MAX = 100_000  # objects whose attributes are remembered across listings (S3)
 _TEMP = re.compile(r"^\..+\.repolib-[0-9a-f]{8}\.tmp$")  # repolib's atomic-write temp files
 _UPLOAD_ERRNOS = {errno.EACCES, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
