@@ -19,7 +19,7 @@ from typing import Any
 import fsspec
 
 from .exceptions import BackendUnavailable, ConfigError
-from .paths import PathEscape
+from .localfs import SafeLocalFileSystem
 from .procstate import ProcessLocal
 from .repository import ResolvedResource
 from .resources.storage import BUCKET_PROTOCOLS, split_url
@@ -59,21 +59,12 @@ class Backend:
         return self.protocol == "memory" or (not self.local and "/" in self.root.strip("/"))
 
     def path(self, rel: str) -> str:
-        """Backend path for a path inside the resource (already checked by repolib.paths)."""
+        """Backend path for a path inside the resource (already checked by repolib.paths;
+        a local folder's filesystem follows no symlink on the way, see repolib.localfs)."""
         if not rel:
             return self.root
-        p = f"{self.root.rstrip('/')}/{rel}" if self.root not in ("", "/") else \
+        return f"{self.root.rstrip('/')}/{rel}" if self.root not in ("", "/") else \
             f"{self.root}{rel}"
-        if self.local:
-            self._inside(p)
-        return p
-
-    def _inside(self, p: str) -> None:
-        """Symlinks in a local folder may not lead outside it."""
-        root = os.path.realpath(self.root)
-        real = os.path.realpath(p)
-        if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
-            raise PathEscape(p[len(self.root):], "symlink leads outside the folder")
 
     def rel(self, name: str) -> str | None:
         """Inverse of ``path``: the path inside the resource, or None if outside the root."""
@@ -122,11 +113,8 @@ def build(resolved: ResolvedResource) -> Backend:
     elif kind == "az":
         fs = _azure(options, extra, creds, ambient)
     elif proto == "file":
-        from fsspec.implementations.local import LocalFileSystem
-
-        root = posixpath.normpath(rest)
-        return Backend(info.name, LocalFileSystem(auto_mkdir=True, skip_instance_cache=True),
-                       root, "file", read_only, True, secrets)
+        local = SafeLocalFileSystem(posixpath.normpath(rest), skip_instance_cache=True)
+        return Backend(info.name, local, local.root, "file", read_only, True, secrets)
     elif proto == "memory":
         from fsspec.implementations.memory import MemoryFileSystem
 

@@ -12,7 +12,6 @@ so pickling carries the key (or nothing, when it came from the environment), nev
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shutil
@@ -27,7 +26,7 @@ from fsspec.callbacks import DEFAULT_CALLBACK
 from . import api, errors, paths
 from .backends import Backend, build
 from .exceptions import AccessDenied, ConfigError, InvalidKey
-from .fsfile import CountingFile, is_temp_name, mtime_of, read_bytes, temp_beside
+from .fsfile import CountingFile, is_temp_name, mtime_of, read_bytes
 from .keys import Access
 from .paths import RepoPath
 from .procstate import ProcessLocal
@@ -175,13 +174,18 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
         _, backend = self._target(path, Access.READ, "read")
         return backend.local or backend.protocol == "memory"
 
-    def local_path(self, path: str) -> str | None:
-        """The file's own path on this machine when ``path`` is in a local-folder resource
-        (else None), after the key's read check: the mount reads such files directly."""
-        rp, backend = self._target(path, Access.READ, "read")
+    def local_open(self, path: str, flags: int = os.O_RDONLY, mode: int = 0o666) -> int | None:
+        """A raw descriptor of a file in a local-folder resource (None for other resources),
+        after the key's check for ``flags``, opened beneath the folder with no symlink
+        followed: the mount reads such files directly. The caller closes it."""
+        writing = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC))
+        rp, backend = self._target(path, Access.WRITE if writing else Access.READ,
+                                   "write" if writing else "read")
         if not backend.local:
             return None
-        return os.path.realpath(backend.path(rp.rel))  # checked inside the folder, resolved
+        fd: int = self._call(rp, backend, backend.fs.open_fd, backend.path(rp.rel), flags,
+                             mode)
+        return fd
 
     def revalidate(self) -> None:
         """Check the key now (InvalidKey if it was revoked or expired), switching to the token
@@ -382,27 +386,11 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
                 self._call(rp, backend, backend.fs.exists, target):
             # object stores check "create only" at upload time, if at all: say it at open
             raise FileExistsError(errno.EEXIST, "file exists", rp.full)
-        commit: Callable[[], None] | None = None
-        abort: Callable[[], None] | None = None
-        if backend.local and mode == "wb":
-            # Write beside the target and rename on close: a failed write keeps the old file.
-            tmp = temp_beside(target)
-            opened = tmp
-
-            def commit() -> None:
-                os.replace(tmp, target)
-
-            def abort() -> None:
-                with contextlib.suppress(OSError):
-                    os.remove(tmp)
-        else:
-            opened = target
-        f = self._call(rp, backend, backend.fs.open, opened, mode=mode,
+        f = self._call(rp, backend, backend.fs.open, target, mode=mode,
                        block_size=block_size, autocommit=autocommit,
                        cache_options=cache_options, **kwargs)
         return CountingFile(f, rp.full, lambda **c: self._count(rp.resource, **c),
-                             lambda exc: errors.translate(exc, rp.full, backend.secrets),
-                             commit=commit, abort=abort)
+                             lambda exc: errors.translate(exc, rp.full, backend.secrets))
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None,
                  **kwargs: Any) -> bytes:
@@ -479,19 +467,8 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
             return
         if mode != "overwrite":
             kwargs["mode"] = mode
-        target = backend.path(rp.rel)
-        if backend.local and mode == "overwrite":
-            tmp = temp_beside(target)  # upload beside, then rename: never a partial file
-            try:
-                self._call(rp, backend, backend.fs.put_file, lpath, tmp, callback=callback,
-                           **kwargs)
-                os.replace(tmp, target)
-            finally:
-                with contextlib.suppress(OSError):
-                    os.remove(tmp)
-        else:
-            self._call(rp, backend, backend.fs.put_file, lpath, target, callback=callback,
-                       **kwargs)
+        self._call(rp, backend, backend.fs.put_file, lpath, backend.path(rp.rel),
+                   callback=callback, **kwargs)  # local folders: a temp file renamed on close
         self._count(rp.resource, bytes_written=os.path.getsize(lpath))
 
     def mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:

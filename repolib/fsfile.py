@@ -47,24 +47,26 @@ def is_temp_name(name: str) -> bool:
     return _TEMP_NAME.fullmatch(name) is not None
 
 
-def temp_beside(target: str) -> str:
-    head, tail = os.path.split(target)
-    return os.path.join(head, f".{tail}.repolib-{uuid.uuid4().hex[:8]}.tmp")
+NAME_MAX = 255  # bytes in one name, on every filesystem a local folder is likely to be on
+_TEMP_EXTRA = len(".") + len(".repolib-") + 8 + len(".tmp")
+
+
+def temp_name(name: str) -> str:
+    """The temp file of an atomic write of ``name``, in the same folder: a name that fits
+    ``NAME_MAX`` whatever the length of ``name`` (a long one is cut, bytes-wise)."""
+    head = os.fsdecode(os.fsencode(name)[: NAME_MAX - _TEMP_EXTRA])
+    return f".{head}.repolib-{uuid.uuid4().hex[:8]}.tmp"
 
 
 class CountingFile(io.BufferedIOBase):
     """A backend file that counts the bytes it moves and translates backend errors."""
 
     def __init__(self, f: Any, path: str, count: Callable[..., None],
-                 translate: Callable[[BaseException], BaseException],
-                 commit: Callable[[], None] | None = None,
-                 abort: Callable[[], None] | None = None) -> None:
+                 translate: Callable[[BaseException], BaseException]) -> None:
         self._f = f
         self.path = path
         self._countfn = count
         self._translate = translate
-        self._commit = commit
-        self._abort = abort
         self._read = 0
         self._written = 0
 
@@ -138,31 +140,24 @@ class CountingFile(io.BufferedIOBase):
     def close(self) -> None:
         if self._f.closed:
             return
-        ok = False
         try:
             self._guard(self._f.close)
-            if self._commit is not None:
-                self._guard(self._commit)
-            ok = True
         finally:
-            if not ok and self._abort is not None:
-                self._abort()
-            self._commit = self._abort = None
             self._countfn(bytes_read=self._read, bytes_written=self._written)
             self._read = self._written = 0
 
     def discard(self) -> None:
-        """Give up a write: the target keeps its old content (local folders)."""
-        if self._abort is not None:
+        """Give up a write: the target keeps its old content (local folders: the temp file
+        goes; object stores: nothing was or will be uploaded)."""
+        if hasattr(self._f, "discard"):
             with contextlib.suppress(Exception):
-                self._f.close()
-            self._abort()
-            self._commit = self._abort = None
-        elif hasattr(self._f, "discard"):
-            self._f.discard()
+                self._f.discard()
+        if not self._f.closed:
+            with contextlib.suppress(Exception):
+                self._f.closed = True  # fsspec's buffered files: never flush what was dropped
 
     def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
-        if et is not None and self._abort is not None:
+        if et is not None and self.writable():
             self.discard()  # an exception inside `with`: do not publish a half-written file
             return
         self.close()
