@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -12,16 +11,9 @@ import pytest
 import repolib
 from repolib import crypto, keys
 from repolib.catalog import SQLiteStore
+from tests.helpers import Clock
 
 from .conftest import S3_KEY, S3_READ_KEY, S3_SECRET
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = time.time()
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def test_token_form(repo: repolib.Repository) -> None:

@@ -17,15 +17,7 @@ from repolib_mount.cache import BlockCache, DirCache, Meta, TTLCache
 from repolib_mount.handles import HandleTable, StagingArea
 from repolib_mount.inodes import ROOT_INODE, InodeTable, is_below, join, parent_of
 from repolib_mount.options import MountOptions, parse_size
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
+from tests.helpers import Clock
 
 # -- inodes -----------------------------------------------------------------------------------
 
@@ -130,7 +122,7 @@ def test_staging_area(tmp_path: Path) -> None:
 
 
 def test_ttl_cache_expiry_and_max_age() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     c = TTLCache(1.0, max_entries=3, clock=clock)
     c.put("a", 1)
     assert c.get("a") == 1 and c.hits == 1
@@ -148,7 +140,7 @@ def test_ttl_cache_expiry_and_max_age() -> None:
 
 
 def test_dir_cache_answers_lookups_from_one_listing() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     d = DirCache(5.0, clock=clock)
     assert d.entry("raw", "a") is None  # no listing: ask the backend
     d.put("raw", {"a": Meta(False, 3)})
@@ -541,7 +533,7 @@ def test_read_only_key_refuses_writes(ops_factory: Any) -> None:
 def test_disk_block_cache_bounds_ages_and_cleans_up(tmp_path: Path) -> None:
     from repolib_mount.diskcache import DiskBlockCache, folder_for
 
-    clock = Clock()
+    clock = Clock(1000.0)
     root = tmp_path / "blocks-1"
     d = DiskBlockCache(str(root), capacity=10, max_age=60, clock=clock)
     d.put(("f", (1,), 0), b"aaaa")
