@@ -94,6 +94,8 @@ class Access(str, enum.Enum):
 _RANK = {Access.READ: 0, Access.WRITE: 1, Access.ADMIN: 2}
 
 BUDGET_PERIODS = ("day", "month")
+# How many periods of the first kind overlap one period of the second kind, at most.
+_MOST_OVERLAPPING = {("day", "month"): 31}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,9 +151,12 @@ class AIPolicy:
             if limit is not None and (mine is None or mine > limit):
                 return False
         if other.token_budget is not None:
-            if self.token_budget is None or self.token_budget > other.token_budget:
+            if self.token_budget is None:
                 return False
-            if other.budget_period == "day" and self.budget_period != "day":
+            # Over one of the creator's periods, the child may spend its budget once in each
+            # of its own periods that overlap it: up to 31 days in a month, one month per day.
+            overlapping = _MOST_OVERLAPPING.get((self.budget_period, other.budget_period), 1)
+            if self.token_budget * overlapping > other.token_budget:
                 return False
         return not (self.clamp and not other.clamp and other.max_tokens is not None)
 

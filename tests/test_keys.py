@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import sqlite3
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import repolib
 from repolib import crypto, keys
@@ -398,3 +401,45 @@ def test_ai_policy_values() -> None:
             repolib.AIPolicy(**bad)  # type: ignore[arg-type]
     with pytest.raises(repolib.ConfigError):
         keys.coerce_ai("yes")
+
+
+def _most_spent(budget: int, period: str, start: dt.date, days: int) -> int:
+    """The most a budget lets a key spend in ``days`` whole UTC days from ``start``: its full
+    budget in every one of its periods that overlaps the window."""
+    periods = {(d.year, d.month) if period == "month" else d
+               for d in (start + dt.timedelta(i) for i in range(days))}
+    return budget * len(periods)
+
+
+budgets = st.tuples(st.integers(1, 50_000), st.sampled_from(["day", "month"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(child=budgets, parent=budgets, start=st.dates(dt.date(2026, 1, 1), dt.date(2027, 12, 1)),
+       days=st.integers(1, 70))
+def test_a_child_budget_allows_no_more_than_its_creator_over_any_window(
+        child: tuple[int, str], parent: tuple[int, str], start: dt.date, days: int) -> None:
+    c = repolib.AIPolicy(token_budget=child[0], budget_period=child[1])
+    p = repolib.AIPolicy(token_budget=parent[0], budget_period=parent[1])
+    if c.within(p):
+        assert _most_spent(*child, start, days) <= _most_spent(*parent, start, days)
+
+
+def test_an_admin_key_cannot_widen_a_budget_by_changing_its_period(
+        repo: repolib.Repository) -> None:
+    parent = repo.create_key("ops", "admin", ai={"token_budget": 10_000,
+                                                 "budget_period": "month"}).token
+    r = repolib.open("analytics", key=parent)
+    for ai in ({"token_budget": 10_000, "budget_period": "day"},
+               {"token_budget": 323, "budget_period": "day"},  # 31 days x 323 > 10,000
+               {"token_budget": 10_001, "budget_period": "month"}, True, {"rpm": 5}):
+        with pytest.raises(repolib.AccessDenied, match="beyond itself"):
+            r.create_key("child", "read", ai=ai)
+    ok = r.create_key("child", "read", ai={"token_budget": 322, "budget_period": "day"})
+    with pytest.raises(repolib.AccessDenied, match="beyond itself"):
+        r.update_key(ok.key_id, ai={"token_budget": 10_000, "budget_period": "day"})
+    daily = repolib.open("analytics", key=repo.create_key(
+        "ops2", "admin", ai={"token_budget": 100, "budget_period": "day"}).token)
+    daily.create_key("m", "read", ai={"token_budget": 100, "budget_period": "month"})
+    with pytest.raises(repolib.AccessDenied, match="beyond itself"):
+        daily.create_key("m2", "read", ai={"token_budget": 101, "budget_period": "month"})
