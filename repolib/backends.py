@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import posixpath
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +34,22 @@ def _shared(factory: Callable[..., Any], kind: str, kw: dict[str, Any]) -> Any:
     ident = hashlib.sha256(json.dumps([kind, kw], sort_keys=True, default=repr).encode())
     fs, _ = _instances.get_or_create(ident.hexdigest(),
                                      lambda: factory(skip_instance_cache=True, **kw))
+    return fs
+
+
+_memory_stores: dict[str, tuple[dict[str, Any], list[str]]] = {}  # a fork keeps a copy, as
+_memory_lock = threading.Lock()  # fsspec's own store does
+
+
+def _memory(repository_key: str) -> Any:
+    """A memory filesystem private to one repository: fsspec's own memory store is one per
+    process, shared by every user of ``memory://``; this one is reachable from no other
+    repository (and from no plain ``memory://`` URL)."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    fs = MemoryFileSystem(global_store=False, skip_instance_cache=True)
+    with _memory_lock:
+        fs.store, fs.pseudo_dirs = _memory_stores.setdefault(repository_key, ({}, [""]))
     return fs
 
 
@@ -116,10 +133,8 @@ def build(resolved: ResolvedResource) -> Backend:
         local = SafeLocalFileSystem(posixpath.normpath(rest), skip_instance_cache=True)
         return Backend(info.name, local, local.root, "file", read_only, True, secrets)
     elif proto == "memory":
-        from fsspec.implementations.memory import MemoryFileSystem
-
         root = "/" + rest.strip("/")
-        return Backend(info.name, MemoryFileSystem(skip_instance_cache=True), root, "memory",
+        return Backend(info.name, _memory(resolved.repository_key), root, "memory",
                        read_only, False, secrets)
     else:
         try:
@@ -132,6 +147,8 @@ def build(resolved: ResolvedResource) -> Backend:
 
 
 S3_CONNECT_TIMEOUT_S = 5
+S3_CONFIG_OPTIONS = ("connect_timeout", "read_timeout", "request_checksum_calculation",
+                     "response_checksum_validation")
 
 
 def _s3(options: dict[str, Any], extra: dict[str, Any], creds: dict[str, Any],
@@ -154,6 +171,12 @@ def _s3(options: dict[str, Any], extra: dict[str, Any], creds: dict[str, Any],
         kw["endpoint_url"] = options["endpoint_url"]
     if options.get("region"):
         kw["config_kwargs"]["region_name"] = options["region"]
+    for name in S3_CONFIG_OPTIONS:  # the allowlisted settings that live in botocore's Config
+        if name in kw:
+            kw["config_kwargs"][name] = kw.pop(name)
+    if "addressing_style" in kw:
+        kw["config_kwargs"]["s3"] = {**kw["config_kwargs"].get("s3", {}),
+                                     "addressing_style": kw.pop("addressing_style")}
     # botocore's defaults (60 s to connect, 5 legacy attempts) make a dead endpoint look like a
     # hang for minutes; a mount or a notebook should hear about it within seconds.
     config = kw["config_kwargs"]
@@ -178,6 +201,8 @@ def _gcs(options: dict[str, Any], extra: dict[str, Any], creds: dict[str, Any],
         kw["token"] = "anon"
     if options.get("endpoint_url"):
         kw["endpoint_url"] = options["endpoint_url"]
+    if "timeout" in kw:
+        kw["requests_timeout"] = kw.pop("timeout")
     kw.setdefault("project", "repolib")
     return _shared(gcsfs.GCSFileSystem, "gcs", kw)
 

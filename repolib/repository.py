@@ -56,6 +56,7 @@ class ResolvedResource:
     info: ResourceInfo
     credentials: dict[str, Any] = dataclasses.field(repr=False)
     credential_set: str  # "full", or "read" for a READ key given the read-only set
+    repository_key: str = ""  # the repository's identity: catalog and id (never reused)
 
 
 class Repository:
@@ -304,7 +305,8 @@ class Repository:
                                    row.read_ciphertext is not None) else vault.FULL
             creds = vault.decrypt_credentials(self._row, row, which,
                                               self._auth.data_key(tx, row, which))
-        return ResolvedResource(self._resource_info(row), creds, which)
+        return ResolvedResource(self._resource_info(row), creds, which,
+                                f"{self._ctx.store.location}#{self._row.id}")
 
     def _definition(self, tx: Tx, row: ResourceRow, full: bool) -> Definition:
         creds = vault.decrypt_credentials(self._row, row, vault.FULL,
