@@ -19,10 +19,13 @@ from typing import Any
 
 import fsspec
 
+from . import objstore
 from .exceptions import BackendUnavailable, ConfigError
 from .localfs import SafeLocalFileSystem
+from .objstore import FastObjects
 from .procstate import ProcessLocal
 from .repository import ResolvedResource
+from .resources import allowlist
 from .resources.storage import BUCKET_PROTOCOLS, split_url
 
 _instances: ProcessLocal[str, Any] = ProcessLocal()  # clients hold sockets and event loops
@@ -69,6 +72,7 @@ class Backend:
     read_only: bool
     local: bool
     secrets: tuple[str, ...] = dataclasses.field(repr=False, default=())
+    fast: FastObjects | None = None  # obstore reads, where checked to work (repolib.objstore)
 
     @property
     def prefixed(self) -> bool:
@@ -123,12 +127,20 @@ def build(resolved: ResolvedResource) -> Backend:
         return Backend(info.name, fs, root, "chained", read_only, False, secrets)
     proto, rest = split_url(url)
     kind = BUCKET_PROTOCOLS.get(proto)
+    root = "/".join(p for p in rest.split("/") if p)
+    fast = None
+    # obstore only for what repolib maps itself: raw backend options keep the fsspec path
+    plain = not ambient and set(extra) <= set(allowlist.STORAGE_OPTIONS.get(kind or "", ()))
     if kind == "s3":
-        fs = _s3(options, extra, creds, ambient)
+        fs = _s3(options, extra, dict(creds), ambient)
+        if plain:
+            fast = _s3_fast(root.split("/", 1)[0], options, creds)
     elif kind == "gcs":
         fs = _gcs(options, extra, creds, ambient)
     elif kind == "az":
-        fs = _azure(options, extra, creds, ambient)
+        fs = _azure(options, extra, dict(creds), ambient)
+        if plain:
+            fast = _azure_fast(root.split("/", 1)[0], options, creds)
     elif proto == "file":
         local = SafeLocalFileSystem(posixpath.normpath(rest), skip_instance_cache=True)
         return Backend(info.name, local, local.root, "file", read_only, True, secrets)
@@ -142,8 +154,7 @@ def build(resolved: ResolvedResource) -> Backend:
         except ImportError as exc:
             raise BackendUnavailable(f"the {proto}:// backend is not installed: {exc}") from exc
         return Backend(info.name, fs, root.rstrip("/"), proto, read_only, False, secrets)
-    root = "/".join(p for p in rest.split("/") if p)
-    return Backend(info.name, fs, root, kind, read_only, False, secrets)
+    return Backend(info.name, fs, root, kind, read_only, False, secrets, fast)
 
 
 S3_CONNECT_TIMEOUT_S = 5
@@ -183,6 +194,44 @@ def _s3(options: dict[str, Any], extra: dict[str, Any], creds: dict[str, Any],
     config.setdefault("connect_timeout", S3_CONNECT_TIMEOUT_S)
     config.setdefault("retries", {"mode": "standard", "max_attempts": 3})
     return _shared(s3fs.S3FileSystem, "s3", kw)
+
+
+def _s3_fast(bucket: str, options: dict[str, Any], creds: dict[str, Any]
+             ) -> FastObjects | None:
+    """The same bucket, endpoint and credentials as ``_s3``, through obstore."""
+    def first(*names: str) -> Any:
+        return next((creds[n] for n in names if creds.get(n)), None)
+
+    if set(creds) - set(allowlist.S3_KEY_FIELDS + allowlist.S3_SECRET_FIELDS
+                        + allowlist.S3_TOKEN_FIELDS):
+        return None  # other credential forms: only s3fs knows them
+    return objstore.s3(bucket, key=first(*allowlist.S3_KEY_FIELDS),
+                       secret=first(*allowlist.S3_SECRET_FIELDS),
+                       token=first(*allowlist.S3_TOKEN_FIELDS),
+                       endpoint=options.get("endpoint_url"), region=options.get("region"),
+                       path_style=options.get("addressing_style") == "path"
+                       or (bool(options.get("endpoint_url"))
+                           and options.get("addressing_style") != "virtual"))
+
+
+def _azure_fast(container: str, options: dict[str, Any], creds: dict[str, Any]
+                ) -> FastObjects | None:
+    """The same container, endpoint and key or SAS as ``_azure``, through obstore."""
+    account, endpoint = options.get("account_name"), options.get("endpoint_url")
+    key, sas = creds.get("account_key"), creds.get("sas_token")
+    if "connection_string" in creds:
+        parts = allowlist.parse_connection_string(str(creds["connection_string"]))
+        if set(parts) - {"DefaultEndpointsProtocol", "AccountName", "AccountKey",
+                         "SharedAccessSignature", "BlobEndpoint"}:
+            return None
+        account, key = parts.get("AccountName"), parts.get("AccountKey")
+        sas, endpoint = parts.get("SharedAccessSignature"), parts.get("BlobEndpoint")
+    elif set(creds) - {"account_key", "sas_token"}:
+        return None
+    if not account:
+        return None
+    return objstore.azure(container, account=account, account_key=key, sas_token=sas,
+                          endpoint=endpoint)
 
 
 def _gcs(options: dict[str, Any], extra: dict[str, Any], creds: dict[str, Any],

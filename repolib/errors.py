@@ -15,13 +15,14 @@ from collections.abc import Iterable
 from .exceptions import RepolibError
 
 _NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "NotFound", "ResourceNotFoundError", "NoSuchUpload",
-              "BlobNotFound", "ContainerNotFound", "FileNotFoundError"}
+              "BlobNotFound", "ContainerNotFound", "FileNotFoundError", "NotFoundError"}
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden",
            "ClientAuthenticationError", "AuthorizationFailure", "AuthenticationFailed",
            "NoCredentialsError", "PermissionError", "InvalidToken", "ExpiredToken",
-           "RefreshError", "DefaultCredentialsError"}
+           "RefreshError", "DefaultCredentialsError", "PermissionDeniedError",
+           "UnauthenticatedError"}
 _EXISTS = {"ResourceExistsError", "BucketAlreadyExists", "PreconditionFailed",
-           "FileExistsError", "BlobAlreadyExists"}
+           "FileExistsError", "BlobAlreadyExists", "AlreadyExistsError"}
 _UNREACHABLE = {"EndpointConnectionError", "ClientConnectorError", "ServerDisconnectedError",
                 "ConnectionRefusedError", "ServiceRequestError", "ConnectError",
                 "ClientOSError", "ConnectionError", "ConnectionResetError",

@@ -28,6 +28,7 @@ from .backends import Backend, build
 from .exceptions import AccessDenied, ConfigError, InvalidKey
 from .fsfile import CountingFile, is_temp_name, mtime_of, read_bytes
 from .keys import Access
+from .objstore import RangesUnsupported
 from .paths import RepoPath
 from .procstate import ProcessLocal
 from .repository import Repository
@@ -395,9 +396,32 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
     def cat_file(self, path: str, start: int | None = None, end: int | None = None,
                  **kwargs: Any) -> bytes:
         rp, backend = self._target(path, Access.READ, "read")
+        if backend.fast is not None and rp.rel and not kwargs and (start, end) == (None, None):
+            return bytes(self._call(rp, backend, backend.fast.get, backend.path(rp.rel),
+                                    measure=read_bytes))
+        if backend.fast is not None and rp.rel and not kwargs and start is not None and \
+                end is not None and 0 <= start and 0 <= end:
+            return bytes(self.read_range(path, start, end))
         data: bytes = self._call(rp, backend, backend.fs.cat_file, backend.path(rp.rel),
                                  start=start, end=end, measure=read_bytes, **kwargs)
         return data
+
+    def read_range(self, path: str, start: int, end: int) -> Any:
+        """Bytes ``[start, end)`` of a file as a buffer (``bytes``, or obstore's ``Bytes``:
+        anything ``memoryview`` takes), fetched without joining or copying where the backend
+        allows: the mount replies to the kernel straight from it. Short at the end of the file,
+        empty beyond it."""
+        rp, backend = self._target(path, Access.READ, "read")
+        if start >= end:
+            return b""
+        if backend.fast is not None and rp.rel:
+            try:
+                return self._call(rp, backend, backend.fast.get_range, backend.path(rp.rel),
+                                  start, end, measure=read_bytes)
+            except RangesUnsupported:
+                backend.fast = None  # this server needs the fsspec client's handling
+        return self._call(rp, backend, backend.fs.cat_file, backend.path(rp.rel), start=start,
+                          end=end, measure=read_bytes)
 
     def cat_ranges(self, paths_: list[str], starts: Any, ends: Any, max_gap: Any = None,
                    on_error: str = "return", **kwargs: Any) -> list[Any]:

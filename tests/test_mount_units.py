@@ -348,7 +348,7 @@ def test_new_names_in_a_small_listed_folder_cost_one_listing_not_two_requests_ea
 
 def _block_reader(blob: bytes, opts: MountOptions, memory: int, disk: Any = None
                   ) -> tuple[Any, list[tuple[int, int]], Any]:
-    """A BlockReader over a fake fs (the one call it makes: ranged cat_file) that counts
+    """A BlockReader over a fake fs (the one call it makes: read_range) that counts
     requests, and ``read_all()``: the whole file read front to back, in block-sized reads."""
     import collections
 
@@ -361,7 +361,7 @@ def _block_reader(blob: bytes, opts: MountOptions, memory: int, disk: Any = None
     calls: list[tuple[int, int]] = []
 
     class FS:
-        def cat_file(self, path: str, start: int, end: int) -> bytes:
+        def read_range(self, path: str, start: int, end: int) -> bytes:
             calls.append((start, end))
             return blob[start:end]
 
