@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
@@ -109,3 +110,31 @@ def test_host_identities_and_raw_options_keep_the_fsspec_client(catalog: repolib
     assert backends.build(repo.resolve("raw")).fast is None
     anon = backends.build(repo.resolve("anon")).fast
     assert anon is not None and anon.store.config.get("skip_signature") in (True, "true")
+
+
+@pytest.fixture(scope="module")
+def seaweed() -> Iterator[servers.S3Server]:
+    try:
+        with servers.seaweedfs_s3() as s:
+            yield s
+    except servers.ServerUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+def test_a_server_that_checks_signatures_and_honours_ranges(catalog: repolib.Catalog,
+                                                            seaweed: servers.S3Server) -> None:
+    bucket = servers.make_bucket(seaweed, unique())
+    repo = catalog.create_repository("analytics")
+    repo.add_storage("good", f"s3://{bucket}", endpoint_url=seaweed.endpoint_url,
+                     key=seaweed.key, secret=seaweed.secret)
+    repo.add_storage("bad", f"s3://{bucket}", endpoint_url=seaweed.endpoint_url,
+                     key=seaweed.key, secret="wrong-secret")
+    fs = _fs(repo)
+    fs.pipe_file("analytics/good/f.bin", PAYLOAD)
+    for start in (0, 4096, len(PAYLOAD) - 10):
+        assert bytes(fs.read_range("analytics/good/f.bin", start, start + 4096)) == \
+            PAYLOAD[start:start + 4096]
+    assert fs._state.backend("good").fast is not None  # ranges honoured: obstore stays
+    with pytest.raises(PermissionError) as e:
+        fs.read_range("analytics/bad/f.bin", 0, 10)
+    assert e.value.errno == errno.EACCES and "wrong-secret" not in str(e.value)
