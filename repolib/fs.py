@@ -547,17 +547,28 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
             self._call(rp, backend, backend.fs.rm, bpaths, recursive=recursive,
                        maxdepth=maxdepth)
 
-    def cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
+    def cp_file(self, path1: str, path2: str, callback: Any = DEFAULT_CALLBACK,
+                **kwargs: Any) -> None:
+        """Copy one file: server-side within a resource, else streamed. ``callback`` (as
+        ``copy(..., callback=)`` passes it) hears each file's size and bytes copied."""
         rp1, b1 = self._target(path1, Access.READ, "read")
         rp2, b2 = self._target(path2, Access.WRITE, "write")
         if rp1.resource == rp2.resource:
             self._call(rp1, b1, b1.fs.cp_file, b1.path(rp1.rel), b2.path(rp2.rel), **kwargs)
+            if callback is not DEFAULT_CALLBACK:  # a server-side copy: count it once done
+                info = self.info(path2)
+                if info["type"] == "file":
+                    callback.set_size(info.get("size"))
+                    callback.relative_update(info.get("size") or 0)
             return
         if self.isdir(path1):
             self.makedirs(path2, exist_ok=True)
             return
         with self.open(path1, "rb") as src, self.open(path2, "wb") as dst:
-            shutil.copyfileobj(src, dst, COPY_CHUNK)  # streamed: bounded memory
+            callback.set_size(getattr(src, "size", None))
+            while chunk := src.read(COPY_CHUNK):  # streamed: bounded memory
+                dst.write(chunk)
+                callback.relative_update(len(chunk))
 
     def mv(self, path1: Any, path2: Any, recursive: bool = False, maxdepth: int | None = None,
            **kwargs: Any) -> None:
