@@ -17,6 +17,7 @@ from repolib_mount.cache import BlockCache, DirCache, Meta, TTLCache
 from repolib_mount.handles import HandleTable, StagingArea
 from repolib_mount.inodes import ROOT_INODE, InodeTable, is_below, join, parent_of
 from repolib_mount.options import MountOptions, parse_size
+from tests.conftest import Cli
 from tests.helpers import Clock
 
 # -- inodes -----------------------------------------------------------------------------------
@@ -599,3 +600,40 @@ def test_staged_file_reports_whether_it_is_written_front_to_back(tmp_path: Path)
     fresh.truncate(0)  # O_TRUNC of a new file: still front to back
     assert seen[-1] == (0, True)
     area.close()
+
+
+# -- the command's first words to a newcomer --------------------------------------------------
+
+
+def test_mount_without_the_extra_names_it(repo: repolib.Repository, home: Path,
+                                          tmp_path: Path) -> None:
+    """A real `repolib mount` in a process where pyfuse3 (or trio) cannot be imported."""
+    import subprocess
+    import sys
+
+    token = repo.create_key("m", "read").token
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    env = {**os.environ, "REPOLIB_HOME": str(home), "REPOLIB_KEY": token}
+    for module in ("pyfuse3", "trio"):
+        code = (f"import sys; sys.modules[{module!r}] = None\n"
+                "from repolib.cli import main\n"
+                f"main(['mount', 'analytics', {str(mp)!r}], prog_name='repolib')")
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr == (f"Error: the mount needs {module}: "
+                               'pip install "repolib[mount]"\n')
+        assert not os.path.ismount(mp)
+
+
+def test_mount_on_a_missing_mountpoint_says_to_create_it(cli: Cli, repo: repolib.Repository,
+                                                         tmp_path: Path) -> None:
+    pytest.importorskip("pyfuse3", reason="needs pyfuse3 (repolib[mount])")
+    token = repo.create_key("m", "read").token
+    missing = tmp_path / "my mnt"
+    result = cli("mount", "analytics", str(missing), ok=False, env={"REPOLIB_KEY": token})
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert result.stderr == (f"Error: mountpoint {missing} does not exist: create it first "
+                             f"(mkdir -p '{missing}')\n")
+    assert not missing.exists()

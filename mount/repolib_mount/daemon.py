@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import select
+import shlex
 import signal
 import subprocess
 import sys
@@ -104,7 +105,8 @@ def prepare_mountpoint(mountpoint: str) -> str:
             clean_stale(mp)
             st = os.stat(mp)
         elif exc.errno == errno.ENOENT:
-            raise MountError(f"mountpoint {mp} does not exist") from None
+            raise MountError(f"mountpoint {mp} does not exist: create it first "
+                             f"(mkdir -p {shlex.quote(mp)})") from None
         else:
             raise MountError(f"mountpoint {mp}: {exc.strerror}") from None
     import stat
@@ -116,6 +118,16 @@ def prepare_mountpoint(mountpoint: str) -> str:
         what = f"{entry[0]} ({entry[1]})" if entry else "something"
         raise MountError(f"{mp} is already a mountpoint of {what}; `repolib umount {mp}` first")
     return mp
+
+
+def require_fuse() -> None:
+    """pyfuse3 and trio come with the ``mount`` extra: name it, as the backends name theirs."""
+    try:
+        import pyfuse3  # noqa: F401
+        import trio  # noqa: F401
+    except ImportError as exc:
+        raise MountError(f"the mount needs {exc.name or 'pyfuse3'}: "
+                         'pip install "repolib[mount]"') from None
 
 
 def _last_line(text: str) -> str:
