@@ -2,7 +2,8 @@
 
 A token is ``rpk_<key_id>_<secret>``: a 12-character key id and a 43-character secret, both in
 base62 (no ``_``), the secret carrying 256 bits. Parsing is exact — no trimming, no case folding —
-and anything else is :class:`~repolib.exceptions.InvalidKey`.
+and anything else is :class:`~repolib.exceptions.InvalidKey`; whitespace around a token gets a
+hint in that error's message, since that is a mistake of form that the holder can fix.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ SECRET_LENGTH = 43  # 62**43 > 2**256
 _TOKEN = re.compile(
     rf"rpk_([0-9A-Za-z]{{{KEY_ID_LENGTH}}})_([0-9A-Za-z]{{{SECRET_LENGTH}}})"
 )
+WHITESPACE_HINT = ("invalid API key: it has leading or trailing whitespace (a newline kept from a "
+                   "key file read with open().read()?); remove it")
 _KEY_ID = re.compile(rf"[0-9A-Za-z]{{{KEY_ID_LENGTH}}}")
 
 
@@ -45,6 +48,10 @@ def parse_token(token: object) -> tuple[str, str]:
         raise InvalidKey()
     m = _TOKEN.fullmatch(token)
     if m is None:
+        if token != token.strip():
+            # About the form only (nothing is looked up), and none of the token is shown: the
+            # usual cause is a newline kept by open(path).read() or a pasted space.
+            raise InvalidKey(WHITESPACE_HINT)
         raise InvalidKey()
     return m.group(1), m.group(2)
 

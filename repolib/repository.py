@@ -18,7 +18,7 @@ from .authority import Admin, Key, purge_expired
 from .catalog import KeyRow, RepoRow, ResourceRow, SecretRow, Tx
 from .context import Context
 from .exceptions import AccessDenied, ConfigError, SecretError
-from .info import IssuedKey, KeyInfo, ResourceInfo, iso
+from .info import IssuedKey, KeyInfo, KeyList, ResourceInfo, ResourceList, iso
 from .keys import Access, AIPolicy
 from .names import check_name
 from .resources import Definition, get_kind
@@ -220,12 +220,12 @@ class Repository:
 
     # -- resources --------------------------------------------------------------------------
 
-    def resources(self, kind: str | None = None) -> list[ResourceInfo]:
+    def resources(self, kind: str | None = None) -> ResourceList:
         """Resources the authority may see (a key sees only those in its scope)."""
         with self._ctx.store.read() as tx:
             rows = tx.resource_list(self._row.id)
-        return [self._resource_info(r) for r in rows
-                if self.in_scope(r.name) and (kind is None or r.kind == kind)]
+        return ResourceList(self._resource_info(r) for r in rows
+                            if self.in_scope(r.name) and (kind is None or r.kind == kind))
 
     def resource(self, name: str) -> ResourceInfo:
         with self._ctx.store.read() as tx:
@@ -339,11 +339,11 @@ class Repository:
 
     # -- keys -------------------------------------------------------------------------------
 
-    def keys(self, include_revoked: bool = True) -> list[KeyInfo]:
+    def keys(self, include_revoked: bool = True) -> KeyList:
         self.require(Access.ADMIN, "list keys")
         with self._ctx.store.read() as tx:
             rows = tx.key_list(self._row.id)
-        return [self._key_info(r) for r in rows if include_revoked or r.revoked_at is None]
+        return KeyList(self._key_info(r) for r in rows if include_revoked or r.revoked_at is None)
 
     def key(self, key_id: str) -> KeyInfo:
         key_id = keys.check_key_id(key_id)  # first: never echo a token pasted as an id

@@ -45,6 +45,34 @@ def test_padded_or_case_folded_tokens_are_invalid(repo: repolib.Repository) -> N
             repolib.open("analytics", key=variant)
 
 
+def test_whitespace_around_a_token_is_named_without_showing_the_key(
+        repo: repolib.Repository, tmp_path: Path) -> None:
+    issued = repo.create_key("ci", "read")
+    token = issued.token
+    key_file = tmp_path / "key"
+    key_file.write_text(token + "\n")
+    generic = str(repolib.InvalidKey())
+    revoked = repo.create_key("old", "read")
+    repo.revoke_key(revoked.key_id)
+    with key_file.open() as f:
+        read = f.read()  # what a newcomer writes: the newline stays
+    for variant in (read, " " + token, token + "\r\n", "\t" + token + " ", revoked.token + "\n",
+                    "rpk_short\n"):
+        with pytest.raises(repolib.InvalidKey) as exc:
+            repolib.open("analytics", key=variant)
+        message = str(exc.value)
+        assert "leading or trailing whitespace" in message and message != generic
+        for shown in (message, repr(exc.value)):
+            assert token not in shown and issued.key_id not in shown
+            assert keys.parse_token(token)[1][:8] not in shown and revoked.key_id not in shown
+            assert "\n" not in shown and "\\n" not in shown and "\t" not in shown
+    # Parsing stays exact, and a revoked, wrong or expired key is still the one opaque error.
+    for bad in (revoked.token, keys.format_token(issued.key_id, keys.new_secret()), token[:-1]):
+        with pytest.raises(repolib.InvalidKey) as exc:
+            repolib.open("analytics", key=bad)
+        assert str(exc.value) == generic
+
+
 def test_wrong_secret_for_a_real_key_id_is_invalid(repo: repolib.Repository) -> None:
     issued = repo.create_key("ci", "read")
     forged = keys.format_token(issued.key_id, keys.new_secret())
@@ -443,3 +471,26 @@ def test_an_admin_key_cannot_widen_a_budget_by_changing_its_period(
     daily.create_key("m", "read", ai={"token_budget": 100, "budget_period": "month"})
     with pytest.raises(repolib.AccessDenied, match="beyond itself"):
         daily.create_key("m2", "read", ai={"token_budget": 101, "budget_period": "month"})
+
+
+def test_listings_render_as_html_tables_in_notebooks(repo: repolib.Repository,
+                                                     catalog: repolib.Catalog) -> None:
+    from IPython.core.formatters import DisplayFormatter
+
+    issued = repo.create_key("<b>nb</b>", "read", resources=["raw"])
+    listings = (repo.keys(), repo.resources(), catalog.keys("analytics"),
+                catalog.resources("analytics"), repo.resources(kind="storage"))
+    for listing in listings:
+        assert isinstance(listing, list)  # the API stays a list
+        bundle, _ = DisplayFormatter().format(listing)  # what Jupyter shows
+        page = bundle["text/html"]
+        assert page.startswith("<table>") and page.count("<tr>") == len(listing) + 1
+        assert issued.token not in page and "<b>" not in page
+    keys_page = DisplayFormatter().format(repo.keys())[0]["text/html"]
+    assert "&lt;b&gt;nb&lt;/b&gt;" in keys_page and issued.info.masked in keys_page
+    assert "<td>read</td>" in keys_page and "<td>raw</td>" in keys_page
+    resources_page = DisplayFormatter().format(repo.resources())[0]["text/html"]
+    assert "<td>s3://bucket/raw</td>" in resources_page and S3_SECRET not in resources_page
+    assert repo.keys() == list(repo.keys()) and repo.keys()[0].key_id
+    empty = repolib.KeyList()
+    assert "no keys" in empty._repr_html_()
