@@ -208,7 +208,9 @@ def test_a_missing_file_is_named_by_its_repo_path(
                  ["cp", missing, "repo://analytics/dst/x"], ["mv", missing, str(tmp_path / "x")],
                  ["get", "-r", "repo://analytics/src/nope", str(tmp_path / "x")],
                  ["get", "repo://analytics/src/tree/*.nope", str(tmp_path / "x")],
-                 ["rm", "repo://analytics/src/tree/*.nope"]):
+                 ["rm", "repo://analytics/src/tree/*.nope"], ["ls", "repo://analytics/src/nope"],
+                 ["ls", "-R", "repo://analytics/src/nope"], ["du", "repo://analytics/src/nope"],
+                 ["du", "-s", "repo://analytics/src/nope"], ["find", "repo://analytics/src/nope"]):
         line = _one_error_line(cli(*args, env=env, ok=False), "Error: No such file: repo://")
         assert line == f"Error: No such file: {next(a for a in args if 'repo://' in a)}"
         assert not any(h in line for h in hidden), line

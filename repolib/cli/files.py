@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from glob import has_magic
 from typing import Any
 
@@ -46,12 +48,19 @@ def folder_needs_r(path: str, verb: str) -> click.ClickException:
     return click.ClickException(f"{path} is a folder: use -r to {verb}")
 
 
-def remote_info(fs: Any, path: str) -> dict[str, Any]:
-    """``info`` of a ``repo://`` path; missing → ``No such file: repo://...``."""
+@contextlib.contextmanager
+def missing_as(path: str) -> Iterator[None]:
+    """A FileNotFoundError inside becomes ``No such file: <path as given>``."""
     try:
-        info: dict[str, Any] = fs.info(path)
+        yield
     except FileNotFoundError:
         raise no_such_file(path) from None
+
+
+def remote_info(fs: Any, path: str) -> dict[str, Any]:
+    """``info`` of a ``repo://`` path; missing → ``No such file: repo://...``."""
+    with missing_as(path):
+        info: dict[str, Any] = fs.info(path)
     return info
 
 
@@ -89,10 +98,13 @@ def ls_cmd(state: State, path: str, long: bool, recursive: bool, as_json: bool,
     if path == "repo://":
         raise ConfigError("give a repository: repo://NAME")
     fs = filesystem(state, path, key, key_file)
-    if recursive:
-        entries = list(fs.find(path, withdirs=True, detail=True).values())
-    else:
-        entries = fs.ls(path, detail=True)
+    with missing_as(path):
+        if recursive:
+            entries = list(fs.find(path, withdirs=True, detail=True).values())
+        else:
+            entries = fs.ls(path, detail=True)
+    if not entries:
+        remote_info(fs, path)  # an empty folder, or nothing there at all?
     entries.sort(key=lambda e: e["name"])
     if as_json:
         print_json(entries)
@@ -113,10 +125,8 @@ def cat_cmd(state: State, paths: tuple[str, ...], key: str | None, key_file: str
     out = sys.stdout.buffer
     for p in paths:
         fs = filesystem(state, p, key, key_file)
-        try:
+        with missing_as(p):
             f = fs.open(p, "rb")
-        except FileNotFoundError:
-            raise no_such_file(p) from None
         with f:
             while chunk := f.read(2**20):
                 out.write(chunk)
@@ -154,10 +164,16 @@ def du_cmd(state: State, path: str, summary: bool, as_json: bool, key: str | Non
     """Disk usage: bytes under PATH (per entry, or the total with -s)."""
     fs = filesystem(state, path, key, key_file)
     if summary:
-        total = fs.du(path, total=True)
+        with missing_as(path):
+            total = fs.du(path, total=True)
+        if not total:
+            remote_info(fs, path)
         print_json({"path": path, "bytes": total}) if as_json else click.echo(f"{total}\t{path}")
         return
-    sizes = fs.du(path, total=False, withdirs=False)
+    with missing_as(path):
+        sizes = fs.du(path, total=False, withdirs=False)
+    if not sizes:
+        remote_info(fs, path)
     if as_json:
         print_json({"repo://" + k: v for k, v in sizes.items()})
         return
@@ -179,7 +195,10 @@ def find_cmd(state: State, path: str, pattern: str | None, maxdepth: int | None,
     import fnmatch
 
     fs = filesystem(state, path, key, key_file)
-    found = fs.find(path, maxdepth=maxdepth, detail=True)
+    with missing_as(path):
+        found = fs.find(path, maxdepth=maxdepth, detail=True)
+    if not found:
+        remote_info(fs, path)
     entries = [e for n, e in found.items()
                if pattern is None or fnmatch.fnmatch(n.rsplit("/", 1)[-1], pattern)]
     if as_json:
