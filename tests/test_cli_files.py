@@ -138,15 +138,15 @@ def two_resources(request: pytest.FixtureRequest, catalog: repolib.Catalog,
         server = request.getfixturevalue("s3_server")
         bucket = new_bucket(server)
         raw = server.filesystem()
-        raw.pipe({f"{bucket}/src/{rel}": data for rel, data in files.items()})
-        repo.add_storage("src", f"s3://{bucket}/src", **s3_options(server))
-        repo.add_storage("dst", f"s3://{bucket}/dst", **s3_options(server))
+        raw.pipe({f"{bucket}/pfx-src/{rel}": data for rel, data in files.items()})
+        repo.add_storage("src", f"s3://{bucket}/pfx-src", **s3_options(server))
+        repo.add_storage("dst", f"s3://{bucket}/pfx-dst", **s3_options(server))
 
         def snapshot() -> dict[str, bytes]:
             raw.invalidate_cache()
             return {p: raw.cat_file(p) for p in raw.find(bucket)}
 
-        hidden = [bucket]
+        hidden = [bucket, "pfx-"]
     return repo.create_key("cli", "write").token, snapshot, hidden
 
 
