@@ -27,7 +27,15 @@ from .exceptions import (
     SecretError,
     UpstreamError,
 )
-from .info import AuditEvent, IssuedKey, KeyInfo, RepositoryInfo, ResourceInfo
+from .info import (
+    AuditEvent,
+    IssuedKey,
+    KeyInfo,
+    KeyList,
+    RepositoryInfo,
+    ResourceInfo,
+    ResourceList,
+)
 from .keys import Access, AIPolicy
 from .repository import Repository
 
@@ -53,11 +61,13 @@ __all__ = [
     "InvalidKey",
     "IssuedKey",
     "KeyInfo",
+    "KeyList",
     "PolicyViolation",
     "RepolibError",
     "Repository",
     "RepositoryInfo",
     "ResourceInfo",
+    "ResourceList",
     "SecretError",
     "UpstreamError",
     "__version__",

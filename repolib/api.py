@@ -12,7 +12,7 @@ from .authority import Admin, authenticate
 from .catalog import RepoRow, Store
 from .context import Clock, Context
 from .exceptions import ConfigError, InvalidKey, SecretError
-from .info import AuditEvent, KeyInfo, RepositoryInfo, ResourceInfo
+from .info import AuditEvent, KeyList, RepositoryInfo, ResourceList
 from .names import check_name
 from .repository import Repository
 
@@ -229,7 +229,7 @@ class Catalog:
                                               if k.revoked_at is None)))
         return out
 
-    def resources(self, repository: str) -> list[ResourceInfo]:
+    def resources(self, repository: str) -> ResourceList:
         """A repository's resources, without credentials. Listing needs no secret."""
         row = self._repo_row(repository)
         return Repository(self._ctx, row, _ListOnly()).resources()  # type: ignore[arg-type]
@@ -268,7 +268,7 @@ class Catalog:
 
     # -- keys across repositories -------------------------------------------------------------
 
-    def keys(self, repository: str | None = None) -> list[KeyInfo]:
+    def keys(self, repository: str | None = None) -> KeyList:
         """Keys of one repository, or of all of them. Listing needs no secret."""
         self._ctx.require_catalog()
         with self._ctx.store.read() as tx:
@@ -276,7 +276,7 @@ class Catalog:
                 repos = [self._repo_row(repository)]
             else:
                 repos = tx.repo_list()
-            out = []
+            out = KeyList()
             for r in repos:
                 view = Repository(self._ctx, r, _ListOnly())  # type: ignore[arg-type]
                 out.extend(view._key_info(k) for k in tx.key_list(r.id))

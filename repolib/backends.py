@@ -13,15 +13,19 @@ import hashlib
 import json
 import os
 import posixpath
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import fsspec
 
+from . import objstore
 from .exceptions import BackendUnavailable, ConfigError
-from .paths import PathEscape
+from .localfs import SafeLocalFileSystem
+from .objstore import FastObjects
 from .procstate import ProcessLocal
 from .repository import ResolvedResource
+from .resources import allowlist
 from .resources.storage import BUCKET_PROTOCOLS, split_url
 
 _instances: ProcessLocal[str, Any] = ProcessLocal()  # clients hold sockets and event loops
@@ -33,6 +37,22 @@ def _shared(factory: Callable[..., Any], kind: str, kw: dict[str, Any]) -> Any:
     ident = hashlib.sha256(json.dumps([kind, kw], sort_keys=True, default=repr).encode())
     fs, _ = _instances.get_or_create(ident.hexdigest(),
                                      lambda: factory(skip_instance_cache=True, **kw))
+    return fs
+
+
+_memory_stores: dict[str, tuple[dict[str, Any], list[str]]] = {}  # a fork keeps a copy, as
+_memory_lock = threading.Lock()  # fsspec's own store does
+
+
+def _memory(repository_key: str) -> Any:
+    """A memory filesystem private to one repository: fsspec's own memory store is one per
+    process, shared by every user of ``memory://``; this one is reachable from no other
+    repository (and from no plain ``memory://`` URL)."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    fs = MemoryFileSystem(global_store=False, skip_instance_cache=True)
+    with _memory_lock:
+        fs.store, fs.pseudo_dirs = _memory_stores.setdefault(repository_key, ({}, [""]))
     return fs
 
 
@@ -53,6 +73,7 @@ class Backend:
     read_only: bool
     local: bool
     secrets: tuple[str, ...] = dataclasses.field(repr=False, default=())
+    fast: FastObjects | None = None  # obstore reads, where checked to work (repolib.objstore)
     allow_chown: bool = False  # local folders: chown changes the files' real owners
     markers: bool | None = None  # object stores: are "<folder>/" objects kept as folders?
 
@@ -61,24 +82,13 @@ class Backend:
         """A prefix (which may hold no object yet), not a bucket or a local folder."""
         return self.protocol == "memory" or (not self.local and "/" in self.root.strip("/"))
 
-    def path(self, rel: str, follow: bool = True) -> str:
-        """Backend path for a path inside the resource (already checked by repolib.paths).
-        ``follow=False``: the last component may be a symlink (lstat, readlink, unlink)."""
+    def path(self, rel: str) -> str:
+        """Backend path for a path inside the resource (already checked by repolib.paths;
+        a local folder's filesystem follows no symlink on the way, see repolib.localfs)."""
         if not rel:
             return self.root
-        p = f"{self.root.rstrip('/')}/{rel}" if self.root not in ("", "/") else \
+        return f"{self.root.rstrip('/')}/{rel}" if self.root not in ("", "/") else \
             f"{self.root}{rel}"
-        if self.local:
-            self._inside(p, follow)
-        return p
-
-    def _inside(self, p: str, follow: bool = True) -> None:
-        """Symlinks in a local folder may not lead outside it."""
-        root = os.path.realpath(self.root)
-        real = os.path.realpath(p) if follow else \
-            os.path.join(os.path.realpath(os.path.dirname(p)), os.path.basename(p))
-        if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
-            raise PathEscape(p[len(self.root):], "symlink leads outside the folder")
 
     def rel(self, name: str) -> str | None:
         """Inverse of ``path``: the path inside the resource, or None if outside the root."""
@@ -120,24 +130,27 @@ def build(resolved: ResolvedResource) -> Backend:
         return Backend(info.name, fs, root, "chained", read_only, False, secrets)
     proto, rest = split_url(url)
     kind = BUCKET_PROTOCOLS.get(proto)
+    root = "/".join(p for p in rest.split("/") if p)
+    fast = None
+    # obstore only for what repolib maps itself: raw backend options keep the fsspec path
+    plain = not ambient and set(extra) <= set(allowlist.STORAGE_OPTIONS.get(kind or "", ()))
     if kind == "s3":
-        fs = _s3(options, extra, creds, ambient)
+        fs = _s3(options, extra, dict(creds), ambient)
+        if plain:
+            fast = _s3_fast(root.split("/", 1)[0], options, creds)
     elif kind == "gcs":
         fs = _gcs(options, extra, creds, ambient)
     elif kind == "az":
-        fs = _azure(options, extra, creds, ambient)
+        fs = _azure(options, extra, dict(creds), ambient)
+        if plain:
+            fast = _azure_fast(root.split("/", 1)[0], options, creds)
     elif proto == "file":
-        from .localposix import PosixLocalFileSystem
-
-        root = posixpath.normpath(rest)
-        return Backend(info.name, PosixLocalFileSystem(auto_mkdir=True, skip_instance_cache=True),
-                       root, "file", read_only, True, secrets,
+        local = SafeLocalFileSystem(posixpath.normpath(rest), skip_instance_cache=True)
+        return Backend(info.name, local, local.root, "file", read_only, True, secrets,
                        allow_chown=bool(options.get("allow_chown")))
     elif proto == "memory":
-        from fsspec.implementations.memory import MemoryFileSystem
-
         root = "/" + rest.strip("/")
-        return Backend(info.name, MemoryFileSystem(skip_instance_cache=True), root, "memory",
+        return Backend(info.name, _memory(resolved.repository_key), root, "memory",
                        read_only, False, secrets)
     else:
         try:
@@ -145,11 +158,12 @@ def build(resolved: ResolvedResource) -> Backend:
         except ImportError as exc:
             raise BackendUnavailable(f"the {proto}:// backend is not installed: {exc}") from exc
         return Backend(info.name, fs, root.rstrip("/"), proto, read_only, False, secrets)
-    root = "/".join(p for p in rest.split("/") if p)
-    return Backend(info.name, fs, root, kind, read_only, False, secrets)
+    return Backend(info.name, fs, root, kind, read_only, False, secrets, fast)
 
 
 S3_CONNECT_TIMEOUT_S = 5
+S3_CONFIG_OPTIONS = ("connect_timeout", "read_timeout", "request_checksum_calculation",
+                     "response_checksum_validation")
 
 
 def _s3(options: dict[str, Any], extra: dict[str, Any], creds: dict[str, Any],
@@ -172,12 +186,56 @@ def _s3(options: dict[str, Any], extra: dict[str, Any], creds: dict[str, Any],
         kw["endpoint_url"] = options["endpoint_url"]
     if options.get("region"):
         kw["config_kwargs"]["region_name"] = options["region"]
+    for name in S3_CONFIG_OPTIONS:  # the allowlisted settings that live in botocore's Config
+        if name in kw:
+            kw["config_kwargs"][name] = kw.pop(name)
+    if "addressing_style" in kw:
+        kw["config_kwargs"]["s3"] = {**kw["config_kwargs"].get("s3", {}),
+                                     "addressing_style": kw.pop("addressing_style")}
     # botocore's defaults (60 s to connect, 5 legacy attempts) make a dead endpoint look like a
     # hang for minutes; a mount or a notebook should hear about it within seconds.
     config = kw["config_kwargs"]
     config.setdefault("connect_timeout", S3_CONNECT_TIMEOUT_S)
     config.setdefault("retries", {"mode": "standard", "max_attempts": 3})
     return _shared(s3fs.S3FileSystem, "s3", kw)
+
+
+def _s3_fast(bucket: str, options: dict[str, Any], creds: dict[str, Any]
+             ) -> FastObjects | None:
+    """The same bucket, endpoint and credentials as ``_s3``, through obstore."""
+    def first(*names: str) -> Any:
+        return next((creds[n] for n in names if creds.get(n)), None)
+
+    if set(creds) - set(allowlist.S3_KEY_FIELDS + allowlist.S3_SECRET_FIELDS
+                        + allowlist.S3_TOKEN_FIELDS):
+        return None  # other credential forms: only s3fs knows them
+    return objstore.s3(bucket, key=first(*allowlist.S3_KEY_FIELDS),
+                       secret=first(*allowlist.S3_SECRET_FIELDS),
+                       token=first(*allowlist.S3_TOKEN_FIELDS),
+                       endpoint=options.get("endpoint_url"), region=options.get("region"),
+                       path_style=options.get("addressing_style") == "path"
+                       or (bool(options.get("endpoint_url"))
+                           and options.get("addressing_style") != "virtual"))
+
+
+def _azure_fast(container: str, options: dict[str, Any], creds: dict[str, Any]
+                ) -> FastObjects | None:
+    """The same container, endpoint and key or SAS as ``_azure``, through obstore."""
+    account, endpoint = options.get("account_name"), options.get("endpoint_url")
+    key, sas = creds.get("account_key"), creds.get("sas_token")
+    if "connection_string" in creds:
+        parts = allowlist.parse_connection_string(str(creds["connection_string"]))
+        if set(parts) - {"DefaultEndpointsProtocol", "AccountName", "AccountKey",
+                         "SharedAccessSignature", "BlobEndpoint"}:
+            return None
+        account, key = parts.get("AccountName"), parts.get("AccountKey")
+        sas, endpoint = parts.get("SharedAccessSignature"), parts.get("BlobEndpoint")
+    elif set(creds) - {"account_key", "sas_token"}:
+        return None
+    if not account:
+        return None
+    return objstore.azure(container, account=account, account_key=key, sas_token=sas,
+                          endpoint=endpoint)
 
 
 def _gcs(options: dict[str, Any], extra: dict[str, Any], creds: dict[str, Any],
@@ -196,6 +254,8 @@ def _gcs(options: dict[str, Any], extra: dict[str, Any], creds: dict[str, Any],
         kw["token"] = "anon"
     if options.get("endpoint_url"):
         kw["endpoint_url"] = options["endpoint_url"]
+    if "timeout" in kw:
+        kw["requests_timeout"] = kw.pop("timeout")
     kw.setdefault("project", "repolib")
     return _shared(gcsfs.GCSFileSystem, "gcs", kw)
 

@@ -10,18 +10,20 @@ Nothing here imports a backend: exceptions are recognised by class name and stat
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Iterable
 
 from .exceptions import RepolibError
 
 _NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "NotFound", "ResourceNotFoundError", "NoSuchUpload",
-              "BlobNotFound", "ContainerNotFound", "FileNotFoundError"}
+              "BlobNotFound", "ContainerNotFound", "FileNotFoundError", "NotFoundError"}
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden",
            "ClientAuthenticationError", "AuthorizationFailure", "AuthenticationFailed",
            "NoCredentialsError", "PermissionError", "InvalidToken", "ExpiredToken",
-           "RefreshError", "DefaultCredentialsError"}
+           "RefreshError", "DefaultCredentialsError", "PermissionDeniedError",
+           "UnauthenticatedError"}
 _EXISTS = {"ResourceExistsError", "BucketAlreadyExists", "PreconditionFailed",
-           "FileExistsError", "BlobAlreadyExists"}
+           "FileExistsError", "BlobAlreadyExists", "AlreadyExistsError"}
 _UNREACHABLE = {"EndpointConnectionError", "ClientConnectorError", "ServerDisconnectedError",
                 "ConnectionRefusedError", "ServiceRequestError", "ConnectError",
                 "ClientOSError", "ConnectionError", "ConnectionResetError",
@@ -106,6 +108,10 @@ def translate(exc: BaseException, path: str, secrets: Iterable[str] = ()) -> Bas
     code = classify(exc)
     if code == errno.EIO and is_unreachable(exc):
         reason = "storage endpoint unreachable or the connection broke"
+    elif isinstance(exc, OSError) and exc.strerror is None:
+        # fsspec backends raise e.g. FileNotFoundError(backend_path): that path is the
+        # backend's (bucket, prefix, local folder), never shown; the caller's path is below.
+        reason = os.strerror(code)
     else:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         reason = scrub(str(reason), secrets).splitlines()[0][:300] if reason else ""

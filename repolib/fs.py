@@ -12,7 +12,6 @@ so pickling carries the key (or nothing, when it came from the environment), nev
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shutil
@@ -28,9 +27,10 @@ from fsspec.callbacks import DEFAULT_CALLBACK
 from . import api, errors, fsmeta, paths
 from .backends import Backend, build
 from .exceptions import AccessDenied, ConfigError, InvalidKey
-from .fsfile import NAME_MAX, CountingFile, is_temp_name, mtime_of, read_bytes, temp_beside
-from .fsposix import PosixOps, normalize, put_bytes
+from .fsfile import NAME_MAX, CountingFile, is_temp_name, mtime_of, read_bytes
+from .fsposix import PosixOps, apply_to_fd, normalize, put_bytes
 from .keys import Access
+from .objstore import RangesUnsupported
 from .paths import RepoPath
 from .procstate import ProcessLocal
 from .repository import Repository
@@ -197,13 +197,18 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):  # type: ignore[misc]
         _, backend = self._target(path, Access.READ, "read")
         return backend.local or backend.protocol == "memory"
 
-    def local_path(self, path: str) -> str | None:
-        """The file's own path on this machine when ``path`` is in a local-folder resource
-        (else None), after the key's read check: the mount reads such files directly."""
-        rp, backend = self._target(path, Access.READ, "read")
+    def local_open(self, path: str, flags: int = os.O_RDONLY, mode: int = 0o666) -> int | None:
+        """A raw descriptor of a file in a local-folder resource (None for other resources),
+        after the key's check for ``flags``, opened beneath the folder with no symlink
+        followed: the mount reads such files directly. The caller closes it."""
+        writing = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC))
+        rp, backend = self._target(path, Access.WRITE if writing else Access.READ,
+                                   "write" if writing else "read")
         if not backend.local:
             return None
-        return os.path.realpath(backend.path(rp.rel))  # checked inside the folder, resolved
+        fd: int = self._call(rp, backend, backend.fs.open_fd, backend.path(rp.rel), flags,
+                             mode)
+        return fd
 
     def check_writable(self, path: str) -> None:
         """Raise now what a write to ``path`` would be refused for (the key's level and
@@ -341,7 +346,7 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):  # type: ignore[misc]
             found = self._call(rp, backend, fsmeta.stat_object, backend, backend.path(rp.rel))
         else:
             found = self._call(rp, backend, backend.fs.info,
-                               backend.path(rp.rel, follow=not backend.local))
+                               backend.path(rp.rel))
         return self._entry(rp, backend, found)
 
     def exists(self, path: str, **kwargs: Any) -> bool:
@@ -430,36 +435,47 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):  # type: ignore[misc]
                 self._call(rp, backend, backend.fs.exists, target):
             # object stores check "create only" at upload time, if at all: say it at open
             raise FileExistsError(errno.EEXIST, "file exists", rp.full)
-        commit: Callable[[], None] | None = None
-        abort: Callable[[], None] | None = None
-        if backend.local and mode == "wb":
-            # Write beside the target and rename on close: a failed write keeps the old file.
-            tmp = temp_beside(target)
-            opened = tmp
-
-            def commit() -> None:
-                if wanted:
-                    self._apply_local(backend, tmp, wanted, False)
-                os.replace(tmp, target)
-
-            def abort() -> None:
-                with contextlib.suppress(OSError):
-                    os.remove(tmp)
-        else:
-            opened = target
-        f = self._call(rp, backend, backend.fs.open, opened, mode=mode,
+        before_close = None
+        if wanted and backend.local:
+            def before_close(raw: Any) -> None:  # on the open file: no path resolved again
+                raw.flush()
+                apply_to_fd(raw.fileno(), wanted, backend.allow_chown)
+        f = self._call(rp, backend, backend.fs.open, target, mode=mode,
                        block_size=block_size, autocommit=autocommit,
                        cache_options=cache_options, **kwargs)
         return CountingFile(f, rp.full, lambda **c: self._count(rp.resource, **c),
                              lambda exc: errors.translate(exc, rp.full, backend.secrets),
-                             commit=commit, abort=abort)
+                             before_close=before_close)
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None,
                  **kwargs: Any) -> bytes:
         rp, backend = self._target(path, Access.READ, "read")
+        if backend.fast is not None and rp.rel and not kwargs and (start, end) == (None, None):
+            return bytes(self._call(rp, backend, backend.fast.get, backend.path(rp.rel),
+                                    measure=read_bytes))
+        if backend.fast is not None and rp.rel and not kwargs and start is not None and \
+                end is not None and 0 <= start and 0 <= end:
+            return bytes(self.read_range(path, start, end))
         data: bytes = self._call(rp, backend, backend.fs.cat_file, backend.path(rp.rel),
                                  start=start, end=end, measure=read_bytes, **kwargs)
         return data
+
+    def read_range(self, path: str, start: int, end: int) -> Any:
+        """Bytes ``[start, end)`` of a file as a buffer (``bytes``, or obstore's ``Bytes``:
+        anything ``memoryview`` takes), fetched without joining or copying where the backend
+        allows: the mount replies to the kernel straight from it. Short at the end of the file,
+        empty beyond it."""
+        rp, backend = self._target(path, Access.READ, "read")
+        if start >= end:
+            return b""
+        if backend.fast is not None and rp.rel:
+            try:
+                return self._call(rp, backend, backend.fast.get_range, backend.path(rp.rel),
+                                  start, end, measure=read_bytes)
+            except RangesUnsupported:
+                backend.fast = None  # this server needs the fsspec client's handling
+        return self._call(rp, backend, backend.fs.cat_file, backend.path(rp.rel), start=start,
+                          end=end, measure=read_bytes)
 
     def cat_ranges(self, paths_: list[str], starts: Any, ends: Any, max_gap: Any = None,
                    on_error: str = "return", **kwargs: Any) -> list[Any]:
@@ -542,27 +558,16 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):  # type: ignore[misc]
             return
         if mode != "overwrite":
             kwargs["mode"] = mode
-        target = backend.path(rp.rel)
         wanted = normalize(attrs)
-        if wanted and backend.protocol == "az":  # adlfs's put_file fixes the metadata itself
+        if wanted and backend.protocol in ("az", "file"):
+            # adlfs's put_file fixes the metadata itself; a local file gets its attributes
+            # before it is renamed into place
             with open(lpath, "rb") as src, self.open(rpath, "wb", attrs=attrs) as dst:
                 shutil.copyfileobj(src, dst, COPY_CHUNK)
             return
         kwargs.update(fsmeta.write_kwargs(backend.protocol, wanted))
-        if backend.local and mode == "overwrite":
-            tmp = temp_beside(target)  # upload beside, then rename: never a partial file
-            try:
-                self._call(rp, backend, backend.fs.put_file, lpath, tmp, callback=callback,
-                           **kwargs)
-                if wanted:
-                    self._call(rp, backend, self._apply_local, backend, tmp, wanted, False)
-                os.replace(tmp, target)
-            finally:
-                with contextlib.suppress(OSError):
-                    os.remove(tmp)
-        else:
-            self._call(rp, backend, backend.fs.put_file, lpath, target, callback=callback,
-                       **kwargs)
+        self._call(rp, backend, backend.fs.put_file, lpath, backend.path(rp.rel),
+                   callback=callback, **kwargs)  # local folders: a temp file renamed on close
         self._count(rp.resource, bytes_written=os.path.getsize(lpath))
 
     def mkdir(self, path: str, create_parents: bool = True, *,
@@ -627,7 +632,7 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):  # type: ignore[misc]
         rp, backend = self._target(path, Access.WRITE, "delete")
         if not rp.rel:
             raise IsADirectoryError(errno.EISDIR, "is a directory", rp.full)
-        self._call(rp, backend, backend.fs.rm_file, backend.path(rp.rel, follow=False))
+        self._call(rp, backend, backend.fs.rm_file, backend.path(rp.rel))
 
     def rm(self, path: Any, recursive: bool = False, maxdepth: int | None = None) -> None:
         items = path if isinstance(path, list) else [path]
@@ -644,16 +649,24 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):  # type: ignore[misc]
                     groups.setdefault(rp.resource, (rp, backend, []))[2].extend(children)
                 continue
             groups.setdefault(rp.resource, (rp, backend, []))[2].append(
-                backend.path(rp.rel, follow=False))
+                backend.path(rp.rel))
         for rp, backend, bpaths in groups.values():
             self._call(rp, backend, backend.fs.rm, bpaths, recursive=recursive,
                        maxdepth=maxdepth)
 
-    def cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
+    def cp_file(self, path1: str, path2: str, callback: Any = DEFAULT_CALLBACK,
+                **kwargs: Any) -> None:
+        """Copy one file: server-side within a resource, else streamed. ``callback`` (as
+        ``copy(..., callback=)`` passes it) hears each file's size and bytes copied."""
         rp1, b1 = self._target(path1, Access.READ, "read")
         rp2, b2 = self._target(path2, Access.WRITE, "write")
         if rp1.resource == rp2.resource:
             self._call(rp1, b1, b1.fs.cp_file, b1.path(rp1.rel), b2.path(rp2.rel), **kwargs)
+            if callback is not DEFAULT_CALLBACK:  # a server-side copy: count it once done
+                info = self.info(path2)
+                if info["type"] == "file":
+                    callback.set_size(info.get("size"))
+                    callback.relative_update(info.get("size") or 0)
             return
         if self.isdir(path1):
             self.makedirs(path2, exist_ok=True)
@@ -664,7 +677,10 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):  # type: ignore[misc]
             kept.pop("uid", None)  # a local file's owner is the host's, not the data's
             kept.pop("gid", None)
         with self.open(path1, "rb") as src, self.open(path2, "wb", attrs=kept) as dst:
-            shutil.copyfileobj(src, dst, COPY_CHUNK)  # streamed: bounded memory
+            callback.set_size(getattr(src, "size", None))
+            while chunk := src.read(COPY_CHUNK):  # streamed: bounded memory
+                dst.write(chunk)
+                callback.relative_update(len(chunk))
 
     def mv(self, path1: Any, path2: Any, recursive: bool = False, maxdepth: int | None = None,
            **kwargs: Any) -> None:
@@ -674,7 +690,7 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):  # type: ignore[misc]
             if rp1.resource == rp2.resource and rp1.rel and rp2.rel:
                 if rp1.rel == rp2.rel:
                     return
-                src, dst = b1.path(rp1.rel, follow=False), b2.path(rp2.rel, follow=False)
+                src, dst = b1.path(rp1.rel), b2.path(rp2.rel)
                 if b1.protocol in ("file", "memory"):
                     self._call(rp1, b1, b1.fs.mv, src, dst, recursive=recursive,
                                maxdepth=maxdepth, **kwargs)

@@ -47,17 +47,15 @@ def is_temp_name(name: str) -> bool:
     return _TEMP_NAME.fullmatch(name) is not None
 
 
-NAME_MAX = 255  # bytes in one file name, as the mount's statfs says (and local filesystems)
+NAME_MAX = 255  # bytes in one name, on every filesystem a local folder is likely to be on
 _TEMP_EXTRA = len(".") + len(".repolib-") + 8 + len(".tmp")
 
 
-def temp_beside(target: str) -> str:
-    """A fresh temp name beside ``target`` for an atomic write: the target's name, cut to fit,
-    so the temp name is within NAME_MAX whatever the target name's length."""
-    head, tail = os.path.split(target)
-    room = NAME_MAX - _TEMP_EXTRA
-    short = os.fsdecode(os.fsencode(tail)[:room]) or "f"
-    return os.path.join(head, f".{short}.repolib-{uuid.uuid4().hex[:8]}.tmp")
+def temp_name(name: str) -> str:
+    """The temp file of an atomic write of ``name``, in the same folder: a name that fits
+    ``NAME_MAX`` whatever the length of ``name`` (a long one is cut, bytes-wise)."""
+    head = os.fsdecode(os.fsencode(name)[: NAME_MAX - _TEMP_EXTRA])
+    return f".{head}.repolib-{uuid.uuid4().hex[:8]}.tmp"
 
 
 class CountingFile(io.BufferedIOBase):
@@ -65,14 +63,12 @@ class CountingFile(io.BufferedIOBase):
 
     def __init__(self, f: Any, path: str, count: Callable[..., None],
                  translate: Callable[[BaseException], BaseException],
-                 commit: Callable[[], None] | None = None,
-                 abort: Callable[[], None] | None = None) -> None:
+                 before_close: Callable[[Any], None] | None = None) -> None:
         self._f = f
+        self._before_close = before_close  # e.g. set a new local file's mode and times
         self.path = path
         self._countfn = count
         self._translate = translate
-        self._commit = commit
-        self._abort = abort
         self._read = 0
         self._written = 0
 
@@ -146,31 +142,27 @@ class CountingFile(io.BufferedIOBase):
     def close(self) -> None:
         if self._f.closed:
             return
-        ok = False
         try:
+            if self._before_close is not None:
+                hook, self._before_close = self._before_close, None
+                self._guard(hook, self._f)
             self._guard(self._f.close)
-            if self._commit is not None:
-                self._guard(self._commit)
-            ok = True
         finally:
-            if not ok and self._abort is not None:
-                self._abort()
-            self._commit = self._abort = None
             self._countfn(bytes_read=self._read, bytes_written=self._written)
             self._read = self._written = 0
 
     def discard(self) -> None:
-        """Give up a write: the target keeps its old content (local folders)."""
-        if self._abort is not None:
+        """Give up a write: the target keeps its old content (local folders: the temp file
+        goes; object stores: nothing was or will be uploaded)."""
+        if hasattr(self._f, "discard"):
             with contextlib.suppress(Exception):
-                self._f.close()
-            self._abort()
-            self._commit = self._abort = None
-        elif hasattr(self._f, "discard"):
-            self._f.discard()
+                self._f.discard()
+        if not self._f.closed:
+            with contextlib.suppress(Exception):
+                self._f.closed = True  # fsspec's buffered files: never flush what was dropped
 
     def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
-        if et is not None and self._abort is not None:
+        if et is not None and self.writable():
             self.discard()  # an exception inside `with`: do not publish a half-written file
             return
         self.close()

@@ -80,7 +80,7 @@ class PosixOps:
         if mode is not None:
             changes["mode"] = stat.S_IMODE(int(mode))
         if backend.protocol == "file":
-            bpath = backend.path(rp.rel, follow=False)
+            bpath = backend.path(rp.rel)
             self._call(rp, backend, self._apply_local, backend, bpath, changes, True)
             return self._entry(rp, backend, self._call(rp, backend, backend.fs.info, bpath))
         if backend.protocol not in fsmeta.OBJECT_STORES:
@@ -122,7 +122,7 @@ class PosixOps:
         if not rp.rel:
             raise OSError(errno.EINVAL, "not a symlink", rp.full)
         if backend.protocol == "file":
-            bpath = backend.path(rp.rel, follow=False)
+            bpath = backend.path(rp.rel)
             return str(self._call(rp, backend, backend.fs.readlink, bpath))
         if backend.protocol not in fsmeta.OBJECT_STORES:
             raise OSError(errno.EINVAL, "not a symlink", rp.full)
@@ -155,7 +155,7 @@ class PosixOps:
     def _new_node(self, rp: Any, backend: Any, attrs: dict[str, Any], body: bytes) -> None:
         kind = stat.S_IFMT(attrs["mode"])
         if backend.protocol == "file":
-            bpath = backend.path(rp.rel, follow=False)
+            bpath = backend.path(rp.rel)
             if kind == stat.S_IFLNK:
                 self._call(rp, backend, backend.fs.symlink, body.decode("utf-8",
                                                                         "surrogateescape"), bpath)
@@ -232,7 +232,24 @@ class PosixOps:
         if attrs.get("mode") is not None:
             fs.chmod(bpath, attrs["mode"])
         if attrs.get("atime_ns") is not None or attrs.get("mtime_ns") is not None:
-            fs.utime(bpath, attrs.get("atime_ns"), attrs.get("mtime_ns"))
+            fs.utime_ns(bpath, attrs.get("atime_ns"), attrs.get("mtime_ns"))
+
+
+def apply_to_fd(fd: int, attrs: Mapping[str, Any], allow_chown: bool) -> None:
+    """Set attributes on an open local file (a new one about to be renamed into place):
+    owner (only with ``allow_chown``), then mode, then times; nothing is resolved by path."""
+    import os
+
+    st = os.fstat(fd)
+    uid, gid = attrs.get("uid"), attrs.get("gid")
+    if allow_chown and ((uid is not None and uid != st.st_uid) or
+                        (gid is not None and gid != st.st_gid)):
+        os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
+    if attrs.get("mode") is not None:
+        os.fchmod(fd, stat.S_IMODE(attrs["mode"]))
+    if attrs.get("atime_ns") is not None or attrs.get("mtime_ns") is not None:
+        a, m = attrs.get("atime_ns"), attrs.get("mtime_ns")
+        os.utime(fd, ns=(st.st_atime_ns if a is None else a, st.st_mtime_ns if m is None else m))
 
 
 def _create_empty(fs: Any, bpath: str) -> None:

@@ -1,9 +1,11 @@
-"""What listings return: plain frozen records, none of which holds a secret."""
+"""What listings return: plain frozen records, none of which holds a secret, in lists that
+render as tables in notebooks."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import html
 import time
 from typing import Any
 
@@ -92,6 +94,39 @@ class KeyInfo:
             "last_used_at": iso(self.last_used_at), "revoked_at": iso(self.revoked_at),
             "status": self.status(),
         }
+
+
+def _html_table(headers: list[str], rows: list[list[Any]], empty: str) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{esc('-' if c is None else str(c))}</td>" for c in r)
+                   + "</tr>" for r in rows)
+    if not rows:
+        body = f'<tr><td colspan="{len(headers)}"><i>{esc(empty)}</i></td></tr>'
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+class ResourceList(list[ResourceInfo]):
+    """What ``resources()`` returns: a plain list that Jupyter shows as a table."""
+
+    def _repr_html_(self) -> str:
+        return _html_table(
+            ["repository", "name", "kind", "target", "credentials set", "updated"],
+            [[r.repository, r.name, r.kind, r.summary, ", ".join(r.credentials) or "none",
+              iso(r.updated_at)] for r in self], "no resources")
+
+
+class KeyList(list[KeyInfo]):
+    """What ``keys()`` returns: a plain list that Jupyter shows as a table (masked keys)."""
+
+    def _repr_html_(self) -> str:
+        return _html_table(
+            ["repository", "key", "name", "access", "resources", "expires", "ai", "last used",
+             "status"],
+            [[k.repository, k.masked, k.name, k.access.value,
+              "all" if k.resources is None else ", ".join(k.resources) or "none",
+              iso(k.expires_at), "off" if k.ai is None else k.ai.describe(),
+              iso(k.last_used_at), k.status()] for k in self], "no keys")
 
 
 class IssuedKey:

@@ -2,7 +2,8 @@
 
 A token is ``rpk_<key_id>_<secret>``: a 12-character key id and a 43-character secret, both in
 base62 (no ``_``), the secret carrying 256 bits. Parsing is exact — no trimming, no case folding —
-and anything else is :class:`~repolib.exceptions.InvalidKey`.
+and anything else is :class:`~repolib.exceptions.InvalidKey`; whitespace around a token gets a
+hint in that error's message, since that is a mistake of form that the holder can fix.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ SECRET_LENGTH = 43  # 62**43 > 2**256
 _TOKEN = re.compile(
     rf"rpk_([0-9A-Za-z]{{{KEY_ID_LENGTH}}})_([0-9A-Za-z]{{{SECRET_LENGTH}}})"
 )
+WHITESPACE_HINT = ("invalid API key: it has leading or trailing whitespace (a newline kept from a "
+                   "key file read with open().read()?); remove it")
 _KEY_ID = re.compile(rf"[0-9A-Za-z]{{{KEY_ID_LENGTH}}}")
 
 
@@ -45,6 +48,10 @@ def parse_token(token: object) -> tuple[str, str]:
         raise InvalidKey()
     m = _TOKEN.fullmatch(token)
     if m is None:
+        if token != token.strip():
+            # About the form only (nothing is looked up), and none of the token is shown: the
+            # usual cause is a newline kept by open(path).read() or a pasted space.
+            raise InvalidKey(WHITESPACE_HINT)
         raise InvalidKey()
     return m.group(1), m.group(2)
 
@@ -94,6 +101,8 @@ class Access(str, enum.Enum):
 _RANK = {Access.READ: 0, Access.WRITE: 1, Access.ADMIN: 2}
 
 BUDGET_PERIODS = ("day", "month")
+# How many periods of the first kind overlap one period of the second kind, at most.
+_MOST_OVERLAPPING = {("day", "month"): 31}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,9 +158,12 @@ class AIPolicy:
             if limit is not None and (mine is None or mine > limit):
                 return False
         if other.token_budget is not None:
-            if self.token_budget is None or self.token_budget > other.token_budget:
+            if self.token_budget is None:
                 return False
-            if other.budget_period == "day" and self.budget_period != "day":
+            # Over one of the creator's periods, the child may spend its budget once in each
+            # of its own periods that overlap it: up to 31 days in a month, one month per day.
+            overlapping = _MOST_OVERLAPPING.get((self.budget_period, other.budget_period), 1)
+            if self.token_budget * overlapping > other.token_budget:
                 return False
         return not (self.clamp and not other.clamp and other.max_tokens is not None)
 

@@ -18,7 +18,7 @@ from .authority import Admin, Key, purge_expired
 from .catalog import KeyRow, RepoRow, ResourceRow, SecretRow, Tx
 from .context import Context
 from .exceptions import AccessDenied, ConfigError, SecretError
-from .info import IssuedKey, KeyInfo, ResourceInfo, iso
+from .info import IssuedKey, KeyInfo, KeyList, ResourceInfo, ResourceList, iso
 from .keys import Access, AIPolicy
 from .names import check_name
 from .resources import Definition, get_kind
@@ -56,6 +56,7 @@ class ResolvedResource:
     info: ResourceInfo
     credentials: dict[str, Any] = dataclasses.field(repr=False)
     credential_set: str  # "full", or "read" for a READ key given the read-only set
+    repository_key: str = ""  # the repository's identity: catalog and id (never reused)
 
 
 class Repository:
@@ -219,12 +220,12 @@ class Repository:
 
     # -- resources --------------------------------------------------------------------------
 
-    def resources(self, kind: str | None = None) -> list[ResourceInfo]:
+    def resources(self, kind: str | None = None) -> ResourceList:
         """Resources the authority may see (a key sees only those in its scope)."""
         with self._ctx.store.read() as tx:
             rows = tx.resource_list(self._row.id)
-        return [self._resource_info(r) for r in rows
-                if self.in_scope(r.name) and (kind is None or r.kind == kind)]
+        return ResourceList(self._resource_info(r) for r in rows
+                            if self.in_scope(r.name) and (kind is None or r.kind == kind))
 
     def resource(self, name: str) -> ResourceInfo:
         with self._ctx.store.read() as tx:
@@ -304,7 +305,8 @@ class Repository:
                                    row.read_ciphertext is not None) else vault.FULL
             creds = vault.decrypt_credentials(self._row, row, which,
                                               self._auth.data_key(tx, row, which))
-        return ResolvedResource(self._resource_info(row), creds, which)
+        return ResolvedResource(self._resource_info(row), creds, which,
+                                f"{self._ctx.store.location}#{self._row.id}")
 
     def _definition(self, tx: Tx, row: ResourceRow, full: bool) -> Definition:
         creds = vault.decrypt_credentials(self._row, row, vault.FULL,
@@ -337,11 +339,11 @@ class Repository:
 
     # -- keys -------------------------------------------------------------------------------
 
-    def keys(self, include_revoked: bool = True) -> list[KeyInfo]:
+    def keys(self, include_revoked: bool = True) -> KeyList:
         self.require(Access.ADMIN, "list keys")
         with self._ctx.store.read() as tx:
             rows = tx.key_list(self._row.id)
-        return [self._key_info(r) for r in rows if include_revoked or r.revoked_at is None]
+        return KeyList(self._key_info(r) for r in rows if include_revoked or r.revoked_at is None)
 
     def key(self, key_id: str) -> KeyInfo:
         key_id = keys.check_key_id(key_id)  # first: never echo a token pasted as an id

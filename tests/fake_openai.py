@@ -28,8 +28,9 @@ Chat behaviours (``mode`` or queued with ``push``):
 Content is deterministic: a completion has ``n`` tokens, the words ``w0 w1 ...``, where ``n`` is
 the largest of the body's ``max_tokens``, ``max_completion_tokens``, ``n_predict`` (or
 ``DEFAULT_TOKENS``), capped at ``MAX_TOKENS``; ``completion_tokens`` is ``n``. ``prompt_tokens``
-is the number of whitespace-separated words in the messages' string contents, unless the test
-sets ``prompt_tokens`` (an int) on the instance.
+is the number of whitespace-separated words in the messages (string contents, other parts as
+JSON) and in the body's tools, functions and schemas (``prompt_words``), unless the test sets
+``prompt_tokens`` (an int) on the instance.
 """
 
 from __future__ import annotations
@@ -210,7 +211,12 @@ def completion_tokens_for(body: dict[str, Any]) -> int:
     return min(max(asked) if asked else DEFAULT_TOKENS, MAX_TOKENS)
 
 
-def prompt_words(messages: Any) -> int:
+BILLED_FIELDS = ("tools", "functions", "tool_choice", "response_format")
+
+
+def prompt_words(messages: Any, body: dict[str, Any] | None = None) -> int:
+    """What this server bills as prompt: the words of the messages' string contents, of every
+    other message part and field (as JSON), and of the body's tools, functions and schemas."""
     if isinstance(messages, str):
         return len(messages.split())
     total = 0
@@ -218,6 +224,14 @@ def prompt_words(messages: Any) -> int:
         content = m.get("content") if isinstance(m, dict) else m
         if isinstance(content, str):
             total += len(content.split())
+        elif content is not None:
+            total += len(json.dumps(content).split())
+        if isinstance(m, dict):
+            rest = {k: v for k, v in m.items() if k not in ("role", "content")}
+            total += len(json.dumps(rest).split()) if rest else 0
+    for field in BILLED_FIELDS:
+        if body is not None and field in body:
+            total += len(json.dumps(body[field]).split())
     return total
 
 
@@ -312,7 +326,7 @@ class _Handler(BaseHTTPRequestHandler):
             behaviour = "ok"
         n = completion_tokens_for(body)
         prompt = fake.prompt_tokens if fake.prompt_tokens is not None \
-            else prompt_words(body.get("messages"))
+            else prompt_words(body.get("messages"), body)
         usage = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
         ident = f"chatcmpl-fake{len(fake.requests)}"
         model = body.get("model", "")

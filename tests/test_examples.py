@@ -69,6 +69,11 @@ def test_notebook_runs_top_to_bottom(demo: tuple[str, Path], home: Path,
     outputs = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
                         for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "demo/raw/2024.csv" in outputs
+    tables = [o["data"]["text/html"] for c in nb.cells if c.cell_type == "code"
+              and c.source.startswith("repo.resources()") for o in c.outputs
+              if "text/html" in o.get("data", {})]
+    assert len(tables) == 1 and tables[0].startswith("<table>"), tables  # rendered, not repr
+    assert all(f"<td>{name}</td>" in tables[0] for name in ("raw", "docs", "scratch", "local"))
     assert "Lisbon" in outputs  # the CSV through pandas
     assert "from: ['docs/" in outputs  # repo.ask used the documents
     answers = sorted(p.name for p in (data / "scratch" / "answers").iterdir())

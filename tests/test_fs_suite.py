@@ -27,12 +27,7 @@ class MemoryRepoFixtures(AbstractFixtures):
         prefix = f"suite-{uuid.uuid4().hex}"
         repo.add_storage("mem", f"memory://{prefix}")
         token = repo.create_key("suite", "write").token
-        fs = fsspec.filesystem("repo", key=token, home=str(tmp_path / "home"))
-        yield fs
-        from fsspec.implementations.memory import MemoryFileSystem
-
-        for k in [k for k in MemoryFileSystem.store if k.startswith(f"/{prefix}")]:
-            MemoryFileSystem.store.pop(k, None)
+        yield fsspec.filesystem("repo", key=token, home=str(tmp_path / "home"))
 
     @pytest.fixture
     def fs_join(self):  # type: ignore[no-untyped-def]

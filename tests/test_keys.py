@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import repolib
 from repolib import crypto, keys
 from repolib.catalog import SQLiteStore
+from tests.helpers import Clock
 
 from .conftest import S3_KEY, S3_READ_KEY, S3_SECRET
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = time.time()
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def test_token_form(repo: repolib.Repository) -> None:
@@ -48,6 +43,34 @@ def test_padded_or_case_folded_tokens_are_invalid(repo: repolib.Repository) -> N
                     "RPK_" + token[4:], token[:-1], token + "A"):
         with pytest.raises(repolib.InvalidKey):
             repolib.open("analytics", key=variant)
+
+
+def test_whitespace_around_a_token_is_named_without_showing_the_key(
+        repo: repolib.Repository, tmp_path: Path) -> None:
+    issued = repo.create_key("ci", "read")
+    token = issued.token
+    key_file = tmp_path / "key"
+    key_file.write_text(token + "\n")
+    generic = str(repolib.InvalidKey())
+    revoked = repo.create_key("old", "read")
+    repo.revoke_key(revoked.key_id)
+    with key_file.open() as f:
+        read = f.read()  # what a newcomer writes: the newline stays
+    for variant in (read, " " + token, token + "\r\n", "\t" + token + " ", revoked.token + "\n",
+                    "rpk_short\n"):
+        with pytest.raises(repolib.InvalidKey) as exc:
+            repolib.open("analytics", key=variant)
+        message = str(exc.value)
+        assert "leading or trailing whitespace" in message and message != generic
+        for shown in (message, repr(exc.value)):
+            assert token not in shown and issued.key_id not in shown
+            assert keys.parse_token(token)[1][:8] not in shown and revoked.key_id not in shown
+            assert "\n" not in shown and "\\n" not in shown and "\t" not in shown
+    # Parsing stays exact, and a revoked, wrong or expired key is still the one opaque error.
+    for bad in (revoked.token, keys.format_token(issued.key_id, keys.new_secret()), token[:-1]):
+        with pytest.raises(repolib.InvalidKey) as exc:
+            repolib.open("analytics", key=bad)
+        assert str(exc.value) == generic
 
 
 def test_wrong_secret_for_a_real_key_id_is_invalid(repo: repolib.Repository) -> None:
@@ -406,3 +429,68 @@ def test_ai_policy_values() -> None:
             repolib.AIPolicy(**bad)  # type: ignore[arg-type]
     with pytest.raises(repolib.ConfigError):
         keys.coerce_ai("yes")
+
+
+def _most_spent(budget: int, period: str, start: dt.date, days: int) -> int:
+    """The most a budget lets a key spend in ``days`` whole UTC days from ``start``: its full
+    budget in every one of its periods that overlaps the window."""
+    periods = {(d.year, d.month) if period == "month" else d
+               for d in (start + dt.timedelta(i) for i in range(days))}
+    return budget * len(periods)
+
+
+budgets = st.tuples(st.integers(1, 50_000), st.sampled_from(["day", "month"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(child=budgets, parent=budgets, start=st.dates(dt.date(2026, 1, 1), dt.date(2027, 12, 1)),
+       days=st.integers(1, 70))
+def test_a_child_budget_allows_no_more_than_its_creator_over_any_window(
+        child: tuple[int, str], parent: tuple[int, str], start: dt.date, days: int) -> None:
+    c = repolib.AIPolicy(token_budget=child[0], budget_period=child[1])
+    p = repolib.AIPolicy(token_budget=parent[0], budget_period=parent[1])
+    if c.within(p):
+        assert _most_spent(*child, start, days) <= _most_spent(*parent, start, days)
+
+
+def test_an_admin_key_cannot_widen_a_budget_by_changing_its_period(
+        repo: repolib.Repository) -> None:
+    parent = repo.create_key("ops", "admin", ai={"token_budget": 10_000,
+                                                 "budget_period": "month"}).token
+    r = repolib.open("analytics", key=parent)
+    for ai in ({"token_budget": 10_000, "budget_period": "day"},
+               {"token_budget": 323, "budget_period": "day"},  # 31 days x 323 > 10,000
+               {"token_budget": 10_001, "budget_period": "month"}, True, {"rpm": 5}):
+        with pytest.raises(repolib.AccessDenied, match="beyond itself"):
+            r.create_key("child", "read", ai=ai)
+    ok = r.create_key("child", "read", ai={"token_budget": 322, "budget_period": "day"})
+    with pytest.raises(repolib.AccessDenied, match="beyond itself"):
+        r.update_key(ok.key_id, ai={"token_budget": 10_000, "budget_period": "day"})
+    daily = repolib.open("analytics", key=repo.create_key(
+        "ops2", "admin", ai={"token_budget": 100, "budget_period": "day"}).token)
+    daily.create_key("m", "read", ai={"token_budget": 100, "budget_period": "month"})
+    with pytest.raises(repolib.AccessDenied, match="beyond itself"):
+        daily.create_key("m2", "read", ai={"token_budget": 101, "budget_period": "month"})
+
+
+def test_listings_render_as_html_tables_in_notebooks(repo: repolib.Repository,
+                                                     catalog: repolib.Catalog) -> None:
+    from IPython.core.formatters import DisplayFormatter
+
+    issued = repo.create_key("<b>nb</b>", "read", resources=["raw"])
+    listings = (repo.keys(), repo.resources(), catalog.keys("analytics"),
+                catalog.resources("analytics"), repo.resources(kind="storage"))
+    for listing in listings:
+        assert isinstance(listing, list)  # the API stays a list
+        bundle, _ = DisplayFormatter().format(listing)  # what Jupyter shows
+        page = bundle["text/html"]
+        assert page.startswith("<table>") and page.count("<tr>") == len(listing) + 1
+        assert issued.token not in page and "<b>" not in page
+    keys_page = DisplayFormatter().format(repo.keys())[0]["text/html"]
+    assert "&lt;b&gt;nb&lt;/b&gt;" in keys_page and issued.info.masked in keys_page
+    assert "<td>read</td>" in keys_page and "<td>raw</td>" in keys_page
+    resources_page = DisplayFormatter().format(repo.resources())[0]["text/html"]
+    assert "<td>s3://bucket/raw</td>" in resources_page and S3_SECRET not in resources_page
+    assert repo.keys() == list(repo.keys()) and repo.keys()[0].key_id
+    empty = repolib.KeyList()
+    assert "no keys" in empty._repr_html_()

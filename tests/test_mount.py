@@ -88,16 +88,18 @@ class World:
     read_key: str
     catalog: repolib.Catalog
 
-    def env(self, key: str | None) -> dict[str, str]:
+    def env(self, key: str | None, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("REPOLIB_")}
         env["REPOLIB_HOME"] = str(self.home)
         if key is not None:
             env["REPOLIB_KEY"] = key
-        return env
+        return {**env, **(extra or {})}
 
     def cli(self, *args: str, key: str | None = None, check: bool = True,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([sys.executable, "-m", "repolib", *args], env=self.env(key),
+            timeout: float = 60, extra_env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([sys.executable, "-m", "repolib", *args],
+                              env=self.env(key, extra_env),
                               capture_output=True, text=True, timeout=timeout, check=False)
         if check:
             assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
@@ -127,15 +129,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 @contextlib.contextmanager
 def mounted(world: World, mp: Path, key: str, *extra: str,
-            key_file: bool = False) -> Iterator[Path]:
+            key_file: bool = False, extra_env: dict[str, str] | None = None) -> Iterator[Path]:
     mp.mkdir(exist_ok=True)
     args = ["mount", "analytics", str(mp), "--cache-dir", str(world.cache), *extra]
     if key_file:  # the --key-file way instead of REPOLIB_KEY
         kf = mp.parent / f"{mp.name}.key"
         kf.write_text(key + "\n")
-        world.cli(*args, "--key-file", str(kf))
+        world.cli(*args, "--key-file", str(kf), extra_env=extra_env)
     else:
-        world.cli(*args, key=key)
+        world.cli(*args, key=key, extra_env=extra_env)
     pid = None
     try:
         assert os.path.ismount(mp)
@@ -422,6 +424,34 @@ def test_failed_upload_is_eio_and_the_old_file_stays(mnt: Path, world: World) ->
     shutil.rmtree(folder)
 
 
+def test_the_daemon_never_follows_a_symlink_swapped_in(mnt: Path, world: World) -> None:
+    """Files and folders swapped for symlinks out of the local folder, while shell tools and
+    Python use them through the mount: the daemon opens beneath the folder, following none."""
+    from tests.race import SECRET, swapping
+
+    race = mnt / "local" / "race"
+    deadline = time.monotonic() + 3.0
+    seen: list[bytes] = []
+    with swapping(world.data / "race", world.data.parent / "race-outside"):
+        assert wait_for(lambda: (race / "d").exists(), timeout=8)
+        while time.monotonic() < deadline:
+            for op in (lambda: (race / "f").read_bytes(),
+                       lambda: (race / "d" / "f").read_bytes(),
+                       lambda: "\n".join(os.listdir(race / "d")).encode(),
+                       lambda: shutil.copy(race / "d" / "f", race / "copy") and b"",
+                       lambda: (race / "copy").read_bytes(),
+                       lambda: os.rename(race / "d" / "f", race / "moved") or b"",
+                       lambda: (race / "d" / "planted").write_bytes(b"x") and b""):
+                with contextlib.suppress(OSError):
+                    seen.append(op())
+        cat = subprocess.run(["cat", str(race / "f"), str(race / "d" / "f")],
+                             capture_output=True, check=False)
+        seen.append(cat.stdout)
+    assert seen and not any(SECRET in s for s in seen)
+    shutil.rmtree(world.data / "race")
+    shutil.rmtree(world.data.parent / "race-outside")
+
+
 # -- several mounts, keys, signals ---------------------------------------------------------
 
 
@@ -513,15 +543,21 @@ def test_a_rotated_key_file_is_followed_without_a_remount(world: World, tmp_path
         assert wait_for(denied, timeout=6)
 
 
-def test_key_is_not_on_the_daemons_command_line_or_environment(world: World,
-                                                               tmp_path: Path) -> None:
-    with mounted(world, tmp_path / "e", world.write_key) as m:
+def test_no_secret_reaches_the_daemons_command_line_or_environment(world: World,
+                                                                   tmp_path: Path) -> None:
+    planted = {"REPOLIB_ADMIN_KEY": (world.home / "admin.key").read_text().strip(),
+               "REPOLIB_PASSPHRASE": "pass-Xq81", "REPOLIB_NEW_PASSPHRASE": "pass-Wz72",
+               "REPOLIB_SOMETHING_NEW": "new-Hk55", "OPENAI_API_KEY": "sk-planted-Jd03",
+               "GITHUB_TOKEN": "ghp-planted-Lm44"}
+    with mounted(world, tmp_path / "e", world.write_key, extra_env=planted) as m:
         pid = stats(m)["pid"]
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         environ = Path(f"/proc/{pid}/environ").read_bytes()
         secret = world.write_key.rsplit("_", 1)[1].encode()
         assert secret not in cmdline and secret not in environ
         assert b"REPOLIB_KEY=" not in environ and b"REPOLIB_KEY_FILE=" not in environ
+        for name, value in planted.items():
+            assert name.encode() + b"=" not in environ and value.encode() not in environ
         assert os.getsid(pid) == pid  # a session of its own
 
 

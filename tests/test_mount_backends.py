@@ -435,7 +435,7 @@ def test_a_failed_block_fetch_is_reported_not_refetched_for_a_moment(
     down = True
 
     class FS:
-        def cat_file(self, path: str, start: int, end: int) -> bytes:
+        def read_range(self, path: str, start: int, end: int) -> bytes:
             calls.append((start, end))
             if down:
                 raise OSError(errno.EIO, "storage endpoint unreachable")

@@ -17,15 +17,8 @@ from repolib_mount.cache import BlockCache, DirCache, Meta, TTLCache
 from repolib_mount.handles import HandleTable, StagingArea
 from repolib_mount.inodes import ROOT_INODE, InodeTable, is_below, join, parent_of
 from repolib_mount.options import MountOptions, parse_size
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
+from tests.conftest import Cli
+from tests.helpers import Clock
 
 # -- inodes -----------------------------------------------------------------------------------
 
@@ -130,7 +123,7 @@ def test_staging_area(tmp_path: Path) -> None:
 
 
 def test_ttl_cache_expiry_and_max_age() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     c = TTLCache(1.0, max_entries=3, clock=clock)
     c.put("a", 1)
     assert c.get("a") == 1 and c.hits == 1
@@ -148,7 +141,7 @@ def test_ttl_cache_expiry_and_max_age() -> None:
 
 
 def test_dir_cache_answers_lookups_from_one_listing() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     d = DirCache(5.0, clock=clock)
     assert d.entry("raw", "a") is None  # no listing: ask the backend
     d.put("raw", {"a": Meta(False, 3)})
@@ -397,7 +390,7 @@ def test_new_names_in_a_small_listed_folder_cost_one_listing_not_two_requests_ea
 
 def _block_reader(blob: bytes, opts: MountOptions, memory: int, disk: Any = None
                   ) -> tuple[Any, list[tuple[int, int]], Any]:
-    """A BlockReader over a fake fs (the one call it makes: ranged cat_file) that counts
+    """A BlockReader over a fake fs (the one call it makes: read_range) that counts
     requests, and ``read_all()``: the whole file read front to back, in block-sized reads."""
     import collections
 
@@ -410,7 +403,7 @@ def _block_reader(blob: bytes, opts: MountOptions, memory: int, disk: Any = None
     calls: list[tuple[int, int]] = []
 
     class FS:
-        def cat_file(self, path: str, start: int, end: int) -> bytes:
+        def read_range(self, path: str, start: int, end: int) -> bytes:
             calls.append((start, end))
             return blob[start:end]
 
@@ -584,7 +577,7 @@ def test_read_only_key_refuses_writes(ops_factory: Any) -> None:
 def test_disk_block_cache_bounds_ages_and_cleans_up(tmp_path: Path) -> None:
     from repolib_mount.diskcache import DiskBlockCache, folder_for
 
-    clock = Clock()
+    clock = Clock(1000.0)
     root = tmp_path / "blocks-1"
     d = DiskBlockCache(str(root), capacity=10, max_age=60, clock=clock)
     d.put(("f", (1,), 0), b"aaaa")
@@ -650,3 +643,40 @@ def test_staged_file_reports_whether_it_is_written_front_to_back(tmp_path: Path)
     fresh.truncate(0)  # O_TRUNC of a new file: still front to back
     assert seen[-1] == (0, True)
     area.close()
+
+
+# -- the command's first words to a newcomer --------------------------------------------------
+
+
+def test_mount_without_the_extra_names_it(repo: repolib.Repository, home: Path,
+                                          tmp_path: Path) -> None:
+    """A real `repolib mount` in a process where pyfuse3 (or trio) cannot be imported."""
+    import subprocess
+    import sys
+
+    token = repo.create_key("m", "read").token
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    env = {**os.environ, "REPOLIB_HOME": str(home), "REPOLIB_KEY": token}
+    for module in ("pyfuse3", "trio"):
+        code = (f"import sys; sys.modules[{module!r}] = None\n"
+                "from repolib.cli import main\n"
+                f"main(['mount', 'analytics', {str(mp)!r}], prog_name='repolib')")
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr == (f"Error: the mount needs {module}: "
+                               'pip install "repolib[mount]"\n')
+        assert not os.path.ismount(mp)
+
+
+def test_mount_on_a_missing_mountpoint_says_to_create_it(cli: Cli, repo: repolib.Repository,
+                                                         tmp_path: Path) -> None:
+    pytest.importorskip("pyfuse3", reason="needs pyfuse3 (repolib[mount])")
+    token = repo.create_key("m", "read").token
+    missing = tmp_path / "my mnt"
+    result = cli("mount", "analytics", str(missing), ok=False, env={"REPOLIB_KEY": token})
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert result.stderr == (f"Error: mountpoint {missing} does not exist: create it first "
+                             f"(mkdir -p '{missing}')\n")
+    assert not missing.exists()

@@ -87,6 +87,10 @@ def mount_cmd(state: State, repo_name: str, mountpoint: str, key: str | None,
     written are uploaded when they are closed (close-to-open; staleness bounded by the
     timeouts; last writer wins).
     """
+    try:
+        daemon.require_fuse()
+    except daemon.MountError as exc:
+        raise click.ClickException(str(exc)) from None
     token = explicit_key(key, key_file)
     if token is None:
         token = key_from_env()

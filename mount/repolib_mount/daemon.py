@@ -6,7 +6,8 @@ SIGINT and SIGTERM upload pending changes, then end the main loop and unmount.
 
 Background (the default): ``spawn`` starts ``python -m repolib_mount.daemon`` in a new session
 with stdio on a log file. The API key goes through the child's stdin pipe — never on its
-command line or in its environment (REPOLIB_KEY and REPOLIB_KEY_FILE are scrubbed) — and the
+command line or in its environment (``repolib.environ.for_children``: no key, admin secret or
+passphrase) — and the
 child reports "ready" or its one-line error on a separate pipe, so ``repolib mount`` returns
 only once the mount works, or fails with the daemon's reason.
 """
@@ -20,12 +21,15 @@ import json
 import logging
 import os
 import select
+import shlex
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
+
+from repolib import environ
 
 from .options import MountOptions
 
@@ -36,7 +40,6 @@ READY_TIMEOUT_S = 60.0
 FLUSH_ON_EXIT_TIMEOUT_S = 120.0
 WARM_UP_WAIT_S = 3.0  # the mount is reported ready once its backend clients exist, or after this
 READ_AHEAD_KB = 4096  # kernel read-ahead for the mount (bigger FUSE reads, fewer requests)
-_SCRUBBED_ENV = ("REPOLIB_KEY", "REPOLIB_KEY_FILE")
 
 
 class MountError(Exception):
@@ -102,7 +105,8 @@ def prepare_mountpoint(mountpoint: str) -> str:
             clean_stale(mp)
             st = os.stat(mp)
         elif exc.errno == errno.ENOENT:
-            raise MountError(f"mountpoint {mp} does not exist") from None
+            raise MountError(f"mountpoint {mp} does not exist: create it first "
+                             f"(mkdir -p {shlex.quote(mp)})") from None
         else:
             raise MountError(f"mountpoint {mp}: {exc.strerror}") from None
     import stat
@@ -114,6 +118,16 @@ def prepare_mountpoint(mountpoint: str) -> str:
         what = f"{entry[0]} ({entry[1]})" if entry else "something"
         raise MountError(f"{mp} is already a mountpoint of {what}; `repolib umount {mp}` first")
     return mp
+
+
+def require_fuse() -> None:
+    """pyfuse3 and trio come with the ``mount`` extra: name it, as the backends name theirs."""
+    try:
+        import pyfuse3  # noqa: F401
+        import trio  # noqa: F401
+    except ImportError as exc:
+        raise MountError(f"the mount needs {exc.name or 'pyfuse3'}: "
+                         'pip install "repolib[mount]"') from None
 
 
 def _last_line(text: str) -> str:
@@ -288,7 +302,7 @@ def spawn(repo_name: str, mountpoint: str, token: str, options: MountOptions,
     the key stops working, so a rotation does not end the mount."""
     config = json.dumps({"repository": repo_name, "mountpoint": mountpoint, "home": home,
                          "options": options.to_dict(), "key_file": key_file})
-    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
+    env = environ.for_children()  # no key, admin secret or passphrase reaches the daemon
     ready_r, ready_w = os.pipe()
     try:
         with open(log_path, "ab") as logf:

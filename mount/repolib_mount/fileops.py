@@ -121,16 +121,17 @@ class FileOperations(OperationsBase):
         local = self._local_paths.get(rel.split("/", 1)[0])
         if local is False:
             return -1
-        path = await self._run(self.fs.local_path, self._fs_path(rel))
-        self._local_paths[rel.split("/", 1)[0]] = path is not None
-        if path is None:
-            return -1
         try:
-            # resolved and checked by local_path: a symlink swapped in since is refused
-            return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            # opened beneath the folder with no symlink followed (repolib.localfs)
+            fd = await self._run(self.fs.local_open, self._fs_path(rel),
+                                 os.O_RDONLY | os.O_CLOEXEC)
+        except PermissionError:
+            raise  # refused (a symlink is never followed): not a reason to try another way
         except OSError as exc:
             log.debug("reading %s through the filesystem: %s", rel, exc)
             return -1
+        self._local_paths[rel.split("/", 1)[0]] = fd is not None
+        return -1 if fd is None else fd
 
     async def _open_write(self, inode: int, rel: str, flags: int, ctx: Any = None
                           ) -> pyfuse3.FileInfo:

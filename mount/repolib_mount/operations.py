@@ -76,8 +76,11 @@ class RepositoryOperations(AttrOperations):
     async def _learn_kind(self, resource: str) -> None:
         """Is ``resource`` a local folder (its files keep their own times)?"""
         if resource not in self._local_paths:
-            path = await self._run(self.fs.local_path, resource and self._fs_path(resource))
-            self._local_paths[resource] = path is not None
+            fd = await self._run(self.fs.local_open, self._fs_path(resource),
+                                 os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            if fd is not None:
+                os.close(fd)
+            self._local_paths[resource] = fd is not None
 
     @fuse_handler()
     async def opendir(self, inode: int, ctx: Any) -> int:

@@ -4,11 +4,11 @@ A reader whose requests follow each other (within a little slack, because the ke
 read-ahead requests concurrently and slightly out of order) is *sequential*: its reads are
 served from fixed-size blocks, and a growing window of blocks ahead of it (1, 2, 4, ... up to
 ``readahead_blocks``) is fetched in the background, in aligned runs of up to
-``request_blocks`` blocks with one ranged ``cat_file`` per run, several runs at once. Large
+``request_blocks`` blocks with one ranged ``read_range`` per run, several runs at once. Large
 requests matter more than anything else here: an S3 GET costs the Python client ~4 ms of CPU
 whatever its size, so 1 MiB requests cap a 2-core machine near 130 MiB/s and 16 MiB requests
 let it reach the server's limit. Any other reader is *random*: it gets exactly the range it
-asked for with one ranged ``cat_file`` and triggers no read-ahead, unless the blocks it needs
+asked for with one ranged ``read_range`` and triggers no read-ahead, unless the blocks it needs
 are cached already.
 """
 
@@ -78,7 +78,7 @@ class BlockReader:
             for k in keys:
                 self._raise_if_failed(k)
             self.counters["random_reads"] += 1
-            data: bytes = await self.run(self.fs.cat_file, path, start=off, end=end)
+            data = memoryview(await self.run(self.fs.read_range, path, off, end))
             self.counters["bytes_read"] += len(data)
             return data
         h.streak += 1
@@ -156,8 +156,8 @@ class BlockReader:
         event = self.inflight[key] = trio.Event()
         try:
             bs = self.block_size
-            data = await self.run(self.fs.cat_file, path, start=b * bs,
-                                  end=min(h.size, (b + 1) * bs))
+            data = memoryview(await self.run(self.fs.read_range, path, b * bs,
+                                             min(h.size, (b + 1) * bs)))
             self.counters["bytes_read"] += len(data)
             self.blocks.put(key, data)
             self._succeeded()
@@ -229,10 +229,9 @@ class BlockReader:
         error: BaseException | None = None
         parts: list[Block] = []
         try:
-            data: bytes = await self.run(self.fs.cat_file, path, start=start, end=end)
-            self.counters["bytes_read"] += len(data)
-            bs = self.block_size
-            view = memoryview(data)  # blocks share the request's buffer: copies are costly
+            view = memoryview(await self.run(self.fs.read_range, path, start, end))
+            self.counters["bytes_read"] += len(view)
+            bs = self.block_size  # blocks share the request's buffer: copies are costly
             for i, k in enumerate(keys):
                 part = view[i * bs:(i + 1) * bs]
                 if not part:

@@ -27,11 +27,46 @@ _CALLER_ONLY = {"timeout"}
 _REFUSED = {"extra_headers", "extra_query"}
 
 
+IMAGE_TOKENS = 1536  # reserved per image part: what the upstream bills depends on its size
+# Chat body fields that steer sampling or delivery and are not billed as prompt; every other
+# field of the final body (tools, functions, tool_choice, response_format, grammars, ...) is.
+_NOT_PROMPT = frozenset({
+    "messages", "model", "stream", "stream_options", "n", *MAX_TOKEN_FIELDS, "temperature",
+    "top_p", "top_k", "min_p", "seed", "stop", "user", "logprobs", "top_logprobs",
+    "presence_penalty", "frequency_penalty", "repeat_penalty", "logit_bias",
+    "parallel_tool_calls", "store", "metadata", "service_tier", "options",
+})
+
+
 def estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / CHARS_PER_TOKEN) if text else 0
 
 
+def _estimate_json(value: Any) -> int:
+    return estimate_tokens(json.dumps(value, default=str, ensure_ascii=False))
+
+
+def _estimate_content(content: Any) -> int:
+    """A message's content: text, or a list of parts (text, images, audio, files, ...)."""
+    if isinstance(content, str):
+        return estimate_tokens(content)
+    if isinstance(content, list):
+        total = 0
+        for part in content:
+            if isinstance(part, Mapping) and isinstance(part.get("text"), str) \
+                    and set(part) <= {"type", "text"}:
+                total += estimate_tokens(part["text"])
+            elif isinstance(part, Mapping) and part.get("type") in ("image_url", "image"):
+                total += IMAGE_TOKENS + _estimate_json(part)
+            else:
+                total += _estimate_json(part)
+        return total
+    return 0 if content is None else _estimate_json(content)
+
+
 def estimate_prompt(messages: Iterable[Mapping[str, Any]] | str | list[str]) -> int:
+    """Messages as the upstream bills them: every part of each (content of any shape, tool
+    calls and their results, names), plus a few tokens of framing per message."""
     if isinstance(messages, str):
         return estimate_tokens(messages)
     total = 0
@@ -39,13 +74,23 @@ def estimate_prompt(messages: Iterable[Mapping[str, Any]] | str | list[str]) -> 
         if isinstance(m, str):
             total += estimate_tokens(m)
             continue
-        content = m.get("content") if isinstance(m, Mapping) else None
-        if isinstance(content, str):
-            total += estimate_tokens(content)
-        elif content is not None:
-            total += estimate_tokens(json.dumps(content, default=str))
+        if not isinstance(m, Mapping):
+            total += _estimate_json(m)
+            continue
+        total += _estimate_content(m.get("content"))
+        rest = {k: v for k, v in m.items() if k not in ("role", "content")}
+        if rest:
+            total += _estimate_json(rest)
         total += 4  # role and separators
     return total
+
+
+def estimate_body_prompt(body: Mapping[str, Any]) -> int:
+    """Everything in a final chat body that is billed as prompt: the messages, and every field
+    that is not a sampling or delivery control (``tools``, ``functions``, ``response_format``
+    schemas, ...), so a large tool schema is reserved for, not waved through."""
+    rest = {k: v for k, v in body.items() if k not in _NOT_PROMPT}
+    return estimate_prompt(body.get("messages") or []) + (_estimate_json(rest) if rest else 0)
 
 
 def check_model(requested: str, policy: AIPolicy | None) -> None:
@@ -97,11 +142,11 @@ def chat_plan(upstream_model: str, messages: Any, params: Mapping[str, Any],
     else:
         body.pop("stream", None)
         body.pop("stream_options", None)
-    limit = _apply_max_tokens(body, policy, budgeted)
     n = body.get("n", 1)
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ConfigError("n must be a positive integer")
-    prompt = estimate_prompt(messages)
+    limit = _apply_max_tokens(body, policy, budgeted, n)
+    prompt = estimate_body_prompt(body)
     return Plan(body, prompt + (limit or 0) * n, prompt, wants_usage, timeout)
 
 
@@ -110,9 +155,19 @@ def embeddings_plan(upstream_model: str, input: Any, params: Mapping[str, Any]) 
     body = {**extra, **{k: v for k, v in params.items() if v is not None}, "input": input,
             "model": upstream_model}
     body.setdefault("encoding_format", "float")
-    texts = [input] if isinstance(input, str) else [x for x in input if isinstance(x, str)]
-    prompt = sum(estimate_tokens(t) for t in texts)
+    prompt = _estimate_input(input)
     return Plan(body, prompt, prompt, False, timeout)
+
+
+def _estimate_input(input: Any) -> int:
+    """Embeddings input: a string, strings, or token ids (one list or a list of lists)."""
+    if isinstance(input, str):
+        return estimate_tokens(input)
+    if not isinstance(input, list):
+        return _estimate_json(input)
+    if all(isinstance(x, int) for x in input):
+        return len(input)
+    return sum(_estimate_input(x) for x in input)
 
 
 def _requested(body: dict[str, Any]) -> list[tuple[dict[str, Any], str, Any]]:
@@ -123,8 +178,10 @@ def _requested(body: dict[str, Any]) -> list[tuple[dict[str, Any], str, Any]]:
     return found
 
 
-def _apply_max_tokens(body: dict[str, Any], policy: AIPolicy, budgeted: bool) -> int | None:
-    """Enforce max tokens on every spelling in the body; return the effective limit."""
+def _apply_max_tokens(body: dict[str, Any], policy: AIPolicy, budgeted: bool,
+                      n: int = 1) -> int | None:
+    """Enforce max tokens on every spelling in the body; return the effective limit per
+    choice. The key's cap bounds the whole request: ``n`` choices share it."""
     found = _requested(body)
     for _, field, value in found:
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
@@ -132,7 +189,10 @@ def _apply_max_tokens(body: dict[str, Any], policy: AIPolicy, budgeted: bool) ->
     unlimited = any(v is not None and v < 0 for _, _, v in found)  # n_predict=-1: no limit
     values = [v for _, _, v in found if v is not None and v >= 0]
     asked = None if unlimited or not values else max(values)
-    limit = policy.max_tokens
+    limit = None if policy.max_tokens is None else policy.max_tokens // n
+    if limit is not None and limit < 1:
+        raise PolicyViolation(f"n={n} choices do not fit this key's limit of "
+                              f"{policy.max_tokens} tokens per request")
     if limit is None and budgeted:
         limit_for_unbounded = DEFAULT_RESERVE  # a budget needs a bound to reserve against
     else:
@@ -144,8 +204,9 @@ def _apply_max_tokens(body: dict[str, Any], policy: AIPolicy, budgeted: bool) ->
         return limit_for_unbounded
     if limit is not None and asked > limit:
         if not policy.clamp:
-            raise PolicyViolation(f"max tokens {asked} is above this key's limit of {limit} "
-                                  "per request")
+            total = f"{asked} x {n} choices = {asked * n}" if n > 1 else str(asked)
+            raise PolicyViolation(f"max tokens {total} is above this key's limit of "
+                                  f"{policy.max_tokens} per request")
         _set_all(body, found, limit)
         return limit
     return asked

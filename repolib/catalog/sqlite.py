@@ -177,6 +177,7 @@ def _is_readonly(exc: sqlite3.Error) -> bool:
 class SQLiteTx(Tx):
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.c = conn
+        self.scrub = False  # deleted or replaced secrets: checkpoint the WAL after the commit
 
     def _one(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Row | None:
         row: sqlite3.Row | None = self.c.execute(sql, args).fetchone()
@@ -271,6 +272,7 @@ class SQLiteTx(Tx):
         return [r for r in map(self._resource, rows) if r is not None]
 
     def resource_replace(self, row: ResourceRow) -> None:
+        self.scrub = True
         self.c.execute(
             "UPDATE resources SET kind=?, public=?, credential_fields=?, read_credential_fields=?, "
             "ciphertext=?, read_ciphertext=?, admin_wrap=?, admin_read_wrap=?, updated_at=? "
@@ -280,6 +282,7 @@ class SQLiteTx(Tx):
              row.updated_at, row.id))
 
     def resource_delete(self, resource_id: int, now: float) -> None:
+        self.scrub = True
         # The row stays for the audit trail; its secrets go (secure_delete overwrites them).
         self.c.execute(
             "UPDATE resources SET deleted_at = ?, ciphertext = x'', read_ciphertext = NULL, "
@@ -361,6 +364,7 @@ class SQLiteTx(Tx):
                        (until, key_id, generation))
 
     def secrets_delete(self, key_id: str, generations: Sequence[int] | None = None) -> None:
+        self.scrub = True
         if generations is None:
             self.c.execute("DELETE FROM key_secrets WHERE key_id = ?", (key_id,))
             self.c.execute("DELETE FROM key_wraps WHERE key_id = ?", (key_id,))
@@ -404,6 +408,7 @@ class SQLiteTx(Tx):
         where, args = self._wrap_where(key_id, resource_id, which)
         if not where:
             raise ValueError("refusing to delete every wrap")
+        self.scrub = True
         self.c.execute(f"DELETE FROM key_wraps{where}", args)
 
     @staticmethod
@@ -671,8 +676,9 @@ class SQLiteStore(Store):
             yield SQLiteTx(conn)
             return
         self._begin(conn)
+        tx = SQLiteTx(conn)
         try:
-            yield SQLiteTx(conn)
+            yield tx
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -683,6 +689,19 @@ class SQLiteStore(Store):
             if _is_readonly(exc):
                 raise CatalogReadOnly(f"the catalog at {self.path} is read-only here") from exc
             raise CatalogError(f"could not save to the catalog: {exc}") from exc
+        if tx.scrub:
+            self._scrub_wal(conn)
+
+    def _scrub_wal(self, conn: sqlite3.Connection) -> None:
+        """Deleted secrets are zeroed in the database (``secure_delete``), but their old pages
+        stay in the WAL until it is checkpointed and cut: do both now. A reader holding an old
+        snapshot delays this (the busy timeout); a later scrub finishes the job."""
+        deadline = time.monotonic() + 5.0
+        while True:
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if not busy or time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import re
@@ -184,6 +185,23 @@ def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
+def print_record(data: dict[str, Any]) -> None:
+    """One record as FIELD / VALUE rows; nested fields dotted (``ai.max_tokens``)."""
+    rows: list[tuple[str, Any]] = []
+
+    def add(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                add(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(value, list | tuple):
+            rows.append((prefix, ",".join(map(str, value)) or "none"))
+        else:
+            rows.append((prefix, "-" if value is None or value == {} else value))
+
+    add("", data)
+    print_table(rows, ["field", "value"])
+
+
 def when(ts: float | None) -> str:
     return iso(ts) or "-"
 
@@ -192,7 +210,7 @@ def command_example(example: str) -> Callable[[Callable[..., Any]], Callable[...
     """Append an example to a command's help, so every command shows one."""
 
     def deco(f: Callable[..., Any]) -> Callable[..., Any]:
-        doc = (f.__doc__ or "").rstrip()
+        doc = inspect.cleandoc(f.__doc__ or "")  # the appended lines are not indented
         f.__doc__ = f"{doc}\n\n\b\nExample:\n  {example}\n"
         return functools.wraps(f)(f)
 

@@ -1,11 +1,11 @@
-"""File commands on ``repo://`` paths (and local paths): ls, cat, put, get, cp, mv, rm, du, find."""
+"""File commands on ``repo://`` paths: ls, cat, rm, du, find (put, get, cp, mv: transfer.py)."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from collections.abc import Iterator
+from glob import has_magic
 from typing import Any
 
 import click
@@ -24,8 +24,6 @@ from .common import (
     when,
 )
 
-PROGRESS_OVER = 4 * 2**20  # show a progress bar for transfers over this many bytes
-
 
 def is_remote(path: str) -> bool:
     return path.startswith("repo://")
@@ -41,30 +39,39 @@ def filesystem(state: State, path: str, key: str | None, key_file: str | None) -
                                 home=state.home)
 
 
+def no_such_file(path: str) -> click.ClickException:
+    """A missing file named as the user wrote it, never by its backend's own path."""
+    return click.ClickException(f"No such file: {path}")
+
+
+def folder_needs_r(path: str, verb: str) -> click.ClickException:
+    return click.ClickException(f"{path} is a folder: use -r to {verb}")
+
+
 @contextlib.contextmanager
-def progress(total: int, label: str) -> Iterator[Any]:
-    from fsspec.callbacks import DEFAULT_CALLBACK, TqdmCallback
-
-    shown = sys.stderr.isatty() or bool(os.environ.get("REPOLIB_PROGRESS"))
-    if total < PROGRESS_OVER or not shown:
-        yield DEFAULT_CALLBACK
-        return
-    cb = TqdmCallback(tqdm_kwargs={"desc": label, "unit": "B", "unit_scale": True,
-                                   "unit_divisor": 1024, "file": sys.stderr})
-    yield cb
-
-
-def _remote_size(fs: Any, path: str, recursive: bool) -> int:
+def missing_as(path: str) -> Iterator[None]:
+    """A FileNotFoundError inside becomes ``No such file: <path as given>``."""
     try:
-        return int(fs.du(path, total=True)) if recursive else int(fs.size(path) or 0)
-    except (OSError, ValueError):
-        return 0
+        yield
+    except FileNotFoundError:
+        raise no_such_file(path) from None
 
 
-def _local_size(path: str) -> int:
-    if os.path.isdir(path):
-        return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
-    return os.path.getsize(path) if os.path.exists(path) else 0
+def remote_info(fs: Any, path: str) -> dict[str, Any]:
+    """``info`` of a ``repo://`` path; missing → ``No such file: repo://...``."""
+    with missing_as(path):
+        info: dict[str, Any] = fs.info(path)
+    return info
+
+
+def remote_matches(fs: Any, path: str) -> list[tuple[str, dict[str, Any]]]:
+    """(``repo://`` URL, info) of what a path or glob names; nothing → ``No such file``."""
+    if not has_magic(path):
+        return [(path, remote_info(fs, path))]
+    found = fs.glob(path, detail=True)
+    if not found:
+        raise no_such_file(path)
+    return [("repo://" + name, info) for name, info in found.items()]
 
 
 def _entry_row(e: dict[str, Any]) -> tuple[Any, ...]:
@@ -91,10 +98,13 @@ def ls_cmd(state: State, path: str, long: bool, recursive: bool, as_json: bool,
     if path == "repo://":
         raise ConfigError("give a repository: repo://NAME")
     fs = filesystem(state, path, key, key_file)
-    if recursive:
-        entries = list(fs.find(path, withdirs=True, detail=True).values())
-    else:
-        entries = fs.ls(path, detail=True)
+    with missing_as(path):
+        if recursive:
+            entries = list(fs.find(path, withdirs=True, detail=True).values())
+        else:
+            entries = fs.ls(path, detail=True)
+    if not entries:
+        remote_info(fs, path)  # an empty folder, or nothing there at all?
     entries.sort(key=lambda e: e["name"])
     if as_json:
         print_json(entries)
@@ -115,100 +125,12 @@ def cat_cmd(state: State, paths: tuple[str, ...], key: str | None, key_file: str
     out = sys.stdout.buffer
     for p in paths:
         fs = filesystem(state, p, key, key_file)
-        with fs.open(p, "rb") as f:
+        with missing_as(p):
+            f = fs.open(p, "rb")
+        with f:
             while chunk := f.read(2**20):
                 out.write(chunk)
     out.flush()
-
-
-@click.command("put")
-@click.argument("sources", nargs=-1, required=True)
-@click.argument("target")
-@click.option("-r", "recursive", is_flag=True, help="Copy folders recursively.")
-@key_options
-@pass_state
-@command_example("repolib put -r ./reports repo://analytics/raw/reports")
-def put_cmd(state: State, sources: tuple[str, ...], target: str, recursive: bool,
-            key: str | None, key_file: str | None) -> None:
-    """Upload local files or folders into the repository."""
-    if not is_remote(target):
-        raise ConfigError("the target of put is a repo:// path")
-    fs = filesystem(state, target, key, key_file)
-    total = sum(_local_size(s) for s in sources)
-    with progress(total, "put") as cb:
-        fs.put(list(sources) if len(sources) > 1 else sources[0], target, recursive=recursive,
-               callback=cb)
-
-
-@click.command("get")
-@click.argument("sources", nargs=-1, required=True)
-@click.argument("target")
-@click.option("-r", "recursive", is_flag=True, help="Copy folders recursively.")
-@key_options
-@pass_state
-@command_example("repolib get -r repo://analytics/raw/reports ./reports")
-def get_cmd(state: State, sources: tuple[str, ...], target: str, recursive: bool,
-            key: str | None, key_file: str | None) -> None:
-    """Download files or folders from the repository."""
-    if not all(is_remote(s) for s in sources) or is_remote(target):
-        raise ConfigError("get copies repo:// paths to a local path")
-    fs = filesystem(state, sources[0], key, key_file)
-    total = sum(_remote_size(fs, s, recursive) for s in sources)
-    with progress(total, "get") as cb:
-        fs.get(list(sources) if len(sources) > 1 else sources[0], target, recursive=recursive,
-               callback=cb)
-
-
-def _transfer(state: State, src: str, dst: str, recursive: bool, key: str | None,
-              key_file: str | None, move: bool) -> None:
-    if is_remote(src) and is_remote(dst):
-        fs = filesystem(state, src, key, key_file)
-        if move:
-            fs.mv(src, dst, recursive=recursive)
-        else:
-            fs.copy(src, dst, recursive=recursive)
-    elif is_remote(dst):
-        fs = filesystem(state, dst, key, key_file)
-        with progress(_local_size(src), "upload") as cb:
-            fs.put(src, dst, recursive=recursive, callback=cb)
-        if move:
-            import shutil
-
-            shutil.rmtree(src) if os.path.isdir(src) else os.remove(src)
-    elif is_remote(src):
-        fs = filesystem(state, src, key, key_file)
-        with progress(_remote_size(fs, src, recursive), "download") as cb:
-            fs.get(src, dst, recursive=recursive, callback=cb)
-        if move:
-            fs.rm(src, recursive=recursive)
-    else:
-        raise ConfigError("one side must be a repo:// path (use your shell for local copies)")
-
-
-@click.command("cp")
-@click.argument("source")
-@click.argument("target")
-@click.option("-r", "recursive", is_flag=True, help="Copy folders recursively.")
-@key_options
-@pass_state
-@command_example("repolib cp repo://analytics/raw/2024.csv repo://analytics/curated/")
-def cp_cmd(state: State, source: str, target: str, recursive: bool, key: str | None,
-           key_file: str | None) -> None:
-    """Copy within the repository (server-side inside one resource) or to/from local paths."""
-    _transfer(state, source, target, recursive, key, key_file, move=False)
-
-
-@click.command("mv")
-@click.argument("source")
-@click.argument("target")
-@click.option("-r", "recursive", is_flag=True, help="Move folders recursively.")
-@key_options
-@pass_state
-@command_example("repolib mv repo://analytics/raw/tmp.csv repo://analytics/raw/2024.csv")
-def mv_cmd(state: State, source: str, target: str, recursive: bool, key: str | None,
-           key_file: str | None) -> None:
-    """Move or rename (copy then delete across resources)."""
-    _transfer(state, source, target, recursive, key, key_file, move=True)
 
 
 @click.command("rm")
@@ -221,7 +143,13 @@ def rm_cmd(state: State, paths: tuple[str, ...], recursive: bool, key: str | Non
            key_file: str | None) -> None:
     """Delete files (and folders with -r)."""
     fs = filesystem(state, paths[0], key, key_file)
-    fs.rm(list(paths), recursive=recursive)
+    targets = []
+    for p in paths:  # all checked first: a folder given without -r changes nothing
+        for shown, info in remote_matches(fs, p):
+            if info["type"] == "directory" and not recursive:
+                raise folder_needs_r(shown, "delete it and everything in it")
+            targets.append(shown)
+    fs.rm(targets, recursive=recursive)
 
 
 @click.command("du")
@@ -236,10 +164,16 @@ def du_cmd(state: State, path: str, summary: bool, as_json: bool, key: str | Non
     """Disk usage: bytes under PATH (per entry, or the total with -s)."""
     fs = filesystem(state, path, key, key_file)
     if summary:
-        total = fs.du(path, total=True)
+        with missing_as(path):
+            total = fs.du(path, total=True)
+        if not total:
+            remote_info(fs, path)
         print_json({"path": path, "bytes": total}) if as_json else click.echo(f"{total}\t{path}")
         return
-    sizes = fs.du(path, total=False, withdirs=False)
+    with missing_as(path):
+        sizes = fs.du(path, total=False, withdirs=False)
+    if not sizes:
+        remote_info(fs, path)
     if as_json:
         print_json({"repo://" + k: v for k, v in sizes.items()})
         return
@@ -261,7 +195,10 @@ def find_cmd(state: State, path: str, pattern: str | None, maxdepth: int | None,
     import fnmatch
 
     fs = filesystem(state, path, key, key_file)
-    found = fs.find(path, maxdepth=maxdepth, detail=True)
+    with missing_as(path):
+        found = fs.find(path, maxdepth=maxdepth, detail=True)
+    if not found:
+        remote_info(fs, path)
     entries = [e for n, e in found.items()
                if pattern is None or fnmatch.fnmatch(n.rsplit("/", 1)[-1], pattern)]
     if as_json:
@@ -271,4 +208,4 @@ def find_cmd(state: State, path: str, pattern: str | None, maxdepth: int | None,
         click.echo("repo://" + e["name"])
 
 
-COMMANDS = [ls_cmd, cat_cmd, put_cmd, get_cmd, cp_cmd, mv_cmd, rm_cmd, du_cmd, find_cmd]
+COMMANDS = [ls_cmd, cat_cmd, rm_cmd, du_cmd, find_cmd]

@@ -17,6 +17,7 @@ from .common import (
     parse_duration,
     pass_state,
     print_json,
+    print_record,
     print_table,
     when,
 )
@@ -128,15 +129,22 @@ def key_list(state: State, repository: str | None, active: bool, as_json: bool) 
 @key_group.command("show")
 @click.argument("repository")
 @click.argument("key_id")
+@json_option
 @pass_state
-@command_example("repolib key show analytics Ab12Cd34Ef56")
-def key_show(state: State, repository: str, key_id: str) -> None:
+@command_example("repolib key show analytics Ab12Cd34Ef56 --json")
+def key_show(state: State, repository: str, key_id: str, as_json: bool) -> None:
     """Show one key (masked)."""
     check_key_id(key_id)
     info = next((k for k in state.catalog.keys(repository) if k.key_id == key_id), None)
     if info is None:
         raise ConfigError(f"repository {repository!r} has no key {key_id!r}")
-    print_json(info.to_dict())
+    if as_json:
+        print_json(info.to_dict())
+        return
+    record = info.to_dict()  # as the listing says them: None means all resources, AI off
+    record["resources"] = record["resources"] if info.resources is not None else "all"
+    record["ai"] = record["ai"] if info.ai is not None else "off"
+    print_record(record)
 
 
 @key_group.command("rotate")

@@ -18,6 +18,7 @@ from .common import (
     parse_value,
     pass_state,
     print_json,
+    print_record,
     print_table,
     read_json_file,
     read_secret_file,
@@ -146,14 +147,15 @@ def resource_list(state: State, repository: str, as_json: bool) -> None:
 @resource_group.command("show")
 @click.argument("repository")
 @click.argument("name")
+@json_option
 @pass_state
-@command_example("repolib resource show analytics raw")
-def resource_show(state: State, repository: str, name: str) -> None:
+@command_example("repolib resource show analytics raw --json")
+def resource_show(state: State, repository: str, name: str, as_json: bool) -> None:
     """Show one resource's definition (which credential fields are set, never their values)."""
     info = next((r for r in state.catalog.resources(repository) if r.name == name), None)
     if info is None:
         raise ConfigError(f"repository {repository!r} has no resource {name!r}")
-    print_json(info.to_dict())
+    print_json(info.to_dict()) if as_json else print_record(info.to_dict())
 
 
 @resource_group.command("remove")

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..exceptions import ConfigError
+from . import allowlist
 from .base import Definition, ResourceKind, check_json
 
 _HTTP = re.compile(r"^https?://[^\s/@]+(/[^\s]*)?$")
@@ -61,9 +62,8 @@ class LLMKind(ResourceKind):
         return self.define(spec)
 
     def admin_secret_only(self, definition: Definition) -> str | None:
-        if not definition.credentials:
-            return "LLM endpoints without an api_key"
-        return None
+        return allowlist.llm_reason(definition.public["base_url"], definition.public["options"],
+                                    definition.credentials)
 
     def summary(self, public: Mapping[str, Any]) -> str:
         models = ",".join(public["models"] + list(public["aliases"])) or "-"

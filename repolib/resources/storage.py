@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..exceptions import ConfigError
+from . import allowlist
 from .base import Credentials, Definition, ResourceKind, check_json
 
 # Fields that are secrets whatever the backend: stored only encrypted, never listed by value.
@@ -117,6 +118,12 @@ class StorageKind(ResourceKind):
                 raise ConfigError("do not put credentials in endpoint_url")
         if "::" not in url and proto not in LOCAL_PROTOCOLS and proto != "memory":
             _check_protocol_known(proto)
+        kind = BUCKET_PROTOCOLS.get(proto) if "::" not in url else None
+        for creds in (credentials, read_credentials or {}):
+            reason = allowlist.ambient_reason(kind or proto, options, creds)
+            if reason is not None and not options.get("ambient_credentials"):
+                raise ConfigError(f"{reason}: the host's own identity is used only with "
+                                  "ambient_credentials=True, which needs the admin secret")
         public = {"url": url, "options": check_json(options, "storage options")}
         check_json(credentials, "credentials")
         if read_credentials is not None:
@@ -140,17 +147,10 @@ class StorageKind(ResourceKind):
 
     def admin_secret_only(self, definition: Definition) -> str | None:
         url: str = definition.public["url"]
-        options = definition.public["options"]
-        if "::" in url:
-            return "chained URLs (a::b)"
-        proto = split_url(url)[0]
-        if proto in LOCAL_PROTOCOLS:
-            return "local folders (file://)"
-        if options.get("ambient_credentials"):
-            return "ambient_credentials=True"
-        if proto != "memory" and not definition.credentials:
-            return "resources without explicit credentials"
-        return None
+        proto, rest = ("", url) if "::" in url else split_url(url)
+        return allowlist.storage_reason(BUCKET_PROTOCOLS.get(proto), url, rest,
+                                        definition.public["options"], definition.credentials,
+                                        definition.read_credentials)
 
     def summary(self, public: Mapping[str, Any]) -> str:
         return str(public["url"])
