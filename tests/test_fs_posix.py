@@ -305,3 +305,28 @@ def test_abort_uploads_aborts_only_that_key_in_its_window(t: Target) -> None:
         assert t.fs.abort_uploads(t.p("cut.bin")) == 1
     assert left() == [other]  # a longer name with the same prefix is not this key
     assert t.fs.abort_uploads(t.p("cut.bin.other")) == 1 and left() == []
+
+
+def test_metadata_formats_of_every_peer_are_read_and_written() -> None:
+    from repolib import fsmeta
+
+    # s3fs-fuse: integer seconds, or seconds.nanoseconds (also rclone's x-amz-meta-mtime)
+    assert fsmeta.parse_time_ns("978307200") == 978307200 * 10**9
+    assert fsmeta.parse_time_ns("1609459200.123456789") == 1609459200_123456789
+    assert fsmeta.parse_time_ns("1609459200.5") == 1609459200_500000000
+    # rclone on GCS and Azure: RFC 3339 with up to nanoseconds, any offset
+    assert fsmeta.parse_time_ns("2001-01-01T00:00:00.123456789Z") == T1
+    assert fsmeta.parse_time_ns("2001-01-01T01:00:00.123456789+01:00") == T1
+    assert fsmeta.parse_time_ns("2001-01-01T00:00:00Z") == 978307200 * 10**9
+    assert fsmeta.parse_time_ns("yesterday") is None
+    assert fsmeta.format_time(T1, "s3") == "978307200.123456789"
+    assert fsmeta.format_time(978307200 * 10**9, "s3") == "978307200"
+    assert fsmeta.format_time(T1, "gcs") == "2001-01-01T00:00:00.123456789Z"
+    md = fsmeta.encode("s3", {"mode": 0o100644, "uid": 0, "gid": 5, "mtime_ns": T1})
+    assert md == {"mode": "33188", "uid": "0", "gid": "5", "mtime": "978307200.123456789"}
+    # any case (servers capitalise headers), gsutil's mtime, s3fs-fuse's "mode 0" = unknown
+    assert fsmeta.decode({"Mode": "33188", "UID": "7", "goog-reserved-file-mtime": "10"}) == {
+        "mode": 0o100644, "uid": 7, "mtime_ns": 10 * 10**9}
+    assert fsmeta.decode({"mode": "0", "gid": "x", "mtime": "garbage"}) == {}
+    assert fsmeta.kind_of(0o120777, "file") == "link"
+    assert fsmeta.kind_of(0o010644, "file") == "other" and fsmeta.kind_of(None, "file") == "file"

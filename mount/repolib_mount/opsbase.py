@@ -221,6 +221,9 @@ class OperationsBase(pyfuse3.Operations):  # type: ignore[misc]
         folder's change by itself, so the cached ones are dropped."""
         if rel == "" or self._local_paths.get(rel.split("/", 1)[0]):
             self.attrs.pop(rel)
+            listed = self.dirs.get(parent_of(rel), count=False) if rel else None
+            if listed is not None and name_of(rel) in listed:  # its times: ask the folder
+                listed[name_of(rel)] = listed[name_of(rel)].with_(partial=True)
             return
         now = time.time_ns()
         self.volatile.setdefault(rel, {}).update(mtime_ns=now, ctime_ns=now)
