@@ -84,6 +84,17 @@ def t(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
     yield _world(tmp_path, request.param, request)
 
 
+@pytest.fixture(params=["s3", "moto", "gcs", "azure"])
+def objects(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    """Object stores only: where attributes are metadata."""
+    yield _world(tmp_path, request.param, request)
+
+
+@pytest.fixture(params=["s3", "moto"])
+def s3t(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    yield _world(tmp_path, request.param, request)
+
+
 def test_attributes_given_with_a_write_are_kept(t: Target) -> None:
     attrs = {"mode": stat.S_IFREG | 0o750, "uid": 123, "gid": 456, "mtime_ns": T1,
              "atime_ns": T1}
@@ -127,9 +138,8 @@ def test_setattrs_changes_only_the_metadata(t: Target) -> None:
         assert stat.S_IMODE(st.st_mode) == 0o741 and st.st_mtime_ns == T2
 
 
-def test_metadata_is_written_as_the_peers_write_it(t: Target) -> None:
-    if t.kind == "local":
-        pytest.skip("a local folder keeps attributes on the file itself, not as metadata")
+def test_metadata_is_written_as_the_peers_write_it(objects: Target) -> None:
+    t = objects
     t.fs.pipe_file(t.p("peer.txt"), b"x",
                    attrs={"mode": 0o100640, "uid": 0, "gid": 0, "mtime_ns": 978307200 * 10**9})
     md = t.raw_metadata("peer.txt")
@@ -142,9 +152,8 @@ def test_metadata_is_written_as_the_peers_write_it(t: Target) -> None:
         assert md["mtime"] == "2001-01-01T00:00:00.000000000Z"  # rclone's form on GCS, Azure
 
 
-def test_metadata_written_by_s3fs_fuse_is_read(t: Target) -> None:
-    if t.kind not in ("s3", "moto"):
-        pytest.skip("s3fs-fuse writes S3 only")
+def test_metadata_written_by_s3fs_fuse_is_read(s3t: Target) -> None:
+    t = s3t
     backend = t.fs._state.backend("res")
     bucket, key, _ = backend.fs.split_path(backend.path("by-s3fs.txt"))
     # what s3fs-fuse 1.90 wrote after chmod 750 and touch -d 2001-01-01 (INFRA.md)
