@@ -49,16 +49,29 @@ class Catalog:
     """
 
     def __init__(self, home: str | os.PathLike[str] | None = None, *, read_only: bool = False,
-                 clock: Clock | None = None, store: Store | None = None) -> None:
-        self._ctx = Context(home, read_only=read_only, clock=clock, store=store)
+                 clock: Clock | None = None, store: Store | None = None,
+                 catalog_url: str | None = None) -> None:
+        self._ctx = Context(home, read_only=read_only, clock=clock, store=store,
+                            catalog_url=catalog_url)
 
     @property
     def home(self) -> str:
+        """The folder of the admin secret (and of catalog.db when no catalog URL is set)."""
         return self._ctx.home
 
     @property
     def location(self) -> str:
+        """Where the catalog is: a file path, or a URL without its password."""
         return self._ctx.store.location
+
+    @property
+    def catalog_url(self) -> str | None:
+        """The catalog URL this catalog was opened with (None: home/catalog.db)."""
+        return self._ctx.catalog_url
+
+    @property
+    def _where(self) -> str:
+        return self.location if self._ctx.catalog_url else self.home
 
     def __repr__(self) -> str:
         return f"<Catalog {self._ctx.store.location}>"
@@ -99,13 +112,12 @@ class Catalog:
                 tx.meta_set("passphrase_salt", crypto.random_bytes(16))
                 secret = admin_secret.from_passphrase(tx, env[admin_secret.ENV_PASSPHRASE])
             else:
-                secret = admin_secret.new()
-                admin_secret.write_file(os.path.join(self.home, admin_secret.FILE_NAME), secret)
+                secret = admin_secret.for_new_catalog(self.home)
             material = crypto.admin_material(secret.value)
             tx.meta_set("admin_verifier", material.verifier)
             tx.meta_set("admin_public", material.public)
             tx.meta_set("admin_source", secret.source.encode())
-            audit.append(tx, actor="admin", action="catalog.initialised", target=self.home,
+            audit.append(tx, actor="admin", action="catalog.initialised", target=self._where,
                          detail={"admin_secret": secret.source}, now=now)
             audit.seal(tx, secret.value, now)
         self._ctx.set_admin(secret)
@@ -262,7 +274,7 @@ class Catalog:
         with self._ctx.store.read() as tx:
             row = tx.repo_get(name)
         if row is None:
-            raise ConfigError(f"no repository named {name!r} in the catalog at {self.home}; "
+            raise ConfigError(f"no repository named {name!r} in the catalog at {self._where}; "
                               "`repolib repo list` shows them")
         return row
 
@@ -377,10 +389,11 @@ class _ListOnly:
 
 
 def open(name: str, key: str | None = None, *, home: str | os.PathLike[str] | None = None,
-         clock: Clock | None = None) -> Repository:
+         clock: Clock | None = None, catalog_url: str | None = None) -> Repository:
     """Open repository ``name`` with an API key.
 
     ``key`` defaults to ``$REPOLIB_KEY``, else the contents of ``$REPOLIB_KEY_FILE``; the catalog
-    to ``home``, else ``$REPOLIB_HOME``, else the user data folder. Never uses the admin secret.
+    to ``catalog_url``, else ``$REPOLIB_CATALOG_URL``, else ``catalog.db`` in ``home``, else in
+    ``$REPOLIB_HOME``, else in the user data folder. Never uses the admin secret.
     """
-    return Catalog(home, clock=clock).open(name, key)
+    return Catalog(home, clock=clock, catalog_url=catalog_url).open(name, key)

@@ -54,10 +54,12 @@ class _State:
     def refresh(self, force: bool = False) -> None:
         """Re-check the key and the resource definitions at most every REVALIDATE_S."""
         now = time.monotonic()
-        if not force and now - self.checked < REVALIDATE_S:
+        if not force and now - self.checked < REVALIDATE_S and \
+                not self.repository.catalog_changed():
             return
         with self.lock:
-            if not force and now - self.checked < REVALIDATE_S:
+            if not force and now - self.checked < REVALIDATE_S and \
+                    not self.repository.catalog_changed():
                 return
             try:
                 self.repository.check_valid()
@@ -77,7 +79,7 @@ class _State:
             return False
         token = api.read_key_file(self.key_file)
         repo = self.repository
-        fresh = api.Catalog(repo.home).open(repo.name, token)
+        fresh = api.Catalog(repo.home, catalog_url=repo.catalog_url).open(repo.name, token)
         if fresh.key_id != repo.key_id:
             return False
         self.repository = fresh
@@ -115,9 +117,10 @@ def _state_for(repository: Repository, key_file: str | None) -> _State:
 class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
     """fsspec filesystem for ``repo://<repository>/<resource>/<path>``.
 
-    ``RepositoryFileSystem(repo="analytics", key="rpk_...", home=None)``; the key defaults to
-    ``REPOLIB_KEY`` / ``REPOLIB_KEY_FILE``, the catalog to ``REPOLIB_HOME``. ``repo`` is optional:
-    a key belongs to one repository.
+    ``RepositoryFileSystem(repo="analytics", key="rpk_...", home=None, catalog_url=None)``; the
+    key defaults to ``REPOLIB_KEY`` / ``REPOLIB_KEY_FILE``, the catalog to
+    ``REPOLIB_CATALOG_URL``, else catalog.db in ``REPOLIB_HOME``. ``repo`` is optional: a key
+    belongs to one repository.
     """
 
     protocol = "repo"
@@ -125,13 +128,16 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
 
     def __init__(self, repo: str | None = None, key: str | None = None,
                  home: str | None = None, *, repository: Repository | None = None,
-                 admin: bool = False, key_file: str | None = None, **kwargs: Any) -> None:
+                 admin: bool = False, key_file: str | None = None,
+                 catalog_url: str | None = None, **kwargs: Any) -> None:
+        if catalog_url is not None:
+            kwargs["catalog_url"] = catalog_url
         super().__init__(repo=repo, key=key, home=home, admin=admin, key_file=key_file,
                          **kwargs)
         if key is None and key_file is not None and repository is None:
             key = api.read_key_file(key_file)  # re-read after a rotation (see _State)
         if repository is None:
-            catalog = api.Catalog(home)
+            catalog = api.Catalog(home, catalog_url=catalog_url)
             if admin:
                 if repo is None:
                     raise ConfigError("admin=True needs repo=NAME")

@@ -103,14 +103,22 @@ class Repository:
         return self._ctx.store.location
 
     @property
+    def catalog_url(self) -> str | None:
+        """The catalog URL it was opened with (None: catalog.db in ``home``)."""
+        return self._ctx.catalog_url
+
+    @property
     def fs(self) -> Any:
         """This repository as an fsspec filesystem (``repo://`` paths, same authority)."""
         from .fs import RepositoryFileSystem  # the filesystem builds on Repository, not back
 
+        where: dict[str, Any] = {"home": self.home}
+        if self.catalog_url is not None:
+            where["catalog_url"] = self.catalog_url  # travels with a pickled fs (Dask workers)
         if isinstance(self._auth, Key):
-            return RepositoryFileSystem(repo=self.name, home=self.home, key=self._auth.token,
-                                        repository=self, key_file=self.key_file)
-        return RepositoryFileSystem(repo=self.name, home=self.home, admin=True, repository=self)
+            return RepositoryFileSystem(repo=self.name, key=self._auth.token, repository=self,
+                                        key_file=self.key_file, **where)
+        return RepositoryFileSystem(repo=self.name, admin=True, repository=self, **where)
 
     def record_usage(self, resource: str, model: str = "", **counters: float) -> None:
         """Count requests, bytes or tokens for this key and resource (flushed in the background)."""
@@ -133,14 +141,22 @@ class Repository:
 
     def check_valid(self) -> None:
         """Re-read the key from the catalog: revoked or expired keys stop here."""
+        changes = self._ctx.store.changes()
         with self._ctx.store.read() as tx:
             self._auth.recheck(tx, self._ctx.now())
         self._checked = time.monotonic()
+        self._changes_seen = changes
 
     def ensure_valid(self, max_age: float = 2.0) -> None:
-        """``check_valid`` at most every ``max_age`` seconds (a revoked key stops soon)."""
-        if time.monotonic() - getattr(self, "_checked", -1e9) >= max_age:
+        """``check_valid`` at most every ``max_age`` seconds, and at once when the catalog says
+        keys changed elsewhere (a shared catalog): a revoked key stops soon, everywhere."""
+        if time.monotonic() - getattr(self, "_checked", -1e9) >= max_age or \
+                self._ctx.store.changes() != getattr(self, "_changes_seen", None):
             self.check_valid()
+
+    def catalog_changed(self) -> bool:
+        """Has the catalog reported changes to keys or resources since the last check?"""
+        return self._ctx.store.changes() != getattr(self, "_changes_seen", None)
 
     @property
     def ai_policy(self) -> AIPolicy | None:

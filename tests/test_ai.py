@@ -49,6 +49,7 @@ from .fake_openai import FakeOpenAI, fake_openai
 from .llm_server import Unavailable, model_server
 
 ROOT = Path(__file__).resolve().parent.parent
+BOTH_STORES = pytest.mark.stores("sqlite", "postgres")  # budgets, rates, usage: either catalog
 HI = [{"role": "user", "content": "hi there"}]
 T0 = 1_800_000_015.0  # a fixed clock: 15 s into a minute (1_800_000_000 is a whole minute)
 
@@ -499,6 +500,7 @@ def test_an_over_long_max_tokens_is_refused(catalog: repolib.Catalog,
     assert [r.body["max_tokens"] for r in fake.chat_requests()] == [LIMIT]
 
 
+@BOTH_STORES
 def test_rpm_limit_refuses_and_says_when_it_resets(catalog: repolib.Catalog,
                                                    ai_repo: repolib.Repository,
                                                    fake: FakeOpenAI) -> None:
@@ -517,6 +519,7 @@ def test_rpm_limit_refuses_and_says_when_it_resets(catalog: repolib.Catalog,
     assert len(fake.chat_requests()) == 3
 
 
+@BOTH_STORES
 def test_token_budget_refuses_and_says_when_it_resets(catalog: repolib.Catalog,
                                                       ai_repo: repolib.Repository,
                                                       fake: FakeOpenAI) -> None:
@@ -575,6 +578,7 @@ print(json.dumps(results), flush=True)
 """
 
 
+@BOTH_STORES
 def test_budget_race_across_processes(catalog: repolib.Catalog, ai_repo: repolib.Repository,
                                       fake: FakeOpenAI, home: Path) -> None:
     """20 parallel calls from 3 processes against a budget for 7: 7 pass, 13 are refused."""
@@ -733,6 +737,7 @@ def test_the_token_cap_bounds_all_n_choices(catalog: repolib.Catalog,
 # =============================================================================================
 
 
+@BOTH_STORES
 def test_usage_totals_equal_the_responses_usage(catalog: repolib.Catalog,
                                                 ai_repo: repolib.Repository,
                                                 fake: FakeOpenAI, cli: Cli) -> None:
@@ -770,6 +775,7 @@ def test_usage_totals_equal_the_responses_usage(catalog: repolib.Catalog,
     assert {r["model"] for r in rows} == {"m1", "fast"}
 
 
+@BOTH_STORES
 def test_a_cut_stream_is_charged_its_reservation(catalog: repolib.Catalog,
                                                  ai_repo: repolib.Repository,
                                                  fake: FakeOpenAI) -> None:
@@ -789,6 +795,7 @@ def test_a_cut_stream_is_charged_its_reservation(catalog: repolib.Catalog,
     assert totals["prompt_tokens"] + totals["completion_tokens"] == reservation
 
 
+@BOTH_STORES
 def test_a_stream_closed_before_done_is_charged_its_reservation(
         catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI) -> None:
     """A clean close with no usage chunk, no finish_reason and no [DONE] is a cut too."""
@@ -801,6 +808,7 @@ def test_a_stream_closed_before_done_is_charged_its_reservation(
     assert ledger(catalog, repo.key_id) == estimate_prompt(HI) + 30
 
 
+@BOTH_STORES
 @pytest.mark.parametrize("stream", [False, True])
 def test_no_usage_from_the_server_is_estimated(catalog: repolib.Catalog,
                                                ai_repo: repolib.Repository,

@@ -1,5 +1,5 @@
-"""Many processes writing one catalog at once: no lost keys, no "database is locked", an
-intact audit chain."""
+"""Many processes writing one catalog at once (SQLite and PostgreSQL): no lost keys, no
+"database is locked", an intact audit chain."""
 
 from __future__ import annotations
 
@@ -10,7 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import repolib
+
+pytestmark = pytest.mark.stores("sqlite", "postgres")
 
 WORKERS = 8
 KEYS_PER_WORKER = 50
@@ -68,6 +72,8 @@ def test_parallel_key_creation(catalog: repolib.Catalog, home: Path, tmp_path: P
     barrier.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("REPOLIB_")}
     env["REPOLIB_HOME"] = str(home)
+    if os.environ.get("REPOLIB_CATALOG_URL"):  # the PostgreSQL catalog: workers share it
+        env["REPOLIB_CATALOG_URL"] = os.environ["REPOLIB_CATALOG_URL"]
     procs = []
     for i in range(WORKERS):
         out = tmp_path / f"tokens-{i}"

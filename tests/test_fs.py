@@ -354,6 +354,7 @@ def usage_of(catalog: repolib.Catalog, key_id: str) -> dict[str, dict[str, float
     return out
 
 
+@pytest.mark.stores("sqlite", "postgres")
 def test_usage_counts_bytes_moved(local_repo: repolib.Repository,
                                   catalog: repolib.Catalog) -> None:
     issued = local_repo.create_key("meter", "write")
@@ -372,6 +373,7 @@ def test_usage_counts_bytes_moved(local_repo: repolib.Repository,
     assert u["requests"] >= 5
 
 
+@pytest.mark.stores("sqlite", "postgres")
 def test_usage_from_threads_and_processes(local_repo: repolib.Repository,
                                           catalog: repolib.Catalog, home: Path) -> None:
     issued = local_repo.create_key("meter", "read")

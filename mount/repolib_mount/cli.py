@@ -121,7 +121,7 @@ def mount_cmd(state: State, repo_name: str, mountpoint: str, key: str | None,
             return
         log_path = daemon.log_path_for(cache_dir, repo.name, mp)
         pid = daemon.spawn(repo.name, mp, token, options, state.catalog.home, log_path,
-                           key_file=key_file)
+                           key_file=key_file, catalog_url=state.catalog_url)
     except daemon.MountError as exc:
         raise click.ClickException(str(exc)) from None
     mode = "read-only" if (read_only or repo.access.value == "read") else "read-write"

@@ -254,7 +254,7 @@ def _usage_line(repo: Any) -> str:
     from ..api import Catalog
 
     me = repo.key_id or "admin"
-    cat = Catalog(repo.home)
+    cat = Catalog(repo.home, catalog_url=repo.catalog_url)
     totals: dict[str, float] = {}
     for ai in (False, True):
         for row in cat.usage(repo.name, by="key", ai=ai):

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..exceptions import CatalogError, CatalogReadOnly
 from .store import (
+    TABLES,
     AuditRow,
     KeyRow,
     RepoRow,
@@ -471,6 +472,19 @@ class SQLiteTx(Tx):
                        "ON CONFLICT(key_id, period) DO UPDATE SET tokens = tokens + "
                        "excluded.tokens", (key_id, period, tokens))
 
+    def ledger_reserve(self, key_id: str, period: str, tokens: float, limit: float) -> bool:
+        # Writes hold the whole file (BEGIN IMMEDIATE): read-check-add is one step here.
+        if self.ledger_get(key_id, period) + tokens > limit:
+            return False
+        self.ledger_add(key_id, period, tokens)
+        return True
+
+    def rate_take(self, key_id: str, minute: int, limit: int) -> bool:
+        if self.rate_get(key_id, minute) >= limit:
+            return False
+        self.rate_add(key_id, minute)
+        return True
+
     def rate_get(self, key_id: str, minute: int) -> int:
         row = self._one("SELECT requests FROM ai_rate WHERE key_id = ? AND minute = ?",
                         (key_id, minute))
@@ -520,6 +534,17 @@ class SQLiteTx(Tx):
 
     def seal_replace_mac(self, seq: int, mac: bytes) -> None:
         self.c.execute("UPDATE audit_seals SET mac = ? WHERE seq = ?", (mac, seq))
+
+    # whole tables
+    def table_rows(self, table: str) -> list[tuple[Any, ...]]:
+        columns, order = TABLES[table]
+        return [tuple(r) for r in self._all(f"SELECT {', '.join(columns)} FROM {table} "
+                                            f"ORDER BY {order}")]
+
+    def table_load(self, table: str, rows: Sequence[Sequence[Any]]) -> None:
+        columns, _ = TABLES[table]
+        marks = ", ".join("?" * len(columns))
+        self.c.executemany(f"INSERT INTO {table}({', '.join(columns)}) VALUES ({marks})", rows)
 
 
 _shared: dict[tuple[str, bool], SQLiteStore] = {}

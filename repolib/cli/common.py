@@ -23,17 +23,31 @@ ARGV_SECRET_WARNING = ("warning: a secret on the command line is visible to othe
 
 
 class State:
-    """Options given before the command (``repolib --home DIR ...``)."""
+    """Options given before the command (``repolib --home DIR --catalog URL ...``)."""
 
-    def __init__(self, home: str | None) -> None:
+    def __init__(self, home: str | None, catalog_url: str | None = None) -> None:
         self.home = home
+        self.catalog_url = catalog_url
         self._catalog: Catalog | None = None
+        if catalog_url is not None:
+            self.warn_password(catalog_url, "--catalog")
 
     @property
     def catalog(self) -> Catalog:
         if self._catalog is None:
-            self._catalog = Catalog(self.home)
+            self._catalog = Catalog(self.home, catalog_url=self.catalog_url)
         return self._catalog
+
+    @staticmethod
+    def warn_password(url: str, where: str) -> None:
+        from ..catalog.url import POSTGRES_SCHEMES, scheme
+
+        if scheme(url) in POSTGRES_SCHEMES:
+            from ..catalog.postgres import has_password
+
+            if has_password(url):
+                warn(ARGV_SECRET_WARNING.format(alt="PGPASSWORD or a .pgpass file")
+                     .replace("a secret", f"a password in {where}"))
 
 
 pass_state = click.make_pass_decorator(State)
