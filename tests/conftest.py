@@ -28,7 +28,7 @@ SUITE_SECRETS = [S3_KEY, S3_SECRET, S3_READ_KEY, S3_READ_SECRET, LLM_API_KEY]
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees the developer's own keys, catalog or cloud credentials."""
     for name in list(os.environ):
-        if name.startswith(("REPOLIB_", "AWS_", "GOOGLE_", "AZURE_", "OPENAI_")):
+        if name.startswith(("REPOLIB_", "AWS_", "GOOGLE_", "AZURE_", "OPENAI_", "PG")):
             monkeypatch.delenv(name, raising=False)
 
 
