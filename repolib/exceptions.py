@@ -71,6 +71,9 @@ class AccessDenied(AuthError, PermissionError):
     def __str__(self) -> str:
         return str(self.strerror)
 
+    def __reduce__(self) -> tuple[type, tuple[str]]:  # pickles (to a Dask client) as it was
+        return type(self), (str(self),)
+
 
 class SecretError(RepolibError):
     """A ciphertext failed to decrypt, or the admin secret is missing or does not match."""
@@ -94,6 +97,9 @@ class UpstreamError(AIError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+    def __reduce__(self) -> tuple[type, tuple[str, int | None]]:
+        return type(self), (str(self), self.status)
 
 
 __all__ = [

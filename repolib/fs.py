@@ -104,6 +104,11 @@ class _State:
 _states: ProcessLocal[tuple[str, str, str], _State] = ProcessLocal()
 
 
+def _restore(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Unpickle a repo:// filesystem without opening it yet (see ``__reduce__``)."""
+    return cls(*args, _deferred=True, **kwargs)
+
+
 def _state_for(repository: Repository, key_file: str | None) -> _State:
     k = (repository.catalog_location, repository.name, repository.key_id or "admin")
     state, made = _states.get_or_create(k, lambda: _State(repository, key_file))
@@ -129,11 +134,21 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
     def __init__(self, repo: str | None = None, key: str | None = None,
                  home: str | None = None, *, repository: Repository | None = None,
                  admin: bool = False, key_file: str | None = None,
-                 catalog_url: str | None = None, **kwargs: Any) -> None:
+                 catalog_url: str | None = None, _deferred: bool = False,
+                 **kwargs: Any) -> None:
         if catalog_url is not None:
             kwargs["catalog_url"] = catalog_url
         super().__init__(repo=repo, key=key, home=home, admin=admin, key_file=key_file,
                          **kwargs)
+        self._how = (repo, key, home, admin, key_file, catalog_url)
+        self._open_lock = threading.Lock()
+        self._opened: _State | None = None
+        if not _deferred:
+            self._opened = self._join(repository)
+
+    def _join(self, repository: Repository | None) -> _State:
+        """Authenticate (unless given a repository) and join the process-wide state."""
+        repo, key, home, admin, key_file, catalog_url = self._how
         if key is None and key_file is not None and repository is None:
             key = api.read_key_file(key_file)  # re-read after a rotation (see _State)
         if repository is None:
@@ -154,22 +169,39 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
                 repository = catalog.open_key(key)
                 if repo is not None and repo != repository.name:
                     raise InvalidKey(f"this key belongs to another repository, not {repo!r}")
-        self._repo_name = repository.name
         if key_file is None and repository.key_id is not None:
             key_file = repository.key_file
-        self._state = _state_for(repository, key_file)
+        return _state_for(repository, key_file)
+
+    @property
+    def _state(self) -> _State:
+        """The shared state; an unpickled instance opens the repository here, on first use."""
+        state = self._opened
+        if state is None:
+            with self._open_lock:
+                if self._opened is None:
+                    self._opened = self._join(None)
+                state = self._opened
+        return state
+
+    @property
+    def _repo_name(self) -> str:
+        return self._state.repository.name
 
     def __repr__(self) -> str:
-        r = self._state.repository
+        if self._opened is None:
+            return f"<RepositoryFileSystem repo://{self._how[0] or ''} (opened on first use)>"
+        r = self._opened.repository
         return f"<RepositoryFileSystem repo://{r.name} access={r.access.value}>"
 
     def __reduce__(self) -> Any:
-        # storage_options hold the repository name and home, and the key only when it was given
-        # as an argument; never decrypted credentials.
-        from fsspec.spec import make_instance
-
-        opts = {k: v for k, v in self.storage_options.items() if k != "repository"}
-        return make_instance, (type(self), self.storage_args, opts)
+        # storage_options hold the repository name, home and catalog URL, and the key only when
+        # it was given as an argument; never decrypted credentials. Unpickling opens nothing
+        # (a Dask scheduler may have no catalog): the first use on the worker does, and a
+        # failure there fails that task with repolib's one-line error.
+        opts = {k: v for k, v in self.storage_options.items()
+                if k not in ("repository", "_deferred")}
+        return _restore, (type(self), self.storage_args, opts)
 
     @property
     def repository(self) -> Repository:

@@ -505,12 +505,16 @@ class AI:
         return f"<repolib AI for repository {self._core.repo.name!r}>"
 
     def map(self, prompt: str, files: str | list[str], out: str, model: str | None = None,
-            concurrency: int = 4, **params: Any) -> Any:
-        """Run ``prompt`` over each file and write each answer under ``out`` (skips done ones)."""
-        from .notebook import map_files
+            concurrency: int = 4, executor: Any = None, **params: Any) -> Any:
+        """Run ``prompt`` over each file and write each answer under ``out`` (skips done ones).
+
+        ``executor``: any ``concurrent.futures.Executor`` to run the calls on (a process pool,
+        a Dask client's ``get_executor()``); default a thread pool of ``concurrency`` threads.
+        """
+        from .mapping import map_files
 
         return map_files(self._core.repo, prompt, files=files, out=out, model=model,
-                         concurrency=concurrency, **params)
+                         concurrency=concurrency, executor=executor, **params)
 
     def default_model(self) -> str:
         names = self._core.model_names()
