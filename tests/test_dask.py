@@ -29,7 +29,7 @@ import repolib
 from repolib import usage
 
 from . import servers
-from .conftest import LLM_API_KEY, new_bucket, s3_options
+from .conftest import LLM_API_KEY, SUITE_SECRETS, new_bucket, s3_options
 from .fake_openai import FakeOpenAI, fake_openai
 
 WORKER_TIMEOUT_S = 60  # a task that cannot open the repository fails long before this
@@ -227,3 +227,46 @@ def test_map_refuses_what_is_not_an_executor(catalog: repolib.Catalog, fake: Fak
     repo.add_llm("alpha", base_url=fake.url, api_key=LLM_API_KEY, models=["m1"])
     with pytest.raises(repolib.ConfigError, match=r"concurrent\.futures\.Executor"):
         repo.ai.map("x", "a/*.txt", "out/", executor=object())
+
+
+# -- what crosses a process boundary --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("exc", [
+    repolib.InvalidKey(), repolib.AccessDenied("read analytics/raw denied: out of scope"),
+    repolib.CatalogError("cannot reach the catalog"), repolib.CatalogReadOnly("read-only"),
+    repolib.ConfigError("bad name"), repolib.SecretError("decryption failed"),
+    repolib.UpstreamError("upstream said no (HTTP 503)", 503), repolib.BudgetExceeded("spent"),
+    repolib.PolicyViolation("rate limit"), repolib.BackendUnavailable("pip install x"),
+], ids=lambda e: type(e).__name__)
+def test_repolib_errors_reach_a_dask_client_as_they_were(exc: Exception) -> None:
+    import pickle
+
+    back = pickle.loads(pickle.dumps(exc))
+    assert type(back) is type(exc) and str(back) == str(exc)
+    assert getattr(back, "errno", None) == getattr(exc, "errno", None)
+    assert getattr(back, "status", None) == getattr(exc, "status", None)
+
+
+def test_unpickling_a_filesystem_opens_nothing(catalog: repolib.Catalog, repo: repolib.Repository,
+                                               home: Path) -> None:
+    """A scheduler that unpickles a task graph needs no catalog; the first use does. What is
+    pickled is how to open the repository, never a decrypted credential."""
+    import pickle
+    import shutil
+
+    fs = repolib.open("analytics", key=repo.create_key("k", "read").token).fs
+    fs._state.backend("raw")  # credentials decrypted in this process
+    data = pickle.dumps(fs)
+    for secret in SUITE_SECRETS:
+        assert secret.encode() not in data
+    catalog.close()
+    shutil.rmtree(home)
+    fs.clear_instance_cache()
+    t0 = time.monotonic()
+    restored = pickle.loads(data)
+    assert time.monotonic() - t0 < 1
+    assert "opened on first use" in repr(restored)
+    with pytest.raises(repolib.CatalogError, match="no catalog"):
+        restored.ls("analytics/scratch")
+    assert pickle.loads(pickle.dumps(restored)) is not None  # still picklable, still lazy

@@ -66,6 +66,9 @@ AUDIT_LOCK = 0x7265706F  # "repo"
 MIGRATE_LOCK = 0x6D696772  # "migr"
 
 
+UNPARSABLE = "postgresql://<unparsable URL>"
+
+
 def redact(url: str) -> str:
     """The URL without a password (in the authority or the query), fit for messages."""
     try:
@@ -80,7 +83,7 @@ def redact(url: str) -> str:
              if k.lower() != "password"], safe="/:=")
         return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
     except ValueError:
-        return "postgresql://<unparsable URL>"
+        return UNPARSABLE
 
 
 def has_password(url: str) -> bool:
@@ -575,7 +578,8 @@ class PostgresStore(Store):
         try:
             params = psycopg.conninfo.conninfo_to_dict(url)
         except psycopg.Error:
-            raise ConfigError(f"the catalog URL {redact(url)} is not a valid PostgreSQL URL "
+            shown = "" if redact(url) == UNPARSABLE else f" {redact(url)}"
+            raise ConfigError(f"the catalog URL{shown} is not a valid PostgreSQL URL "
                               "(postgresql://user@host:port/database)") from None
         self._url = url
         self._kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row,
@@ -622,7 +626,7 @@ class PostgresStore(Store):
         conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
 
     def _connect_error(self, exc: BaseException) -> CatalogError:
-        text = _one_line(str(exc))
+        text = _one_line(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
         low = text.lower()
         where = f"the PostgreSQL catalog at {self.location}"
         if "password authentication failed" in low or "no password supplied" in low:
