@@ -62,6 +62,7 @@ MIGRATIONS: list[str] = [
         valid_until DOUBLE PRECISION,
         PRIMARY KEY (key_id, generation)
     );
+    CREATE INDEX key_secrets_expiring ON key_secrets(valid_until) WHERE valid_until IS NOT NULL;
     CREATE TABLE key_wraps (
         key_id TEXT NOT NULL,
         generation INTEGER NOT NULL,

@@ -532,6 +532,11 @@ class SQLiteTx(Tx):
         return [SealRow(r["seq"], r["ts"], r["row_count"], bytes(r["head_hash"]), bytes(r["mac"]))
                 for r in self._all("SELECT * FROM audit_seals ORDER BY seq")]
 
+    def seal_last(self) -> SealRow | None:
+        r = self._one("SELECT * FROM audit_seals ORDER BY seq DESC LIMIT 1")
+        return None if r is None else SealRow(r["seq"], r["ts"], r["row_count"],
+                                              bytes(r["head_hash"]), bytes(r["mac"]))
+
     def seal_replace_mac(self, seq: int, mac: bytes) -> None:
         self.c.execute("UPDATE audit_seals SET mac = ? WHERE seq = ?", (mac, seq))
 

@@ -246,6 +246,9 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     def seals(self) -> list[SealRow]: ...
     @abc.abstractmethod
+    def seal_last(self) -> SealRow | None:
+        """The newest checkpoint (sealing reads only this one, not the whole history)."""
+    @abc.abstractmethod
     def seal_replace_mac(self, seq: int, mac: bytes) -> None: ...
 
     # whole tables (catalog copy)
