@@ -27,6 +27,7 @@ import json
 import os
 import threading
 import urllib.parse
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -550,6 +551,19 @@ def _load(value: str | None) -> Any:
 _shared: dict[tuple[str, bool], PostgresStore] = {}
 _shared_lock = threading.Lock()
 _orphans: list[Any] = []  # a parent's pools in a forked child: never closed from here
+_stores: weakref.WeakSet[PostgresStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """Locks held by another thread at fork would stay held in the child: make new ones."""
+    global _shared_lock
+    _shared_lock = threading.Lock()
+    for store in list(_stores):
+        store._lock = threading.Lock()
+        store._local = threading.local()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class PostgresStore(Store):
@@ -605,6 +619,7 @@ class PostgresStore(Store):
         self._listener: threading.Thread | None = None
         self._listener_pid = 0
         self._closed = threading.Event()
+        _stores.add(self)
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.location!r}, read_only={self.read_only})"
@@ -653,7 +668,8 @@ class PostgresStore(Store):
                                 "repolib reconnects by itself once it is back")
         return CatalogError(f"cannot connect to {where}: {text}")
 
-    def _error(self, exc: psycopg.Error, committing: bool = False) -> CatalogError:
+    def _error(self, exc: psycopg.Error, committing: bool = False, writing: bool = True
+               ) -> CatalogError:
         """A psycopg error met inside a transaction, as one line."""
         where = f"the PostgreSQL catalog at {self.location}"
         if isinstance(exc, psycopg.OperationalError) and (
@@ -662,6 +678,9 @@ class PostgresStore(Store):
             if committing:
                 return CatalogError(f"lost the connection to {where} while committing: the change "
                                     "may or may not have been saved; check before repeating it")
+            if not writing:
+                return CatalogError(f"lost the connection to {where}; try again (repolib "
+                                    "reconnects once the server is back)")
             return CatalogError(f"lost the connection to {where}: nothing of this change was "
                                 "saved; try again (repolib reconnects once the server is back)")
         if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
@@ -816,7 +835,7 @@ class PostgresStore(Store):
                 with contextlib.suppress(psycopg.Error):
                     conn.execute("ROLLBACK")
                 if isinstance(exc, psycopg.Error):
-                    raise self._error(exc) from None
+                    raise self._error(exc, writing=write) from None
                 raise
             try:
                 if tx.notify:
@@ -825,7 +844,7 @@ class PostgresStore(Store):
             except psycopg.Error as exc:
                 with contextlib.suppress(psycopg.Error):
                     conn.execute("ROLLBACK")
-                raise self._error(exc, committing=write) from None
+                raise self._error(exc, committing=write, writing=write) from None
         finally:
             self._local.tx = None
             self._release(conn, own)
