@@ -19,7 +19,7 @@ import pytest
 import repolib
 from repolib import usage
 from repolib.catalog.postgres import PostgresStore
-from repolib.transfer import copy_catalog
+from repolib.catalog_copy import copy_catalog
 
 from . import pgserver
 from .conftest import S3_KEY, S3_READ_KEY, S3_READ_SECRET, S3_SECRET, Cli

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..transfer import copy_catalog
+from ..catalog_copy import copy_catalog
 from .common import State, command_example, pass_state
 
 
