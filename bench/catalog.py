@@ -318,7 +318,16 @@ def main() -> int:
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite catalog.md from catalog.json, measuring nothing")
     args = ap.parse_args()
+    if args.report_only:
+        data = json.loads((RESULTS / "catalog.json").read_text())
+        for store in data["stores"]:  # JSON keys are strings
+            for field in ("keys_per_s", "reserve_per_s"):
+                store[field] = {int(k): v for k, v in store[field].items()}
+        write(data["stores"], data["map"], data["env"])
+        return 0
     from tests import pgserver
 
     stores = []
@@ -354,20 +363,23 @@ def write(stores: list[dict[str, Any]], mapping: dict[str, Any], env: dict[str, 
     lines.append(f"| `repolib.open` with a key, median (p90) | {sq['open_ms'][0]:.2f} "
                  f"({sq['open_ms'][1]:.2f}) ms | {pg['open_ms'][0]:.2f} ({pg['open_ms'][1]:.2f}) "
                  f"ms | ≤ {GOAL_OPEN_MS:g} ms | {verdict} |")
-    rs = {s["store"]: s["reserve_settle_ms"] for s in stores}
-    verdict = "meets goal" if rs["PostgreSQL"][0] <= GOAL_BUDGET_MS else "misses goal"
-    lines.append(f"| what a token budget adds to a call: reserve + settle, median (p90) | "
-                 f"{rs['SQLite'][0]:.2f} ({rs['SQLite'][1]:.2f}) ms | "
-                 f"{rs['PostgreSQL'][0]:.2f} ({rs['PostgreSQL'][1]:.2f}) ms | "
-                 f"≤ {GOAL_BUDGET_MS:g} ms | {verdict} |")
-    lines.append(f"| AI call end to end, no budget | {sq['call_ms']:.2f} ms | "
+    lines.append(f"| AI call, no budget (local fake upstream) | {sq['call_ms']:.2f} ms | "
                  f"{pg['call_ms']:.2f} ms | - | - |")
-    lines.append(f"| same call with a token budget | {sq['budget_call_ms']:.2f} ms | "
-                 f"{pg['budget_call_ms']:.2f} ms | - | - |")
-    lines += ["", "The end-to-end calls go to tests/fake_openai.py on loopback; their medians "
-              "move by tens of milliseconds from run to run on this shared 2-core machine (the "
-              "HTTP round trip, not the catalog), so the budget's own cost is measured directly "
-              "in the first row: the two write transactions it adds to every call."]
+    added = {s["store"]: s["budget_call_ms"] - s["call_ms"] for s in stores}
+    verdict = "meets goal" if added["PostgreSQL"] <= GOAL_BUDGET_MS else "misses goal"
+    lines.append(f"| the same call with a token budget | {sq['budget_call_ms']:.2f} ms "
+                 f"({added['SQLite']:+.2f}) | {pg['budget_call_ms']:.2f} ms "
+                 f"({added['PostgreSQL']:+.2f}) | ≤ +{GOAL_BUDGET_MS:g} ms | {verdict} |")
+    rs = {s["store"]: s["reserve_settle_ms"] for s in stores}
+    lines.append(f"| reserve + settle alone, in a loop, median (p90) | "
+                 f"{rs['SQLite'][0]:.2f} ({rs['SQLite'][1]:.2f}) ms | "
+                 f"{rs['PostgreSQL'][0]:.2f} ({rs['PostgreSQL'][1]:.2f}) ms | - | - |")
+    lines += ["", "A budget adds two write transactions to a call (reserve before, settle after). "
+              "On PostgreSQL each is a few round trips to the server; in a tight loop they cost "
+              "the last row, inside a real call more, as the client, the upstream and the "
+              "database server take turns on 2 cores. Every AI call also reads the key's "
+              "resources (routing), which is why the call without a budget is slower on "
+              "PostgreSQL too."]
     lines += ["", "## Throughput from many processes", "",
               "| processes | keys created/s SQLite | PostgreSQL | budget reservations/s SQLite "
               "| PostgreSQL |", "|---:|---:|---:|---:|---:|"]
@@ -376,8 +388,12 @@ def write(stores: list[dict[str, Any]], mapping: dict[str, Any], env: dict[str, 
                      f"{sq['reserve_per_s'][n]:.0f} | {pg['reserve_per_s'][n]:.0f} |")
     lines += ["", "Key creation appends to the audit chain, which has one writer at a time on "
               "both stores (SQLite: the file's write lock; PostgreSQL: an advisory lock), so it "
-              "does not scale with processes on either. A reservation is one conditional "
-              "upsert on PostgreSQL and one `BEGIN IMMEDIATE` transaction on SQLite.", "",
+              "does not scale with processes on either; neither do reservations against one "
+              "key's budget, which all update the same ledger row (PostgreSQL: one conditional "
+              "upsert, the row locked until commit; SQLite: one `BEGIN IMMEDIATE` "
+              "transaction). More processes than the 2 cores only add waiting. PostgreSQL is "
+              "slower per operation here (a server round trip per statement against an "
+              "in-process file) and is chosen for sharing, not speed.", "",
               "## The budget race: 8 processes x 4 threads, a budget for 20 calls", "",
               "| | SQLite | PostgreSQL |", "|---|---:|---:|"]
     for field, label in (("calls", "calls"), ("ok", "answered"), ("refused", "refused"),
