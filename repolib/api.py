@@ -43,9 +43,11 @@ def key_from_env(environ: dict[str, str] | None = None) -> str | None:
 
 
 class Catalog:
-    """A catalog of repositories: ``$REPOLIB_HOME/catalog.db`` plus, on admin machines, the
-    admin secret. Listing needs only read access; changes need the admin secret (or, inside
-    one repository, an ADMIN key through :func:`open`).
+    """A catalog of repositories: ``$REPOLIB_HOME/catalog.db``, or the database that
+    ``catalog_url=`` / ``$REPOLIB_CATALOG_URL`` names (``postgresql://...`` to share it between
+    machines, ``sqlite:///path``), plus, on admin machines, the admin secret in the home folder.
+    Listing needs only read access; changes need the admin secret (or, inside one repository,
+    an ADMIN key through :func:`open`).
     """
 
     def __init__(self, home: str | os.PathLike[str] | None = None, *, read_only: bool = False,
