@@ -117,6 +117,20 @@ def test_every_way_to_name_a_postgresql_catalog(pg: pgserver.PGServer, fresh_db:
     assert '"analytics"' in cli("repo", "list", "--json").stdout
 
 
+def test_one_admin_secret_for_a_sqlite_and_a_postgresql_catalog(fresh_db: str,
+                                                                 home: Path) -> None:
+    """`init` of a second catalog keeps the admin.key already in home (never overwrites it)."""
+    laptop = repolib.Catalog(home)
+    laptop.init()
+    before = (home / "admin.key").read_text()
+    shared = repolib.Catalog(home, catalog_url=fresh_db)
+    assert shared.init() is True
+    assert (home / "admin.key").read_text() == before
+    laptop.create_repository("on-laptop")
+    shared.create_repository("on-shared")  # the same secret works on both
+    assert laptop.verify_audit().seal_checked and shared.verify_audit().seal_checked
+
+
 def test_location_and_reprs_never_show_the_password(pg: pgserver.PGServer, fresh_db: str,
                                                     home: Path) -> None:
     name = fresh_db.rsplit("/", 1)[1]
