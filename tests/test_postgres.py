@@ -327,7 +327,10 @@ def test_a_user_that_may_only_read(pg: pgserver.PGServer, fresh_db: str, home: P
     pg.create_role(role, PASSWORD)
     pg.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}", database=name)
     url = pg.url(name, user=role)
-    monkeypatch.setenv("PGPASSWORD", PASSWORD)  # the password as libpq reads it itself
+    pgpass = home.parent / "pgpass"  # the password in a .pgpass-style file, as libpq reads it
+    pgpass.write_text(f"127.0.0.1:{pg.port}:{name}:{role}:{PASSWORD}\n")
+    pgpass.chmod(0o600)
+    monkeypatch.setenv("PGPASSFILE", str(pgpass))
     try:
         repo = repolib.open("analytics", key=token, catalog_url=url)
         assert repo.resolve("scratch").info.name == "scratch"  # reads and decrypts
