@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..exceptions import BackendUnavailable, CatalogError, CatalogReadOnly, ConfigError
+from ..procstate import thread_state
 from . import pgschema
 from .store import Store, Tx
 
@@ -103,7 +104,6 @@ def _after_fork_in_child() -> None:
     _shared_lock = threading.Lock()
     for store in list(_stores):
         store._lock = threading.Lock()
-        store._local = threading.local()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -152,7 +152,7 @@ class PostgresStore(Store):
             self._kwargs["connect_timeout"] = CONNECT_TIMEOUT_S
         self.location = redact(url)
         self.read_only = read_only
-        self._local = threading.local()
+        self._local = thread_state()  # the open transaction per thread, none after a fork
         self._lock = threading.Lock()
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
         self._pid = 0
@@ -254,7 +254,6 @@ class PostgresStore(Store):
             if self._pool is not None:  # made before a fork: the parent's, leave it alone
                 _orphans.append(self._pool)
                 self._pool = None
-                self._local = threading.local()
             conn = self._connect()  # the real reason when the server cannot be used
             try:
                 self._check_schema(conn)
@@ -370,7 +369,7 @@ class PostgresStore(Store):
                  "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         conn, own = self._acquire(begin)
         tx = PostgresTx(conn, write)
-        self._local.tx, self._local.pid = tx, os.getpid()
+        self._local.tx = tx
         try:
             try:
                 yield tx
@@ -394,9 +393,7 @@ class PostgresStore(Store):
 
     def _current(self) -> PostgresTx | None:
         tx: PostgresTx | None = getattr(self._local, "tx", None)
-        if tx is not None and self._local.pid == os.getpid():
-            return tx
-        return None
+        return tx
 
     # -- the Store interface ------------------------------------------------------------------
 
@@ -459,7 +456,7 @@ class PostgresStore(Store):
             self._ready = False
         if pool is not None and self._pid == os.getpid():
             pool.close(timeout=1.0)
-        self._local = threading.local()
+        self._local = thread_state()
 
     # -- changes seen by other processes ------------------------------------------------------
 

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..exceptions import CatalogError, CatalogReadOnly
+from ..procstate import thread_state
 from .store import (
     TABLES,
     AuditRow,
@@ -573,7 +574,7 @@ class SQLiteStore(Store):
         self.path = os.path.abspath(path)
         self.location = self.path
         self.read_only = read_only
-        self._local = threading.local()
+        self._local = thread_state()  # one connection per thread, none inherited by a fork
         self._migrated = False
 
     def __repr__(self) -> str:
@@ -601,9 +602,8 @@ class SQLiteStore(Store):
 
     # connections
     def _conn(self) -> sqlite3.Connection:
-        local = self._local
-        conn: sqlite3.Connection | None = getattr(local, "conn", None)
-        if conn is not None and local.pid == os.getpid():
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
             return conn
         if not self.exists():
             raise CatalogError(f"no catalog at {self.path}: run `repolib init` first")
@@ -614,7 +614,7 @@ class SQLiteStore(Store):
             conn = self._connect()
         finally:
             os.umask(old)
-        local.conn, local.pid = conn, os.getpid()
+        self._local.conn = conn
         if not self._migrated:
             self._migrate(conn)
         return conn
@@ -735,6 +735,6 @@ class SQLiteStore(Store):
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == os.getpid():
+        if conn is not None:
             conn.close()
-        self._local = threading.local()
+        self._local = thread_state()
