@@ -52,9 +52,9 @@ class Catalog:
 
     def __init__(self, home: str | os.PathLike[str] | None = None, *, read_only: bool = False,
                  clock: Clock | None = None, store: Store | None = None,
-                 catalog_url: str | None = None) -> None:
+                 catalog_url: str | None = None, monotonic: Clock | None = None) -> None:
         self._ctx = Context(home, read_only=read_only, clock=clock, store=store,
-                            catalog_url=catalog_url)
+                            catalog_url=catalog_url, monotonic=monotonic)
 
     @property
     def home(self) -> str:
@@ -391,11 +391,13 @@ class _ListOnly:
 
 
 def open(name: str, key: str | None = None, *, home: str | os.PathLike[str] | None = None,
-         clock: Clock | None = None, catalog_url: str | None = None) -> Repository:
+         clock: Clock | None = None, catalog_url: str | None = None,
+         monotonic: Clock | None = None) -> Repository:
     """Open repository ``name`` with an API key.
 
     ``key`` defaults to ``$REPOLIB_KEY``, else the contents of ``$REPOLIB_KEY_FILE``; the catalog
     to ``catalog_url``, else ``$REPOLIB_CATALOG_URL``, else ``catalog.db`` in ``home``, else in
     ``$REPOLIB_HOME``, else in the user data folder. Never uses the admin secret.
     """
-    return Catalog(home, clock=clock, catalog_url=catalog_url).open(name, key)
+    return Catalog(home, clock=clock, catalog_url=catalog_url, monotonic=monotonic).open(name,
+                                                                                         key)

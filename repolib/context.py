@@ -31,13 +31,14 @@ class Context:
 
     def __init__(self, home: str | os.PathLike[str] | None = None, *, read_only: bool = False,
                  clock: Clock | None = None, store: Store | None = None,
-                 catalog_url: str | None = None) -> None:
+                 catalog_url: str | None = None, monotonic: Clock | None = None) -> None:
         self.home = resolve_home(home)
         # The catalog: a URL (argument, else $REPOLIB_CATALOG_URL), else home/catalog.db.
         # The admin secret stays in home either way.
         self.catalog_url = None if store is not None else resolve_catalog_url(catalog_url)
         self.store: Store = store or open_store(self.catalog_url, self.home, read_only)
-        self.clock: Clock = clock or time.time
+        self.clock: Clock = clock or time.time  # wall time: expiry, budgets, audit
+        self.monotonic: Clock = monotonic or time.monotonic  # intervals: re-checks, cooldowns
         self._admin: AdminSecret | None = None
 
     def __repr__(self) -> str:

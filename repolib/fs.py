@@ -16,7 +16,6 @@ import errno
 import os
 import shutil
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -53,7 +52,7 @@ class _State:
 
     def refresh(self, force: bool = False) -> None:
         """Re-check the key and the resource definitions at most every REVALIDATE_S."""
-        now = time.monotonic()
+        now = self.repository.monotonic()
         if not force and now - self.checked < REVALIDATE_S and \
                 not self.repository.catalog_changed():
             return
@@ -71,7 +70,7 @@ class _State:
                 if name not in infos or infos[name].updated_at != self.versions.get(name):
                     self.backends.pop(name)  # credentials or options changed: rebuild
             self.visible = infos
-            self.checked = time.monotonic()
+            self.checked = self.repository.monotonic()
 
     def _reread_key_file(self) -> bool:
         """A key file rewritten after rotation: switch to the new token."""

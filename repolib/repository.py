@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -144,13 +143,13 @@ class Repository:
         changes = self._ctx.store.changes()
         with self._ctx.store.read() as tx:
             self._auth.recheck(tx, self._ctx.now())
-        self._checked = time.monotonic()
+        self._checked = self._ctx.monotonic()
         self._changes_seen = changes
 
     def ensure_valid(self, max_age: float = 2.0) -> None:
         """``check_valid`` at most every ``max_age`` seconds, and at once when the catalog says
         keys changed elsewhere (a shared catalog): a revoked key stops soon, everywhere."""
-        if time.monotonic() - getattr(self, "_checked", -1e9) >= max_age or \
+        if self._ctx.monotonic() - getattr(self, "_checked", -1e9) >= max_age or \
                 self._ctx.store.changes() != getattr(self, "_changes_seen", None):
             self.check_valid()
 
@@ -169,6 +168,10 @@ class Repository:
 
     def now(self) -> float:
         return self._ctx.now()
+
+    def monotonic(self) -> float:
+        """The catalog's interval clock (injected in tests): re-checks, cooldowns."""
+        return self._ctx.monotonic()
 
     @property
     def ai(self) -> Any:

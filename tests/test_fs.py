@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import repolib
 from repolib import usage
 from repolib.fs import RepositoryFileSystem
+from tests.helpers import Clock
 
 
 @pytest.fixture
@@ -231,16 +232,16 @@ def test_key_of_another_repository(local_repo: repolib.Repository,
         fs.ls("analytics/raw")
 
 
-def test_revoked_key_stops_within_seconds(local_repo: repolib.Repository,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import repolib.fs as fsmod
+def test_revoked_key_stops_within_seconds(local_repo: repolib.Repository) -> None:
+    from repolib.fs import REVALIDATE_S
 
-    monkeypatch.setattr(fsmod, "REVALIDATE_S", 0.2)
     issued = local_repo.create_key("app", "read")
-    fs = fsspec.filesystem("repo", key=issued.token, skip_instance_cache=True)
+    clock = Clock(1000.0)
+    fs = repolib.open("analytics", key=issued.token, monotonic=clock).fs
     assert fs.cat("analytics/raw/sub/b.txt") == b"bee"
     local_repo.revoke_key(issued.key_id)
-    time.sleep(0.3)
+    assert fs.cat("analytics/raw/sub/b.txt") == b"bee"  # trusted for REVALIDATE_S
+    clock.t += REVALIDATE_S
     with pytest.raises(repolib.InvalidKey):
         fs.cat("analytics/raw/sub/b.txt")
 
