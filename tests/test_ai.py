@@ -40,7 +40,7 @@ from repolib import (
     UpstreamError,
     usage,
 )
-from repolib.ai import client as ai_client
+from repolib.ai import core as ai_client
 from repolib.ai.policy import estimate_prompt, estimate_tokens, period_key
 from repolib.info import iso
 
@@ -950,9 +950,17 @@ def test_upstream_error_carries_no_request_or_original_exception(
         ai_repo.ai.chat.completions.create(model="m1", messages=HI)
     assert ei.value.status == 401
     chain = exception_chain(ei.value)
-    assert not [e for e in chain if isinstance(e, openai.OpenAIError)], \
-        [type(e).__name__ for e in chain]
-    assert not [e for e in chain if LLM_API_KEY in repr(e) or LLM_API_KEY in str(e)]
+    # the only SDK-class error is repolib's own twin: the resource's credentials were refused,
+    # which is a bad gateway to the caller (their own key is fine) ...
+    assert not [e for e in chain if isinstance(e, openai.OpenAIError)
+                and not isinstance(e, repolib.RepolibError)], [type(e).__name__ for e in chain]
+    assert isinstance(ei.value, openai.InternalServerError) and ei.value.status_code == 502
+    # ... whose request and response are synthetic: no header, no upstream address
+    assert ei.value.request.url.host == "repolib.invalid"
+    assert "authorization" not in ei.value.request.headers
+    assert "authorization" not in ei.value.response.headers
+    assert not [e for e in chain if LLM_API_KEY in repr(e) or LLM_API_KEY in str(e)
+                or LLM_API_KEY in repr(getattr(e, "body", ""))]
 
 
 def test_returned_stream_does_not_expose_the_upstream_key(ai_repo: repolib.Repository,
