@@ -46,7 +46,6 @@ from repolib.info import iso
 
 from .conftest import LLM_API_KEY, Cli
 from .fake_openai import FakeOpenAI, fake_openai
-from .llm_server import Unavailable, model_server
 
 ROOT = Path(__file__).resolve().parent.parent
 HI = [{"role": "user", "content": "hi there"}]
@@ -151,16 +150,6 @@ def two_repo(ai_repo: repolib.Repository, fake_b: FakeOpenAI) -> repolib.Reposit
 # =============================================================================================
 # The real model server
 # =============================================================================================
-
-
-@pytest.fixture(scope="session")
-def real_llm() -> Iterator[str]:
-    """tools/serve_llm.py with SmolLM2-135M, once per session; skipped when not installed."""
-    try:
-        with model_server() as url:
-            yield url
-    except Unavailable as exc:
-        pytest.skip(f"no real model server: {exc}")
 
 
 @pytest.fixture
