@@ -896,7 +896,7 @@ def test_upstream_key_in_no_repr_exception_log_or_cli_output(
     models = repo.ai.models.list()
     keep("objects", repo, repo.ai, repo.aio, repo.ai._core, repo.ai.chat,
          repo.ai.chat.completions, repo.ai.embeddings, repo.ai.models, resp, emb, models,
-         *chunks, *(c for _, c, _ in repo.ai._core._clients.values()),
+         *chunks, *(c for _, c, _, _ in repo.ai._core._clients.values()),
          *repo.resources(), ai_repo, *ai_repo.resources())
 
     fake.push(401)  # the error body echoes the bearer token

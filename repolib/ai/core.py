@@ -58,7 +58,7 @@ class Core:
 
     def __init__(self, repo: Any) -> None:
         self.repo = repo
-        self._clients: dict[tuple[str, bool], tuple[float, Any, tuple[str, ...]]] = {}
+        self._clients: dict[tuple[str, bool], tuple[float, Any, tuple[str, ...], Any]] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -128,11 +128,14 @@ class Core:
     # -- clients ----------------------------------------------------------------------------
 
     def client(self, resource: str, is_async: bool) -> tuple[Any, tuple[str, ...]]:
+        """The SDK client of a resource (an async one is bound to the running event loop, whose
+        connections another loop cannot use: ``asyncio.run`` twice gets two clients)."""
         info = self.repo.resource(resource)
+        loop = asyncio.get_running_loop() if is_async else None
         key = (resource, is_async)
         with self._lock:
             cached = self._clients.get(key)
-            if cached is not None and cached[0] == info.updated_at:
+            if cached is not None and cached[0] == info.updated_at and cached[3] is loop:
                 return cached[1], cached[2]
         resolved = self.repo.resolve(resource)
         api_key = resolved.credentials.get("api_key") or "no-key"
@@ -143,7 +146,7 @@ class Core:
                      organization=None, project=None)
         secrets = (api_key,) if api_key != "no-key" else ()
         with self._lock:
-            self._clients[key] = (info.updated_at, client, secrets)
+            self._clients[key] = (info.updated_at, client, secrets, loop)
         return client, secrets
 
     # -- outcomes ---------------------------------------------------------------------------
