@@ -894,9 +894,16 @@ def test_upstream_key_in_no_repr_exception_log_or_cli_output(
     chunks = list(stream)
     emb = repo.ai.embeddings.create(model="m1", input="x")
     models = repo.ai.models.list()
+    raw = repo.ai.chat.completions.with_raw_response.create(model="m1", messages=HI)
+    with repo.ai.chat.completions.with_streaming_response.create(
+            model="m1", messages=HI, stream=True) as streamed:
+        lines = list(streamed.iter_lines())
+    ups = list(repo.ai._core._clients.values())
     keep("objects", repo, repo.ai, repo.aio, repo.ai._core, repo.ai.chat,
          repo.ai.chat.completions, repo.ai.embeddings, repo.ai.models, resp, emb, models,
-         *chunks, *(c for _, c, _, _ in repo.ai._core._clients.values()),
+         *chunks, *ups, *(u.sdk for u in ups), *(u.http for u in ups), raw, raw.http_request,
+         dict(raw.http_request.headers), streamed, streamed.http_request,
+         dict(streamed.http_request.headers), *lines,
          *repo.resources(), ai_repo, *ai_repo.resources())
 
     fake.push(401)  # the error body echoes the bearer token

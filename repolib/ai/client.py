@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..exceptions import ModelNotFound, PolicyViolation
+from . import direct
 from .core import AsyncPage, Core, Model, Outcome, SyncPage, arun, run, send_chat, send_embeddings
 from .openai_errors import async_sdk_errors, sdk_errors
 from .policy import chat_plan, embeddings_plan
@@ -48,10 +49,13 @@ class _Completions:
         self.with_raw_response = _RawCompletions(self)
         self.with_streaming_response = _StreamingCompletions(self)
 
-    def _call(self, model: Any, messages: Any, stream: Any, params: dict[str, Any]) -> Call:
+    def _call(self, model: Any, messages: Any, stream: Any, params: dict[str, Any],
+              passed_on: bool = False) -> Call:
+        """``passed_on``: the bytes go on as they are, so no SDK request machinery is needed."""
         core = self._core
         routes, plans, res = _chat_call_begin(core, model, messages, stream, params)
-        raw, route, plan, started, secrets = run(core, model, routes, plans, res, send_chat)
+        sender = direct.send(direct.CHAT, bool(stream)) if passed_on else send_chat
+        raw, route, plan, started, secrets = run(core, model, routes, plans, res, sender)
         return Call(raw, Outcome(core, route, model, plan, res, started, secrets),
                     bool(stream), is_async=False)
 
@@ -79,7 +83,7 @@ class _StreamingCompletions:
                **params: Any) -> ResponseContext:
         """``with ...create(...) as response:`` — the body is read as you iterate it."""
         return ResponseContext(sdk_errors(
-            lambda: StreamedResponse(self._c._call(model, messages, stream, params))))
+            lambda: StreamedResponse(self._c._call(model, messages, stream, params, True))))
 
 
 class _AsyncCompletions:
@@ -88,15 +92,16 @@ class _AsyncCompletions:
         self.with_raw_response = _AsyncRawCompletions(self)
         self.with_streaming_response = _AsyncStreamingCompletions(self)
 
-    async def _call(self, model: Any, messages: Any, stream: Any,
-                    params: dict[str, Any]) -> Call:
+    async def _call(self, model: Any, messages: Any, stream: Any, params: dict[str, Any],
+                    passed_on: bool = False) -> Call:
         core = self._core
         routes, plans, res = _chat_call_begin(core, model, messages, stream, params)
 
-        async def send(client: Any, plan: Any) -> Any:
-            return await send_chat(client, plan)
+        async def send(up: Any, plan: Any) -> Any:
+            return await send_chat(up, plan)
 
-        raw, route, plan, started, secrets = await arun(core, model, routes, plans, res, send)
+        sender = direct.asend(direct.CHAT, bool(stream)) if passed_on else send
+        raw, route, plan, started, secrets = await arun(core, model, routes, plans, res, sender)
         return Call(raw, Outcome(core, route, model, plan, res, started, secrets),
                     bool(stream), is_async=True)
 
@@ -123,7 +128,8 @@ class _AsyncStreamingCompletions:
     def create(self, *, model: str, messages: Any, stream: bool = False,
                **params: Any) -> AsyncResponseContext:
         async def start() -> AsyncStreamedResponse:
-            return AsyncStreamedResponse(await self._c._call(model, messages, stream, params))
+            return AsyncStreamedResponse(await self._c._call(model, messages, stream, params,
+                                                             True))
 
         return AsyncResponseContext(async_sdk_errors(start))
 
@@ -142,11 +148,12 @@ class _Embeddings:
         self.with_raw_response = _RawEmbeddings(self)
         self.with_streaming_response = _StreamingEmbeddings(self)
 
-    def _call(self, model: Any, input: Any, params: dict[str, Any]) -> Call:
+    def _call(self, model: Any, input: Any, params: dict[str, Any],
+              passed_on: bool = False) -> Call:
         core = self._core
         routes, plans, res = _embeddings_begin(core, model, input, params)
-        raw, route, plan, started, secrets = run(core, model, routes, plans, res,
-                                                 send_embeddings)
+        sender = direct.send(direct.EMBEDDINGS, False) if passed_on else send_embeddings
+        raw, route, plan, started, secrets = run(core, model, routes, plans, res, sender)
         return Call(raw, Outcome(core, route, model, plan, res, started, secrets), False,
                     is_async=False)
 
@@ -170,7 +177,7 @@ class _StreamingEmbeddings:
 
     def create(self, *, model: str, input: Any, **params: Any) -> ResponseContext:
         return ResponseContext(sdk_errors(
-            lambda: StreamedResponse(self._e._call(model, input, params))))
+            lambda: StreamedResponse(self._e._call(model, input, params, True))))
 
 
 class _AsyncEmbeddings:
@@ -179,14 +186,16 @@ class _AsyncEmbeddings:
         self.with_raw_response = _AsyncRawEmbeddings(self)
         self.with_streaming_response = _AsyncStreamingEmbeddings(self)
 
-    async def _call(self, model: Any, input: Any, params: dict[str, Any]) -> Call:
+    async def _call(self, model: Any, input: Any, params: dict[str, Any],
+                    passed_on: bool = False) -> Call:
         core = self._core
         routes, plans, res = _embeddings_begin(core, model, input, params)
 
-        async def send(client: Any, plan: Any) -> Any:
-            return await send_embeddings(client, plan)
+        async def send(up: Any, plan: Any) -> Any:
+            return await send_embeddings(up, plan)
 
-        raw, route, plan, started, secrets = await arun(core, model, routes, plans, res, send)
+        sender = direct.asend(direct.EMBEDDINGS, False) if passed_on else send
+        raw, route, plan, started, secrets = await arun(core, model, routes, plans, res, sender)
         return Call(raw, Outcome(core, route, model, plan, res, started, secrets), False,
                     is_async=True)
 
@@ -210,7 +219,7 @@ class _AsyncStreamingEmbeddings:
 
     def create(self, *, model: str, input: Any, **params: Any) -> AsyncResponseContext:
         async def start() -> AsyncStreamedResponse:
-            return AsyncStreamedResponse(await self._e._call(model, input, params))
+            return AsyncStreamedResponse(await self._e._call(model, input, params, True))
 
         return AsyncResponseContext(async_sdk_errors(start))
 

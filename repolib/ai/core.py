@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -53,12 +54,59 @@ class Route:
     upstream: str
 
 
+@dataclasses.dataclass(repr=False)
+class Upstream:
+    """One LLM resource as this process talks to it: the SDK client, and a plain HTTP client
+    for calls whose bytes are passed on (``with_streaming_response``, ``repolib serve``)."""
+
+    sdk: Any
+    base_url: str
+    api_key: str
+    secrets: tuple[str, ...]
+    timeout: float
+    is_async: bool
+    loop: Any
+    updated_at: float
+    checked: float
+    _http: Any = None
+
+    def __repr__(self) -> str:
+        return f"<upstream {self.base_url}>"
+
+    @property
+    def http(self) -> Any:
+        if self._http is None:
+            cls = _http.AsyncClient if self.is_async else _http.Client
+            self._http = cls(timeout=self.timeout, follow_redirects=False)
+        return self._http
+
+    def request(self, path: str, plan: Plan) -> Any:
+        """The HTTP request of ``plan``: its final body as JSON, the resource's key."""
+        try:
+            content = json.dumps(plan.body, default=_jsonable).encode()
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"the request cannot be sent as JSON: {exc}") from None
+        timeout = plan.timeout if plan.timeout is not None else self.timeout
+        return self.http.build_request(
+            "POST", self.base_url + path, content=content, timeout=timeout,
+            headers={"authorization": f"Bearer {self.api_key}",
+                     "content-type": "application/json", "accept": "application/json"})
+
+
+def _jsonable(obj: Any) -> Any:
+    dump = getattr(obj, "model_dump", None)
+    if callable(dump):
+        return dump(exclude_unset=True)
+    raise TypeError(f"{type(obj).__name__} is not JSON")
+
+
 class Core:
     """What the sync and async facades share: routing, policy, clients, usage."""
 
     def __init__(self, repo: Any) -> None:
         self.repo = repo
-        self._clients: dict[tuple[str, bool], tuple[float, Any, tuple[str, ...], Any]] = {}
+        self._clients: dict[tuple[str, bool], Upstream] = {}
+        self._catalogue: tuple[float, list[tuple[str, str, str]]] | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -67,13 +115,19 @@ class Core:
     # -- routing ----------------------------------------------------------------------------
 
     def catalogue(self) -> list[tuple[str, str, str]]:
-        """(name, resource, upstream model) for every model and alias in scope."""
+        """(name, resource, upstream model) for every model and alias in scope (read from the
+        catalog at most every ``REVALIDATE_S`` seconds, like the key itself)."""
+        now = time.monotonic()
+        cached = self._catalogue
+        if cached is not None and now - cached[0] < REVALIDATE_S:
+            return cached[1]
         out = []
         for r in self.repo.resources(kind="llm"):
             for m in r.definition["models"]:
                 out.append((m, r.name, m))
             for alias, target in r.definition["aliases"].items():
                 out.append((alias, r.name, target))
+        self._catalogue = (now, out)
         return out
 
     def routes(self, model: str) -> list[Route]:
@@ -127,27 +181,42 @@ class Core:
 
     # -- clients ----------------------------------------------------------------------------
 
-    def client(self, resource: str, is_async: bool) -> tuple[Any, tuple[str, ...]]:
-        """The SDK client of a resource (an async one is bound to the running event loop, whose
-        connections another loop cannot use: ``asyncio.run`` twice gets two clients)."""
-        info = self.repo.resource(resource)
+    def upstream(self, resource: str, is_async: bool) -> Upstream:
+        """A resource's SDK client and HTTP client (an async one is bound to the running event
+        loop, whose connections another loop cannot use: ``asyncio.run`` twice gets two).
+
+        Rebuilt when the resource changes (new credentials or options), as seen at most
+        ``REVALIDATE_S`` seconds later.
+        """
         loop = asyncio.get_running_loop() if is_async else None
         key = (resource, is_async)
+        now = time.monotonic()
         with self._lock:
             cached = self._clients.get(key)
-            if cached is not None and cached[0] == info.updated_at and cached[3] is loop:
-                return cached[1], cached[2]
+        if cached is not None and cached.loop is loop and now - cached.checked < REVALIDATE_S:
+            return cached
+        info = self.repo.resource(resource)
+        if cached is not None and cached.loop is loop and cached.updated_at == info.updated_at:
+            cached.checked = now
+            return cached
         resolved = self.repo.resolve(resource)
         api_key = resolved.credentials.get("api_key") or "no-key"
         options = resolved.info.definition.get("options", {})
+        timeout = float(options.get("timeout", DEFAULT_TIMEOUT_S))
+        base_url = resolved.info.definition["base_url"]
         cls = openai.AsyncOpenAI if is_async else openai.OpenAI
-        client = cls(base_url=resolved.info.definition["base_url"], api_key=api_key,
-                     max_retries=0, timeout=float(options.get("timeout", DEFAULT_TIMEOUT_S)),
-                     organization=None, project=None)
-        secrets = (api_key,) if api_key != "no-key" else ()
+        sdk = cls(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout,
+                  organization=None, project=None)
+        up = Upstream(sdk, base_url, api_key, (api_key,) if api_key != "no-key" else (),
+                      timeout, is_async, loop, info.updated_at, now)
         with self._lock:
-            self._clients[key] = (info.updated_at, client, secrets, loop)
-        return client, secrets
+            self._clients[key] = up
+        return up
+
+    def client(self, resource: str, is_async: bool) -> tuple[Any, tuple[str, ...]]:
+        """The resource's SDK client and the secrets to scrub from what it says."""
+        up = self.upstream(resource, is_async)
+        return up.sdk, up.secrets
 
     # -- outcomes ---------------------------------------------------------------------------
 
@@ -300,13 +369,13 @@ Sent = tuple[Any, Route, Plan, float, tuple[str, ...]]
 
 
 def _attempts(core: Core, routes: list[Route], plans: list[Plan], is_async: bool
-              ) -> Iterator[tuple[Route, Plan, Any, tuple[str, ...], float | None]]:
+              ) -> Iterator[tuple[Route, Plan, Upstream, tuple[str, ...], float | None]]:
     """Every (pair, try) in order, with the pause after a failure; cools a pair when done."""
     for route, plan in zip(routes, plans, strict=True):
-        client, secrets = core.client(route.resource, is_async)
+        up = core.upstream(route.resource, is_async)
         for attempt in range(RETRIES + 1):
-            yield route, plan, client, secrets, (BACKOFF_S * 2**attempt
-                                                 if attempt < RETRIES else None)
+            yield route, plan, up, up.secrets, (BACKOFF_S * 2**attempt
+                                                if attempt < RETRIES else None)
         core.cool(route)
 
 
@@ -332,10 +401,10 @@ def _exhausted(core: Core, model: str, res: ledger.Reservation | None,
 def run(core: Core, model: str, routes: list[Route], plans: list[Plan],
         res: ledger.Reservation | None, send: Callable[[Any, Plan], Any]) -> Sent:
     last = None
-    for route, plan, client, secrets, pause in _attempts(core, routes, plans, False):
+    for route, plan, up, secrets, pause in _attempts(core, routes, plans, False):
         started = time.monotonic()
         try:
-            result = send(client, plan)
+            result = send(up, plan)
         except Exception as exc:
             failure = exc
         else:
@@ -355,10 +424,10 @@ async def arun(core: Core, model: str, routes: list[Route], plans: list[Plan],
                res: ledger.Reservation | None, send: Callable[[Any, Plan], Awaitable[Any]]
                ) -> Sent:
     last = None
-    for route, plan, client, secrets, pause in _attempts(core, routes, plans, True):
+    for route, plan, up, secrets, pause in _attempts(core, routes, plans, True):
         started = time.monotonic()
         try:
-            result = await send(client, plan)
+            result = await send(up, plan)
         except Exception as exc:
             failure = exc
         else:
@@ -376,16 +445,16 @@ def _timeout(plan: Plan) -> dict[str, Any]:
     return {"timeout": plan.timeout} if plan.timeout is not None else {}
 
 
-def send_chat(client: Any, plan: Plan) -> Any:
+def send_chat(up: Upstream, plan: Plan) -> Any:
     """The SDK's raw response (``LegacyAPIResponse``; awaitable for an async client)."""
     body = dict(plan.body)
-    return client.chat.completions.with_raw_response.create(
+    return up.sdk.chat.completions.with_raw_response.create(
         model=body.pop("model"), messages=body.pop("messages"),
         stream=bool(body.pop("stream", False)), extra_body=body, **_timeout(plan))
 
 
-def send_embeddings(client: Any, plan: Plan) -> Any:
+def send_embeddings(up: Upstream, plan: Plan) -> Any:
     body = dict(plan.body)
-    return client.embeddings.with_raw_response.create(
+    return up.sdk.embeddings.with_raw_response.create(
         model=body.pop("model"), input=body.pop("input"),
         encoding_format=body.pop("encoding_format"), extra_body=body, **_timeout(plan))
