@@ -1,11 +1,12 @@
 """What a gateway adds per call: repo.ai in-process, ``repolib serve``, LiteLLM's proxy.
 
 All three sit in front of the same fast upstream (bench/wire_server.py, a separate process with
-canned OpenAI-format answers), in the same run. Latency: the openai SDK calls each in turn
-(alternating, so drift hits all alike) — a non-streaming chat and the time to the first content
-chunk of a stream; "added" is each one's median (and p99) minus the bare SDK's against the
-upstream itself. Throughput: 32 concurrent keep-alive connections from a small asyncio load
-generator post non-streaming chats for a fixed time; requests per second that got a 200.
+canned OpenAI-format answers), in the same run. Latency: the openai SDK calls each in turn (in a
+shuffled order each round, so drift hits all alike) — a non-streaming chat and the time to the
+first content chunk of a stream; "added" is each one's median (and p99) minus the bare SDK's
+against the upstream itself. Throughput: 32 concurrent keep-alive connections from a small
+asyncio load generator post non-streaming chats for a fixed time; requests per second that got
+a 200.
 repolib's key has no limits; LiteLLM runs with a master key (so both check a key per request)
 and without a database, telemetry or cost-map download.
 
@@ -23,6 +24,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import shutil
 import subprocess
 import sys
@@ -285,8 +287,12 @@ def main() -> None:
             for _ in range(20):
                 call_s(client)
                 ttft_s(client)
+        order = list(targets)
+        shuffle = random.Random(12)
         for _ in range(n):
-            for name, (client, _, _) in targets.items():
+            shuffle.shuffle(order)  # no target always follows the slow one
+            for name in order:
+                client = targets[name][0]
                 samples[name]["call"].append(call_s(client))
                 samples[name]["ttft"].append(ttft_s(client))
         rps: dict[str, tuple[float, dict[str, int]]] = {}
@@ -338,7 +344,8 @@ def report(samples: dict[str, dict[str, list[float]]],
     lines = [
         "# Gateway overhead: repo.ai in-process, `repolib serve`, LiteLLM proxy", "",
         "Same run, same upstream (bench/wire_server.py: canned OpenAI-format answers from its own "
-        "process), openai SDK as the client, calls alternating between targets. *Added* = the "
+        "process), openai SDK as the client, calls alternating between targets in a shuffled "
+        "order. *Added* = the "
         "target's latency minus the bare SDK's against the upstream (median; p99 - p99). "
         "Requests/s: 32 concurrent keep-alive connections posting non-streaming chats "
         f"for {seconds:g} s (in-process: 32 asyncio tasks on `repo.aio`). `bench/gateway.py`.", "",
