@@ -31,7 +31,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..ai.openai_errors import Described, describe
 from ..api import Catalog
-from ..exceptions import ConfigError, InvalidKey, RepolibError
+from ..exceptions import InvalidKey, RepolibError
 from ..keys import parse_token
 from ..repository import Repository
 from .metrics import Metrics
@@ -343,6 +343,9 @@ class EventStream(Response):
             results = await asyncio.gather(pump, watch, return_exceptions=True)
             if isinstance(results[0], asyncio.TimeoutError | OSError):
                 entry.status, entry.error = 499, "client_timeout"
+            elif isinstance(results[0], Exception):  # the answer had begun: log it, cut it
+                log.error("internal error in a stream: %s", type(results[0]).__name__)
+                entry.error = "internal_error"
         except (asyncio.TimeoutError, OSError):
             entry.status, entry.error = 499, "client_timeout"
         finally:
@@ -404,4 +407,4 @@ def create_app(config: ServeConfig, catalog: Catalog | None = None) -> Starlette
     return app
 
 
-__all__ = ["ConfigError", "ServeConfig", "Server", "create_app"]
+__all__ = ["ServeConfig", "Server", "create_app"]
