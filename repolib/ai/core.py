@@ -69,6 +69,7 @@ class Upstream:
     updated_at: float
     checked: float
     _http: Any = None
+    state: dict[str, Any] = dataclasses.field(default_factory=dict)  # a transport's own
 
     def __repr__(self) -> str:
         return f"<upstream {self.base_url}>"
@@ -80,17 +81,22 @@ class Upstream:
             self._http = cls(timeout=self.timeout, follow_redirects=False)
         return self._http
 
-    def request(self, path: str, plan: Plan) -> Any:
-        """The HTTP request of ``plan``: its final body as JSON, the resource's key."""
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.api_key}", "content-type": "application/json",
+                "accept": "application/json"}
+
+    def body(self, plan: Plan) -> bytes:
+        """``plan``'s final body, as JSON."""
         try:
-            content = json.dumps(plan.body, default=_jsonable).encode()
+            return json.dumps(plan.body, default=_jsonable).encode()
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"the request cannot be sent as JSON: {exc}") from None
+
+    def request(self, path: str, plan: Plan) -> Any:
+        """The HTTP request of ``plan``: its final body as JSON, the resource's key."""
         timeout = plan.timeout if plan.timeout is not None else self.timeout
-        return self.http.build_request(
-            "POST", self.base_url + path, content=content, timeout=timeout,
-            headers={"authorization": f"Bearer {self.api_key}",
-                     "content-type": "application/json", "accept": "application/json"})
+        return self.http.build_request("POST", self.base_url + path, content=self.body(plan),
+                                       timeout=timeout, headers=self.headers())
 
 
 def _jsonable(obj: Any) -> Any:
@@ -241,7 +247,7 @@ def retryable(exc: BaseException) -> bool:
 def upstream_error(exc: BaseException, secrets: tuple[str, ...], where: str) -> UpstreamError:
     """Status and message only: no request, headers or key (and no chained cause)."""
     status = getattr(exc, "status_code", None)
-    timed_out = isinstance(exc, openai.APITimeoutError | _http.TimeoutException)
+    timed_out = isinstance(exc, openai.APITimeoutError | _http.TimeoutException | TimeoutError)
     if isinstance(exc, openai.APIStatusError):
         body = exc.body
         msg = body.get("message") if isinstance(body, dict) else None

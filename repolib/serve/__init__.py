@@ -94,7 +94,7 @@ def run(config: ServeConfig, ready: Callable[[str], None] | None = None) -> None
         log.warning("listening on %s without TLS: API keys and prompts cross the network in "
                     "clear; give --tls-cert/--tls-key or put a TLS proxy in front", config.host)
     uconfig = uvicorn.Config(
-        app, log_config=None, access_log=False, server_header=False, lifespan="off",
+        app, log_config=None, access_log=False, server_header=False, lifespan="on",
         proxy_headers=False,
         timeout_keep_alive=5, timeout_graceful_shutdown=config.grace,
         ssl_certfile=config.tls_cert, ssl_keyfile=config.tls_key, log_level="warning")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -19,7 +20,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -29,6 +30,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from ..ai import direct
 from ..ai.openai_errors import Described, describe
 from ..api import Catalog
 from ..exceptions import InvalidKey, RepolibError
@@ -391,8 +393,15 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     return JSONResponse(d.body(), status_code=status)
 
 
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    yield
+    await direct.aclose_all()
+
+
 def create_app(config: ServeConfig, catalog: Catalog | None = None) -> Starlette:
     """The Starlette application (``uvicorn`` runs it; tests may too)."""
+    direct.use_aiohttp()  # the upstream leg: a quarter of httpx's time per request
     server = Server(config, catalog)
     routes = [
         Route("/healthz", server.healthz, methods=["GET"]),
@@ -402,7 +411,8 @@ def create_app(config: ServeConfig, catalog: Catalog | None = None) -> Starlette
         Route("/v1/chat/completions", server.chat, methods=["POST"]),
         Route("/v1/embeddings", server.embeddings, methods=["POST"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: _not_found})
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _not_found},
+                    lifespan=_lifespan)
     app.state.server = server
     return app
 
