@@ -74,6 +74,18 @@ def wire_server() -> Iterator[str]:
         proc.wait(10)
 
 
+@contextmanager
+def passthrough(upstream: str) -> Iterator[str]:
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "passthrough_proxy.py")],
+                            stdout=subprocess.PIPE, text=True, env={**os.environ,
+                                                                    "UPSTREAM": upstream})
+    try:
+        yield read_line(proc, "ready ", 60).split()[1]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def find_litellm(given: str | None) -> str | None:
     for cand in (given, str(ROOT / ".tools" / "litellm" / "bin" / "litellm"),
                  shutil.which("litellm")):
@@ -270,6 +282,9 @@ def main() -> None:
             "repolib serve": (openai.OpenAI(base_url=serve.url, api_key=token, max_retries=0),
                               serve.url, token),
         }
+        floor = stack.enter_context(passthrough(upstream))
+        targets["pass-through proxy (floor)"] = (
+            openai.OpenAI(base_url=floor, api_key="x", max_retries=0), floor, "x")
         litellm_version = None
         if litellm_exe:
             url, key = stack.enter_context(litellm_proxy(litellm_exe, upstream, folder))
@@ -337,6 +352,7 @@ def report(samples: dict[str, dict[str, list[float]]],
         goals.append(("requests/s ≥ 1.5x LiteLLM proxy's at 32 clients", rratio >= 1.5,
                       f"{rratio:.2f}x"))
     env = {"python": platform.python_version(), "openai": openai.__version__,
+           "load average at the end": " ".join(f"{x:.1f}" for x in os.getloadavg()),
            "litellm": litellm_version or "not run", "cpus": os.cpu_count(), "calls": n,
            "rps_seconds": seconds, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -360,9 +376,14 @@ def report(samples: dict[str, dict[str, list[float]]],
             f"{r['rps']:.0f} |")
     lines += ["", "| goal | met | measured |", "|---|---|---|"]
     lines += [f"| {g} | {'yes' if ok else '**no**'} | {m} |" for g, ok, m in goals]
-    lines += ["", "All processes share this machine's cores (the load generator, the gateway and "
-              "the upstream), so requests/s compares gateways under the same squeeze rather than "
-              "measuring a gateway alone.", "",
+    lines += ["", "*pass-through proxy (floor)* is bench/passthrough_proxy.py: the same stack as "
+              "`repolib serve` (uvicorn, starlette, aiohttp to the upstream) passing bytes "
+              "through with no key, policy, accounting or log — what the extra HTTP hop costs "
+              "here by itself.", "",
+              "All processes share this machine's cores (the load generator, the gateway and "
+              "the upstream), and other jobs ran on it too (load average below), so requests/s "
+              "compares gateways under the same squeeze rather than measuring a gateway alone, "
+              "and the added milliseconds move by about ±1 ms from run to run.", "",
               "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items())]
     (RESULTS / "gateway.md").write_text("\n".join(lines) + "\n")
 
