@@ -295,7 +295,9 @@ def main() -> None:
                  "import importlib.metadata as m; print(m.version('litellm'))"],
                 capture_output=True, text=True).stdout.strip() or "?"
         else:
-            print("LiteLLM not found: measuring without it (see --litellm)", file=sys.stderr)
+            print("LiteLLM not found, measuring without it; to include it: python3 -m venv "
+                  ".tools/litellm && .tools/litellm/bin/pip install 'litellm[proxy]' "
+                  "(or --litellm PATH)", file=sys.stderr)
         samples: dict[str, dict[str, list[float]]] = {k: {"call": [], "ttft": []}
                                                       for k in targets}
         for client, _, _ in targets.values():  # warm-up: connections, catalog, routes

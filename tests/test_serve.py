@@ -464,3 +464,17 @@ def test_real_model_through_the_server(tmp_path: Path, real_llm: str) -> None:
         with pytest.raises(openai.PermissionDeniedError):
             c.chat.completions.create(**{**ask, "max_tokens": 17})
     catalog.close()
+
+
+def test_cli_refuses_a_busy_port_and_half_a_tls_pair(cli: Any, tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = cli("serve", "--port", str(port), ok=False)
+    assert r.exit_code == 1 and f"cannot listen on 127.0.0.1:{port}" in r.stderr
+    assert "Traceback" not in r.stderr
+    cert = tmp_path / "cert.pem"
+    cert.write_text("not used")
+    r = cli("serve", "--tls-cert", str(cert), ok=False)
+    assert r.exit_code == 1 and "--tls-cert and --tls-key together" in r.stderr

@@ -84,9 +84,9 @@ def run(config: ServeConfig, ready: Callable[[str], None] | None = None) -> None
     """Serve until SIGINT/SIGTERM; in-flight requests get ``config.grace`` seconds to finish."""
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("give --tls-cert and --tls-key together")
+    sock = _bind(config.host, config.port)  # first: a busy port changes nothing else
     _setup_logging()
     app = create_app(config)
-    sock = _bind(config.host, config.port)
     port = sock.getsockname()[1]
     scheme = "https" if config.tls_cert else "http"
     shown = f"[{config.host}]" if ":" in config.host else config.host
