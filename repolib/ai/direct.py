@@ -191,11 +191,20 @@ class _AioResponse:
         self._r = response
         self.request = request  # made here, without the key: never the one sent
         self.status_code = int(response.status)
-        self.headers = _http.Headers(list(response.headers.items()))
         self.url = request.url
-        self.http_version = f"HTTP/{response.version.major}.{response.version.minor}"
         self.elapsed = dt.timedelta(seconds=time.monotonic() - started)
         self._content: bytes | None = None
+        self._headers: Any = None
+
+    @property
+    def headers(self) -> Any:
+        if self._headers is None:
+            self._headers = _http.Headers(list(self._r.headers.items()))
+        return self._headers
+
+    @property
+    def http_version(self) -> str:
+        return f"HTTP/{self._r.version.major}.{self._r.version.minor}"
 
     @property
     def is_closed(self) -> bool:
@@ -248,7 +257,10 @@ class _AioResponse:
 async def _aiohttp_call(up: Upstream, plan: Plan, path: str, cast_to: Any, chunk: Any,
                         stream: bool) -> DirectRaw:
     url = up.base_url + path
-    request = _http.Request("POST", url, headers={"authorization": "Bearer ***"})
+    request = up.state.get(path)  # what the response shows as its request: never the key
+    if request is None:
+        request = up.state[path] = _http.Request("POST", url,
+                                                 headers={"authorization": "Bearer ***"})
     seconds = plan.timeout if isinstance(plan.timeout, int | float) else up.timeout
     timeout = _aiohttp.ClientTimeout(total=None, connect=seconds, sock_read=seconds)
     started = time.monotonic()

@@ -61,6 +61,15 @@ class ServeConfig:
     tls_key: str | None = None
 
 
+async def _within(seconds: float, awaitable: Awaitable[Any]) -> Any:
+    """``await`` with a deadline; on Python 3.11+ without a task per call (``wait_for``'s)."""
+    timeout = getattr(asyncio, "timeout", None)
+    if timeout is None:  # pragma: no cover - Python 3.10
+        return await asyncio.wait_for(awaitable, seconds)
+    async with timeout(seconds):
+        return await awaitable
+
+
 class HTTPError(Exception):
     """An answer the server gives by itself (body too large, not JSON, ...)."""
 
@@ -304,7 +313,7 @@ async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
             parts.append(chunk)
 
     try:
-        await asyncio.wait_for(read(), timeout)
+        await _within(timeout, read())
     except asyncio.TimeoutError:
         raise HTTPError(408, f"the request body did not arrive within {timeout:g} s",
                         "client_timeout") from None
@@ -333,8 +342,8 @@ class EventStream(Response):
         entry = self.entry
         entry.status = 200
         try:
-            await asyncio.wait_for(send({"type": "http.response.start", "status": 200,
-                                         "headers": self.raw_headers}), self.send_timeout)
+            await _within(self.send_timeout, send({"type": "http.response.start", "status": 200,
+                                                   "headers": self.raw_headers}))
             pump = asyncio.ensure_future(self._pump(send))
             watch = asyncio.ensure_future(_disconnected(receive))
             done, _ = await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
@@ -360,18 +369,18 @@ class EventStream(Response):
         try:
             try:
                 async for chunk in chunks:
-                    await asyncio.wait_for(send({"type": "http.response.body", "body": chunk,
-                                                 "more_body": True}), self.send_timeout)
+                    await _within(self.send_timeout, send({"type": "http.response.body",
+                                                           "body": chunk, "more_body": True}))
             except RepolibError as exc:  # the upstream failed mid-stream: say so, in its shape
                 d = describe(exc)
                 if d is None:
                     raise
                 self.entry.error = d.code
-                await asyncio.wait_for(send({"type": "http.response.body", "more_body": True,
-                                             "body": b"data: " + json.dumps(d.body()).encode()
-                                             + b"\n\n"}), self.send_timeout)
-            await asyncio.wait_for(send({"type": "http.response.body", "body": b"",
-                                         "more_body": False}), self.send_timeout)
+                await _within(self.send_timeout, send({
+                    "type": "http.response.body", "more_body": True,
+                    "body": b"data: " + json.dumps(d.body()).encode() + b"\n\n"}))
+            await _within(self.send_timeout, send({"type": "http.response.body", "body": b"",
+                                                   "more_body": False}))
         finally:
             await chunks.aclose()
 
