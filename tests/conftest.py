@@ -205,6 +205,18 @@ def python() -> str:
     return sys.executable
 
 
+@pytest.fixture(scope="session")
+def real_llm() -> Iterator[str]:
+    """tools/serve_llm.py with SmolLM2-135M, once per session; skipped when not installed."""
+    from .llm_server import Unavailable, model_server
+
+    try:
+        with model_server() as url:
+            yield url
+    except Unavailable as exc:
+        pytest.skip(f"no real model server: {exc}")
+
+
 # -- real storage servers, one of each per test session --------------------------------------
 
 from . import pgserver, servers  # noqa: E402 - servers sets GCSFS_... before gcsfs loads

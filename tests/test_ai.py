@@ -40,13 +40,12 @@ from repolib import (
     UpstreamError,
     usage,
 )
-from repolib.ai import client as ai_client
+from repolib.ai import core as ai_client
 from repolib.ai.policy import estimate_prompt, estimate_tokens, period_key
 from repolib.info import iso
 
 from .conftest import LLM_API_KEY, Cli
 from .fake_openai import FakeOpenAI, fake_openai
-from .llm_server import Unavailable, model_server
 
 ROOT = Path(__file__).resolve().parent.parent
 BOTH_STORES = pytest.mark.stores("sqlite", "postgres")  # budgets, rates, usage: either catalog
@@ -152,16 +151,6 @@ def two_repo(ai_repo: repolib.Repository, fake_b: FakeOpenAI) -> repolib.Reposit
 # =============================================================================================
 # The real model server
 # =============================================================================================
-
-
-@pytest.fixture(scope="session")
-def real_llm() -> Iterator[str]:
-    """tools/serve_llm.py with SmolLM2-135M, once per session; skipped when not installed."""
-    try:
-        with model_server() as url:
-            yield url
-    except Unavailable as exc:
-        pytest.skip(f"no real model server: {exc}")
 
 
 @pytest.fixture
@@ -913,9 +902,16 @@ def test_upstream_key_in_no_repr_exception_log_or_cli_output(
     chunks = list(stream)
     emb = repo.ai.embeddings.create(model="m1", input="x")
     models = repo.ai.models.list()
+    raw = repo.ai.chat.completions.with_raw_response.create(model="m1", messages=HI)
+    with repo.ai.chat.completions.with_streaming_response.create(
+            model="m1", messages=HI, stream=True) as streamed:
+        lines = list(streamed.iter_lines())
+    ups = list(repo.ai._core._clients.values())
     keep("objects", repo, repo.ai, repo.aio, repo.ai._core, repo.ai.chat,
          repo.ai.chat.completions, repo.ai.embeddings, repo.ai.models, resp, emb, models,
-         *chunks, *(c for _, c, _ in repo.ai._core._clients.values()),
+         *chunks, *ups, *(u.sdk for u in ups), *(u.http for u in ups), raw, raw.http_request,
+         dict(raw.http_request.headers), streamed, streamed.http_request,
+         dict(streamed.http_request.headers), *lines,
          *repo.resources(), ai_repo, *ai_repo.resources())
 
     fake.push(401)  # the error body echoes the bearer token
@@ -958,9 +954,17 @@ def test_upstream_error_carries_no_request_or_original_exception(
         ai_repo.ai.chat.completions.create(model="m1", messages=HI)
     assert ei.value.status == 401
     chain = exception_chain(ei.value)
-    assert not [e for e in chain if isinstance(e, openai.OpenAIError)], \
-        [type(e).__name__ for e in chain]
-    assert not [e for e in chain if LLM_API_KEY in repr(e) or LLM_API_KEY in str(e)]
+    # the only SDK-class error is repolib's own twin: the resource's credentials were refused,
+    # which is a bad gateway to the caller (their own key is fine) ...
+    assert not [e for e in chain if isinstance(e, openai.OpenAIError)
+                and not isinstance(e, repolib.RepolibError)], [type(e).__name__ for e in chain]
+    assert isinstance(ei.value, openai.InternalServerError) and ei.value.status_code == 502
+    # ... whose request and response are synthetic: no header, no upstream address
+    assert ei.value.request.url.host == "repolib.invalid"
+    assert "authorization" not in ei.value.request.headers
+    assert "authorization" not in ei.value.response.headers
+    assert not [e for e in chain if LLM_API_KEY in repr(e) or LLM_API_KEY in str(e)
+                or LLM_API_KEY in repr(getattr(e, "body", ""))]
 
 
 def test_returned_stream_does_not_expose_the_upstream_key(ai_repo: repolib.Repository,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..catalog import Store
-from ..exceptions import BudgetExceeded, PolicyViolation
+from ..exceptions import BudgetExceeded, RateLimited
 from ..info import iso
 from ..keys import AIPolicy
 from .policy import period_key
@@ -35,9 +35,9 @@ def reserve(store: Store, key_id: str, policy: AIPolicy, tokens: int, now: float
         if policy.rpm is not None:
             minute = int(now // 60)
             if not tx.rate_take(key_id, minute, policy.rpm):
-                raise PolicyViolation(
+                raise RateLimited(
                     f"rate limit reached: {policy.rpm} requests per minute for this key; "
-                    f"resets in {60 - int(now % 60)} s")
+                    f"resets in {60 - int(now % 60)} s", retry_after=60 - now % 60)
         if policy.token_budget is None:
             return Reservation(key_id, None, 0)
         period, resets = period_key(policy.budget_period, now)
@@ -46,7 +46,7 @@ def reserve(store: Store, key_id: str, policy: AIPolicy, tokens: int, now: float
             raise BudgetExceeded(
                 f"token budget exhausted: {policy.token_budget} tokens per "
                 f"{policy.budget_period}, {used:.0f} used, this request may need {tokens}; "
-                f"resets at {iso(resets)}")
+                f"resets at {iso(resets)}", retry_after=max(0.0, resets - now))
     return Reservation(key_id, period, tokens)
 
 

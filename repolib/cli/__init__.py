@@ -23,6 +23,7 @@ from .files import COMMANDS as FILE_COMMANDS
 from .keys import key_group
 from .manage import admin_group, audit_cmd, init_cmd, overview_cmd, repo_group, whoami_cmd
 from .resources import llm_group, resource_group
+from .serve import serve_cmd
 from .transfer import COMMANDS as TRANSFER_COMMANDS
 from .usage import resource_test, usage_cmd
 
@@ -103,6 +104,7 @@ def main(ctx: click.Context, home: str | None, catalog_url: str | None) -> None:
 
 for command in (init_cmd, overview_cmd, whoami_cmd, audit_cmd, usage_cmd, repo_group,
                 admin_group, resource_group, llm_group, key_group, ai_group, catalog_group,
+                serve_cmd,
                 *FILE_COMMANDS, *TRANSFER_COMMANDS, completion_cmd):
     main.add_command(command)
 resource_group.add_command(resource_test)
