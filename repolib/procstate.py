@@ -48,6 +48,10 @@ class ProcessLocal(Generic[K, V]):
         """The value for ``key`` if made in this process (no lock: a dict read)."""
         return self._items.get(key)
 
+    def put(self, key: K, value: V) -> None:
+        with self.lock:
+            self._items[key] = value
+
     def values(self) -> list[V]:
         with self.lock:
             return list(self._items.values())

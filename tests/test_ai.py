@@ -43,6 +43,7 @@ from repolib import (
 from repolib.ai import core as ai_client
 from repolib.ai.policy import estimate_prompt, estimate_tokens, period_key
 from repolib.info import iso
+from tests.helpers import Clock
 
 from .conftest import LLM_API_KEY, Cli
 from .fake_openai import FakeOpenAI, fake_openai
@@ -386,14 +387,14 @@ def test_library_asks_upstream_for_stream_usage_itself(ai_repo: repolib.Reposito
 @pytest.mark.parametrize("failure", [500, 503, 429, "slow"])
 def test_fallback_to_the_next_resource_and_cooldown(
         two_repo: repolib.Repository, fake: FakeOpenAI, fake_b: FakeOpenAI,
-        catalog: repolib.Catalog, monkeypatch: pytest.MonkeyPatch, failure: Any) -> None:
-    monkeypatch.setattr(ai_client, "COOLDOWN_S", 1.5)
+        catalog: repolib.Catalog, failure: Any) -> None:
+    clock = Clock(1000.0)  # the cooldown is timed by the catalog's interval clock
+    two_repo = repolib.Catalog(catalog.home, monotonic=clock).repository("aitest")
     fake.mode = failure
     tries = ai_client.RETRIES + 1
     resp = two_repo.ai.chat.completions.create(model="m1", messages=HI, max_tokens=4)
     assert resp.choices[0].message.content == "w0 w1 w2 w3"
     assert (len(fake.chat_requests()), len(fake_b.chat_requests())) == (tries, 1)
-    cooled_at = time.monotonic()
 
     # while alpha cools down, calls go straight to beta (streams too)
     two_repo.ai.chat.completions.create(model="fast", messages=HI, max_tokens=2)
@@ -408,7 +409,7 @@ def test_fallback_to_the_next_resource_and_cooldown(
 
     # once the cooldown is over, alpha (healthy again) is first in line again
     fake.mode = "ok"
-    time.sleep(max(0.0, cooled_at + 1.6 - time.monotonic()))
+    clock.t += ai_client.COOLDOWN_S
     two_repo.ai.chat.completions.create(model="m1", messages=HI, max_tokens=2)
     assert (len(fake.chat_requests()), len(fake_b.chat_requests())) == (tries + 1, 3)
 

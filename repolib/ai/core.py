@@ -34,6 +34,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise BackendUnavailable('the AI side needs the openai SDK: pip install "repolib[llm]"') \
         from exc
 
+from ..procstate import ProcessLocal
 from .openai_errors import _http
 
 __all__ = ["AsyncPage", "Core", "Model", "Outcome", "Route", "SyncPage", "Tally", "arun", "run"]
@@ -44,8 +45,8 @@ COOLDOWN_S = 30.0
 DEFAULT_TIMEOUT_S = 120.0
 REVALIDATE_S = 2.0
 
-_cooldowns: dict[tuple[str, str, str], float] = {}
-_cool_lock = threading.Lock()
+# (catalog, repository, resource) -> when its cooldown ends; a forked child starts with none
+_cooldowns: ProcessLocal[tuple[str, str, str], float] = ProcessLocal()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +124,7 @@ class Core:
     def catalogue(self) -> list[tuple[str, str, str]]:
         """(name, resource, upstream model) for every model and alias in scope (read from the
         catalog at most every ``REVALIDATE_S`` seconds, like the key itself)."""
-        now = time.monotonic()
+        now = self.repo.monotonic()
         cached = self._catalogue
         if cached is not None and now - cached[0] < REVALIDATE_S:
             return cached[1]
@@ -142,8 +143,8 @@ class Core:
             raise ModelNotFound(f"no LLM resource of repository {self.repo.name!r} serves "
                                 f"model {model!r}; `repolib ai models {self.repo.name}` lists "
                                 "them")
-        now = time.monotonic()
-        fresh = [r for r in found if _cooldowns.get(self._cool_key(r), 0) <= now]
+        now = self.repo.monotonic()
+        fresh = [r for r in found if (_cooldowns.get(self._cool_key(r)) or 0) <= now]
         cooling = [r for r in found if r not in fresh]
         return fresh + cooling  # cooling resources only when nothing else is left
 
@@ -151,8 +152,7 @@ class Core:
         return (self.repo.catalog_location, self.repo.name, route.resource)
 
     def cool(self, route: Route) -> None:
-        with _cool_lock:
-            _cooldowns[self._cool_key(route)] = time.monotonic() + COOLDOWN_S
+        _cooldowns.put(self._cool_key(route), self.repo.monotonic() + COOLDOWN_S)
 
     def model_names(self) -> list[tuple[str, str]]:
         policy = self.policy()
