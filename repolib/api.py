@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import dataclasses
 import os
 from typing import Any
@@ -13,33 +12,9 @@ from .catalog import RepoRow, Store
 from .context import Clock, Context
 from .exceptions import ConfigError, InvalidKey, SecretError
 from .info import AuditEvent, KeyList, RepositoryInfo, ResourceList
+from .keysource import require_key
 from .names import check_name
 from .repository import Repository
-
-ENV_KEY = "REPOLIB_KEY"
-ENV_KEY_FILE = "REPOLIB_KEY_FILE"
-
-
-def read_key_file(path: str) -> str:
-    """A key file holds the token, optionally followed by one newline (what ``echo`` writes)."""
-    try:
-        with builtins.open(path, encoding="ascii", errors="strict") as f:
-            text = f.read(4096)
-    except (OSError, UnicodeDecodeError):
-        raise InvalidKey(f"cannot read an API key from the key file {path}") from None
-    for end in ("\r\n", "\n"):
-        if text.endswith(end):
-            return text[: -len(end)]
-    return text
-
-
-def key_from_env(environ: dict[str, str] | None = None) -> str | None:
-    env = os.environ if environ is None else environ
-    if ENV_KEY in env:
-        return env[ENV_KEY]
-    if env.get(ENV_KEY_FILE):
-        return read_key_file(env[ENV_KEY_FILE])
-    return None
 
 
 class Catalog:
@@ -195,42 +170,31 @@ class Catalog:
         row = self._repo_row(name)
         return Repository(self._ctx, row, Admin(self._ctx))
 
-    def open(self, name: str, key: str | None = None) -> Repository:
-        """Open a repository with an API key (``key``, else REPOLIB_KEY / REPOLIB_KEY_FILE)."""
-        key_file = None
-        if key is None:
-            key = key_from_env()
-            if ENV_KEY not in os.environ and os.environ.get(ENV_KEY_FILE):
-                key_file = os.environ[ENV_KEY_FILE]
-        if key is None:
-            raise InvalidKey("no API key given: pass key=..., or set REPOLIB_KEY or "
-                             "REPOLIB_KEY_FILE")
+    def open(self, name: str, key: str | None = None, *,
+             key_file: str | os.PathLike[str] | None = None) -> Repository:
+        """Open a repository with an API key: ``key``, else the file ``key_file``, else
+        REPOLIB_KEY / REPOLIB_KEY_FILE. A key read from a file is followed after a rotation
+        by the filesystems made from this repository."""
+        src = require_key(key, key_file)
         row = self._repo_row(name)
-        repo = Repository(self._ctx, row, authenticate(self._ctx, row, key))
-        repo.key_file = key_file
-        return repo
+        return Repository(self._ctx, row, authenticate(self._ctx, row, src.token), src.file)
 
     def open_key_file(self, name: str, path: str) -> Repository:
         """Open with the key in ``path``; filesystems made from it follow a rotated file."""
-        repo = self.open(name, read_key_file(path))
-        repo.key_file = path
-        return repo
+        return self.open(name, key_file=path)
 
-    def open_key(self, key: str | None = None) -> Repository:
+    def open_key(self, key: str | None = None, *,
+                 key_file: str | os.PathLike[str] | None = None) -> Repository:
         """Open whichever repository the key belongs to (``repolib whoami``)."""
-        if key is None:
-            key = key_from_env()
-        if key is None:
-            raise InvalidKey("no API key given: pass --key-file, or set REPOLIB_KEY or "
-                             "REPOLIB_KEY_FILE")
-        key_id, _ = keys.parse_token(key)
+        src = require_key(key, key_file)
+        key_id, _ = keys.parse_token(src.token)
         self._ctx.require_catalog()
         with self._ctx.store.read() as tx:
             k = tx.key_get(key_id)
             row = None if k is None else tx.repo_by_id(k.repo_id)
         if row is None:
             raise InvalidKey()
-        return Repository(self._ctx, row, authenticate(self._ctx, row, key))
+        return Repository(self._ctx, row, authenticate(self._ctx, row, src.token), src.file)
 
     def repositories(self) -> list[RepositoryInfo]:
         self._ctx.require_catalog()

@@ -27,6 +27,7 @@ from .backends import Backend, build
 from .exceptions import AccessDenied, ConfigError, InvalidKey
 from .fsfile import CountingFile, is_temp_name, mtime_of, read_bytes
 from .keys import Access
+from .keysource import read_key_file, require_key
 from .objstore import RangesUnsupported
 from .paths import RepoPath
 from .procstate import ProcessLocal
@@ -76,7 +77,7 @@ class _State:
         """A key file rewritten after rotation: switch to the new token."""
         if not self.key_file:
             return False
-        token = api.read_key_file(self.key_file)
+        token = read_key_file(self.key_file)
         repo = self.repository
         fresh = api.Catalog(repo.home, catalog_url=repo.catalog_url).open(repo.name, token)
         if fresh.key_id != repo.key_id:
@@ -148,29 +149,18 @@ class RepositoryFileSystem(AbstractFileSystem):  # type: ignore[misc]
     def _join(self, repository: Repository | None) -> _State:
         """Authenticate (unless given a repository) and join the process-wide state."""
         repo, key, home, admin, key_file, catalog_url = self._how
-        if key is None and key_file is not None and repository is None:
-            key = api.read_key_file(key_file)  # re-read after a rotation (see _State)
         if repository is None:
             catalog = api.Catalog(home, catalog_url=catalog_url)
             if admin:
                 if repo is None:
                     raise ConfigError("admin=True needs repo=NAME")
                 repository = catalog.repository(repo)
-            else:
-                if key is None:
-                    key = os.environ.get(api.ENV_KEY)
-                    if key is None and not key_file and os.environ.get(api.ENV_KEY_FILE):
-                        key_file = os.environ[api.ENV_KEY_FILE]
-                        key = api.read_key_file(key_file)
-                if key is None:
-                    raise InvalidKey("no API key for repo://: pass key=..., or set REPOLIB_KEY "
-                                     "or REPOLIB_KEY_FILE")
-                repository = catalog.open_key(key)
+            else:  # a key file is re-read here, so a rotation is followed (see _State)
+                src = require_key(key, key_file, hint="pass key=... to repo://")
+                repository = catalog.open_key(src.token, key_file=src.file)
                 if repo is not None and repo != repository.name:
                     raise InvalidKey(f"this key belongs to another repository, not {repo!r}")
-        if key_file is None and repository.key_id is not None:
-            key_file = repository.key_file
-        return _state_for(repository, key_file)
+        return _state_for(repository, repository.key_file)
 
     @property
     def _state(self) -> _State:

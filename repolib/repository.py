@@ -61,10 +61,12 @@ class ResolvedResource:
 class Repository:
     """One repository as seen by one authority (the admin secret or an API key)."""
 
-    def __init__(self, ctx: Context, row: RepoRow, auth: Admin | Key) -> None:
+    def __init__(self, ctx: Context, row: RepoRow, auth: Admin | Key,
+                 key_file: str | None = None) -> None:
         self._ctx = ctx
         self._row = row
         self._auth = auth
+        self._key_file = key_file
 
     # -- identity ---------------------------------------------------------------------------
 
@@ -91,11 +93,7 @@ class Repository:
     @property
     def key_file(self) -> str | None:
         """The file the key was read from (followed after a rotation), if any."""
-        return getattr(self, "_key_file", None)
-
-    @key_file.setter
-    def key_file(self, path: str | None) -> None:
-        self._key_file = path
+        return self._key_file
 
     @property
     def catalog_location(self) -> str:

@@ -411,10 +411,9 @@ def child_main(argv: list[str] | None = None) -> int:
         os.close(devnull)
         from repolib.api import Catalog
 
-        repo = Catalog(config["home"]).open(config["repository"], token or None)
+        repo = Catalog(config["home"]).open(config["repository"], token or None,
+                                            key_file=config.get("key_file"))
         del token
-        if config.get("key_file"):
-            repo.key_file = config["key_file"]
         serve(repo, config["mountpoint"], options, ready=lambda: report("ready"))
         return 0
     except Exception as exc:
