@@ -49,6 +49,24 @@ def new() -> AdminSecret:
     return AdminSecret(crypto.random_bytes(), "file")
 
 
+def for_new_catalog(home: str) -> AdminSecret:
+    """The admin secret of a catalog being initialised: the one already in ``home`` (an admin
+    keeps one secret for the SQLite and the PostgreSQL catalog it manages), else a new one,
+    written to ``home/admin.key`` (folder 0700, file 0600)."""
+    path = os.path.join(home, FILE_NAME)
+    value = _read_file(path)
+    if value is not None:
+        return AdminSecret(value, "file")
+    old = os.umask(0o077)
+    try:
+        os.makedirs(home, mode=0o700, exist_ok=True)
+    finally:
+        os.umask(old)
+    secret = new()
+    write_file(path, secret)
+    return secret
+
+
 def write_file(path: str, secret: AdminSecret) -> None:
     """Write atomically, 0600 from creation."""
     tmp = path + ".tmp"

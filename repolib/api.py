@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import dataclasses
 import os
 from typing import Any
@@ -13,52 +12,43 @@ from .catalog import RepoRow, Store
 from .context import Clock, Context
 from .exceptions import ConfigError, InvalidKey, SecretError
 from .info import AuditEvent, KeyList, RepositoryInfo, ResourceList
+from .keysource import require_key
 from .names import check_name
 from .repository import Repository
 
-ENV_KEY = "REPOLIB_KEY"
-ENV_KEY_FILE = "REPOLIB_KEY_FILE"
-
-
-def read_key_file(path: str) -> str:
-    """A key file holds the token, optionally followed by one newline (what ``echo`` writes)."""
-    try:
-        with builtins.open(path, encoding="ascii", errors="strict") as f:
-            text = f.read(4096)
-    except (OSError, UnicodeDecodeError):
-        raise InvalidKey(f"cannot read an API key from the key file {path}") from None
-    for end in ("\r\n", "\n"):
-        if text.endswith(end):
-            return text[: -len(end)]
-    return text
-
-
-def key_from_env(environ: dict[str, str] | None = None) -> str | None:
-    env = os.environ if environ is None else environ
-    if ENV_KEY in env:
-        return env[ENV_KEY]
-    if env.get(ENV_KEY_FILE):
-        return read_key_file(env[ENV_KEY_FILE])
-    return None
-
 
 class Catalog:
-    """A catalog of repositories: ``$REPOLIB_HOME/catalog.db`` plus, on admin machines, the
-    admin secret. Listing needs only read access; changes need the admin secret (or, inside
-    one repository, an ADMIN key through :func:`open`).
+    """A catalog of repositories: ``$REPOLIB_HOME/catalog.db``, or the database that
+    ``catalog_url=`` / ``$REPOLIB_CATALOG_URL`` names (``postgresql://...`` to share it between
+    machines, ``sqlite:///path``), plus, on admin machines, the admin secret in the home folder.
+    Listing needs only read access; changes need the admin secret (or, inside one repository,
+    an ADMIN key through :func:`open`).
     """
 
     def __init__(self, home: str | os.PathLike[str] | None = None, *, read_only: bool = False,
-                 clock: Clock | None = None, store: Store | None = None) -> None:
-        self._ctx = Context(home, read_only=read_only, clock=clock, store=store)
+                 clock: Clock | None = None, store: Store | None = None,
+                 catalog_url: str | None = None, monotonic: Clock | None = None) -> None:
+        self._ctx = Context(home, read_only=read_only, clock=clock, store=store,
+                            catalog_url=catalog_url, monotonic=monotonic)
 
     @property
     def home(self) -> str:
+        """The folder of the admin secret (and of catalog.db when no catalog URL is set)."""
         return self._ctx.home
 
     @property
     def location(self) -> str:
+        """Where the catalog is: a file path, or a URL without its password."""
         return self._ctx.store.location
+
+    @property
+    def catalog_url(self) -> str | None:
+        """The catalog URL this catalog was opened with (None: home/catalog.db)."""
+        return self._ctx.catalog_url
+
+    @property
+    def _where(self) -> str:
+        return self.location if self._ctx.catalog_url else self.home
 
     def __repr__(self) -> str:
         return f"<Catalog {self._ctx.store.location}>"
@@ -99,13 +89,12 @@ class Catalog:
                 tx.meta_set("passphrase_salt", crypto.random_bytes(16))
                 secret = admin_secret.from_passphrase(tx, env[admin_secret.ENV_PASSPHRASE])
             else:
-                secret = admin_secret.new()
-                admin_secret.write_file(os.path.join(self.home, admin_secret.FILE_NAME), secret)
+                secret = admin_secret.for_new_catalog(self.home)
             material = crypto.admin_material(secret.value)
             tx.meta_set("admin_verifier", material.verifier)
             tx.meta_set("admin_public", material.public)
             tx.meta_set("admin_source", secret.source.encode())
-            audit.append(tx, actor="admin", action="catalog.initialised", target=self.home,
+            audit.append(tx, actor="admin", action="catalog.initialised", target=self._where,
                          detail={"admin_secret": secret.source}, now=now)
             audit.seal(tx, secret.value, now)
         self._ctx.set_admin(secret)
@@ -181,42 +170,31 @@ class Catalog:
         row = self._repo_row(name)
         return Repository(self._ctx, row, Admin(self._ctx))
 
-    def open(self, name: str, key: str | None = None) -> Repository:
-        """Open a repository with an API key (``key``, else REPOLIB_KEY / REPOLIB_KEY_FILE)."""
-        key_file = None
-        if key is None:
-            key = key_from_env()
-            if ENV_KEY not in os.environ and os.environ.get(ENV_KEY_FILE):
-                key_file = os.environ[ENV_KEY_FILE]
-        if key is None:
-            raise InvalidKey("no API key given: pass key=..., or set REPOLIB_KEY or "
-                             "REPOLIB_KEY_FILE")
+    def open(self, name: str, key: str | None = None, *,
+             key_file: str | os.PathLike[str] | None = None) -> Repository:
+        """Open a repository with an API key: ``key``, else the file ``key_file``, else
+        REPOLIB_KEY / REPOLIB_KEY_FILE. A key read from a file is followed after a rotation
+        by the filesystems made from this repository."""
+        src = require_key(key, key_file)
         row = self._repo_row(name)
-        repo = Repository(self._ctx, row, authenticate(self._ctx, row, key))
-        repo.key_file = key_file
-        return repo
+        return Repository(self._ctx, row, authenticate(self._ctx, row, src.token), src.file)
 
     def open_key_file(self, name: str, path: str) -> Repository:
         """Open with the key in ``path``; filesystems made from it follow a rotated file."""
-        repo = self.open(name, read_key_file(path))
-        repo.key_file = path
-        return repo
+        return self.open(name, key_file=path)
 
-    def open_key(self, key: str | None = None) -> Repository:
+    def open_key(self, key: str | None = None, *,
+                 key_file: str | os.PathLike[str] | None = None) -> Repository:
         """Open whichever repository the key belongs to (``repolib whoami``)."""
-        if key is None:
-            key = key_from_env()
-        if key is None:
-            raise InvalidKey("no API key given: pass --key-file, or set REPOLIB_KEY or "
-                             "REPOLIB_KEY_FILE")
-        key_id, _ = keys.parse_token(key)
+        src = require_key(key, key_file)
+        key_id, _ = keys.parse_token(src.token)
         self._ctx.require_catalog()
         with self._ctx.store.read() as tx:
             k = tx.key_get(key_id)
             row = None if k is None else tx.repo_by_id(k.repo_id)
         if row is None:
             raise InvalidKey()
-        return Repository(self._ctx, row, authenticate(self._ctx, row, key))
+        return Repository(self._ctx, row, authenticate(self._ctx, row, src.token), src.file)
 
     def repositories(self) -> list[RepositoryInfo]:
         self._ctx.require_catalog()
@@ -262,7 +240,7 @@ class Catalog:
         with self._ctx.store.read() as tx:
             row = tx.repo_get(name)
         if row is None:
-            raise ConfigError(f"no repository named {name!r} in the catalog at {self.home}; "
+            raise ConfigError(f"no repository named {name!r} in the catalog at {self._where}; "
                               "`repolib repo list` shows them")
         return row
 
@@ -377,10 +355,13 @@ class _ListOnly:
 
 
 def open(name: str, key: str | None = None, *, home: str | os.PathLike[str] | None = None,
-         clock: Clock | None = None) -> Repository:
+         clock: Clock | None = None, catalog_url: str | None = None,
+         monotonic: Clock | None = None) -> Repository:
     """Open repository ``name`` with an API key.
 
     ``key`` defaults to ``$REPOLIB_KEY``, else the contents of ``$REPOLIB_KEY_FILE``; the catalog
-    to ``home``, else ``$REPOLIB_HOME``, else the user data folder. Never uses the admin secret.
+    to ``catalog_url``, else ``$REPOLIB_CATALOG_URL``, else ``catalog.db`` in ``home``, else in
+    ``$REPOLIB_HOME``, else in the user data folder. Never uses the admin secret.
     """
-    return Catalog(home, clock=clock).open(name, key)
+    return Catalog(home, clock=clock, catalog_url=catalog_url, monotonic=monotonic).open(name,
+                                                                                         key)

@@ -66,8 +66,8 @@ def _seal_message(seq: int, row_count: int, head_hash: bytes) -> bytes:
 def seal(tx: Tx, admin_secret: bytes, now: float | None = None) -> SealRow:
     """Write a checkpoint of the chain as it is in this transaction."""
     count, head = tx.audit_head()
-    seals = tx.seals()
-    seq = (seals[-1].seq if seals else 0) + 1
+    last = tx.seal_last()
+    seq = (last.seq if last else 0) + 1
     mac = crypto.audit_mac(admin_secret, _seal_message(seq, count, head))
     row = SealRow(seq, time.time() if now is None else now, count, head, mac)
     tx.seal_insert(row)

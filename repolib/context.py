@@ -10,7 +10,8 @@ import platformdirs
 
 from . import admin_secret, crypto
 from .admin_secret import AdminSecret
-from .catalog import SQLiteStore, Store
+from .catalog import Store, open_store
+from .catalog.url import catalog_url as resolve_catalog_url
 from .exceptions import CatalogError, SecretError
 
 ENV_HOME = "REPOLIB_HOME"
@@ -29,21 +30,28 @@ class Context:
     """Shared by a Catalog and the Repository objects it hands out."""
 
     def __init__(self, home: str | os.PathLike[str] | None = None, *, read_only: bool = False,
-                 clock: Clock | None = None, store: Store | None = None) -> None:
+                 clock: Clock | None = None, store: Store | None = None,
+                 catalog_url: str | None = None, monotonic: Clock | None = None) -> None:
         self.home = resolve_home(home)
-        self.store: Store = store or SQLiteStore.shared(os.path.join(self.home, CATALOG_FILE),
-                                                        read_only=read_only)
-        self.clock: Clock = clock or time.time
+        # The catalog: a URL (argument, else $REPOLIB_CATALOG_URL), else home/catalog.db.
+        # The admin secret stays in home either way.
+        self.catalog_url = None if store is not None else resolve_catalog_url(catalog_url)
+        self.store: Store = store or open_store(self.catalog_url, self.home, read_only)
+        self.clock: Clock = clock or time.time  # wall time: expiry, budgets, audit
+        self.monotonic: Clock = monotonic or time.monotonic  # intervals: re-checks, cooldowns
         self._admin: AdminSecret | None = None
 
     def __repr__(self) -> str:
-        return f"Context(home={self.home!r})"
+        return f"Context(home={self.home!r}, catalog={self.store.location!r})"
 
     def now(self) -> float:
         return self.clock()
 
     def require_catalog(self) -> None:
         if not self.store.exists():
+            if self.catalog_url is not None:
+                raise CatalogError(f"no catalog at {self.store.location}: run `repolib "
+                                   "--catalog URL init` (as the admin, once)")
             raise CatalogError(f"no catalog at {self.home}: run `repolib init` (or set "
                                "REPOLIB_HOME to the folder that holds catalog.db)")
 

@@ -14,11 +14,17 @@
     ├── SecretError                              decryption failed, admin secret missing or wrong
     └── AIError
         ├── PolicyViolation                      a request the key's AI policy refuses
-        ├── BudgetExceeded                       a token or request budget is used up
+        │   └── RateLimited                      the key's requests per minute are used up
+        ├── BudgetExceeded                       a token budget is used up
+        ├── ModelNotFound (also ConfigError)     no LLM resource in scope serves that model
         └── UpstreamError                        the LLM endpoint failed (status, message)
 
 Filesystem failures stay built-in ``OSError`` subclasses with ``errno`` set. Messages never
 carry a secret: no key secret, credential, token or admin secret appears in any of them.
+
+What ``repo.ai`` raises is also the matching ``openai`` exception class (a PolicyViolation is an
+``openai.PermissionDeniedError`` too, a BudgetExceeded an ``openai.RateLimitError``, ...): see
+``repolib/ai/errors.py``, which needs the ``llm`` extra and so lives apart from this module.
 """
 
 from __future__ import annotations
@@ -71,6 +77,9 @@ class AccessDenied(AuthError, PermissionError):
     def __str__(self) -> str:
         return str(self.strerror)
 
+    def __reduce__(self) -> tuple[type, tuple[str]]:  # pickles (to a Dask client) as it was
+        return type(self), (str(self),)
+
 
 class SecretError(RepolibError):
     """A ciphertext failed to decrypt, or the admin secret is missing or does not match."""
@@ -79,21 +88,48 @@ class SecretError(RepolibError):
 class AIError(RepolibError):
     """Base of errors from the AI facade."""
 
+    retry_after: float | None = None  # seconds until a retry can succeed, when known
+
 
 class PolicyViolation(AIError):
-    """The key's AI policy refuses this request (model, max tokens, rate)."""
+    """The key's AI policy refuses this request (AI off, model, max tokens, rate)."""
+
+
+class RateLimited(PolicyViolation):
+    """The key's requests-per-minute limit is reached; ``retry_after`` says for how long."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class BudgetExceeded(AIError):
-    """The key's token budget for the current period is used up."""
+    """The key's token budget for the current period is used up (``retry_after``: to reset)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ModelNotFound(AIError, ConfigError):
+    """No LLM resource the key may use serves this model or alias."""
 
 
 class UpstreamError(AIError):
-    """The LLM endpoint answered with an error; carries status and message, nothing else."""
+    """The LLM endpoint failed; carries status and message, nothing else.
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    ``status`` is the upstream's HTTP status (None when it could not be reached);
+    ``timed_out`` tells a timeout from a connection failure.
+    """
+
+    def __init__(self, message: str, status: int | None = None, *,
+                 timed_out: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.timed_out = timed_out
+
+    def __reduce__(self) -> tuple[type, tuple[str, int | None]]:
+        return type(self), (str(self), self.status)
 
 
 __all__ = [
@@ -106,7 +142,9 @@ __all__ = [
     "CatalogReadOnly",
     "ConfigError",
     "InvalidKey",
+    "ModelNotFound",
     "PolicyViolation",
+    "RateLimited",
     "RepolibError",
     "SecretError",
     "UpstreamError",

@@ -30,6 +30,7 @@ from .exceptions import AccessDenied, ConfigError, InvalidKey
 from .fsfile import NAME_MAX, CountingFile, is_temp_name, mtime_of, read_bytes
 from .fsposix import PosixOps, apply_to_fd, normalize, put_bytes
 from .keys import Access
+from .keysource import read_key_file, require_key
 from .objstore import RangesUnsupported
 from .paths import RepoPath
 from .procstate import ProcessLocal
@@ -68,11 +69,13 @@ class _State:
 
     def refresh(self, force: bool = False) -> None:
         """Re-check the key and the resource definitions at most every REVALIDATE_S."""
-        now = time.monotonic()
-        if not force and now - self.checked < REVALIDATE_S:
+        now = self.repository.monotonic()
+        if not force and now - self.checked < REVALIDATE_S and \
+                not self.repository.catalog_changed():
             return
         with self.lock:
-            if not force and now - self.checked < REVALIDATE_S:
+            if not force and now - self.checked < REVALIDATE_S and \
+                    not self.repository.catalog_changed():
                 return
             try:
                 self.repository.check_valid()
@@ -84,15 +87,15 @@ class _State:
                 if name not in infos or infos[name].updated_at != self.versions.get(name):
                     self.backends.pop(name)  # credentials or options changed: rebuild
             self.visible = infos
-            self.checked = time.monotonic()
+            self.checked = self.repository.monotonic()
 
     def _reread_key_file(self) -> bool:
         """A key file rewritten after rotation: switch to the new token."""
         if not self.key_file:
             return False
-        token = api.read_key_file(self.key_file)
+        token = read_key_file(self.key_file)
         repo = self.repository
-        fresh = api.Catalog(repo.home).open(repo.name, token)
+        fresh = api.Catalog(repo.home, catalog_url=repo.catalog_url).open(repo.name, token)
         if fresh.key_id != repo.key_id:
             return False
         self.repository = fresh
@@ -117,6 +120,11 @@ class _State:
 _states: ProcessLocal[tuple[str, str, str], _State] = ProcessLocal()
 
 
+def _restore(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Unpickle a repo:// filesystem without opening it yet (see ``__reduce__``)."""
+    return cls(*args, _deferred=True, **kwargs)
+
+
 def _state_for(repository: Repository, key_file: str | None) -> _State:
     k = (repository.catalog_location, repository.name, repository.key_id or "admin")
     state, made = _states.get_or_create(k, lambda: _State(repository, key_file))
@@ -130,9 +138,10 @@ def _state_for(repository: Repository, key_file: str | None) -> _State:
 class RepositoryFileSystem(PosixOps, AbstractFileSystem):  # type: ignore[misc]
     """fsspec filesystem for ``repo://<repository>/<resource>/<path>``.
 
-    ``RepositoryFileSystem(repo="analytics", key="rpk_...", home=None)``; the key defaults to
-    ``REPOLIB_KEY`` / ``REPOLIB_KEY_FILE``, the catalog to ``REPOLIB_HOME``. ``repo`` is optional:
-    a key belongs to one repository.
+    ``RepositoryFileSystem(repo="analytics", key="rpk_...", home=None, catalog_url=None)``; the
+    key defaults to ``REPOLIB_KEY`` / ``REPOLIB_KEY_FILE``, the catalog to
+    ``REPOLIB_CATALOG_URL``, else catalog.db in ``REPOLIB_HOME``. ``repo`` is optional: a key
+    belongs to one repository.
 
     POSIX attributes are kept where the backend can keep them (local folders, S3, GCS, Azure):
     ``info()`` and listings carry ``mode``, ``uid``, ``gid``, ``atime``/``mtime``/``ctime``
@@ -147,45 +156,64 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):  # type: ignore[misc]
 
     def __init__(self, repo: str | None = None, key: str | None = None,
                  home: str | None = None, *, repository: Repository | None = None,
-                 admin: bool = False, key_file: str | None = None, **kwargs: Any) -> None:
+                 admin: bool = False, key_file: str | None = None,
+                 catalog_url: str | None = None, _deferred: bool = False,
+                 **kwargs: Any) -> None:
+        if catalog_url is not None:
+            kwargs["catalog_url"] = catalog_url
         super().__init__(repo=repo, key=key, home=home, admin=admin, key_file=key_file,
                          **kwargs)
-        if key is None and key_file is not None and repository is None:
-            key = api.read_key_file(key_file)  # re-read after a rotation (see _State)
+        self._how = (repo, key, home, admin, key_file, catalog_url)
+        self._open_lock = threading.Lock()
+        self._opened: _State | None = None
+        if not _deferred:
+            self._opened = self._join(repository)
+
+    def _join(self, repository: Repository | None) -> _State:
+        """Authenticate (unless given a repository) and join the process-wide state."""
+        repo, key, home, admin, key_file, catalog_url = self._how
         if repository is None:
-            catalog = api.Catalog(home)
+            catalog = api.Catalog(home, catalog_url=catalog_url)
             if admin:
                 if repo is None:
                     raise ConfigError("admin=True needs repo=NAME")
                 repository = catalog.repository(repo)
-            else:
-                if key is None:
-                    key = os.environ.get(api.ENV_KEY)
-                    if key is None and not key_file and os.environ.get(api.ENV_KEY_FILE):
-                        key_file = os.environ[api.ENV_KEY_FILE]
-                        key = api.read_key_file(key_file)
-                if key is None:
-                    raise InvalidKey("no API key for repo://: pass key=..., or set REPOLIB_KEY "
-                                     "or REPOLIB_KEY_FILE")
-                repository = catalog.open_key(key)
+            else:  # a key file is re-read here, so a rotation is followed (see _State)
+                src = require_key(key, key_file, hint="pass key=... to repo://")
+                repository = catalog.open_key(src.token, key_file=src.file)
                 if repo is not None and repo != repository.name:
                     raise InvalidKey(f"this key belongs to another repository, not {repo!r}")
-        self._repo_name = repository.name
-        if key_file is None and repository.key_id is not None:
-            key_file = repository.key_file
-        self._state = _state_for(repository, key_file)
+        return _state_for(repository, repository.key_file)
+
+    @property
+    def _state(self) -> _State:
+        """The shared state; an unpickled instance opens the repository here, on first use."""
+        state = self._opened
+        if state is None:
+            with self._open_lock:
+                if self._opened is None:
+                    self._opened = self._join(None)
+                state = self._opened
+        return state
+
+    @property
+    def _repo_name(self) -> str:
+        return self._state.repository.name
 
     def __repr__(self) -> str:
-        r = self._state.repository
+        if self._opened is None:
+            return f"<RepositoryFileSystem repo://{self._how[0] or ''} (opened on first use)>"
+        r = self._opened.repository
         return f"<RepositoryFileSystem repo://{r.name} access={r.access.value}>"
 
     def __reduce__(self) -> Any:
-        # storage_options hold the repository name and home, and the key only when it was given
-        # as an argument; never decrypted credentials.
-        from fsspec.spec import make_instance
-
-        opts = {k: v for k, v in self.storage_options.items() if k != "repository"}
-        return make_instance, (type(self), self.storage_args, opts)
+        # storage_options hold the repository name, home and catalog URL, and the key only when
+        # it was given as an argument; never decrypted credentials. Unpickling opens nothing
+        # (a Dask scheduler may have no catalog): the first use on the worker does, and a
+        # failure there fails that task with repolib's one-line error.
+        opts = {k: v for k, v in self.storage_options.items()
+                if k not in ("repository", "_deferred")}
+        return _restore, (type(self), self.storage_args, opts)
 
     @property
     def repository(self) -> Repository:

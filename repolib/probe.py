@@ -61,10 +61,10 @@ def _same(got: bytes, want: bytes) -> None:
 def probe_llm(repo: Repository, name: str, report: Callable[[str], None] = lambda s: None
               ) -> None:
     """List the endpoint's models and make one tiny request (max_tokens=1)."""
-    from .ai.client import _Core, upstream_error
+    from .ai.core import Core, upstream_error
 
     info = repo.resource(name)
-    core = _Core(repo)
+    core = Core(repo)
     client, secrets = core.client(name, False)
     model = (info.definition["models"] or list(info.definition["aliases"].values()) or [None])[0]
     steps: list[tuple[str, Callable[[], object]]] = [

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -62,10 +61,12 @@ class ResolvedResource:
 class Repository:
     """One repository as seen by one authority (the admin secret or an API key)."""
 
-    def __init__(self, ctx: Context, row: RepoRow, auth: Admin | Key) -> None:
+    def __init__(self, ctx: Context, row: RepoRow, auth: Admin | Key,
+                 key_file: str | None = None) -> None:
         self._ctx = ctx
         self._row = row
         self._auth = auth
+        self._key_file = key_file
 
     # -- identity ---------------------------------------------------------------------------
 
@@ -92,25 +93,29 @@ class Repository:
     @property
     def key_file(self) -> str | None:
         """The file the key was read from (followed after a rotation), if any."""
-        return getattr(self, "_key_file", None)
-
-    @key_file.setter
-    def key_file(self, path: str | None) -> None:
-        self._key_file = path
+        return self._key_file
 
     @property
     def catalog_location(self) -> str:
         return self._ctx.store.location
 
     @property
+    def catalog_url(self) -> str | None:
+        """The catalog URL it was opened with (None: catalog.db in ``home``)."""
+        return self._ctx.catalog_url
+
+    @property
     def fs(self) -> Any:
         """This repository as an fsspec filesystem (``repo://`` paths, same authority)."""
         from .fs import RepositoryFileSystem  # the filesystem builds on Repository, not back
 
+        where: dict[str, Any] = {"home": self.home}
+        if self.catalog_url is not None:
+            where["catalog_url"] = self.catalog_url  # travels with a pickled fs (Dask workers)
         if isinstance(self._auth, Key):
-            return RepositoryFileSystem(repo=self.name, home=self.home, key=self._auth.token,
-                                        repository=self, key_file=self.key_file)
-        return RepositoryFileSystem(repo=self.name, home=self.home, admin=True, repository=self)
+            return RepositoryFileSystem(repo=self.name, key=self._auth.token, repository=self,
+                                        key_file=self.key_file, **where)
+        return RepositoryFileSystem(repo=self.name, admin=True, repository=self, **where)
 
     def record_usage(self, resource: str, model: str = "", **counters: float) -> None:
         """Count requests, bytes or tokens for this key and resource (flushed in the background)."""
@@ -133,14 +138,22 @@ class Repository:
 
     def check_valid(self) -> None:
         """Re-read the key from the catalog: revoked or expired keys stop here."""
+        changes = self._ctx.store.changes()
         with self._ctx.store.read() as tx:
             self._auth.recheck(tx, self._ctx.now())
-        self._checked = time.monotonic()
+        self._checked = self._ctx.monotonic()
+        self._changes_seen = changes
 
     def ensure_valid(self, max_age: float = 2.0) -> None:
-        """``check_valid`` at most every ``max_age`` seconds (a revoked key stops soon)."""
-        if time.monotonic() - getattr(self, "_checked", -1e9) >= max_age:
+        """``check_valid`` at most every ``max_age`` seconds, and at once when the catalog says
+        keys changed elsewhere (a shared catalog): a revoked key stops soon, everywhere."""
+        if self._ctx.monotonic() - getattr(self, "_checked", -1e9) >= max_age or \
+                self._ctx.store.changes() != getattr(self, "_changes_seen", None):
             self.check_valid()
+
+    def catalog_changed(self) -> bool:
+        """Has the catalog reported changes to keys or resources since the last check?"""
+        return self._ctx.store.changes() != getattr(self, "_changes_seen", None)
 
     @property
     def ai_policy(self) -> AIPolicy | None:
@@ -153,6 +166,10 @@ class Repository:
 
     def now(self) -> float:
         return self._ctx.now()
+
+    def monotonic(self) -> float:
+        """The catalog's interval clock (injected in tests): re-checks, cooldowns."""
+        return self._ctx.monotonic()
 
     @property
     def ai(self) -> Any:

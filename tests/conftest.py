@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import sqlite3
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,13 +28,127 @@ SUITE_SECRETS = [S3_KEY, S3_SECRET, S3_READ_KEY, S3_READ_SECRET, LLM_API_KEY]
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees the developer's own keys, catalog or cloud credentials."""
     for name in list(os.environ):
-        if name.startswith(("REPOLIB_", "AWS_", "GOOGLE_", "AZURE_", "OPENAI_")):
+        if name.startswith(("REPOLIB_", "AWS_", "GOOGLE_", "AZURE_", "OPENAI_", "PG")):
             monkeypatch.delenv(name, raising=False)
 
 
+# -- which store holds the catalog -------------------------------------------------------------
+#
+# Tests (or modules) marked ``@pytest.mark.stores("sqlite", "postgres")`` run once per store:
+# for "postgres" the catalog is a fresh schema in the session's PostgreSQL database, named by
+# REPOLIB_CATALOG_URL, so the library, the CLI and subprocesses all use it. Everything else runs
+# on SQLite as before.
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("stores")
+    if marker is not None and "catalog_store" in metafunc.fixturenames:
+        metafunc.parametrize("catalog_store", marker.args or ("sqlite", "postgres"),
+                             indirect=True)
+
+
+class CatalogStore:
+    """The store a test's catalog lives in, and raw SQL on it (for tampering tests)."""
+
+    def __init__(self, kind: str, home: Path, url: str | None = None,
+                 pg: pgserver.PGServer | None = None, database: str | None = None) -> None:
+        self.kind, self.home, self.url, self.pg, self.database = kind, home, url, pg, database
+
+    def __repr__(self) -> str:
+        return f"CatalogStore({self.kind})"
+
+    def execute(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        """Run one statement outside repolib (``?`` parameters) and commit it."""
+        if self.kind == "sqlite":
+            conn = sqlite3.connect(self.home / "catalog.db", isolation_level=None)
+            try:
+                return list(conn.execute(sql, args).fetchall())
+            finally:
+                conn.close()
+        import psycopg
+
+        assert self.url is not None
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            cur = conn.execute(sql.replace("?", "%s"), args)  # type: ignore[arg-type]
+            return [tuple(r) for r in cur.fetchall()] if cur.description else []
+
+
+class _PGRaw:
+    """sqlite3-like access to the PostgreSQL catalog (``?`` parameters, autocommit)."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self.conn = psycopg.connect(url, autocommit=True)
+
+    def execute(self, sql: str, args: tuple[object, ...] = ()) -> object:
+        return self.conn.execute(sql.replace("?", "%s"), args)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def raw_db(home: Path) -> object:
+    """A raw connection to the test's catalog, outside repolib: sqlite3 on home/catalog.db,
+    or psycopg on $REPOLIB_CATALOG_URL (statements take ``?`` parameters either way)."""
+    url = os.environ.get("REPOLIB_CATALOG_URL")
+    if url and url.startswith("postgresql://"):
+        return _PGRaw(url)
+    return sqlite3.connect(home / "catalog.db", isolation_level=None)
+
+
+_schemas = itertools.count(1)
+
+
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    h = tmp_path / "home"
+def catalog_store(request: pytest.FixtureRequest, tmp_path: Path,
+                  monkeypatch: pytest.MonkeyPatch) -> Iterator[CatalogStore]:
+    kind = getattr(request, "param", "sqlite")
+    home = tmp_path / "home"
+    if kind == "sqlite":
+        yield CatalogStore("sqlite", home)
+        return
+    pg: pgserver.PGServer = request.getfixturevalue("pg_server")
+    database: str = request.getfixturevalue("pg_database")
+    schema = f"t{next(_schemas)}"
+    pg.execute(f'CREATE SCHEMA "{schema}"', database=database)
+    url = pg.url(database, options=f"-csearch_path%3D{schema}")
+    monkeypatch.setenv("REPOLIB_CATALOG_URL", url)
+    try:
+        yield CatalogStore("postgres", home, url, pg, database)
+    finally:
+        from repolib import usage
+        from repolib.catalog.postgres import PostgresStore
+
+        usage.flush_all()
+        PostgresStore.close_shared(url)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[pgserver.PGServer]:
+    """PostgreSQL 15 for the session (skipped, naming what is missing, when not installed)."""
+    try:
+        cm = pgserver.postgres()
+        server = cm.__enter__()
+    except servers.ServerUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        cm.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def pg_database(pg_server: pgserver.PGServer) -> str:
+    """One database per test run; each test's catalog is a schema in it."""
+    name = f"repolib_tests_{os.getpid()}"
+    pg_server.create_database(name)
+    return name
+
+
+@pytest.fixture
+def home(catalog_store: CatalogStore, monkeypatch: pytest.MonkeyPatch) -> Path:
+    h = catalog_store.home
     monkeypatch.setenv("REPOLIB_HOME", str(h))
     return h
 
@@ -89,9 +205,21 @@ def python() -> str:
     return sys.executable
 
 
+@pytest.fixture(scope="session")
+def real_llm() -> Iterator[str]:
+    """tools/serve_llm.py with SmolLM2-135M, once per session; skipped when not installed."""
+    from .llm_server import Unavailable, model_server
+
+    try:
+        with model_server() as url:
+            yield url
+    except Unavailable as exc:
+        pytest.skip(f"no real model server: {exc}")
+
+
 # -- real storage servers, one of each per test session --------------------------------------
 
-from . import servers  # noqa: E402 - sets GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT before gcsfs loads
+from . import pgserver, servers  # noqa: E402 - servers sets GCSFS_... before gcsfs loads
 
 
 def _session_server(factory: object) -> Iterator[object]:

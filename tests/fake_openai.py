@@ -19,6 +19,8 @@ Chat behaviours (``mode`` or queued with ``push``):
 - an ``int``: that HTTP status with an OpenAI-style error body; a 401 echoes the bearer token it
   received (as careless gateways do), to test that repolib scrubs it.
 - ``"slow"``: sleeps ``slow_s`` before answering (longer than the client's timeout).
+- streams pause ``chunk_delay`` seconds between chunks (0 by default); a client that leaves
+  mid-stream is counted in ``aborted`` (and ``aborted_event`` is set).
 - ``"stream_cut"``: a couple of chunks in a chunked response, then the connection is closed
   without the terminating chunk, without usage and without ``[DONE]`` (a dropped connection).
 - ``"stream_eof"``: a couple of chunks in a close-delimited response, then a clean close,
@@ -77,11 +79,14 @@ class FakeOpenAI:
 
     def __init__(self, models: Iterable[str] = ("m1",), mode: Behaviour = "ok", *,
                  delay: float = 0.0, slow_s: float = 5.0,
-                 prompt_tokens: int | None = None) -> None:
+                 prompt_tokens: int | None = None, chunk_delay: float = 0.0) -> None:
         self.models = list(models)
         self.mode = mode
         self.delay = delay  # seconds every chat call waits before answering (calls in flight)
         self.slow_s = slow_s
+        self.chunk_delay = chunk_delay
+        self.aborted = 0  # streams whose client went away before the end
+        self.aborted_event = threading.Event()
         self.prompt_tokens = prompt_tokens
         self.requests: list[Received] = []
         self._queue: collections.deque[Behaviour] = collections.deque()
@@ -114,6 +119,9 @@ class FakeOpenAI:
         with self._lock:
             self.requests.clear()
             self._queue.clear()
+            self.aborted = 0
+            self.aborted_event.clear()
+        self.mode, self.delay, self.chunk_delay, self.prompt_tokens = "ok", 0.0, 0.0, None
 
     @property
     def port(self) -> int:
@@ -192,6 +200,9 @@ class _Server(ThreadingHTTPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         with self.owner._lock:
             self.owner._conns.add(request)
+        # Headers and body go out in two writes: without this, Nagle's algorithm holds the
+        # body until the client's delayed ACK (~40 ms), which swamps every timing measured here.
+        request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().process_request(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:
@@ -238,6 +249,11 @@ def prompt_words(messages: Any, body: dict[str, Any] | None = None) -> int:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     owner: FakeOpenAI
+
+    def setup(self) -> None:
+        super().setup()
+        # Small SSE writes must not wait for the client's delayed ACK (Nagle): ~40 ms each.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         return
@@ -394,7 +410,9 @@ class _Handler(BaseHTTPRequestHandler):
                     self.connection.shutdown(socket.SHUT_RDWR)
                 return
             events.append(chunk([{"index": 0, "delta": {}, "finish_reason": finish}]))
-            for e in events:
+            for i, e in enumerate(events):
+                if i and self.owner.chunk_delay:
+                    self.owner._stop.wait(self.owner.chunk_delay)
                 send(e)
             if usage is not None:
                 send(chunk([], {"usage": usage}))
@@ -404,6 +422,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+            with self.owner._lock:
+                self.owner.aborted += 1
+            self.owner.aborted_event.set()
 
 
 @contextlib.contextmanager

@@ -40,15 +40,16 @@ from repolib import (
     UpstreamError,
     usage,
 )
-from repolib.ai import client as ai_client
+from repolib.ai import core as ai_client
 from repolib.ai.policy import estimate_prompt, estimate_tokens, period_key
 from repolib.info import iso
+from tests.helpers import Clock
 
 from .conftest import LLM_API_KEY, Cli
 from .fake_openai import FakeOpenAI, fake_openai
-from .llm_server import Unavailable, model_server
 
 ROOT = Path(__file__).resolve().parent.parent
+BOTH_STORES = pytest.mark.stores("sqlite", "postgres")  # budgets, rates, usage: either catalog
 HI = [{"role": "user", "content": "hi there"}]
 T0 = 1_800_000_015.0  # a fixed clock: 15 s into a minute (1_800_000_000 is a whole minute)
 
@@ -151,16 +152,6 @@ def two_repo(ai_repo: repolib.Repository, fake_b: FakeOpenAI) -> repolib.Reposit
 # =============================================================================================
 # The real model server
 # =============================================================================================
-
-
-@pytest.fixture(scope="session")
-def real_llm() -> Iterator[str]:
-    """tools/serve_llm.py with SmolLM2-135M, once per session; skipped when not installed."""
-    try:
-        with model_server() as url:
-            yield url
-    except Unavailable as exc:
-        pytest.skip(f"no real model server: {exc}")
 
 
 @pytest.fixture
@@ -396,14 +387,14 @@ def test_library_asks_upstream_for_stream_usage_itself(ai_repo: repolib.Reposito
 @pytest.mark.parametrize("failure", [500, 503, 429, "slow"])
 def test_fallback_to_the_next_resource_and_cooldown(
         two_repo: repolib.Repository, fake: FakeOpenAI, fake_b: FakeOpenAI,
-        catalog: repolib.Catalog, monkeypatch: pytest.MonkeyPatch, failure: Any) -> None:
-    monkeypatch.setattr(ai_client, "COOLDOWN_S", 1.5)
+        catalog: repolib.Catalog, failure: Any) -> None:
+    clock = Clock(1000.0)  # the cooldown is timed by the catalog's interval clock
+    two_repo = repolib.Catalog(catalog.home, monotonic=clock).repository("aitest")
     fake.mode = failure
     tries = ai_client.RETRIES + 1
     resp = two_repo.ai.chat.completions.create(model="m1", messages=HI, max_tokens=4)
     assert resp.choices[0].message.content == "w0 w1 w2 w3"
     assert (len(fake.chat_requests()), len(fake_b.chat_requests())) == (tries, 1)
-    cooled_at = time.monotonic()
 
     # while alpha cools down, calls go straight to beta (streams too)
     two_repo.ai.chat.completions.create(model="fast", messages=HI, max_tokens=2)
@@ -418,7 +409,7 @@ def test_fallback_to_the_next_resource_and_cooldown(
 
     # once the cooldown is over, alpha (healthy again) is first in line again
     fake.mode = "ok"
-    time.sleep(max(0.0, cooled_at + 1.6 - time.monotonic()))
+    clock.t += ai_client.COOLDOWN_S
     two_repo.ai.chat.completions.create(model="m1", messages=HI, max_tokens=2)
     assert (len(fake.chat_requests()), len(fake_b.chat_requests())) == (tries + 1, 3)
 
@@ -499,6 +490,7 @@ def test_an_over_long_max_tokens_is_refused(catalog: repolib.Catalog,
     assert [r.body["max_tokens"] for r in fake.chat_requests()] == [LIMIT]
 
 
+@BOTH_STORES
 def test_rpm_limit_refuses_and_says_when_it_resets(catalog: repolib.Catalog,
                                                    ai_repo: repolib.Repository,
                                                    fake: FakeOpenAI) -> None:
@@ -517,6 +509,7 @@ def test_rpm_limit_refuses_and_says_when_it_resets(catalog: repolib.Catalog,
     assert len(fake.chat_requests()) == 3
 
 
+@BOTH_STORES
 def test_token_budget_refuses_and_says_when_it_resets(catalog: repolib.Catalog,
                                                       ai_repo: repolib.Repository,
                                                       fake: FakeOpenAI) -> None:
@@ -575,6 +568,7 @@ print(json.dumps(results), flush=True)
 """
 
 
+@BOTH_STORES
 def test_budget_race_across_processes(catalog: repolib.Catalog, ai_repo: repolib.Repository,
                                       fake: FakeOpenAI, home: Path) -> None:
     """20 parallel calls from 3 processes against a budget for 7: 7 pass, 13 are refused."""
@@ -733,6 +727,7 @@ def test_the_token_cap_bounds_all_n_choices(catalog: repolib.Catalog,
 # =============================================================================================
 
 
+@BOTH_STORES
 def test_usage_totals_equal_the_responses_usage(catalog: repolib.Catalog,
                                                 ai_repo: repolib.Repository,
                                                 fake: FakeOpenAI, cli: Cli) -> None:
@@ -770,6 +765,7 @@ def test_usage_totals_equal_the_responses_usage(catalog: repolib.Catalog,
     assert {r["model"] for r in rows} == {"m1", "fast"}
 
 
+@BOTH_STORES
 def test_a_cut_stream_is_charged_its_reservation(catalog: repolib.Catalog,
                                                  ai_repo: repolib.Repository,
                                                  fake: FakeOpenAI) -> None:
@@ -789,6 +785,7 @@ def test_a_cut_stream_is_charged_its_reservation(catalog: repolib.Catalog,
     assert totals["prompt_tokens"] + totals["completion_tokens"] == reservation
 
 
+@BOTH_STORES
 def test_a_stream_closed_before_done_is_charged_its_reservation(
         catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI) -> None:
     """A clean close with no usage chunk, no finish_reason and no [DONE] is a cut too."""
@@ -801,6 +798,7 @@ def test_a_stream_closed_before_done_is_charged_its_reservation(
     assert ledger(catalog, repo.key_id) == estimate_prompt(HI) + 30
 
 
+@BOTH_STORES
 @pytest.mark.parametrize("stream", [False, True])
 def test_no_usage_from_the_server_is_estimated(catalog: repolib.Catalog,
                                                ai_repo: repolib.Repository,
@@ -905,9 +903,16 @@ def test_upstream_key_in_no_repr_exception_log_or_cli_output(
     chunks = list(stream)
     emb = repo.ai.embeddings.create(model="m1", input="x")
     models = repo.ai.models.list()
+    raw = repo.ai.chat.completions.with_raw_response.create(model="m1", messages=HI)
+    with repo.ai.chat.completions.with_streaming_response.create(
+            model="m1", messages=HI, stream=True) as streamed:
+        lines = list(streamed.iter_lines())
+    ups = list(repo.ai._core._clients.values())
     keep("objects", repo, repo.ai, repo.aio, repo.ai._core, repo.ai.chat,
          repo.ai.chat.completions, repo.ai.embeddings, repo.ai.models, resp, emb, models,
-         *chunks, *(c for _, c, _ in repo.ai._core._clients.values()),
+         *chunks, *ups, *(u.sdk for u in ups), *(u.http for u in ups), raw, raw.http_request,
+         dict(raw.http_request.headers), streamed, streamed.http_request,
+         dict(streamed.http_request.headers), *lines,
          *repo.resources(), ai_repo, *ai_repo.resources())
 
     fake.push(401)  # the error body echoes the bearer token
@@ -950,9 +955,17 @@ def test_upstream_error_carries_no_request_or_original_exception(
         ai_repo.ai.chat.completions.create(model="m1", messages=HI)
     assert ei.value.status == 401
     chain = exception_chain(ei.value)
-    assert not [e for e in chain if isinstance(e, openai.OpenAIError)], \
-        [type(e).__name__ for e in chain]
-    assert not [e for e in chain if LLM_API_KEY in repr(e) or LLM_API_KEY in str(e)]
+    # the only SDK-class error is repolib's own twin: the resource's credentials were refused,
+    # which is a bad gateway to the caller (their own key is fine) ...
+    assert not [e for e in chain if isinstance(e, openai.OpenAIError)
+                and not isinstance(e, repolib.RepolibError)], [type(e).__name__ for e in chain]
+    assert isinstance(ei.value, openai.InternalServerError) and ei.value.status_code == 502
+    # ... whose request and response are synthetic: no header, no upstream address
+    assert ei.value.request.url.host == "repolib.invalid"
+    assert "authorization" not in ei.value.request.headers
+    assert "authorization" not in ei.value.response.headers
+    assert not [e for e in chain if LLM_API_KEY in repr(e) or LLM_API_KEY in str(e)
+                or LLM_API_KEY in repr(getattr(e, "body", ""))]
 
 
 def test_returned_stream_does_not_expose_the_upstream_key(ai_repo: repolib.Repository,

@@ -1,5 +1,5 @@
-"""Many processes writing one catalog at once: no lost keys, no "database is locked", an
-intact audit chain."""
+"""Many processes writing one catalog at once (SQLite and PostgreSQL): no lost keys, no
+"database is locked", an intact audit chain."""
 
 from __future__ import annotations
 
@@ -10,7 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import repolib
+
+pytestmark = pytest.mark.stores("sqlite", "postgres")
 
 WORKERS = 8
 KEYS_PER_WORKER = 50
@@ -68,6 +72,8 @@ def test_parallel_key_creation(catalog: repolib.Catalog, home: Path, tmp_path: P
     barrier.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("REPOLIB_")}
     env["REPOLIB_HOME"] = str(home)
+    if os.environ.get("REPOLIB_CATALOG_URL"):  # the PostgreSQL catalog: workers share it
+        env["REPOLIB_CATALOG_URL"] = os.environ["REPOLIB_CATALOG_URL"]
     procs = []
     for i in range(WORKERS):
         out = tmp_path / f"tokens-{i}"
@@ -134,3 +140,79 @@ def test_parallel_key_creation(catalog: repolib.Catalog, home: Path, tmp_path: P
     assert after.ok, after.problems
     assert after.seal_checked and after.rows > before.rows
     assert after.sealed_rows is not None and after.sealed_rows >= before.rows + len(created)
+
+
+# Each worker: wait at the barrier, then try `count` reservations (one request and 10 tokens each)
+# under the given AI policy; print how many were granted and refused.
+RESERVER = r"""
+import json, os, sys, time
+import repolib
+from repolib.ai import ledger
+from repolib.exceptions import BudgetExceeded, PolicyViolation
+from repolib.keys import AIPolicy
+home, key_id, barrier, count, now, index, policy = sys.argv[1:8]
+store = repolib.Catalog(home)._ctx.store
+policy = AIPolicy.from_dict(json.loads(policy))
+with store.read() as tx:
+    tx.ledger_get(key_id, "warm-up")
+open(os.path.join(barrier, f"ready-{index}"), "w").close()
+while not os.path.exists(os.path.join(barrier, "go")):
+    time.sleep(0.001)
+got = {"ok": 0, "rate": 0, "budget": 0}
+for _ in range(int(count)):
+    try:
+        ledger.reserve(store, key_id, policy, 10, float(now))
+        got["ok"] += 1
+    except BudgetExceeded:
+        got["budget"] += 1
+    except PolicyViolation:
+        got["rate"] += 1
+print(json.dumps(got))
+"""
+
+
+@pytest.mark.parametrize("limit", ["rpm", "budget"])
+def test_rate_and_budget_reservations_race_across_processes(
+        catalog: repolib.Catalog, home: Path, tmp_path: Path, limit: str) -> None:
+    """8 processes x 20 attempts at once: a limit of 50 requests a minute grants exactly 50, a
+    budget of 300 tokens exactly 30 reservations of 10; nothing counted twice or lost."""
+    from repolib.ai.policy import period_key
+
+    policy = {"rpm": 50, "token_budget": 10**6} if limit == "rpm" else {"token_budget": 300}
+    repo = catalog.create_repository("shared")
+    key_id = repo.create_key("racer", "read", ai=policy).key_id
+    now = 1_800_000_015.0
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REPOLIB_")}
+    env["REPOLIB_HOME"] = str(home)
+    if os.environ.get("REPOLIB_CATALOG_URL"):
+        env["REPOLIB_CATALOG_URL"] = os.environ["REPOLIB_CATALOG_URL"]
+    procs = [subprocess.Popen([sys.executable, "-c", RESERVER, str(home), key_id, str(barrier),
+                               "20", str(now), str(i), json.dumps(policy)], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for i in range(WORKERS)]
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(barrier.glob("ready-*"))) < WORKERS:
+            assert all(p.poll() is None for p in procs), \
+                [p.communicate() for p in procs if p.poll() is not None]
+            assert time.monotonic() < deadline, "workers did not start"
+            time.sleep(0.01)
+        (barrier / "go").touch()
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    got = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    granted = 50 if limit == "rpm" else 30
+    assert sum(g["ok"] for g in got) == granted
+    refused = sum(g["rate" if limit == "rpm" else "budget"] for g in got)
+    assert refused == WORKERS * 20 - granted
+    with catalog._ctx.store.read() as tx:
+        assert tx.ledger_get(key_id, period_key("day", now)[0]) == granted * 10
+        if limit == "rpm":
+            assert tx.rate_get(key_id, int(now // 60)) == 50

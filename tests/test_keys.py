@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -13,10 +12,11 @@ from hypothesis import strategies as st
 
 import repolib
 from repolib import crypto, keys
-from repolib.catalog import SQLiteStore
 from tests.helpers import Clock
 
-from .conftest import S3_KEY, S3_READ_KEY, S3_SECRET
+from .conftest import S3_KEY, S3_READ_KEY, S3_SECRET, raw_db
+
+pytestmark = pytest.mark.stores("sqlite", "postgres")
 
 
 def test_token_form(repo: repolib.Repository) -> None:
@@ -187,7 +187,7 @@ def test_revoked_key_fails_and_loses_its_wraps(repo: repolib.Repository, home: P
         repolib.open("analytics", key=issued.token)
     with pytest.raises(repolib.InvalidKey):
         r.resolve("raw")  # an open handle notices too
-    conn = sqlite3.connect(home / "catalog.db")
+    conn = raw_db(home)
     assert conn.execute("SELECT count(*) FROM key_secrets WHERE key_id=?",
                         (issued.key_id,)).fetchone()[0] == 0
     assert conn.execute("SELECT count(*) FROM key_wraps WHERE key_id=?",
@@ -222,7 +222,7 @@ def test_rotation_with_grace_then_purge(repo: repolib.Repository, home: Path) ->
     with pytest.raises(repolib.InvalidKey):
         cat.open("analytics", old.token)
     admin.update("trigger a write")  # any write purges expired generations
-    conn = sqlite3.connect(home / "catalog.db")
+    conn = raw_db(home)
     gens = conn.execute("SELECT generation FROM key_secrets WHERE key_id=?",
                         (old.key_id,)).fetchall()
     assert gens == [(2,)]
@@ -256,7 +256,7 @@ def test_scoped_key_cannot_decrypt_other_resources_even_from_the_catalog(
     issued = repo.create_key("ci", "write", resources=["scratch"])
     key_id, secret = keys.parse_token(issued.token)
     material = crypto.derive_key_material(secret, key_id)
-    store = SQLiteStore(str(home / "catalog.db"))
+    store = repolib.Catalog(home)._ctx.store
     with store.read() as tx:
         resources = {r.name: r for r in tx.resource_list()}
         wraps = tx.wraps(key_id=key_id)
@@ -283,8 +283,7 @@ def test_scoped_key_cannot_decrypt_other_resources_even_from_the_catalog(
     with pytest.raises(repolib.AccessDenied, match="outside the key's scope"):
         r.resolve("raw")
     # Even with the scope row edited in the catalog, the key holds no data key for raw.
-    sqlite3.connect(home / "catalog.db", isolation_level=None).execute(
-        "UPDATE keys SET scope = NULL WHERE key_id = ?", (key_id,))
+    raw_db(home).execute("UPDATE keys SET scope = NULL WHERE key_id = ?", (key_id,))
     r = repolib.open("analytics", key=issued.token)
     with pytest.raises(repolib.AccessDenied, match="holds no credentials"):
         r.resolve("raw")
@@ -330,7 +329,7 @@ def test_update_key_changes_scope_expiry_and_policy(repo: repolib.Repository) ->
 def test_update_resource_regrants_and_old_data_keys_open_nothing(repo: repolib.Repository,
                                                                  home: Path) -> None:
     issued = repo.create_key("w", "write")
-    store = SQLiteStore(str(home / "catalog.db"))
+    store = repolib.Catalog(home)._ctx.store
     with store.read() as tx:
         rid = tx.resource_get(1, "raw").id  # type: ignore[union-attr]
         old_wrap = tx.wrap_get(issued.key_id, 1, rid, "full")

@@ -360,3 +360,87 @@ def test_a_token_given_where_a_key_id_belongs_is_never_echoed(
 
     leaked = [where for where, text in texts if secret in text]
     assert leaked == [], f"the token given as a key id was echoed in: {leaked}"
+
+
+# -- the PostgreSQL catalog's password ----------------------------------------------------------
+
+PG_PASSWORD = "pg-leak-Pw-3Kd8Vb1Nq6Zr"
+
+
+def test_the_postgresql_password_never_leaks(pg_server: Any, home: Path, tmp_path: Path,
+                                             cli: Cli, caplog: pytest.LogCaptureFixture,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The catalog URL's password (in the URL, or PGPASSWORD) is in no message, repr, log,
+    audit row or CLI output: not on success, not on any failure."""
+    import fsspec
+
+    from repolib.catalog.postgres import PostgresStore
+
+    from .servers import free_port
+
+    caplog.set_level(logging.DEBUG)  # psycopg's and psycopg_pool's loggers included
+    name = f"leaks_{os.getpid()}"
+    pg_server.create_database(name)
+    pg_server.create_role("leaky", PG_PASSWORD)
+    pg_server.execute(f"GRANT ALL ON DATABASE {name} TO leaky")
+    pg_server.execute("GRANT ALL ON SCHEMA public TO leaky", database=name)
+    url = pg_server.url(name, user="leaky", password=PG_PASSWORD)
+    texts: list[tuple[str, str]] = []
+    s = Session(cli)
+
+    def keep(where: str, *objects: Any) -> None:
+        s.keep(where, *objects)
+
+    try:
+        # the admin machine: the URL (with its password) given on the command line, warned
+        r = cli("--catalog", url, "init")
+        assert "visible to other users" in r.stderr
+        cli("--catalog", url, "repo", "create", "analytics")
+        cat = repolib.Catalog(home, catalog_url=url)
+        repo = cat.repository("analytics")
+        repo.add_storage("scratch", "memory://pg-leaks")
+        token = s.issued("key", repo.create_key("app", "write"))
+        keep("catalog", cat, cat._ctx, cat._ctx.store, repo, *cat.repositories(), *cat.keys(),
+             *cat.audit(), cat.verify_audit())
+        # an application machine: the password from PGPASSWORD, the URL without it
+        monkeypatch.setenv("PGPASSWORD", PG_PASSWORD)
+        bare = pg_server.url(name, user="leaky")
+        app = repolib.open("analytics", key=token, catalog_url=bare)
+        fs = fsspec.filesystem("repo", key=token, catalog_url=bare, skip_instance_cache=True)
+        fs.pipe_file("analytics/scratch/a.txt", b"x")
+        keep("app", app, app.whoami(), fs, app.catalog_store)
+        cli("--catalog", bare, "whoami", env={"REPOLIB_KEY": token})
+        cli("--catalog", bare, "audit", "--verify")
+        cli("--catalog", bare, "usage", "--json")
+        monkeypatch.delenv("PGPASSWORD")
+        PostgresStore.close_shared(bare)  # the next process without PGPASSWORD cannot log in
+        # failures: a wrong password, no password, an unreachable server, a missing database
+        wrong = url.replace(PG_PASSWORD, PG_PASSWORD[::-1])
+        gone = f"postgresql://leaky:{PG_PASSWORD}@127.0.0.1:{free_port()}/{name}"
+        missing = pg_server.url("no_such_db", user="leaky", password=PG_PASSWORD)
+        for where, bad in (("wrong", wrong), ("none", bare), ("gone", gone),
+                           ("missing", missing), ("garbled", url + "?sslmode=nonsense")):
+            s.fails(f"catalog {where}", repolib.CatalogError,
+                    lambda b=bad: repolib.Catalog(home, catalog_url=b).repositories())
+            s.fails(f"open {where}", repolib.CatalogError,
+                    lambda b=bad: repolib.open("analytics", key=token, catalog_url=b))
+            r = cli("--catalog", bad, "repo", "list", ok=False)
+            assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) <= 2
+        s.fails("bad scheme", repolib.ConfigError,
+                lambda: repolib.Catalog(home, catalog_url=f"mysql://u:{PG_PASSWORD}@h/db"))
+        r = cli("catalog", "copy", url, f"sqlite://{tmp_path / 'copy.db'}")
+        copied = repolib.Catalog(home, catalog_url=f"sqlite://{tmp_path / 'copy.db'}")
+        keep("copy", *copied.audit())
+    finally:
+        PostgresStore.close_shared()
+
+    logs = caplog.text + "\n".join(
+        f"{rec.getMessage()} {rec.exc_text or ''} {rec.args!r}" for rec in caplog.records)
+    assert PG_PASSWORD not in logs, "the database password in the logs"
+    for where, text in s.texts + texts:
+        assert PG_PASSWORD not in text, f"the database password in {where}: {text}"
+    for i, out in enumerate(cli.outputs):
+        assert PG_PASSWORD not in out, f"the database password in CLI output #{i}: {out!r}"
+    rows = pg_server.execute("SELECT string_agg(target || detail, ' ') FROM audit",
+                             database=name)
+    assert PG_PASSWORD not in str(rows)

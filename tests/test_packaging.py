@@ -23,12 +23,15 @@ def test_exceptions_follow_the_documented_tree() -> None:
     assert issubclass(repolib.BackendUnavailable, ImportError)
     assert issubclass(repolib.AccessDenied, PermissionError)
     assert issubclass(repolib.InvalidKey, repolib.AuthError)
-    for exc in (repolib.PolicyViolation, repolib.BudgetExceeded, repolib.UpstreamError):
+    for exc in (repolib.PolicyViolation, repolib.BudgetExceeded, repolib.UpstreamError,
+                repolib.RateLimited, repolib.ModelNotFound):
         assert issubclass(exc, repolib.AIError)
+    assert issubclass(repolib.RateLimited, repolib.PolicyViolation)
+    assert issubclass(repolib.ModelNotFound, repolib.ConfigError)
     errors = [getattr(repolib, n) for n in repolib.__all__
               if isinstance(getattr(repolib, n), type)
               and issubclass(getattr(repolib, n), Exception)]
-    assert len(errors) == 13
+    assert len(errors) == 15
     assert all(issubclass(e, repolib.RepolibError) for e in errors)
 
 

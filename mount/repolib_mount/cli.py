@@ -12,17 +12,15 @@ from typing import Any
 
 import click
 
-from repolib.api import ENV_KEY, ENV_KEY_FILE, key_from_env
 from repolib.cli.common import (
     State,
     command_example,
-    explicit_key,
     key_options,
     pass_state,
     print_json,
     print_table,
+    require_cli_key,
 )
-from repolib.exceptions import InvalidKey
 
 from . import daemon
 from .options import MountOptions, default_cache_dir, parse_size
@@ -91,17 +89,9 @@ def mount_cmd(state: State, repo_name: str, mountpoint: str, key: str | None,
         daemon.require_fuse()
     except daemon.MountError as exc:
         raise click.ClickException(str(exc)) from None
-    token = explicit_key(key, key_file)
-    if token is None:
-        token = key_from_env()
-        if token is not None and ENV_KEY not in os.environ and os.environ.get(ENV_KEY_FILE):
-            key_file = os.environ[ENV_KEY_FILE]
-    if token is None:
-        raise InvalidKey("no API key: pass --key-file, or set REPOLIB_KEY or REPOLIB_KEY_FILE")
-    repo = state.catalog.open(repo_name, token)  # a bad key or name fails here, in one line
-    if key_file is not None:  # followed after a key rotation
-        key_file = os.path.abspath(os.path.expanduser(key_file))
-        repo.key_file = key_file
+    src = require_cli_key(key, key_file)  # a key file is followed after a rotation
+    repo = state.catalog.open(repo_name, src.token, key_file=src.file)  # bad key: one line
+    token, key_file = src.token, src.file
     cache_dir = os.path.abspath(os.path.expanduser(cache_dir or default_cache_dir()))
     try:
         options = MountOptions(attr_timeout=attr_timeout, dir_timeout=dir_timeout,
@@ -121,7 +111,7 @@ def mount_cmd(state: State, repo_name: str, mountpoint: str, key: str | None,
             return
         log_path = daemon.log_path_for(cache_dir, repo.name, mp)
         pid = daemon.spawn(repo.name, mp, token, options, state.catalog.home, log_path,
-                           key_file=key_file)
+                           key_file=key_file, catalog_url=state.catalog_url)
     except daemon.MountError as exc:
         raise click.ClickException(str(exc)) from None
     mode = "read-only" if (read_only or repo.access.value == "read") else "read-write"

@@ -295,14 +295,17 @@ def log_path_for(cache_dir: str, repo_name: str, mountpoint: str) -> str:
 
 def spawn(repo_name: str, mountpoint: str, token: str, options: MountOptions,
           home: str, log_path: str, timeout: float = READY_TIMEOUT_S,
-          key_file: str | None = None) -> int:
+          key_file: str | None = None, catalog_url: str | None = None) -> int:
     """Start the daemon in a new session; return its pid once the mount is ready.
 
     ``key_file``: where the key came from (a path, not a secret); the daemon re-reads it when
-    the key stops working, so a rotation does not end the mount."""
+    the key stops working, so a rotation does not end the mount. ``catalog_url`` goes in the
+    daemon's environment (it may hold a password), not on its command line."""
     config = json.dumps({"repository": repo_name, "mountpoint": mountpoint, "home": home,
                          "options": options.to_dict(), "key_file": key_file})
     env = environ.for_children()  # no key, admin secret or passphrase reaches the daemon
+    if catalog_url is not None:
+        env["REPOLIB_CATALOG_URL"] = catalog_url
     ready_r, ready_w = os.pipe()
     try:
         with open(log_path, "ab") as logf:
@@ -409,10 +412,9 @@ def child_main(argv: list[str] | None = None) -> int:
         os.close(devnull)
         from repolib.api import Catalog
 
-        repo = Catalog(config["home"]).open(config["repository"], token or None)
+        repo = Catalog(config["home"]).open(config["repository"], token or None,
+                                            key_file=config.get("key_file"))
         del token
-        if config.get("key_file"):
-            repo.key_file = config["key_file"]
         serve(repo, config["mountpoint"], options, ready=lambda: report("ready"))
         return 0
     except Exception as exc:

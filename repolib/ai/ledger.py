@@ -1,8 +1,9 @@
 """Rates and budgets in the catalog: reserve before the call, settle after it.
 
 A reservation (prompt estimate + max tokens * n) is checked against and added to the same ledger
-row in one ``BEGIN IMMEDIATE`` transaction, so parallel calls from any number of processes cannot
-overspend by more than what is in flight. Settling replaces the reservation by the reported
+row in one step (``Tx.ledger_reserve``: SQLite's one writer, PostgreSQL's conditional upsert), so
+parallel calls from any number of processes or machines cannot overspend by more than what is in
+flight. Settling replaces the reservation by the reported
 usage; a stream cut before its usage chunk keeps the reservation.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..catalog import Store
-from ..exceptions import BudgetExceeded, PolicyViolation
+from ..exceptions import BudgetExceeded, RateLimited
 from ..info import iso
 from ..keys import AIPolicy
 from .policy import period_key
@@ -33,21 +34,19 @@ def reserve(store: Store, key_id: str, policy: AIPolicy, tokens: int, now: float
     with store.write() as tx:
         if policy.rpm is not None:
             minute = int(now // 60)
-            if tx.rate_get(key_id, minute) >= policy.rpm:
-                raise PolicyViolation(
+            if not tx.rate_take(key_id, minute, policy.rpm):
+                raise RateLimited(
                     f"rate limit reached: {policy.rpm} requests per minute for this key; "
-                    f"resets in {60 - int(now % 60)} s")
-            tx.rate_add(key_id, minute)
+                    f"resets in {60 - int(now % 60)} s", retry_after=60 - now % 60)
         if policy.token_budget is None:
             return Reservation(key_id, None, 0)
         period, resets = period_key(policy.budget_period, now)
-        used = tx.ledger_get(key_id, period)
-        if used + tokens > policy.token_budget:
+        if not tx.ledger_reserve(key_id, period, tokens, policy.token_budget):
+            used = tx.ledger_get(key_id, period)
             raise BudgetExceeded(
                 f"token budget exhausted: {policy.token_budget} tokens per "
                 f"{policy.budget_period}, {used:.0f} used, this request may need {tokens}; "
-                f"resets at {iso(resets)}")
-        tx.ledger_add(key_id, period, tokens)
+                f"resets at {iso(resets)}", retry_after=max(0.0, resets - now))
     return Reservation(key_id, period, tokens)
 
 

@@ -1,4 +1,5 @@
-"""Notebook helpers: ask about repository files, map a prompt over many, show a repository.
+"""Notebook helpers: ask about repository files, show a repository (``repo.ai.map`` is in
+:mod:`repolib.ai.mapping`).
 
 Fitting files into the model's context, the rule: the context window (resource option
 ``context_window``, default 4096 tokens) minus the answer's ``max_tokens`` (default 512), the
@@ -10,14 +11,12 @@ in the prompt and in ``Answer.left_out``. Binary files are skipped and named too
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import html
 import sys
-import time
 from typing import Any
 
-from ..exceptions import ConfigError, UpstreamError
+from ..exceptions import ConfigError
 from .policy import CHARS_PER_TOKEN, estimate_tokens
 
 DEFAULT_CONTEXT = 4096
@@ -159,69 +158,6 @@ def _static_base(pattern: str) -> str:
     return "/".join(base[:-1] if len(base) == len(parts) else base)
 
 
-def map_files(repo: Any, prompt: str, files: str | list[str], out: str, model: str | None = None,
-              concurrency: int = 4, retries: int = 1, progress: bool = True,
-              **params: Any) -> MapResult:
-    """Run ``prompt`` over each file; write each answer to ``<out>/<input name>.txt``."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ConfigError("prompt must be a non-empty string")
-    if not isinstance(out, str) or not out.strip("/"):
-        raise ConfigError("out must be a folder in the repository, e.g. 'raw/answers/'")
-    if concurrency < 1:
-        raise ConfigError("concurrency must be at least 1")
-    model = model or repo.ai.default_model()
-    params.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
-    patterns = [files] if isinstance(files, str) else list(files)
-    inputs = _glob(repo, files)
-    out_dir = f"{repo.name}/{out.strip('/')}"
-    inputs = [p for p in inputs if not p.startswith(out_dir + "/")]
-    bases = [f"{repo.name}/{_static_base(p)}".rstrip("/") for p in patterns]
-    fs = repo.fs
-    context = _context_window(repo, model)
-
-    def target(path: str) -> str:
-        base = next((b for b in bases if path.startswith(b + "/")), repo.name)
-        return f"{out_dir}/{path[len(base) + 1:]}.txt"
-
-    todo, skipped = [], []
-    for p in inputs:
-        (skipped if fs.exists(target(p)) else todo).append(p)
-
-    def one(path: str) -> str:
-        message, used, *_ = build_prompt(repo, prompt, [path], context,
-                                         int(params["max_tokens"] or 0))
-        if not used:
-            raise ConfigError("not a text file")
-        for attempt in range(retries + 1):
-            try:
-                resp = repo.ai.chat.completions.create(
-                    model=model, messages=[{"role": "user", "content": message}], **params)
-                break
-            except UpstreamError as exc:
-                if attempt == retries or (exc.status is not None and exc.status < 500
-                                          and exc.status != 429):
-                    raise
-                time.sleep(1.0 * (attempt + 1))
-        text = (resp.choices[0].message.content or "") if resp.choices else ""
-        fs.pipe_file(target(path), text.strip().encode() + b"\n")
-        return target(path)
-
-    written: list[str] = []
-    failed: dict[str, str] = {}
-    bar = _progress(len(todo), progress)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
-        futures = {pool.submit(one, p): p for p in todo}
-        for fut in concurrent.futures.as_completed(futures):
-            p = futures[fut]
-            try:
-                written.append(_rel(repo, fut.result()))
-            except Exception as exc:  # one bad file does not stop the others
-                failed[_rel(repo, p)] = str(exc)
-            bar.update(1)
-    bar.close()
-    return MapResult(sorted(written), [_rel(repo, p) for p in skipped], failed)
-
-
 def _progress(total: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
@@ -254,7 +190,7 @@ def _usage_line(repo: Any) -> str:
     from ..api import Catalog
 
     me = repo.key_id or "admin"
-    cat = Catalog(repo.home)
+    cat = Catalog(repo.home, catalog_url=repo.catalog_url)
     totals: dict[str, float] = {}
     for ai in (False, True):
         for row in cat.usage(repo.name, by="key", ai=ai):

@@ -19,7 +19,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..exceptions import CatalogError, CatalogReadOnly
+from ..procstate import thread_state
 from .store import (
+    TABLES,
     AuditRow,
     KeyRow,
     RepoRow,
@@ -471,6 +473,19 @@ class SQLiteTx(Tx):
                        "ON CONFLICT(key_id, period) DO UPDATE SET tokens = tokens + "
                        "excluded.tokens", (key_id, period, tokens))
 
+    def ledger_reserve(self, key_id: str, period: str, tokens: float, limit: float) -> bool:
+        # Writes hold the whole file (BEGIN IMMEDIATE): read-check-add is one step here.
+        if self.ledger_get(key_id, period) + tokens > limit:
+            return False
+        self.ledger_add(key_id, period, tokens)
+        return True
+
+    def rate_take(self, key_id: str, minute: int, limit: int) -> bool:
+        if self.rate_get(key_id, minute) >= limit:
+            return False
+        self.rate_add(key_id, minute)
+        return True
+
     def rate_get(self, key_id: str, minute: int) -> int:
         row = self._one("SELECT requests FROM ai_rate WHERE key_id = ? AND minute = ?",
                         (key_id, minute))
@@ -518,8 +533,24 @@ class SQLiteTx(Tx):
         return [SealRow(r["seq"], r["ts"], r["row_count"], bytes(r["head_hash"]), bytes(r["mac"]))
                 for r in self._all("SELECT * FROM audit_seals ORDER BY seq")]
 
+    def seal_last(self) -> SealRow | None:
+        r = self._one("SELECT * FROM audit_seals ORDER BY seq DESC LIMIT 1")
+        return None if r is None else SealRow(r["seq"], r["ts"], r["row_count"],
+                                              bytes(r["head_hash"]), bytes(r["mac"]))
+
     def seal_replace_mac(self, seq: int, mac: bytes) -> None:
         self.c.execute("UPDATE audit_seals SET mac = ? WHERE seq = ?", (mac, seq))
+
+    # whole tables
+    def table_rows(self, table: str) -> list[tuple[Any, ...]]:
+        columns, order = TABLES[table]
+        return [tuple(r) for r in self._all(f"SELECT {', '.join(columns)} FROM {table} "
+                                            f"ORDER BY {order}")]
+
+    def table_load(self, table: str, rows: Sequence[Sequence[Any]]) -> None:
+        columns, _ = TABLES[table]
+        marks = ", ".join("?" * len(columns))
+        self.c.executemany(f"INSERT INTO {table}({', '.join(columns)}) VALUES ({marks})", rows)
 
 
 _shared: dict[tuple[str, bool], SQLiteStore] = {}
@@ -543,7 +574,7 @@ class SQLiteStore(Store):
         self.path = os.path.abspath(path)
         self.location = self.path
         self.read_only = read_only
-        self._local = threading.local()
+        self._local = thread_state()  # one connection per thread, none inherited by a fork
         self._migrated = False
 
     def __repr__(self) -> str:
@@ -571,9 +602,8 @@ class SQLiteStore(Store):
 
     # connections
     def _conn(self) -> sqlite3.Connection:
-        local = self._local
-        conn: sqlite3.Connection | None = getattr(local, "conn", None)
-        if conn is not None and local.pid == os.getpid():
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
             return conn
         if not self.exists():
             raise CatalogError(f"no catalog at {self.path}: run `repolib init` first")
@@ -584,7 +614,7 @@ class SQLiteStore(Store):
             conn = self._connect()
         finally:
             os.umask(old)
-        local.conn, local.pid = conn, os.getpid()
+        self._local.conn = conn
         if not self._migrated:
             self._migrate(conn)
         return conn
@@ -705,6 +735,6 @@ class SQLiteStore(Store):
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == os.getpid():
+        if conn is not None:
             conn.close()
-        self._local = threading.local()
+        self._local = thread_state()

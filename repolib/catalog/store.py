@@ -1,7 +1,9 @@
 """The catalog interface: what the library needs from wherever repositories and keys live.
 
-The embedded default is SQLite (:mod:`repolib.catalog.sqlite`); a shared store for many machines
-(PostgreSQL) can implement the same two classes without touching the callers. Nothing passed
+The embedded default is SQLite (:mod:`repolib.catalog.sqlite`); the shared store for many
+machines is PostgreSQL (:mod:`repolib.catalog.postgres`). Both implement the same two classes and
+hold the same tables (``TABLES``), so callers never know which one they talk to and a catalog
+copies from one to the other. Nothing passed
 through this interface is a secret in clear: credentials arrive encrypted, data keys wrapped or
 sealed, API keys as verifiers and public keys.
 """
@@ -13,6 +15,33 @@ import contextlib
 import dataclasses
 from collections.abc import Sequence
 from typing import Any
+
+# The tables every store holds, with their columns in copy order and the order of their rows.
+# `repolib catalog copy` moves them column by column, ids included (wraps and audit rows name
+# them), so a copied catalog opens every existing key.
+TABLES: dict[str, tuple[tuple[str, ...], str]] = {
+    "meta": (("name", "value"), "name"),
+    "repositories": (("id", "name", "description", "created_at", "updated_at", "deleted_at"),
+                     "id"),
+    "resources": (("id", "repo_id", "name", "kind", "public", "credential_fields",
+                   "read_credential_fields", "ciphertext", "read_ciphertext", "admin_wrap",
+                   "admin_read_wrap", "created_at", "updated_at", "deleted_at"), "id"),
+    "keys": (("key_id", "repo_id", "name", "access", "scope", "expires_at", "ai", "created_at",
+              "created_by", "last_used_at", "revoked_at"), "key_id"),
+    "key_secrets": (("key_id", "generation", "verifier", "public_key", "valid_until"),
+                    "key_id, generation"),
+    "key_wraps": (("key_id", "generation", "resource_id", "which", "sealed"),
+                  "key_id, generation, resource_id, which"),
+    "usage": (("day", "repo_id", "key_id", "resource", "metric", "value"),
+              "day, repo_id, key_id, resource, metric"),
+    "audit": (("seq", "ts", "repo", "actor", "action", "target", "detail", "prev_hash", "hash"),
+              "seq"),
+    "audit_seals": (("seq", "ts", "row_count", "head_hash", "mac"), "seq"),
+    "ai_ledger": (("key_id", "period", "tokens"), "key_id, period"),
+    "ai_rate": (("key_id", "minute", "requests"), "key_id, minute"),
+    "ai_usage": (("day", "repo_id", "key_id", "resource", "model", "metric", "value"),
+                 "day, repo_id, key_id, resource, model, metric"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,9 +221,18 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     def ledger_add(self, key_id: str, period: str, tokens: float) -> None: ...
     @abc.abstractmethod
+    def ledger_reserve(self, key_id: str, period: str, tokens: float, limit: float
+                       ) -> bool:
+        """Add ``tokens`` to the period's ledger if the total stays within ``limit``, checked
+        and added in one step (no other process can slip between); False: nothing added."""
+    @abc.abstractmethod
     def rate_get(self, key_id: str, minute: int) -> int: ...
     @abc.abstractmethod
     def rate_add(self, key_id: str, minute: int) -> None: ...
+    @abc.abstractmethod
+    def rate_take(self, key_id: str, minute: int, limit: int) -> bool:
+        """Count one request in ``minute`` if fewer than ``limit`` were counted, in one step;
+        False: the limit is reached and nothing was counted."""
 
     # audit
     @abc.abstractmethod
@@ -208,14 +246,34 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     def seals(self) -> list[SealRow]: ...
     @abc.abstractmethod
+    def seal_last(self) -> SealRow | None:
+        """The newest checkpoint (sealing reads only this one, not the whole history)."""
+    @abc.abstractmethod
     def seal_replace_mac(self, seq: int, mac: bytes) -> None: ...
+
+    # whole tables (catalog copy)
+    @abc.abstractmethod
+    def table_rows(self, table: str) -> list[tuple[Any, ...]]:
+        """Every row of one of ``TABLES``, its columns in ``TABLES`` order."""
+    @abc.abstractmethod
+    def table_load(self, table: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert rows as ``table_rows`` returns them (ids kept) into an empty table."""
 
 
 class Store(abc.ABC):
     """A catalog location. ``read()`` and ``write()`` give transactions."""
 
-    location: str
+    location: str  # where it is, fit to show: a path, or a URL without its password
     read_only: bool
+    kind: str = "sqlite"
+
+    def changes(self) -> int:
+        """A number that moves when another process may have changed keys or resources.
+
+        Free to call (no I/O). Callers re-check a key at once when it moves, and every few
+        seconds anyway; a store that cannot tell returns a constant.
+        """
+        return 0
 
     @abc.abstractmethod
     def exists(self) -> bool: ...

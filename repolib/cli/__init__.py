@@ -16,12 +16,14 @@ import click
 from .. import __version__
 from ..exceptions import RepolibError
 from .ai import ai_group
+from .catalog import catalog_group
 from .common import State
 from .completion import completion_cmd
 from .files import COMMANDS as FILE_COMMANDS
 from .keys import key_group
 from .manage import admin_group, audit_cmd, init_cmd, overview_cmd, repo_group, whoami_cmd
 from .resources import llm_group, resource_group
+from .serve import serve_cmd
 from .transfer import COMMANDS as TRANSFER_COMMANDS
 from .usage import resource_test, usage_cmd
 
@@ -85,20 +87,25 @@ def _os_message(exc: OSError) -> str:
 @click.version_option(__version__, "--version", prog_name="repolib")
 @click.option("--home", envvar="REPOLIB_HOME", type=click.Path(file_okay=False),
               help="Catalog folder (default: $REPOLIB_HOME, else the user data folder).")
+@click.option("--catalog", "catalog_url", metavar="URL",
+              help="Catalog URL: postgresql://user@host:port/db (shared by many machines) or "
+                   "sqlite:///path/catalog.db (default: $REPOLIB_CATALOG_URL, else catalog.db "
+                   "in the home folder).")
 @click.pass_context
-def main(ctx: click.Context, home: str | None) -> None:
+def main(ctx: click.Context, home: str | None, catalog_url: str | None) -> None:
     """repolib: one repository over many buckets and LLM endpoints, with scoped API keys.
 
     \b
     Example:
       repolib init && repolib repo create analytics && repolib overview
     """
-    ctx.obj = State(home)
+    ctx.obj = State(home, catalog_url)
 
 
 for command in (init_cmd, overview_cmd, whoami_cmd, audit_cmd, usage_cmd, repo_group,
-                admin_group, resource_group, llm_group, key_group, ai_group, *FILE_COMMANDS,
-                *TRANSFER_COMMANDS, completion_cmd):
+                admin_group, resource_group, llm_group, key_group, ai_group, catalog_group,
+                serve_cmd,
+                *FILE_COMMANDS, *TRANSFER_COMMANDS, completion_cmd):
     main.add_command(command)
 resource_group.add_command(resource_test)
 

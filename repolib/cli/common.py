@@ -13,9 +13,10 @@ from typing import Any
 
 import click
 
-from ..api import Catalog, key_from_env, read_key_file
+from ..api import Catalog
 from ..exceptions import ConfigError, InvalidKey, SecretError
 from ..info import iso
+from ..keysource import KeySource, find_key
 from ..repository import Repository
 
 ARGV_SECRET_WARNING = ("warning: a secret on the command line is visible to other users (ps) "
@@ -23,17 +24,31 @@ ARGV_SECRET_WARNING = ("warning: a secret on the command line is visible to othe
 
 
 class State:
-    """Options given before the command (``repolib --home DIR ...``)."""
+    """Options given before the command (``repolib --home DIR --catalog URL ...``)."""
 
-    def __init__(self, home: str | None) -> None:
+    def __init__(self, home: str | None, catalog_url: str | None = None) -> None:
         self.home = home
+        self.catalog_url = catalog_url
         self._catalog: Catalog | None = None
+        if catalog_url is not None:
+            self.warn_password(catalog_url, "--catalog")
 
     @property
     def catalog(self) -> Catalog:
         if self._catalog is None:
-            self._catalog = Catalog(self.home)
+            self._catalog = Catalog(self.home, catalog_url=self.catalog_url)
         return self._catalog
+
+    @staticmethod
+    def warn_password(url: str, where: str) -> None:
+        from ..catalog.url import POSTGRES_SCHEMES, scheme
+
+        if scheme(url) in POSTGRES_SCHEMES:
+            from ..catalog.postgres import has_password
+
+            if has_password(url):
+                warn(ARGV_SECRET_WARNING.format(alt="PGPASSWORD or a .pgpass file")
+                     .replace("a secret", f"a password in {where}"))
 
 
 pass_state = click.make_pass_decorator(State)
@@ -56,17 +71,24 @@ def key_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def explicit_key(key: str | None, key_file: str | None) -> str | None:
+def cli_key(key: str | None, key_file: str | None) -> KeySource | None:
+    """``--key`` (``-``: stdin; on the command line: a warning) or ``--key-file``, else the
+    environment: repolib's one order (repolib.keysource)."""
     if key is not None and key_file is not None:
         raise click.UsageError("give --key or --key-file, not both")
     if key == "-":
-        return read_stdin_secret("API key")
-    if key is not None:
+        key = read_stdin_secret("API key")
+    elif key is not None:
         warn(ARGV_SECRET_WARNING.format(alt="REPOLIB_KEY, REPOLIB_KEY_FILE or --key -"))
-        return key
-    if key_file is not None:
-        return read_key_file(key_file)
-    return None
+    return find_key(key, key_file)
+
+
+def explicit_key(key: str | None, key_file: str | None) -> str | None:
+    """The token from ``--key`` / ``--key-file`` only (None: neither was given)."""
+    if key is None and key_file is None:
+        return None
+    src = cli_key(key, key_file)
+    return None if src is None else src.token
 
 
 def read_stdin_secret(what: str) -> str:
@@ -83,31 +105,29 @@ def read_stdin_secret(what: str) -> str:
 def open_for_admin(state: State, name: str, key: str | None, key_file: str | None
                    ) -> Repository:
     """A repository to manage: an explicit key, else the admin secret, else REPOLIB_KEY."""
-    token = explicit_key(key, key_file)
     cat = state.catalog
-    if token is not None:
-        return cat.open(name, token)
-    try:
-        has_admin = cat.has_admin_secret()
-    except SecretError:
-        raise
-    if has_admin:
+    if key is not None or key_file is not None:
+        return open_with_key(state, name, key, key_file)
+    if cat.has_admin_secret():
         return cat.repository(name)
-    token = key_from_env()
-    if token is None:
+    if find_key() is None:
         raise SecretError("this needs the admin secret or an ADMIN key: set REPOLIB_ADMIN_KEY, "
                           "put admin.key in the catalog folder, or pass --key-file")
-    return cat.open(name, token)
+    return cat.open(name)
 
 
 def open_with_key(state: State, name: str, key: str | None, key_file: str | None
                   ) -> Repository:
-    token = explicit_key(key, key_file)
-    if token is None:
-        token = key_from_env()
-    if token is None:
+    """``--key`` / ``--key-file`` (the CLI's forms of them), else the environment."""
+    src = require_cli_key(key, key_file)
+    return state.catalog.open(name, src.token, key_file=src.file)
+
+
+def require_cli_key(key: str | None, key_file: str | None) -> KeySource:
+    src = cli_key(key, key_file)
+    if src is None:
         raise InvalidKey("no API key: pass --key-file, or set REPOLIB_KEY or REPOLIB_KEY_FILE")
-    return state.catalog.open(name, token)
+    return src
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")

@@ -36,7 +36,7 @@ def filesystem(state: State, path: str, key: str | None, key_file: str | None) -
     if not rp.repository:
         raise ConfigError("give a repository: repo://NAME[/RESOURCE/PATH]")
     return RepositoryFileSystem(repo=rp.repository, key=explicit_key(key, key_file),
-                                home=state.home)
+                                home=state.home, catalog_url=state.catalog_url)
 
 
 def no_such_file(path: str) -> click.ClickException:

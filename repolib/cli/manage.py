@@ -29,12 +29,13 @@ def init_cmd(state: State) -> None:
     """Create the catalog and the admin secret, if missing (safe to run again)."""
     cat = state.catalog
     created = cat.init()
+    where = cat.location if cat.catalog_url else cat.home
     if created:
-        click.echo(f"initialised the catalog at {cat.home}")
+        click.echo(f"initialised the catalog at {where}")
         click.echo("back up admin.key (or your passphrase): without it, repositories and "
                    "resources can no longer be managed", err=True)
     else:
-        click.echo(f"catalog already initialised at {cat.home}")
+        click.echo(f"catalog already initialised at {where}")
 
 
 def _usage_totals(cat: Any, ai: bool = False) -> dict[str, dict[str, float]]:
