@@ -6,14 +6,15 @@ import dataclasses
 import os
 from typing import Any
 
-from . import admin_secret, audit, crypto, keys, vault
-from .authority import Admin, authenticate
+from . import admin_secret, audit, crypto, vault
+from .authority import Admin
 from .catalog import RepoRow, Store
 from .context import Clock, Context
-from .exceptions import ConfigError, InvalidKey, SecretError
+from .exceptions import ConfigError, SecretError
 from .info import AuditEvent, KeyList, RepositoryInfo, ResourceList
 from .keysource import require_key
 from .names import check_name
+from .repocore import open_as_admin, open_by_key, open_with_key, repo_row
 from .repository import Repository
 
 
@@ -48,7 +49,7 @@ class Catalog:
 
     @property
     def _where(self) -> str:
-        return self.location if self._ctx.catalog_url else self.home
+        return self._ctx.where()
 
     def __repr__(self) -> str:
         return f"<Catalog {self._ctx.store.location}>"
@@ -167,17 +168,14 @@ class Catalog:
 
     def repository(self, name: str) -> Repository:
         """A repository managed with the admin secret."""
-        row = self._repo_row(name)
-        return Repository(self._ctx, row, Admin(self._ctx))
+        return open_as_admin(self._ctx, name, Repository)
 
     def open(self, name: str, key: str | None = None, *,
              key_file: str | os.PathLike[str] | None = None) -> Repository:
         """Open a repository with an API key: ``key``, else the file ``key_file``, else
         REPOLIB_KEY / REPOLIB_KEY_FILE. A key read from a file is followed after a rotation
         by the filesystems made from this repository."""
-        src = require_key(key, key_file)
-        row = self._repo_row(name)
-        return Repository(self._ctx, row, authenticate(self._ctx, row, src.token), src.file)
+        return open_with_key(self._ctx, name, require_key(key, key_file), Repository)
 
     def open_key_file(self, name: str, path: str) -> Repository:
         """Open with the key in ``path``; filesystems made from it follow a rotated file."""
@@ -186,15 +184,7 @@ class Catalog:
     def open_key(self, key: str | None = None, *,
                  key_file: str | os.PathLike[str] | None = None) -> Repository:
         """Open whichever repository the key belongs to (``repolib whoami``)."""
-        src = require_key(key, key_file)
-        key_id, _ = keys.parse_token(src.token)
-        self._ctx.require_catalog()
-        with self._ctx.store.read() as tx:
-            k = tx.key_get(key_id)
-            row = None if k is None else tx.repo_by_id(k.repo_id)
-        if row is None:
-            raise InvalidKey()
-        return Repository(self._ctx, row, authenticate(self._ctx, row, src.token), src.file)
+        return open_by_key(self._ctx, require_key(key, key_file), Repository)
 
     def repositories(self) -> list[RepositoryInfo]:
         self._ctx.require_catalog()
@@ -234,15 +224,7 @@ class Catalog:
             audit.seal(tx, secret.value, now)
 
     def _repo_row(self, name: str) -> RepoRow:
-        self._ctx.require_catalog()
-        if not isinstance(name, str):
-            raise ConfigError("repository name must be a string")
-        with self._ctx.store.read() as tx:
-            row = tx.repo_get(name)
-        if row is None:
-            raise ConfigError(f"no repository named {name!r} in the catalog at {self._where}; "
-                              "`repolib repo list` shows them")
-        return row
+        return repo_row(self._ctx, name)
 
     # -- keys across repositories -------------------------------------------------------------
 

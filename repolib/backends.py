@@ -24,8 +24,7 @@ from .exceptions import BackendUnavailable, ConfigError
 from .localfs import SafeLocalFileSystem
 from .objstore import FastObjects
 from .procstate import ProcessLocal
-from .repository import ResolvedResource
-from .resources import allowlist
+from .resources import ResolvedResource, allowlist
 from .resources.storage import BUCKET_PROTOCOLS, split_url
 
 _instances: ProcessLocal[str, Any] = ProcessLocal()  # clients hold sockets and event loops

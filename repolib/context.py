@@ -47,6 +47,10 @@ class Context:
     def now(self) -> float:
         return self.clock()
 
+    def where(self) -> str:
+        """The catalog as messages name it: its URL (no password), else the home folder."""
+        return self.store.location if self.catalog_url else self.home
+
     def require_catalog(self) -> None:
         if not self.store.exists():
             if self.catalog_url is not None:

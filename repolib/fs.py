@@ -24,8 +24,9 @@ from typing import Any
 from fsspec import AbstractFileSystem
 from fsspec.callbacks import DEFAULT_CALLBACK
 
-from . import api, errors, fsmeta, paths
+from . import errors, fsmeta, paths
 from .backends import Backend, build
+from .context import Context
 from .exceptions import AccessDenied, ConfigError, InvalidKey
 from .fsfile import NAME_MAX, CountingFile, is_temp_name, mtime_of, read_bytes
 from .fsposix import PosixOps, apply_to_fd, normalize, put_bytes
@@ -34,7 +35,7 @@ from .keysource import read_key_file, require_key
 from .objstore import RangesUnsupported
 from .paths import RepoPath
 from .procstate import ProcessLocal
-from .repository import Repository
+from .repocore import RepositoryCore, open_as_admin, open_by_key
 
 REVALIDATE_S = 2.0
 COPY_CHUNK = 8 * 2**20
@@ -57,7 +58,7 @@ def _check_lengths(rp: RepoPath, backend: Backend) -> None:
 class _State:
     """What every instance for one (catalog, repository, key id) shares in a process."""
 
-    def __init__(self, repository: Repository, key_file: str | None) -> None:
+    def __init__(self, repository: RepositoryCore, key_file: str | None) -> None:
         self.repository = repository
         self.key_file = key_file
         self.lock = threading.RLock()
@@ -93,9 +94,8 @@ class _State:
         """A key file rewritten after rotation: switch to the new token."""
         if not self.key_file:
             return False
-        token = read_key_file(self.key_file)
         repo = self.repository
-        fresh = api.Catalog(repo.home, catalog_url=repo.catalog_url).open(repo.name, token)
+        fresh = repo.with_key(read_key_file(self.key_file))  # same catalog, store and clocks
         if fresh.key_id != repo.key_id:
             return False
         self.repository = fresh
@@ -125,7 +125,7 @@ def _restore(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return cls(*args, _deferred=True, **kwargs)
 
 
-def _state_for(repository: Repository, key_file: str | None) -> _State:
+def _state_for(repository: RepositoryCore, key_file: str | None) -> _State:
     k = (repository.catalog_location, repository.name, repository.key_id or "admin")
     state, made = _states.get_or_create(k, lambda: _State(repository, key_file))
     if not made and repository is not state.repository:
@@ -133,6 +133,11 @@ def _state_for(repository: Repository, key_file: str | None) -> _State:
             state.repository = repository  # a fresher authentication (e.g. after rotation)
             state.key_file = key_file or state.key_file
     return state
+
+
+def filesystem_for(repo: RepositoryCore) -> RepositoryFileSystem:
+    """``repo.fs``: the repository as a ``repo://`` filesystem with the same authority."""
+    return RepositoryFileSystem(repository=repo, **repo.fs_options())
 
 
 class RepositoryFileSystem(PosixOps, AbstractFileSystem):  # type: ignore[misc]
@@ -155,7 +160,7 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):  # type: ignore[misc]
     root_marker = ""
 
     def __init__(self, repo: str | None = None, key: str | None = None,
-                 home: str | None = None, *, repository: Repository | None = None,
+                 home: str | None = None, *, repository: RepositoryCore | None = None,
                  admin: bool = False, key_file: str | None = None,
                  catalog_url: str | None = None, _deferred: bool = False,
                  **kwargs: Any) -> None:
@@ -169,18 +174,18 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):  # type: ignore[misc]
         if not _deferred:
             self._opened = self._join(repository)
 
-    def _join(self, repository: Repository | None) -> _State:
+    def _join(self, repository: RepositoryCore | None) -> _State:
         """Authenticate (unless given a repository) and join the process-wide state."""
         repo, key, home, admin, key_file, catalog_url = self._how
         if repository is None:
-            catalog = api.Catalog(home, catalog_url=catalog_url)
+            ctx = Context(home, catalog_url=catalog_url)
             if admin:
                 if repo is None:
                     raise ConfigError("admin=True needs repo=NAME")
-                repository = catalog.repository(repo)
+                repository = open_as_admin(ctx, repo, RepositoryCore)
             else:  # a key file is re-read here, so a rotation is followed (see _State)
                 src = require_key(key, key_file, hint="pass key=... to repo://")
-                repository = catalog.open_key(src.token, key_file=src.file)
+                repository = open_by_key(ctx, src, RepositoryCore)
                 if repo is not None and repo != repository.name:
                     raise InvalidKey(f"this key belongs to another repository, not {repo!r}")
         return _state_for(repository, repository.key_file)
@@ -216,7 +221,7 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):  # type: ignore[misc]
         return _restore, (type(self), self.storage_args, opts)
 
     @property
-    def repository(self) -> Repository:
+    def repository(self) -> RepositoryCore:
         return self._state.repository
 
     def is_local(self, path: str) -> bool:

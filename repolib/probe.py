@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from . import errors
 from .exceptions import RepolibError
-from .repository import Repository
+from .repocore import RepositoryCore
 
 
 class ProbeFailed(RepolibError):
@@ -28,7 +28,7 @@ def _why(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-def probe_storage(repo: Repository, name: str, write: bool = False,
+def probe_storage(repo: RepositoryCore, name: str, write: bool = False,
                   report: Callable[[str], None] = lambda s: None) -> None:
     """List the resource root; with ``write``, write, read back and delete a probe object."""
     from .fs import RepositoryFileSystem
@@ -58,7 +58,7 @@ def _same(got: bytes, want: bytes) -> None:
         raise OSError(errno.EIO, "the probe read back different bytes")
 
 
-def probe_llm(repo: Repository, name: str, report: Callable[[str], None] = lambda s: None
+def probe_llm(repo: RepositoryCore, name: str, report: Callable[[str], None] = lambda s: None
               ) -> None:
     """List the endpoint's models and make one tiny request (max_tokens=1)."""
     from .ai.core import Core, upstream_error

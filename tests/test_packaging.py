@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from importlib.metadata import distribution, entry_points
+from pathlib import Path
 
 import repolib
 
@@ -66,3 +68,61 @@ def test_core_never_imports_the_daemon_cli_or_backends() -> None:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          check=True, timeout=120).stdout.strip()
     assert out == ""
+
+
+def _imports_of(path: Path, module: str, known: set[str]) -> set[str]:
+    """repolib modules that ``module`` imports anywhere in its source (lazy imports, in
+    functions, included; ``TYPE_CHECKING`` blocks too)."""
+    is_pkg = path.name == "__init__.py"
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = module.split(".")[: len(module.split(".")) - node.level + is_pkg]
+                base = ".".join([*parts, *([node.module] if node.module else [])])
+            # a submodule imported by name, else an attribute of ``base``
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base
+                     for a in node.names]
+        for name in names:
+            while name and name not in known:
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                out.add(name)
+    return out
+
+
+def test_imports_point_one_way() -> None:
+    """No import circle inside repolib, lazy imports included, and nothing imports the CLI or
+    the daemon: the facades (repo.fs, repo.ai) sit above the core they build on."""
+    root = Path(repolib.__file__).parent
+    files = {}
+    for p in root.rglob("*.py"):
+        parts = list(p.relative_to(root.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        files[".".join(parts)] = p
+    graph = {m: _imports_of(p, m, set(files)) for m, p in files.items()}
+    for m, deps in graph.items():
+        if not m.startswith(("repolib.cli", "repolib.__main__")):
+            assert not any(d.startswith("repolib.cli") for d in deps), (m, deps)
+    seen: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(m: str, path: list[str]) -> None:
+        seen[m] = 1
+        for d in sorted(graph[m]):
+            if seen.get(d) == 1:
+                cycle = [*path[path.index(d):], d] if d in path else [m, d]
+                raise AssertionError("import circle: " + " -> ".join(cycle))
+            if d not in seen:
+                visit(d, [*path, d])
+        seen[m] = 2
+
+    for m in sorted(graph):
+        if m not in seen:
+            visit(m, [m])
+    assert graph["repolib.repocore"].isdisjoint({"repolib.fs", "repolib.ai", "repolib.api",
+                                                 "repolib.repository"})

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..exceptions import ModelNotFound, PolicyViolation
+from ..repocore import RepositoryCore
 from . import direct
 from .core import AsyncPage, Core, Model, Outcome, SyncPage, arun, run, send_chat, send_embeddings
 from .openai_errors import async_sdk_errors, sdk_errors
@@ -337,7 +338,7 @@ class _Variant:
 class AI:
     """``repo.ai``: the openai client's shape over the repository's LLM resources."""
 
-    def __init__(self, repo: Any) -> None:
+    def __init__(self, repo: RepositoryCore) -> None:
         self._core = Core(repo)
         self.chat = _Chat(_Completions(self._core))
         self.embeddings = _Embeddings(self._core)
@@ -357,7 +358,7 @@ class AI:
         """
         from .mapping import map_files
 
-        return map_files(self._core.repo, prompt, files=files, out=out, model=model,
+        return map_files(self._core.repo, ai_for, prompt, files=files, out=out, model=model,
                          concurrency=concurrency, executor=executor, **params)
 
     def default_model(self) -> str:
@@ -368,10 +369,26 @@ class AI:
         return names[0][0]
 
 
+def ai_for(repo: RepositoryCore) -> AI:
+    """``repo.ai``, made once per repository object (its upstream clients are reused)."""
+    made: AI | None = repo.facades.get("ai")
+    if made is None:
+        made = repo.facades["ai"] = AI(repo)
+    return made
+
+
+def aio_for(repo: RepositoryCore) -> AsyncAI:
+    """``repo.aio``, made once per repository object."""
+    made: AsyncAI | None = repo.facades.get("aio")
+    if made is None:
+        made = repo.facades["aio"] = AsyncAI(repo)
+    return made
+
+
 class AsyncAI:
     """``repo.aio``: the async twin of ``repo.ai``."""
 
-    def __init__(self, repo: Any) -> None:
+    def __init__(self, repo: RepositoryCore) -> None:
         self._core = Core(repo)
         self.chat = _Chat(_AsyncCompletions(self._core))
         self.embeddings = _AsyncEmbeddings(self._core)

@@ -17,11 +17,16 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import threading
-import time
+from collections.abc import Callable
 from typing import Any
 
-from ..exceptions import ConfigError, UpstreamError
+from .. import usage
+from ..context import Context
+from ..exceptions import ConfigError
+from ..fs import filesystem_for
+from ..keysource import KeySource
+from ..procstate import ProcessLocal
+from ..repocore import RepositoryCore, open_as_admin, open_with_key
 from .notebook import (
     DEFAULT_MAX_TOKENS,
     MapResult,
@@ -33,24 +38,23 @@ from .notebook import (
     build_prompt,
 )
 
-_opened: dict[tuple[Any, ...], Any] = {}  # per worker process: (catalog, repo, key) -> Repository
-_opened_lock = threading.Lock()
-_opened_pid = os.getpid()
+# per process: (catalog URL, home, repository, key) -> the repository opened there
+_opened: ProcessLocal[tuple[Any, ...], RepositoryCore] = ProcessLocal()
+AIFactory = Callable[[RepositoryCore], Any]
 
 
 class MapTask:
-    """One prompt for one file; picklable (carries how to open the repository, not the
-    repository itself)."""
+    """One prompt for one file; picklable (carries how to open the repository and make its
+    AI client in another process — a function reference — not the repository itself)."""
 
-    def __init__(self, repo: Any, prompt: str, model: str, params: dict[str, Any],
-                 context: int, retries: int) -> None:
-        self.name = repo.name
-        self.home = repo.home
-        self.catalog_url = repo.catalog_url
-        self.token = getattr(repo._auth, "token", None)  # None: the admin secret
-        self.prompt, self.model, self.params = prompt, model, params
-        self.context, self.retries = context, retries
-        self._repo: Any = repo
+    def __init__(self, repo: RepositoryCore, ai_factory: AIFactory, prompt: str, model: str,
+                 params: dict[str, Any], context: int) -> None:
+        opts = repo.fs_options()
+        self.name, self.home, self.catalog_url = repo.name, repo.home, repo.catalog_url
+        self.token: str | None = opts.get("key")  # None: the admin secret
+        self.ai_factory = ai_factory
+        self.prompt, self.model, self.params, self.context = prompt, model, params, context
+        self._repo: RepositoryCore | None = repo
         self._pid = os.getpid()
 
     def __repr__(self) -> str:
@@ -61,25 +65,19 @@ class MapTask:
         state["_repo"] = None
         return state
 
-    def repository(self) -> Any:
+    def repository(self) -> RepositoryCore:
         """The caller's repository in its own process; elsewhere one opened per process."""
         if self._repo is not None and self._pid == os.getpid():
             return self._repo
-        global _opened_pid
-        k = (self.catalog_url, self.home, self.name, self.token)
-        with _opened_lock:
-            if _opened_pid != os.getpid():
-                _opened.clear()
-                _opened_pid = os.getpid()
-            repo = _opened.get(k)
-            if repo is None:
-                from ..api import Catalog
 
-                cat = Catalog(self.home, catalog_url=self.catalog_url)
-                repo = cat.repository(self.name) if self.token is None else \
-                    cat.open(self.name, self.token)
-                _opened[k] = repo
-            return repo
+        def open_here() -> RepositoryCore:
+            ctx = Context(self.home, catalog_url=self.catalog_url)
+            if self.token is None:
+                return open_as_admin(ctx, self.name, RepositoryCore)
+            return open_with_key(ctx, self.name, KeySource(self.token), RepositoryCore)
+
+        k = (self.catalog_url, self.home, self.name, self.token)
+        return _opened.get(k) or _opened.get_or_create(k, open_here)[0]
 
     def __call__(self, path: str, target: str) -> tuple[bool, str]:
         """(True, target) once the answer is written, else (False, one-line reason)."""
@@ -90,39 +88,31 @@ class MapTask:
             return False, (str(exc) or type(exc).__name__).splitlines()[0]
         finally:
             if self._pid != os.getpid():  # a worker process may exit before its next flush
-                from .. import usage
-
                 usage.flush_all()
 
-    def _one(self, repo: Any, path: str, target: str) -> str:
+    def _one(self, repo: RepositoryCore, path: str, target: str) -> str:
         max_tokens = int(self.params.get("max_tokens") or 0)
         message, used, *_ = build_prompt(repo, self.prompt, [path], self.context, max_tokens)
         if not used:
             raise ConfigError("not a text file")
-        for attempt in range(self.retries + 1):
-            try:
-                resp = repo.ai.chat.completions.create(
-                    model=self.model, messages=[{"role": "user", "content": message}],
-                    **self.params)
-                break
-            except UpstreamError as exc:
-                if attempt == self.retries or (exc.status is not None and exc.status < 500
-                                               and exc.status != 429):
-                    raise
-                time.sleep(1.0 * (attempt + 1))
+        # one retry policy: the client's own (retries, backoff, fallback), nothing on top
+        resp = self.ai_factory(repo).chat.completions.create(
+            model=self.model, messages=[{"role": "user", "content": message}], **self.params)
         text = (resp.choices[0].message.content or "") if resp.choices else ""
-        repo.fs.pipe_file(target, text.strip().encode() + b"\n")
+        filesystem_for(repo).pipe_file(target, text.strip().encode() + b"\n")
         return target
 
 
-def map_files(repo: Any, prompt: str, files: str | list[str], out: str, model: str | None = None,
-              concurrency: int = 4, retries: int = 1, progress: bool = True,
-              executor: concurrent.futures.Executor | None = None,
+def map_files(repo: RepositoryCore, ai_factory: AIFactory, prompt: str,
+              files: str | list[str], out: str, model: str | None = None, concurrency: int = 4,
+              progress: bool = True, executor: concurrent.futures.Executor | None = None,
               **params: Any) -> MapResult:
     """Run ``prompt`` over each file; write each answer to ``<out>/<input name>.txt``.
 
-    ``executor``: where the per-file calls run (default: a thread pool of ``concurrency``
-    threads). It is used, not shut down.
+    ``ai_factory(repo)`` gives the AI client (``repolib.ai.client.ai_for``; a function, so it
+    reaches worker processes by reference). ``executor``: where the per-file calls run (default:
+    a thread pool of ``concurrency`` threads). It is used, not shut down. A failed call is
+    retried by the client's own policy (retries, backoff, fallback), once.
     """
     if not isinstance(prompt, str) or not prompt.strip():
         raise ConfigError("prompt must be a non-empty string")
@@ -133,14 +123,15 @@ def map_files(repo: Any, prompt: str, files: str | list[str], out: str, model: s
     if executor is not None and not isinstance(executor, concurrent.futures.Executor):
         raise ConfigError("executor must be a concurrent.futures.Executor (a thread or process "
                           "pool, or a Dask client's get_executor())")
-    model = model or repo.ai.default_model()
+    ai = ai_factory(repo)
+    model = model or ai.default_model()
     params.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
     patterns = [files] if isinstance(files, str) else list(files)
     inputs = _glob(repo, files)
     out_dir = f"{repo.name}/{out.strip('/')}"
     inputs = [p for p in inputs if not p.startswith(out_dir + "/")]
     bases = [f"{repo.name}/{_static_base(p)}".rstrip("/") for p in patterns]
-    fs = repo.fs
+    fs = filesystem_for(repo)
 
     def target(path: str) -> str:
         base = next((b for b in bases if path.startswith(b + "/")), repo.name)
@@ -149,7 +140,7 @@ def map_files(repo: Any, prompt: str, files: str | list[str], out: str, model: s
     todo, skipped = [], []
     for p in inputs:
         (skipped if fs.exists(target(p)) else todo).append(p)
-    task = MapTask(repo, prompt, model, dict(params), _context_window(repo, model), retries)
+    task = MapTask(repo, ai_factory, prompt, model, dict(params), _context_window(ai, model))
 
     written: list[str] = []
     failed: dict[str, str] = {}

@@ -14,9 +14,12 @@ from __future__ import annotations
 import dataclasses
 import html
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from ..exceptions import ConfigError
+from ..fs import filesystem_for
+from ..repocore import RepositoryCore
 from .policy import CHARS_PER_TOKEN, estimate_tokens
 
 DEFAULT_CONTEXT = 4096
@@ -56,12 +59,12 @@ class MapResult:
                 f"failed={len(self.failed)})")
 
 
-def _glob(repo: Any, files: str | list[str] | None) -> list[str]:
+def _glob(repo: RepositoryCore, files: str | list[str] | None) -> list[str]:
     """Repository-relative patterns ("raw/*.md") → full repo paths, sorted, files only."""
     if files is None:
         return []
     patterns = [files] if isinstance(files, str) else list(files)
-    fs = repo.fs
+    fs = filesystem_for(repo)
     found: set[str] = set()
     for pat in patterns:
         if not isinstance(pat, str) or not pat:
@@ -75,12 +78,12 @@ def _glob(repo: Any, files: str | list[str] | None) -> list[str]:
     return sorted(found)
 
 
-def _rel(repo: Any, path: str) -> str:
+def _rel(repo: RepositoryCore, path: str) -> str:
     return path[len(repo.name) + 1:] if path.startswith(repo.name + "/") else path
 
 
-def _read_text(repo: Any, path: str) -> str | None:
-    data = repo.fs.cat_file(path)
+def _read_text(repo: RepositoryCore, path: str) -> str | None:
+    data = filesystem_for(repo).cat_file(path)
     if b"\x00" in data[:8192]:
         return None
     try:
@@ -89,16 +92,17 @@ def _read_text(repo: Any, path: str) -> str | None:
         return None
 
 
-def _context_window(repo: Any, model: str) -> int:
-    core = repo.ai._core
+def _context_window(ai: Any, model: str) -> int:
+    """The context window of the LLM resource that serves ``model`` first."""
+    core = ai._core
     route = core.routes(model)[0]
-    options = repo.resource(route.resource).definition.get("options", {})
+    options = core.repo.resource(route.resource).definition.get("options", {})
     value = options.get("context_window", DEFAULT_CONTEXT)
     return int(value) if isinstance(value, int) and value > 0 else DEFAULT_CONTEXT
 
 
-def build_prompt(repo: Any, question: str, paths: list[str], context: int, max_tokens: int
-                 ) -> tuple[str, list[str], list[str], list[str], list[str]]:
+def build_prompt(repo: RepositoryCore, question: str, paths: list[str], context: int,
+                 max_tokens: int) -> tuple[str, list[str], list[str], list[str], list[str]]:
     """The user message, and which files were used, truncated, left out, skipped."""
     texts: list[tuple[str, str]] = []
     skipped: list[str] = []
@@ -132,18 +136,19 @@ def build_prompt(repo: Any, question: str, paths: list[str], context: int, max_t
     return message, [n for n, _ in used], truncated, left_out, skipped
 
 
-def ask(repo: Any, question: str, files: str | list[str] | None = None, model: str | None = None,
-        **params: Any) -> Answer:
+def ask(repo: RepositoryCore, ai: Any, question: str, files: str | list[str] | None = None,
+        model: str | None = None, **params: Any) -> Answer:
+    """``repo.ask``: the matching files in the prompt, fitted to the model's context; ``ai``
+    is the repository's ``repo.ai``."""
     if not isinstance(question, str) or not question.strip():
         raise ConfigError("question must be a non-empty string")
-    model = model or repo.ai.default_model()
+    model = model or ai.default_model()
     max_tokens = params.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
     paths = _glob(repo, files)
     message, used, truncated, left_out, skipped = build_prompt(
-        repo, question, paths, _context_window(repo, model), int(max_tokens or 0))
-    resp = repo.ai.chat.completions.create(model=model,
-                                           messages=[{"role": "user", "content": message}],
-                                           **params)
+        repo, question, paths, _context_window(ai, model), int(max_tokens or 0))
+    resp = ai.chat.completions.create(model=model,
+                                      messages=[{"role": "user", "content": message}], **params)
     text = resp.choices[0].message.content or "" if resp.choices else ""
     return Answer(text.strip(), used, model, truncated, left_out, skipped, resp.usage)
 
@@ -165,8 +170,8 @@ def _progress(total: int, enabled: bool) -> Any:
                 file=sys.stderr)
 
 
-def repository_html(repo: Any) -> str:
-    """A Jupyter summary: resources, access, models, this key's usage."""
+def repository_html(repo: RepositoryCore, list_models: Callable[[], list[str]]) -> str:
+    """A Jupyter summary: resources, access, models (``list_models()``), this key's usage."""
     esc = html.escape
     rows = "".join(f"<tr><td>{esc(r.name)}</td><td>{esc(r.kind)}</td>"
                    f"<td><code>{esc(r.summary)}</code></td></tr>" for r in repo.resources())
@@ -175,7 +180,7 @@ def repository_html(repo: Any) -> str:
     models = "AI off for this key"
     if policy is not None:
         try:
-            names = [m.id for m in repo.ai.models.list()]
+            names = list_models()
             models = ", ".join(esc(n) for n in names) or "none"
         except Exception as exc:  # the summary must render even without the llm extra
             models = esc(f"unavailable: {exc}")
@@ -185,20 +190,11 @@ def repository_html(repo: Any) -> str:
             f"<div>models: {models}</div><div>usage: {esc(_usage_line(repo))}</div></div>")
 
 
-def _usage_line(repo: Any) -> str:
-    """This key's totals (storage and AI), from the catalog counters."""
-    from ..api import Catalog
+_SHOWN = ("requests", "bytes_read", "bytes_written", "ai requests", "prompt_tokens",
+          "completion_tokens")
 
-    me = repo.key_id or "admin"
-    cat = Catalog(repo.home, catalog_url=repo.catalog_url)
-    totals: dict[str, float] = {}
-    for ai in (False, True):
-        for row in cat.usage(repo.name, by="key", ai=ai):
-            if row.get("key_id") != me:
-                continue
-            for metric in ("requests", "bytes_read", "bytes_written", "prompt_tokens",
-                           "completion_tokens"):
-                name = f"ai {metric}" if ai and metric == "requests" else metric
-                totals[name] = totals.get(name, 0) + float(row.get(metric, 0) or 0)
-    shown = [f"{k}={int(v)}" for k, v in totals.items() if v]
+
+def _usage_line(repo: RepositoryCore) -> str:
+    """This key's totals (storage and AI), from the catalog counters."""
+    shown = [f"{k}={int(v)}" for k, v in repo.usage_totals().items() if v and k in _SHOWN]
     return ", ".join(shown) or "none yet"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 
 from ..exceptions import ConfigError
-from .base import Definition, ResourceKind
+from .base import Definition, ResolvedResource, ResourceKind
 from .llm import LLMKind
 from .storage import StorageKind
 
@@ -39,4 +39,5 @@ def get_kind(name: str) -> ResourceKind:
         raise ConfigError(f"unknown resource kind {name!r}; known kinds: {known}") from None
 
 
-__all__ = ["Definition", "LLMKind", "ResourceKind", "StorageKind", "get_kind", "kinds"]
+__all__ = ["Definition", "LLMKind", "ResolvedResource", "ResourceKind", "StorageKind", "get_kind",
+           "kinds"]

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from ..exceptions import ConfigError
+from ..info import ResourceInfo
 
 Credentials = dict[str, Any]
 
@@ -31,6 +32,19 @@ class Definition:
             f"credentials={sorted(self.credentials)}, "
             f"read_credentials={sorted(self.read_credentials or {}) or None})"
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedResource:
+    """A resource with its decrypted credentials, for the code that talks to the backend.
+
+    ``repr`` hides the credentials; do not log ``credentials`` itself.
+    """
+
+    info: ResourceInfo
+    credentials: dict[str, Any] = dataclasses.field(repr=False)
+    credential_set: str  # "full", or "read" for a READ key given the read-only set
+    repository_key: str = ""  # the repository's identity: catalog and id (never reused)
 
 
 class ResourceKind:
