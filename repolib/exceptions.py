@@ -12,6 +12,7 @@
     │   │                                        revoked / expired / missing key
     │   └── AccessDenied (also PermissionError)  a valid key that may not do this
     ├── SecretError                              decryption failed, admin secret missing or wrong
+    ├── MountError                               a mount or unmount that cannot be done
     └── AIError
         ├── PolicyViolation                      a request the key's AI policy refuses
         │   └── RateLimited                      the key's requests per minute are used up
@@ -83,6 +84,10 @@ class AccessDenied(AuthError, PermissionError):
 
 class SecretError(RepolibError):
     """A ciphertext failed to decrypt, or the admin secret is missing or does not match."""
+
+
+class MountError(RepolibError):
+    """A mount or unmount that cannot be done (``repolib mount``, ``umount``); one line."""
 
 
 class AIError(RepolibError):

@@ -158,6 +158,13 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):  # type: ignore[misc]
 
     protocol = "repo"
     root_marker = ""
+    NAME_MAX = NAME_MAX  # bytes in one name, on every backend (what statfs reports)
+
+    @staticmethod
+    def check_path(path: str) -> None:
+        """Refuse (PermissionError, EACCES) a path that could leave its resource, before any
+        backend sees it: ``..``, ``.``, empty segments, backslashes, control characters."""
+        paths.split(path)
 
     def __init__(self, repo: str | None = None, key: str | None = None,
                  home: str | None = None, *, repository: RepositoryCore | None = None,
@@ -227,8 +234,13 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):  # type: ignore[misc]
     def is_local(self, path: str) -> bool:
         """Is ``path`` in a local-folder or in-memory resource (no network round trips)?
         Lets callers such as the mount choose between local copies and remote uploads."""
+        return self.backend_kind(path) in ("file", "memory")
+
+    def backend_kind(self, path: str) -> str:
+        """What serves ``path``: "file" (a local folder: a folder rename is one rename),
+        "memory", "s3", "gcs", "az", or another fsspec protocol."""
         _, backend = self._target(path, Access.READ, "read")
-        return backend.local or backend.protocol == "memory"
+        return backend.protocol
 
     def local_open(self, path: str, flags: int = os.O_RDONLY, mode: int = 0o666) -> int | None:
         """A raw descriptor of a file in a local-folder resource (None for other resources),

@@ -625,7 +625,7 @@ def test_a_daemon_that_fails_reports_its_one_line_error(world: World, tmp_path: 
     mp = tmp_path / "x"
     mp.mkdir()
     options = MountOptions(cache_dir=str(world.cache))
-    with pytest.raises(daemon.MountError, match="no repository named 'nosuch'"):
+    with pytest.raises(repolib.MountError, match="no repository named 'nosuch'"):
         daemon.spawn("nosuch", str(mp), world.write_key, options, str(world.home),
                      str(world.cache / "fail.log"), timeout=60)
     assert not os.path.ismount(mp)

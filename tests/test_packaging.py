@@ -30,10 +30,11 @@ def test_exceptions_follow_the_documented_tree() -> None:
         assert issubclass(exc, repolib.AIError)
     assert issubclass(repolib.RateLimited, repolib.PolicyViolation)
     assert issubclass(repolib.ModelNotFound, repolib.ConfigError)
+    assert issubclass(repolib.MountError, repolib.RepolibError)
     errors = [getattr(repolib, n) for n in repolib.__all__
               if isinstance(getattr(repolib, n), type)
               and issubclass(getattr(repolib, n), Exception)]
-    assert len(errors) == 15
+    assert len(errors) == 16  # the tree in repolib/exceptions.py, MountError included
     assert all(issubclass(e, repolib.RepolibError) for e in errors)
 
 

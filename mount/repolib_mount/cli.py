@@ -6,13 +6,13 @@ imports the daemon. pyfuse3 and trio are imported only by the process that serve
 
 from __future__ import annotations
 
-import inspect
 import os
 from typing import Any
 
 import click
 
-from repolib.cli.common import (
+from repolib import MountError
+from repolib.cli.plugin import (
     State,
     command_example,
     key_options,
@@ -22,14 +22,8 @@ from repolib.cli.common import (
     require_cli_key,
 )
 
-from . import daemon
+from . import daemon, mounttable
 from .options import MountOptions, default_cache_dir, parse_size
-
-
-def _clean_doc(f: Any) -> Any:
-    """Dedent a multi-line docstring before command_example appends to it."""
-    f.__doc__ = inspect.cleandoc(f.__doc__ or "")
-    return f
 
 
 def _size(ctx: click.Context, param: click.Parameter, value: Any) -> int:
@@ -71,7 +65,6 @@ def _positive(ctx: click.Context, param: click.Parameter, value: float) -> float
 @pass_state
 @command_example("REPOLIB_KEY_FILE=~/analytics.key repolib mount analytics ~/mnt && "
                  "ls -l ~/mnt && repolib umount ~/mnt")
-@_clean_doc
 def mount_cmd(state: State, repo_name: str, mountpoint: str, key: str | None,
               key_file: str | None, foreground: bool, read_only: bool, cache_dir: str | None,
               cache_size: int, disk_cache_size: int, disk_cache_age: float,
@@ -86,8 +79,8 @@ def mount_cmd(state: State, repo_name: str, mountpoint: str, key: str | None,
     timeouts; last writer wins).
     """
     try:
-        daemon.require_fuse()
-    except daemon.MountError as exc:
+        mounttable.require_fuse()
+    except MountError as exc:
         raise click.ClickException(str(exc)) from None
     src = require_cli_key(key, key_file)  # a key file is followed after a rotation
     repo = state.catalog.open(repo_name, src.token, key_file=src.file)  # bad key: one line
@@ -102,7 +95,7 @@ def mount_cmd(state: State, repo_name: str, mountpoint: str, key: str | None,
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     try:
-        mp = daemon.prepare_mountpoint(mountpoint)
+        mp = mounttable.prepare_mountpoint(mountpoint)
         if foreground:
             daemon._setup_logging(debug)
             daemon.serve(repo, mp, options,
@@ -112,7 +105,7 @@ def mount_cmd(state: State, repo_name: str, mountpoint: str, key: str | None,
         log_path = daemon.log_path_for(cache_dir, repo.name, mp)
         pid = daemon.spawn(repo.name, mp, token, options, state.catalog.home, log_path,
                            key_file=key_file, catalog_url=state.catalog_url)
-    except daemon.MountError as exc:
+    except MountError as exc:
         raise click.ClickException(str(exc)) from None
     mode = "read-only" if (read_only or repo.access.value == "read") else "read-write"
     click.echo(f"mounted repo://{repo.name} at {mp} ({mode}, daemon pid {pid}, log {log_path})",
@@ -127,8 +120,8 @@ def mount_cmd(state: State, repo_name: str, mountpoint: str, key: str | None,
 def umount_cmd(mountpoint: str, lazy: bool) -> None:
     """Unmount a repolib mount (waits for its daemon to finish)."""
     try:
-        daemon.unmount(mountpoint, lazy=lazy)
-    except daemon.MountError as exc:
+        mounttable.unmount(mountpoint, lazy=lazy)
+    except MountError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"unmounted {os.path.abspath(mountpoint)}", err=True)
 
@@ -140,7 +133,7 @@ def umount_cmd(mountpoint: str, lazy: bool) -> None:
 def mount_stats_cmd(mountpoint: str, as_json: bool) -> None:
     """Requests, bytes, cache hits and pending uploads of a mount (MOUNTPOINT/.repolib/stats)."""
     try:
-        stats = daemon.read_stats(mountpoint)
+        stats = mounttable.read_stats(mountpoint)
     except (OSError, ValueError) as exc:
         raise click.ClickException(f"{mountpoint} is not a working repolib mount: "
                                    f"{getattr(exc, 'strerror', None) or exc}") from None

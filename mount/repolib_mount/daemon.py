@@ -1,4 +1,5 @@
-"""The mount's lifecycle: foreground serving, the detached daemon, stale mounts, unmounting.
+"""Serving a mount: in the foreground, or as the detached daemon (mount-table tools, stale mounts
+and unmounting are in repolib_mount.mounttable).
 
 Foreground: ``serve`` runs ``pyfuse3.init`` → ``trio.run(pyfuse3.main)`` → ``pyfuse3.close()``
 (on an error ``close(unmount=False)`` and a lazy unmount, so no dead mount is left behind).
@@ -16,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import logging
 import os
 import select
-import shlex
 import signal
 import subprocess
 import sys
@@ -29,157 +28,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from repolib import environ
+from repolib import MountError, environ
 
+from .mounttable import last_line
 from .options import MountOptions
 
 log = logging.getLogger("repolib_mount")
 
-FSTYPE = "fuse.repolib"
 READY_TIMEOUT_S = 60.0
 FLUSH_ON_EXIT_TIMEOUT_S = 120.0
 WARM_UP_WAIT_S = 3.0  # the mount is reported ready once its backend clients exist, or after this
 READ_AHEAD_KB = 4096  # kernel read-ahead for the mount (bigger FUSE reads, fewer requests)
-
-
-class MountError(Exception):
-    """A mount or unmount that cannot be done; the message is one line for the user."""
-
-
-# -- mount table ------------------------------------------------------------------------------
-
-
-def _unescape(field: str) -> str:
-    return (field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
-            .replace("\\134", "\\"))
-
-
-def mount_entry(mountpoint: str) -> tuple[str, str] | None:
-    """(source, fstype) of what is mounted at ``mountpoint``, from /proc/self/mounts."""
-    target = os.path.abspath(mountpoint)
-    found = None
-    try:
-        with open("/proc/self/mounts") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3 and _unescape(parts[1]) == target:
-                    found = (_unescape(parts[0]), parts[2])  # the last one is on top
-    except OSError:
-        return None
-    return found
-
-
-def is_stale(mountpoint: str) -> bool:
-    """A FUSE mount whose daemon is gone: every access fails with ENOTCONN.
-
-    ``statvfs`` always reaches the daemon (``stat`` may be answered from the kernel's cache
-    for another attribute timeout).
-    """
-    try:
-        os.statvfs(mountpoint)
-    except OSError as exc:  # ECONNABORTED: a request in flight while the daemon died
-        return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
-    return False
-
-
-def clean_stale(mountpoint: str) -> None:
-    """Lazily unmount a dead FUSE mount (``fusermount3 -u -z``)."""
-    res = subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True,
-                         text=True, check=False)
-    if res.returncode != 0 and is_stale(mountpoint):
-        raise MountError(f"{mountpoint} is a dead mount and could not be cleaned: "
-                         f"{_last_line(res.stderr)}; try `fusermount3 -u -z {mountpoint}`")
-    log.warning("cleaned a stale mount at %s (its daemon had died)", mountpoint)
-
-
-def prepare_mountpoint(mountpoint: str) -> str:
-    """The absolute mountpoint, ready to mount on; cleans a stale mount left by a dead daemon."""
-    mp = os.path.abspath(os.path.expanduser(mountpoint))
-    entry = mount_entry(mp)
-    if entry is not None and entry[1].startswith("fuse") and is_stale(mp):
-        clean_stale(mp)
-    try:
-        st = os.stat(mp)
-    except OSError as exc:
-        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):
-            clean_stale(mp)
-            st = os.stat(mp)
-        elif exc.errno == errno.ENOENT:
-            raise MountError(f"mountpoint {mp} does not exist: create it first "
-                             f"(mkdir -p {shlex.quote(mp)})") from None
-        else:
-            raise MountError(f"mountpoint {mp}: {exc.strerror}") from None
-    import stat
-
-    if not stat.S_ISDIR(st.st_mode):
-        raise MountError(f"mountpoint {mp} is not a directory")
-    if os.path.ismount(mp):
-        entry = mount_entry(mp)
-        what = f"{entry[0]} ({entry[1]})" if entry else "something"
-        raise MountError(f"{mp} is already a mountpoint of {what}; `repolib umount {mp}` first")
-    return mp
-
-
-def require_fuse() -> None:
-    """pyfuse3 and trio come with the ``mount`` extra: name it, as the backends name theirs."""
-    try:
-        import pyfuse3  # noqa: F401
-        import trio  # noqa: F401
-    except ImportError as exc:
-        raise MountError(f"the mount needs {exc.name or 'pyfuse3'}: "
-                         'pip install "repolib[mount]"') from None
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    return lines[-1] if lines else "unknown error"
-
-
-def read_stats(mountpoint: str) -> dict[str, Any]:
-    with open(os.path.join(mountpoint, ".repolib", "stats"), encoding="utf-8") as f:
-        data: dict[str, Any] = json.load(f)
-    return data
-
-
-def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0) -> None:
-    """Unmount a repolib mount and wait for its daemon to finish (usage counters, cleanup)."""
-    mp = os.path.abspath(os.path.expanduser(mountpoint))
-    entry = mount_entry(mp)
-    if entry is None:
-        raise MountError(f"{mp} is not mounted")
-    if entry[1] != FSTYPE:
-        raise MountError(f"{mp} is not a repolib mount ({entry[1]})")
-    pid = None
-    if is_stale(mp):
-        clean_stale(mp)
-        return
-    with contextlib.suppress(OSError, ValueError):
-        pid = int(read_stats(mp)["pid"])
-    cmd = ["fusermount3", "-u", *(["-z"] if lazy else []), mp]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        msg = _last_line(res.stderr)
-        if "busy" in msg.lower():
-            msg += "; close what uses it, or `repolib umount --lazy`"
-        raise MountError(f"cannot unmount {mp}: {msg}")
-    if pid is not None and pid != os.getpid():
-        _wait_gone(pid, timeout)
-
-
-def _wait_gone(pid: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        except PermissionError:
-            return
-        with contextlib.suppress(ChildProcessError):
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return
-        time.sleep(0.05)
-    log.warning("the mount daemon (pid %d) is still running after unmount", pid)
 
 
 # -- serving ----------------------------------------------------------------------------------
@@ -340,7 +199,7 @@ def spawn(repo_name: str, mountpoint: str, token: str, options: MountOptions,
         tail = ""
         with contextlib.suppress(OSError):
             with open(log_path, encoding="utf-8", errors="replace") as f:
-                tail = _last_line(f.read()[-2000:])
+                tail = last_line(f.read()[-2000:])
         raise MountError(f"the mount daemon exited ({code}) before the mount was ready: "
                          f"{tail} (log: {log_path})")
     proc.kill()
@@ -410,7 +269,7 @@ def child_main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)
-        from repolib.api import Catalog
+        from repolib import Catalog
 
         repo = Catalog(config["home"]).open(config["repository"], token or None,
                                             key_file=config.get("key_file"))

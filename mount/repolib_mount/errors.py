@@ -19,7 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from repolib.exceptions import AuthError
+from repolib import AuthError
 
 log = logging.getLogger("repolib_mount")
 

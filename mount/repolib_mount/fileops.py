@@ -13,7 +13,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from repolib.exceptions import AuthError
+from repolib import AuthError
 
 from .errors import fuse_handler
 from .handles import (

@@ -37,8 +37,8 @@ from typing import Any
 import pyfuse3
 import trio
 
-from repolib.exceptions import InvalidKey
-from repolib.fsfile import NAME_MAX
+from repolib import InvalidKey
+from repolib.fs import RepositoryFileSystem
 
 from .attrops import AttrOperations
 from .cache import Meta
@@ -62,7 +62,7 @@ class RepositoryOperations(AttrOperations):
     @fuse_handler()
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None
                      ) -> pyfuse3.EntryAttributes:
-        if len(name) > NAME_MAX:
+        if len(name) > RepositoryFileSystem.NAME_MAX:
             raise _fuse_error(errno.ENAMETOOLONG)
         rel = self._child(parent_inode, name)
         if parent_inode == pyfuse3.ROOT_INODE and rel not in (VIRTUAL_DIR, ""):
@@ -267,9 +267,8 @@ class RepositoryOperations(AttrOperations):
 
     async def _rename_dir(self, src: str, dst: str) -> None:
         res_src, res_dst = src.split("/", 1)[0], dst.split("/", 1)[0]
-        infos = await self._resource_infos()
-        url = str(getattr(infos.get(res_src), "definition", {}).get("url", ""))
-        if not (res_src == res_dst and url.startswith("file://")):  # else one local rename
+        kind = await self._run(self.fs.backend_kind, self._fs_path(src))
+        if not (res_src == res_dst and kind == "file"):  # else one local rename
             found = await self._run(self.fs.find, self._fs_path(src), withdirs=True)
             if len(found) > self.options.rename_limit:
                 log.warning("rename of %s refused: %d objects, over --rename-limit %d", src,

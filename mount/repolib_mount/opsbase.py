@@ -21,9 +21,8 @@ from typing import Any
 import pyfuse3
 import trio
 
-from repolib.fsfile import NAME_MAX
-from repolib.keys import Access
-from repolib.paths import split as split_repo_path
+from repolib import Access
+from repolib.fs import RepositoryFileSystem
 
 from .cache import BlockCache, DirCache, Meta, TTLCache
 from .diskcache import DiskBlockCache
@@ -142,11 +141,11 @@ class OperationsBase(pyfuse3.Operations):  # type: ignore[misc]
     def _check_new_name(self, rel: str) -> None:
         """Names made here must be ones the repository accepts, inside a resource, and fit
         NAME_MAX (the backend's key length is checked by ``_check_writable``)."""
-        if len(os.fsencode(name_of(rel))) > NAME_MAX:
+        if len(os.fsencode(name_of(rel))) > RepositoryFileSystem.NAME_MAX:
             raise _fuse_error(errno.ENAMETOOLONG)
         if "/" not in rel or is_below(rel, VIRTUAL_DIR):
             raise _fuse_error(errno.EACCES)  # the root holds resources only
-        split_repo_path(self._fs_path(rel))  # PathEscape (EACCES) for names it refuses
+        self.fs.check_path(self._fs_path(rel))  # EACCES for names the repository refuses
 
     async def _check_writable(self, rel: str) -> None:
         """What the repository would refuse for a write to ``rel`` (a key over the backend's
