@@ -7,7 +7,8 @@ import os
 from typing import Any
 
 from . import admin_secret, audit, crypto, vault
-from .authority import Admin
+from .audit import Verification
+from .authority import Admin, Listing
 from .catalog import RepoRow, Store
 from .context import Clock, Context
 from .exceptions import ConfigError, SecretError
@@ -200,7 +201,7 @@ class Catalog:
     def resources(self, repository: str) -> ResourceList:
         """A repository's resources, without credentials. Listing needs no secret."""
         row = self._repo_row(repository)
-        return Repository(self._ctx, row, _ListOnly()).resources()  # type: ignore[arg-type]
+        return Repository(self._ctx, row, Listing()).resources()
 
     def delete_repository(self, name: str) -> None:
         """Soft delete: rows stay for the audit trail, keys are revoked, the name is free."""
@@ -238,7 +239,7 @@ class Catalog:
                 repos = tx.repo_list()
             out = KeyList()
             for r in repos:
-                view = Repository(self._ctx, r, _ListOnly())  # type: ignore[arg-type]
+                view = Repository(self._ctx, r, Listing())
                 out.extend(view._key_info(k) for k in tx.key_list(r.id))
         return out
 
@@ -251,7 +252,7 @@ class Catalog:
         return [AuditEvent(r.seq, r.ts, r.repo, r.actor, r.action, r.target, r.detail)
                 for r in rows]
 
-    def verify_audit(self) -> audit.Verification:
+    def verify_audit(self) -> Verification:
         self._ctx.require_catalog()
         try:
             secret = self._ctx.admin(required=False)
@@ -325,15 +326,6 @@ class Catalog:
 
 USAGE_GROUPS = {"repository": "repository", "key": "key_id", "resource": "resource",
                 "day": "day"}
-
-
-class _ListOnly:
-    """An authority that may only format what it lists (Catalog.keys without any secret)."""
-
-    access = Admin.access
-    key_id = None
-    scope = None
-    actor = "catalog"
 
 
 def open(name: str, key: str | None = None, *, home: str | os.PathLike[str] | None = None,

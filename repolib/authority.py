@@ -10,7 +10,7 @@ from __future__ import annotations
 from . import audit, crypto, keys, vault
 from .catalog import KeyRow, RepoRow, ResourceRow, SecretRow, Tx
 from .context import Context
-from .exceptions import AccessDenied, InvalidKey
+from .exceptions import AccessDenied, InvalidKey, SecretError
 from .keys import Access, AIPolicy
 
 TOUCH_EVERY_S = 60.0
@@ -128,3 +128,24 @@ def purge_expired(tx: Tx, now: float) -> None:
     """Old secrets past their rotation grace lose their verifier and wraps."""
     for s in tx.secrets_expired(now):
         tx.secrets_delete(s.key_id, [s.generation])
+
+
+class Listing:
+    """No secret at all: what a catalog may show to anyone who can read it (its repositories'
+    resources and keys, never a credential). It decrypts nothing and changes nothing."""
+
+    access = Access.ADMIN  # to format every key; require() is never reached for changes
+    key_id: str | None = None
+    scope: tuple[str, ...] | None = None
+    expires_at: float | None = None
+    ai: AIPolicy | None = None
+    actor = "catalog"
+
+    def data_key(self, tx: Tx, row: ResourceRow, which: str) -> bytes:
+        raise SecretError("listing needs no secret and decrypts nothing")
+
+    def recheck(self, tx: Tx, now: float) -> None:
+        return None
+
+
+Authority = Admin | Key | Listing

@@ -140,7 +140,7 @@ def filesystem_for(repo: RepositoryCore) -> RepositoryFileSystem:
     return RepositoryFileSystem(repository=repo, **repo.fs_options())
 
 
-class RepositoryFileSystem(PosixOps, AbstractFileSystem):  # type: ignore[misc]
+class RepositoryFileSystem(PosixOps, AbstractFileSystem):
     """fsspec filesystem for ``repo://<repository>/<resource>/<path>``.
 
     ``RepositoryFileSystem(repo="analytics", key="rpk_...", home=None, catalog_url=None)``; the
@@ -327,7 +327,7 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):  # type: ignore[misc]
             self._count(rp.resource, **counters)
 
     def _count(self, resource: str, **counters: float) -> None:
-        self._state.repository.record_usage(resource, **counters)
+        self._state.repository.record_usage(resource, "", **counters)
 
     def _entry(self, rp: RepoPath, backend: Backend, info: dict[str, Any],
                listed: bool = False) -> dict[str, Any]:

@@ -180,7 +180,8 @@ async def _s3_stat(fs: Any, bpath: str) -> dict[str, Any]:
     marker when there is one); nothing there: FileNotFoundError after HEAD + LIST."""
     bucket, key = _s3_split(fs, bpath)
     if not key:
-        return await fs._info(bpath)
+        found: dict[str, Any] = await fs._info(bpath)
+        return found
     try:
         return _s3_info(bpath, await fs._call_s3("head_object", Bucket=bucket, Key=key))
     except FileNotFoundError:
@@ -205,7 +206,8 @@ def stat_object(backend: Any, bpath: str) -> dict[str, Any]:
     if backend.protocol == "s3":
         from fsspec.asyn import sync
 
-        return sync(fs.loop, _s3_stat, fs, bpath)  # type: ignore[no-any-return]
+        found: dict[str, Any] = sync(fs.loop, _s3_stat, fs, bpath)
+        return found
     info: dict[str, Any] = fs.info(bpath)
     if info.get("type") == "directory" and not info.get("metadata"):
         marker = _marker_metadata(backend, bpath)
@@ -237,7 +239,8 @@ def stat_many(backend: Any, bpaths: list[str]) -> list[dict[str, Any] | BaseExce
 
         return await asyncio.gather(*(one(p) for p in bpaths), return_exceptions=True)
 
-    return sync(fs.loop, all_of)  # type: ignore[no-any-return]
+    results: list[Any] = sync(fs.loop, all_of)
+    return results
 
 
 def _marker_metadata(backend: Any, bpath: str) -> dict[str, Any] | None:

@@ -59,9 +59,11 @@ def _eperm(what: str, path: str) -> PermissionError:
 class PosixOps:
     """setattrs, symlink, readlink, mknod and info_many for RepositoryFileSystem."""
 
+    # provided by RepositoryFileSystem, which this is mixed into
     _target: Any
     _call: Any
     _entry: Any
+    info: Any
 
     def setattrs(self, path: str, mode: int | None = None, uid: int | None = None,
                  gid: int | None = None, atime: Any = None, mtime: Any = None, *,
@@ -82,7 +84,9 @@ class PosixOps:
         if backend.protocol == "file":
             bpath = backend.path(rp.rel)
             self._call(rp, backend, self._apply_local, backend, bpath, changes, True)
-            return self._entry(rp, backend, self._call(rp, backend, backend.fs.info, bpath))
+            info: dict[str, Any] = self._call(rp, backend, backend.fs.info, bpath)
+            entry: dict[str, Any] = self._entry(rp, backend, info)
+            return entry
         if backend.protocol not in fsmeta.OBJECT_STORES:
             raise OSError(errno.EOPNOTSUPP, "this resource keeps no file attributes", rp.full)
         bpath = backend.path(rp.rel)
@@ -101,7 +105,8 @@ class PosixOps:
         out = dict(current)
         out["metadata"] = {**(current.get("metadata") or {}),
                            **fsmeta.encode(backend.protocol, merged)}
-        return self._entry(rp, backend, out)  # type: ignore[no-any-return]
+        updated: dict[str, Any] = self._entry(rp, backend, out)
+        return updated
 
     def symlink(self, target: str, path: str, *, attrs: Attrs | None = None) -> None:
         """Make ``path`` a symlink to ``target`` (kept as written, never followed here): a real
@@ -195,7 +200,7 @@ class PosixOps:
                 continue
             if not rp.rel or backend.protocol != "s3":
                 try:
-                    out[i] = self.info(p)  # type: ignore[attr-defined]
+                    out[i] = self.info(p)
                 except OSError as exc:
                     out[i] = exc
                 continue

@@ -128,7 +128,7 @@ class AIPolicy:
                 object.__setattr__(self, "models", (self.models,))
             else:
                 object.__setattr__(self, "models", tuple(self.models))
-            if not all(isinstance(m, str) and m for m in self.models):  # type: ignore[union-attr]
+            if not all(isinstance(m, str) and m for m in self.models):
                 raise ConfigError("AI policy models must be non-empty strings")
         for field in ("max_tokens", "rpm", "token_budget"):
             v = getattr(self, field)

@@ -94,7 +94,24 @@ def _is_link(name: str, dirfd: int) -> bool:
         return False
 
 
-class SafeLocalFileSystem(AbstractFileSystem):  # type: ignore[misc]
+def _rmtree_at(pfd: int, name: str) -> None:
+    """Remove folder ``name`` beneath ``pfd`` and everything in it, one descriptor per level,
+    following no symlink (a link inside is removed, never entered)."""
+    fd = os.open(name, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=pfd)
+    try:
+        with os.scandir(fd) as it:
+            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+        for child, is_dir in entries:
+            if is_dir:
+                _rmtree_at(fd, child)
+            else:
+                os.unlink(child, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=pfd)
+
+
+class SafeLocalFileSystem(AbstractFileSystem):
     """An fsspec filesystem for one folder (``root``), taking absolute host paths under it,
     as fsspec's LocalFileSystem does, but opening every path beneath the folder's directory
     without following symlinks."""
@@ -400,7 +417,7 @@ class SafeLocalFileSystem(AbstractFileSystem):  # type: ignore[misc]
                     raise PermissionError(errno.EACCES, "the folder itself cannot be removed",
                                           p)
                 else:
-                    shutil.rmtree(name, dir_fd=pfd)  # fd-based: never follows a symlink
+                    _rmtree_at(pfd, name)
 
     def mv(self, path1: str, path2: str, recursive: bool = True, maxdepth: int | None = None,
            **kwargs: Any) -> None:
@@ -465,7 +482,8 @@ class SafeLocalFileSystem(AbstractFileSystem):  # type: ignore[misc]
 
 class _Atomic:
     """A temp file beside the target, renamed over it on ``close``; ``discard`` (or an
-    exception inside ``with``) drops it."""
+    exception inside ``with``) drops it. A mixin for io.BufferedWriter / BufferedRandom: its
+    ``super().close()`` is theirs, which mypy cannot see ([misc])."""
 
     _pfd = -1
     _name = _tmp = ""

@@ -20,19 +20,19 @@ try:  # an accelerator, not a requirement
     import obstore
     import obstore.exceptions
     from obstore.store import AzureStore, S3Store
-except ImportError:  # pragma: no cover - exercised only where obstore is missing
-    obstore = None
 
-AVAILABLE = obstore is not None
+    AVAILABLE = True
+except ImportError:  # pragma: no cover - exercised only where obstore is missing
+    AVAILABLE = False
 # A dead endpoint is an error within seconds (object_store's default retries for 3 minutes),
 # as for the S3 clients in repolib.backends; a slow large read still has two minutes.
-_RETRY = {"max_retries": 2, "retry_timeout": dt.timedelta(seconds=10),
+_RETRY: Any = {"max_retries": 2, "retry_timeout": dt.timedelta(seconds=10),
           "backoff": {"init_backoff": dt.timedelta(milliseconds=100),
                       "max_backoff": dt.timedelta(seconds=2), "base": 2}}
 
 
-def _client_options(endpoint: str | None) -> dict[str, Any]:
-    options: dict[str, Any] = {"connect_timeout": dt.timedelta(seconds=5),
+def _client_options(endpoint: str | None) -> Any:
+    options: Any = {"connect_timeout": dt.timedelta(seconds=5),
                                "timeout": dt.timedelta(seconds=120)}
     if endpoint and endpoint.startswith("http://"):
         options["allow_http"] = True
@@ -80,7 +80,7 @@ def s3(bucket: str, *, key: str | None, secret: str | None, token: str | None,
     """An S3 client with exactly these credentials (or unsigned requests): never the host's."""
     if not AVAILABLE:
         return None
-    config: dict[str, Any] = {"region": region or "us-east-1",
+    config: Any = {"region": region or "us-east-1",
                               "virtual_hosted_style_request": not path_style}
     if endpoint:
         config["endpoint"] = endpoint
@@ -99,7 +99,7 @@ def azure(container: str, *, account: str, account_key: str | None, sas_token: s
     """An Azure Blob client with an account key or SAS token, else unsigned requests."""
     if not AVAILABLE:
         return None
-    config: dict[str, Any] = {"account_name": account}
+    config: Any = {"account_name": account}
     if endpoint:
         base = endpoint.rstrip("/")
         config["endpoint"] = base if base.endswith(f"/{account}") else f"{base}/{account}"

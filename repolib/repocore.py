@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from . import audit, crypto, keys, usage, vault
-from .authority import Admin, Key, authenticate, purge_expired
+from .authority import Admin, Authority, Key, authenticate, purge_expired
 from .catalog import KeyRow, RepoRow, ResourceRow, SecretRow, Tx
 from .context import Context
 from .exceptions import AccessDenied, ConfigError, InvalidKey, SecretError
@@ -52,7 +52,7 @@ def _expiry(now: float, expires_in: Any, expires_at: Any) -> float | None:
 class RepositoryCore:
     """One repository as seen by one authority (the admin secret or an API key)."""
 
-    def __init__(self, ctx: Context, row: RepoRow, auth: Admin | Key,
+    def __init__(self, ctx: Context, row: RepoRow, auth: Authority,
                  key_file: str | None = None) -> None:
         self._ctx = ctx
         self._row = row
@@ -580,7 +580,7 @@ class _WriteTx:
         self.now = self.ctx.now()
         self.sealed_keys: dict[int, dict[str, bytes]] = {}
         self._cm: Any = None
-        self.tx: Tx = None  # type: ignore[assignment]
+        self.tx: Tx  # set by __enter__
 
     def __enter__(self) -> _WriteTx:
         self._cm = self.ctx.store.write()

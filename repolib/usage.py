@@ -7,7 +7,6 @@ flushes what it counted), so nothing is counted twice.
 from __future__ import annotations
 
 import atexit
-import collections
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +30,12 @@ def _day(now: float) -> str:
     return _day_cache[1]
 
 
+def _add(into: dict[str, float], counters: dict[str, float]) -> None:
+    for name, value in counters.items():
+        if value:
+            into[name] = into.get(name, 0.0) + value
+
+
 class Meter:
     """The unflushed counters of one catalog."""
 
@@ -38,7 +43,7 @@ class Meter:
         self.store = store
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()  # a flush returns only after earlier ones committed
-        self._counts: dict[CounterKey, collections.Counter[str]] = {}
+        self._counts: dict[CounterKey, dict[str, float]] = {}
 
     def add(self, repo_id: int, key_id: str, resource: str, now: float | None = None,
             model: str = "", **counters: float) -> None:
@@ -46,12 +51,7 @@ class Meter:
         day = _day(time.time() if now is None else now)
         k = (day, repo_id, key_id, resource, model)
         with self._lock:
-            c = self._counts.get(k)
-            if c is None:
-                c = self._counts[k] = collections.Counter()
-            for name, value in counters.items():
-                if value:
-                    c[name] += value
+            _add(self._counts.setdefault(k, {}), counters)
         _ensure_flusher()
 
     def pending(self) -> dict[CounterKey, dict[str, float]]:
@@ -78,7 +78,7 @@ class Meter:
         except Exception:
             with self._lock:  # put them back, merged with what arrived meanwhile
                 for k, c in counts.items():
-                    self._counts.setdefault(k, collections.Counter()).update(c)
+                    _add(self._counts.setdefault(k, {}), c)
             raise
 
 

@@ -60,7 +60,8 @@ class AttrOperations(FileOperations):
                             gid=st.st_gid, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns,
                             ctime_ns=st.st_ctime_ns, nlink=st.st_nlink)
             if h.meta is not None:
-                return h.meta.with_(nlink=0)  # type: ignore[no-any-return]
+                gone: Meta = h.meta.with_(nlink=0)
+                return gone
         raise _fuse_error(errno.ENOENT)
 
     @fuse_handler()
@@ -175,7 +176,7 @@ class AttrOperations(FileOperations):
             target = await self._run(self.fs.readlink, self._fs_path(rel))
             meta = meta.with_(target=target)
             self.attrs.put(rel, meta)
-        return os.fsencode(meta.target)
+        return os.fsencode(meta.target or "")
 
     @fuse_handler(write=True)
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any

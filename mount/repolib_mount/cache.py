@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import datetime as dt
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -64,8 +65,9 @@ class Meta:
             mtime_ns = int(mtime * 1e9)
         # size, ETag and the server's own modification time: the same in a listing and in
         # info() until the object (or its metadata: a copy in place) changes
-        changed = info.get("LastModified") or info.get("last_modified") or info.get("updated")
-        if hasattr(changed, "timestamp"):  # a listing has milliseconds, a HEAD seconds
+        changed: Any = info.get("LastModified") or info.get("last_modified") \
+            or info.get("updated")
+        if isinstance(changed, dt.datetime):  # a listing has milliseconds, a HEAD seconds
             changed = int(changed.timestamp())
         stamp = (info.get("size"), str(etag).strip('"'), str(changed)) if etag and changed \
             else None

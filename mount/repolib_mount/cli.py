@@ -140,7 +140,7 @@ def mount_stats_cmd(mountpoint: str, as_json: bool) -> None:
     if as_json:
         print_json(stats)
         return
-    rows = []
+    rows: list[tuple[str, Any]] = []
     for k, v in stats.items():
         if isinstance(v, dict):
             rows.extend((f"{k}.{k2}", v2) for k2, v2 in v.items())

@@ -17,7 +17,7 @@ import errno
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from repolib import AuthError
 
@@ -89,6 +89,6 @@ def fuse_handler(op: str | None = None, *, write: bool = False,
                     log.debug("%s: %s -> %s", name, exc, errno.errorcode.get(code, code))
                 raise FUSEError(code) from None
 
-        return wrapper  # type: ignore[return-value]
+        return cast(F, wrapper)
 
     return deco

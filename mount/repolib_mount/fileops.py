@@ -228,14 +228,16 @@ class FileOperations(OperationsBase):
                 "ctime_ns": now}
 
     @fuse_handler()
-    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
+    # pyfuse3 replies from any buffer; its stub says bytes: memoryviews spare a copy
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
         h = self.files.get(fh)
         if isinstance(h, VirtualHandle):
             return h.data[off:off + size]
         if isinstance(h, WriteHandle):
             return h.staged.read(off, size)
         if h.keeper is not None:
-            return h.keeper.read(off, size)
+            kept: bytes | memoryview = h.keeper.read(off, size)
+            return kept
         staged = self.staging.by_inode(h.inode)
         if staged is not None:
             return staged.read(off, size)

@@ -354,7 +354,8 @@ class RepositoryOperations(AttrOperations):
         except Exception as exc:
             log.debug("warm-up: %s", exc)
             return
-        self.nursery.start_soon(self._abort_stale_uploads)  # type: ignore[union-attr]
+        if self.nursery is not None:
+            self.nursery.start_soon(self._abort_stale_uploads)
         for name in names:
             try:
                 await self._learn_kind(name)

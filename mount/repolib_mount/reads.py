@@ -72,9 +72,9 @@ class BlockReader:
             h.next_offset = end
             keys = [(rel, h.version, b) for b in range(first, last + 1)]
             if all(self._cached(k) for k in keys):
-                parts = [self._get(k) for k in keys]
-                if all(p is not None for p in parts):
-                    return self._slice(parts, first, off, end)  # type: ignore[arg-type]
+                parts = [p for p in (self._get(k) for k in keys) if p is not None]
+                if len(parts) == len(keys):
+                    return self._slice(parts, first, off, end)
             for k in keys:
                 self._raise_if_failed(k)
             self.counters["random_reads"] += 1
@@ -88,8 +88,9 @@ class BlockReader:
             stop = min(last + window, (h.size - 1) // bs)
             if stop > last:
                 self._prefetch(rel, path, h, last + 1, stop, min(self.run_blocks, window))
-        parts = [await self._block(rel, path, h, b) for b in range(first, last + 1)]
-        return self._slice(parts, first, off, end)
+        blocks: list[Block] = [await self._block(rel, path, h, b)
+                               for b in range(first, last + 1)]
+        return self._slice(blocks, first, off, end)
 
     def _slice(self, parts: list[Block], first: int, off: int, end: int
                ) -> Block:
@@ -162,7 +163,7 @@ class BlockReader:
             self.blocks.put(key, data)
             self._succeeded()
             if self.disk is not None and self.nursery is not None:
-                self.nursery.start_soon(self._spill, [key], [data])
+                self.nursery.start_soon(self._spill, [key], list[Block]([data]))
             return data
         except Exception as exc:
             self._failed(key, exc)

@@ -331,7 +331,8 @@ class Tally:
     """Watches a stream's chunks (SDK objects or parsed JSON): the bill, and which to pass on."""
 
     def __init__(self, out: Outcome) -> None:
-        self.out, self.usage, self.text, self.finished = out, None, [], False
+        self.out, self.usage, self.finished = out, None, False
+        self.text: list[str] = []
         self.finish_reason = False
 
     def keep(self, chunk: Any) -> bool:

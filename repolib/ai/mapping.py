@@ -137,7 +137,8 @@ def map_files(repo: RepositoryCore, ai_factory: AIFactory, prompt: str,
         base = next((b for b in bases if path.startswith(b + "/")), repo.name)
         return f"{out_dir}/{path[len(base) + 1:]}.txt"
 
-    todo, skipped = [], []
+    todo: list[str] = []
+    skipped: list[str] = []
     for p in inputs:
         (skipped if fs.exists(target(p)) else todo).append(p)
     task = MapTask(repo, ai_factory, prompt, model, dict(params), _context_window(ai, model))

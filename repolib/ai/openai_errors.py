@@ -26,7 +26,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import openai
 
@@ -43,7 +43,7 @@ from ..exceptions import (
 )
 
 # The HTTP library the installed SDK builds its errors from (httpx, or httpx2 in openai 3).
-_http: Any = getattr(openai._exceptions, "httpx2", None) or openai._exceptions.httpx
+_http: Any = vars(openai._exceptions).get("httpx2") or vars(openai._exceptions)["httpx"]
 
 _PASSED_THROUGH = {400, 413, 422, 429}  # upstream statuses that are the request's own fault
 _SDK_BY_STATUS: dict[int, type[openai.APIStatusError]] = {
@@ -124,7 +124,7 @@ def _sdk_class(exc: RepolibError, d: Described) -> type[openai.OpenAIError]:
     return _SDK_BY_STATUS.get(d.status, openai.APIStatusError)
 
 
-def twin_class(base: type[RepolibError], sdk: type[openai.OpenAIError]) -> type:
+def twin_class(base: type[RepolibError], sdk: type[openai.OpenAIError]) -> type[Any]:
     """The class deriving from ``base`` and ``sdk`` (one per pair, named as ``base``)."""
     cls = _twins.get((base, sdk))
     if cls is None:
@@ -169,7 +169,7 @@ def _twin_reduce(self: Any) -> tuple[Any, ...]:
 def _rebuild(base: type[RepolibError], sdk: type[openai.OpenAIError], message: str,
              described: Described, state: dict[str, Any]) -> BaseException:
     cls = twin_class(base, sdk)
-    obj = cls.__new__(cls, message)
+    obj: BaseException = cast(BaseException, cls.__new__(cls, message))
     _twin_init(obj, message, described, state)
     return obj
 
@@ -184,7 +184,7 @@ def as_openai(exc: BaseException) -> BaseException:
     if d is None:
         return exc
     cls = twin_class(type(exc), _sdk_class(exc, d))
-    twin = cls.__new__(cls, d.message)
+    twin: BaseException = cast(BaseException, cls.__new__(cls, d.message))
     _twin_init(twin, d.message, d, dict(exc.__dict__))
     return twin.with_traceback(exc.__traceback__)
 
@@ -203,7 +203,7 @@ def sdk_errors(fn: F) -> F:
             failure: BaseException = exc
         raise as_openai(failure) from None
 
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)
 
 
 def async_sdk_errors(fn: Callable[..., Awaitable[Any]]) -> Any:

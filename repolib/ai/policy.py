@@ -187,16 +187,15 @@ def _apply_max_tokens(body: dict[str, Any], policy: AIPolicy, budgeted: bool,
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             raise ConfigError(f"{field} must be an integer")
     unlimited = any(v is not None and v < 0 for _, _, v in found)  # n_predict=-1: no limit
-    values = [v for _, _, v in found if v is not None and v >= 0]
-    asked = None if unlimited or not values else max(values)
+    values: list[int] = [v for _, _, v in found if v is not None and v >= 0]
+    asked: int | None = None if unlimited or not values else max(values)
     limit = None if policy.max_tokens is None else policy.max_tokens // n
     if limit is not None and limit < 1:
         raise PolicyViolation(f"n={n} choices do not fit this key's limit of "
                               f"{policy.max_tokens} tokens per request")
+    limit_for_unbounded: int | None = limit
     if limit is None and budgeted:
         limit_for_unbounded = DEFAULT_RESERVE  # a budget needs a bound to reserve against
-    else:
-        limit_for_unbounded = limit
     if asked is None:
         if limit_for_unbounded is None:
             return None

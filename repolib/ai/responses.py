@@ -208,7 +208,8 @@ class _Common:
 
     @property
     def request_id(self) -> str | None:
-        return self.headers.get("x-request-id")
+        value = self.headers.get("x-request-id")
+        return None if value is None else str(value)
 
     @property
     def billed_tokens(self) -> tuple[int, int] | None:
@@ -474,9 +475,12 @@ class StreamedLocalResponse(LocalResponse):
 
 
 class AsyncLocalResponse(LocalResponse):
-    """The async twin, whose reading methods are coroutines (as ``AsyncAPIResponse``'s)."""
+    """The async twin, whose reading methods are coroutines (as ``AsyncAPIResponse``'s).
 
-    async def parse(self, *, to: Any = None) -> Any:  # type: ignore[override]
+    Its overrides turn sync methods into coroutines, which mypy reports as incompatible
+    ([override]): that is the SDK's own shape (``AsyncAPIResponse`` beside ``APIResponse``)."""
+
+    async def parse(self, *, to: Any = None) -> Any:
         return self._parsed
 
     async def read(self) -> bytes:  # type: ignore[override]
@@ -485,7 +489,7 @@ class AsyncLocalResponse(LocalResponse):
     async def text(self) -> str:  # type: ignore[override]
         return self.content.decode()
 
-    async def json(self) -> Any:  # type: ignore[override]
+    async def json(self) -> Any:
         return json.loads(self.content)
 
     async def iter_bytes(self, chunk_size: int | None = None  # type: ignore[override]

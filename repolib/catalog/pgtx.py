@@ -413,7 +413,7 @@ class PostgresTx(Tx):
                  _dump(row.detail), row.prev_hash, row.hash))
 
     def audit_rows(self, repo: str | None = None, limit: int | None = None) -> list[AuditRow]:
-        where, args = "", []
+        where, args = "", list[Any]()
         if repo is not None:
             where = " WHERE repo = %s"
             args.append(repo)

@@ -318,7 +318,7 @@ class PostgresStore(Store):
                                        "newer than this repolib understands: upgrade repolib")
                 for step in range(version, pgschema.SCHEMA_VERSION):
                     for statement in pgschema.statements(step):
-                        conn.execute(statement)  # type: ignore[arg-type]
+                        conn.execute(statement)
                 conn.execute(f"DELETE FROM {pgschema.VERSION_TABLE}")
                 conn.execute(f"INSERT INTO {pgschema.VERSION_TABLE}(version) VALUES (%s)",
                              (pgschema.SCHEMA_VERSION,))
@@ -485,7 +485,9 @@ class PostgresStore(Store):
             conn = None
             try:
                 conn = psycopg.connect(self._url, **self._kwargs)
-                schema = conn.execute("SELECT current_schema() AS s").fetchone()["s"]
+                row = conn.execute("SELECT current_schema() AS s").fetchone()
+                assert row is not None  # current_schema() always answers
+                schema = row["s"]
                 conn.execute(f"LISTEN {CHANNEL}")
                 self._changes += 1  # anything may have changed while nobody listened
                 delay = 0.2

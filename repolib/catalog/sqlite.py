@@ -434,7 +434,8 @@ class SQLiteTx(Tx):
 
     def usage_rows(self, repo_id: int | None = None, since_day: str | None = None
                    ) -> list[tuple[str, int, str, str, str, float]]:
-        sql, args = "SELECT day, repo_id, key_id, resource, metric, value FROM usage", []
+        sql = "SELECT day, repo_id, key_id, resource, metric, value FROM usage"
+        args: list[Any] = []
         clauses = []
         if repo_id is not None:
             clauses.append("repo_id = ?")
@@ -444,7 +445,8 @@ class SQLiteTx(Tx):
             args.append(since_day)
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
-        return [tuple(r) for r in self._all(sql + " ORDER BY day", args)]  # type: ignore[misc]
+        return [(r[0], r[1], r[2], r[3], r[4], r[5])
+                for r in self._all(sql + " ORDER BY day", args)]
 
     def ai_usage_add(self, day: str, repo_id: int, key_id: str, resource: str, model: str,
                      counters: dict[str, float]) -> None:
@@ -456,12 +458,13 @@ class SQLiteTx(Tx):
 
     def ai_usage_rows(self, repo_id: int | None = None
                       ) -> list[tuple[str, int, str, str, str, str, float]]:
-        sql, args = ("SELECT day, repo_id, key_id, resource, model, metric, value FROM ai_usage",
-                     [])
+        sql = "SELECT day, repo_id, key_id, resource, model, metric, value FROM ai_usage"
+        args: list[Any] = []
         if repo_id is not None:
             sql += " WHERE repo_id = ?"
             args.append(repo_id)
-        return [tuple(r) for r in self._all(sql + " ORDER BY day", args)]  # type: ignore[misc]
+        return [(r[0], r[1], r[2], r[3], r[4], r[5], r[6])
+                for r in self._all(sql + " ORDER BY day", args)]
 
     def ledger_get(self, key_id: str, period: str) -> float:
         row = self._one("SELECT tokens FROM ai_ledger WHERE key_id = ? AND period = ?",
@@ -511,7 +514,7 @@ class SQLiteTx(Tx):
              row.prev_hash, row.hash))
 
     def audit_rows(self, repo: str | None = None, limit: int | None = None) -> list[AuditRow]:
-        sql, args = "SELECT * FROM audit", []
+        sql, args = "SELECT * FROM audit", list[Any]()
         if repo is not None:
             sql += " WHERE repo = ?"
             args.append(repo)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import sys
 from collections.abc import Iterator
 from glob import has_magic
@@ -77,7 +78,7 @@ def remote_matches(fs: Any, path: str) -> list[tuple[str, dict[str, Any]]]:
 def _entry_row(e: dict[str, Any]) -> tuple[Any, ...]:
     mtime = e.get("mtime") or e.get("LastModified") or e.get("last_modified") or \
         e.get("updated") or e.get("created")
-    if hasattr(mtime, "timestamp"):
+    if isinstance(mtime, dt.datetime):
         mtime = mtime.timestamp()
     shown = when(float(mtime)) if isinstance(mtime, int | float) else (mtime or "-")
     kind = "d" if e["type"] == "directory" else "-"

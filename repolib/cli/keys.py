@@ -121,9 +121,7 @@ def key_create(state: State, repository: str, name: str, access: str,
 def key_list(state: State, repository: str | None, active: bool, as_json: bool) -> None:
     """List keys of one repository, or of all (masked; secrets are never shown)."""
     keys = state.catalog.keys(repository)
-    if active:
-        keys = [k for k in keys if k.status() == "active"]
-    _print_keys(keys, as_json)
+    _print_keys([k for k in keys if k.status() == "active"] if active else keys, as_json)
 
 
 @key_group.command("show")

@@ -57,7 +57,7 @@ def overview_cmd(state: State, as_json: bool) -> None:
     cat = state.catalog
     usage = _usage_totals(cat)
     ai_usage = _usage_totals(cat, ai=True)
-    data = []
+    data: list[dict[str, Any]] = []
     for info in cat.repositories():
         keys = cat.keys(info.name)
         status = collections.Counter(k.status() for k in keys)
@@ -79,8 +79,8 @@ def overview_cmd(state: State, as_json: bool) -> None:
             click.echo(f"  {r['kind']:<8} {r['name']:<20} {r['summary']}")
         if not d["resources"]:
             click.echo("  (no resources)")
-        keys = ", ".join(f"{n} {s}" for s, n in sorted(d["keys"].items())) or "none"
-        click.echo(f"  keys: {keys}")
+        shown = ", ".join(f"{n} {s}" for s, n in sorted(d["keys"].items())) or "none"
+        click.echo(f"  keys: {shown}")
         u = d["usage"]
         if u:
             click.echo("  usage: " + ", ".join(f"{m}={int(v)}" for m, v in sorted(u.items())))

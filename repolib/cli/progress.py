@@ -24,7 +24,7 @@ def shown() -> bool:
     return sys.stderr.isatty() or bool(os.environ.get("REPOLIB_PROGRESS"))
 
 
-class ByteBar(Callback):  # type: ignore[misc]
+class ByteBar(Callback):
     """The callback given to ``put``/``get``: ignores file counts, sums the children's bytes."""
 
     def __init__(self, total: int, label: str) -> None:
@@ -53,7 +53,7 @@ class ByteBar(Callback):  # type: ignore[misc]
         self.bar.close()
 
 
-class FileBytes(Callback):  # type: ignore[misc]
+class FileBytes(Callback):
     """Bytes of one file (or of each file in turn, for ``copy``), added to the bar."""
 
     def __init__(self, bar: ByteBar) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import signal
 import socket
 import sys
@@ -60,7 +61,7 @@ def _bind(host: str, port: int) -> socket.socket:
 class _Server(uvicorn.Server):
     """uvicorn's server that says where it listens once it accepts connections."""
 
-    ready: Callable[[str], None] = staticmethod(lambda url: None)  # type: ignore[assignment]
+    ready: Callable[[str], None] = staticmethod(lambda url: None)
     url = ""
 
     async def startup(self, sockets: Any = None) -> None:
@@ -96,11 +97,11 @@ def run(config: ServeConfig, ready: Callable[[str], None] | None = None) -> None
     uconfig = uvicorn.Config(
         app, log_config=None, access_log=False, server_header=False, lifespan="on",
         proxy_headers=False,
-        timeout_keep_alive=5, timeout_graceful_shutdown=config.grace,
+        timeout_keep_alive=5, timeout_graceful_shutdown=math.ceil(config.grace),
         ssl_certfile=config.tls_cert, ssl_keyfile=config.tls_key, log_level="warning")
     server = _Server(uconfig)
     server.url = f"{scheme}://{shown}:{port}/v1"
-    server.ready = ready or (lambda url: log.info("listening on %s", url))  # type: ignore[method-assign]
+    server.ready = ready or (lambda url: log.info("listening on %s", url))
     # uvicorn finishes in-flight requests, restores this handler and re-raises the signal:
     # then we end normally (usage flushed, exit status 0) instead of dying by it.
     previous = signal.signal(signal.SIGTERM, _terminated)
