@@ -4,24 +4,22 @@ from __future__ import annotations
 
 import itertools
 import os
-import sqlite3
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
 import repolib
-from repolib.cli import main as cli_main
-
-# Credentials used throughout the suite; test_leaks.py searches for every one of them.
-S3_KEY = "AKIATESTKEYID0000001"
-S3_SECRET = "s3-secret-Zq8vN3xL0pRt7uW2yB5c"
-S3_READ_KEY = "AKIAREADONLY00000002"
-S3_READ_SECRET = "s3-read-secret-Hj4kM9nQ2sV6xZ1a"
-LLM_API_KEY = "sk-upstream-Lm3Np7Qr1St5Uv9Wx2Yz"
-SUITE_SECRETS = [S3_KEY, S3_SECRET, S3_READ_KEY, S3_READ_SECRET, LLM_API_KEY]
+from tests.helpers import (
+    LLM_API_KEY,
+    S3_KEY,
+    S3_READ_KEY,
+    S3_READ_SECRET,
+    S3_SECRET,
+    CatalogStore,
+    Cli,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -45,56 +43,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if marker is not None and "catalog_store" in metafunc.fixturenames:
         metafunc.parametrize("catalog_store", marker.args or ("sqlite", "postgres"),
                              indirect=True)
-
-
-class CatalogStore:
-    """The store a test's catalog lives in, and raw SQL on it (for tampering tests)."""
-
-    def __init__(self, kind: str, home: Path, url: str | None = None,
-                 pg: pgserver.PGServer | None = None, database: str | None = None) -> None:
-        self.kind, self.home, self.url, self.pg, self.database = kind, home, url, pg, database
-
-    def __repr__(self) -> str:
-        return f"CatalogStore({self.kind})"
-
-    def execute(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-        """Run one statement outside repolib (``?`` parameters) and commit it."""
-        if self.kind == "sqlite":
-            conn = sqlite3.connect(self.home / "catalog.db", isolation_level=None)
-            try:
-                return list(conn.execute(sql, args).fetchall())
-            finally:
-                conn.close()
-        import psycopg
-
-        assert self.url is not None
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            cur = conn.execute(sql.replace("?", "%s"), args)  # type: ignore[arg-type]
-            return [tuple(r) for r in cur.fetchall()] if cur.description else []
-
-
-class _PGRaw:
-    """sqlite3-like access to the PostgreSQL catalog (``?`` parameters, autocommit)."""
-
-    def __init__(self, url: str) -> None:
-        import psycopg
-
-        self.conn = psycopg.connect(url, autocommit=True)
-
-    def execute(self, sql: str, args: tuple[object, ...] = ()) -> object:
-        return self.conn.execute(sql.replace("?", "%s"), args)  # type: ignore[arg-type]
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-def raw_db(home: Path) -> object:
-    """A raw connection to the test's catalog, outside repolib: sqlite3 on home/catalog.db,
-    or psycopg on $REPOLIB_CATALOG_URL (statements take ``?`` parameters either way)."""
-    url = os.environ.get("REPOLIB_CATALOG_URL")
-    if url and url.startswith("postgresql://"):
-        return _PGRaw(url)
-    return sqlite3.connect(home / "catalog.db", isolation_level=None)
 
 
 _schemas = itertools.count(1)
@@ -174,27 +122,6 @@ def repo(catalog: repolib.Catalog) -> repolib.Repository:
     return r
 
 
-class Cli:
-    """Runs the real click command in-process and keeps every output for leak checks."""
-
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.outputs: list[str] = []
-
-    def __call__(self, *args: str, input: str | None = None, env: dict[str, str] | None = None,
-                 ok: bool = True) -> Result:
-        runner = CliRunner()
-        result = runner.invoke(cli_main, list(args), input=input,
-                               env={"REPOLIB_HOME": str(self.home), **(env or {})})
-        self.outputs.extend([result.stdout, result.stderr])
-        if result.exception is not None and not isinstance(result.exception, SystemExit):
-            raise AssertionError(f"traceback from repolib {' '.join(args)}") \
-                from result.exception
-        if ok:
-            assert result.exit_code == 0, (args, result.stdout, result.stderr)
-        return result
-
-
 @pytest.fixture
 def cli(home: Path) -> Cli:
     return Cli(home)
@@ -255,27 +182,3 @@ def rclone_server() -> Iterator[servers.RcloneS3Server]:
     yield from _session_server(servers.rclone_s3)  # type: ignore[misc]
 
 
-_bucket_clients: dict[str, object] = {}
-
-
-def new_bucket(server: servers.S3Server, prefix: str = "b") -> str:
-    """A fresh bucket through the S3 API (one client per server: clients are slow to make)."""
-    import uuid
-
-    fs = _bucket_clients.get(server.endpoint_url)
-    if fs is None:
-        fs = _bucket_clients[server.endpoint_url] = server.filesystem()
-    name = f"{prefix}-{uuid.uuid4().hex[:12]}"
-    fs.mkdir(name)  # type: ignore[attr-defined]
-    return name
-
-
-def s3_options(server: servers.S3Server) -> dict[str, object]:
-    """add_storage options for an S3 test server."""
-    opts: dict[str, object] = {"endpoint_url": server.endpoint_url, "key": server.key,
-                               "secret": server.secret, "region": server.region}
-    extra = server._config_kwargs()
-    extra.pop("region_name", None)
-    if extra:
-        opts["config_kwargs"] = extra
-    return opts

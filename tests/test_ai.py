@@ -45,8 +45,8 @@ from repolib.ai.policy import estimate_prompt, estimate_tokens, period_key
 from repolib.info import iso
 from tests.helpers import Clock
 
-from .conftest import LLM_API_KEY, Cli
 from .fake_openai import FakeOpenAI, fake_openai
+from .helpers import LLM_API_KEY, Cli
 
 ROOT = Path(__file__).resolve().parent.parent
 BOTH_STORES = pytest.mark.stores("sqlite", "postgres")  # budgets, rates, usage: either catalog

@@ -35,8 +35,8 @@ from repolib import (
 from repolib.ai import core as ai_core
 from repolib.ai.policy import period_key
 
-from .conftest import LLM_API_KEY
 from .fake_openai import FakeOpenAI, fake_openai
+from .helpers import LLM_API_KEY
 
 HI = [{"role": "user", "content": "hi there"}]
 

@@ -6,7 +6,6 @@ against real local servers started for the session.
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import fsspec
@@ -15,37 +14,7 @@ import pytest
 import repolib
 
 from . import servers
-
-
-def unique() -> str:
-    return f"b{uuid.uuid4().hex[:12]}"
-
-
-def attach(kind: str, repo: repolib.Repository, name: str, request: pytest.FixtureRequest,
-           tmp_path: Path) -> None:
-    """Attach a fresh bucket/container/folder of ``kind`` as resource ``name``."""
-    if kind == "s3":
-        s3 = request.getfixturevalue("s3_server")
-        bucket = servers.make_bucket(s3, unique())
-        repo.add_storage(name, f"s3://{bucket}/prefix", endpoint_url=s3.endpoint_url,
-                         key=s3.key, secret=s3.secret, region=s3.region)
-    elif kind == "gcs":
-        gcs = request.getfixturevalue("gcs_server")
-        bucket = servers.make_bucket(gcs, unique())
-        repo.add_storage(name, f"gs://{bucket}/prefix", endpoint_url=gcs.endpoint_url,
-                         project=gcs.project, token="anon")
-    elif kind == "azure":
-        az = request.getfixturevalue("azure_server")
-        container = servers.make_bucket(az, unique())
-        repo.add_storage(name, f"az://{container}/prefix",
-                         endpoint_url=az.blob_endpoint.rsplit("/", 1)[0],
-                         account_name=az.account_name, account_key=az.account_key)
-    elif kind == "local":
-        folder = tmp_path / f"folder-{name}"
-        folder.mkdir()
-        repo.add_storage(name, f"file://{folder}")
-    else:
-        repo.add_storage(name, f"memory://{unique()}")
+from .helpers import attach, unique
 
 
 @pytest.mark.parametrize("kind", ["s3", "gcs", "azure", "local", "memory"])
@@ -164,7 +133,7 @@ def test_backend_errors_become_builtin_oserrors(catalog: repolib.Catalog,
 
 def test_resource_test_says_what_failed(catalog: repolib.Catalog, cli: object,
                                         rclone_server: servers.RcloneS3Server) -> None:
-    from .conftest import new_bucket, s3_options
+    from .helpers import new_bucket, s3_options
 
     bucket = new_bucket(rclone_server)
     repo = catalog.create_repository("analytics")

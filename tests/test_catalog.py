@@ -13,7 +13,7 @@ import repolib
 from repolib.catalog.sqlite import SCHEMA_VERSION
 from repolib.resources import get_kind, kinds
 
-from .conftest import S3_KEY, S3_SECRET, raw_db
+from .helpers import S3_KEY, S3_SECRET, raw_db
 
 pytestmark = pytest.mark.stores("sqlite", "postgres")
 SQLITE_ONLY = pytest.mark.stores("sqlite")

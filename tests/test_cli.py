@@ -15,7 +15,7 @@ import pytest
 import repolib
 from repolib.cli import main
 
-from .conftest import LLM_API_KEY, S3_KEY, S3_SECRET, Cli
+from .helpers import LLM_API_KEY, S3_KEY, S3_SECRET, Cli
 
 
 def all_commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:

@@ -15,7 +15,7 @@ import pytest
 
 import repolib
 
-from .conftest import Cli, new_bucket, s3_options
+from .helpers import Cli, new_bucket, s3_options
 
 
 @pytest.fixture

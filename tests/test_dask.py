@@ -29,8 +29,8 @@ import repolib
 from repolib import usage
 
 from . import servers
-from .conftest import LLM_API_KEY, SUITE_SECRETS, new_bucket, s3_options
 from .fake_openai import FakeOpenAI, fake_openai
+from .helpers import LLM_API_KEY, SUITE_SECRETS, new_bucket, s3_options
 
 WORKER_TIMEOUT_S = 60  # a task that cannot open the repository fails long before this
 

@@ -18,7 +18,7 @@ import pytest
 import repolib
 
 from . import servers
-from .conftest import new_bucket, s3_options
+from .helpers import new_bucket, s3_options
 
 BACKENDS = ["local", "s3", "moto", "gcs", "azure"]
 T1 = 978307200_123456789  # 2001-01-01 00:00:00.123456789, in ns

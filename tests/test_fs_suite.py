@@ -43,7 +43,7 @@ class S3RepoFixtures(AbstractFixtures):
 
     @pytest.fixture
     def fs(self, tmp_path: Path, rclone_server) -> Iterator[fsspec.AbstractFileSystem]:  # type: ignore[no-untyped-def]
-        from .conftest import new_bucket, s3_options
+        from .helpers import new_bucket, s3_options
 
         bucket = new_bucket(rclone_server, "suite")
         cat = repolib.Catalog(tmp_path / "home")

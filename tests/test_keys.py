@@ -14,7 +14,7 @@ import repolib
 from repolib import crypto, keys
 from tests.helpers import Clock
 
-from .conftest import S3_KEY, S3_READ_KEY, S3_SECRET, raw_db
+from .helpers import S3_KEY, S3_READ_KEY, S3_SECRET, raw_db
 
 pytestmark = pytest.mark.stores("sqlite", "postgres")
 

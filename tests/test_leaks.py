@@ -21,7 +21,7 @@ import pytest
 import repolib
 from repolib.keys import parse_token
 
-from .conftest import (
+from .helpers import (
     LLM_API_KEY,
     S3_KEY,
     S3_READ_KEY,

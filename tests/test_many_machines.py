@@ -22,7 +22,7 @@ from repolib.catalog.postgres import PostgresStore
 from repolib.catalog_copy import copy_catalog
 
 from . import pgserver
-from .conftest import S3_KEY, S3_READ_KEY, S3_READ_SECRET, S3_SECRET, Cli
+from .helpers import S3_KEY, S3_READ_KEY, S3_READ_SECRET, S3_SECRET, Cli
 
 _dbs = iter(range(1, 10_000))
 

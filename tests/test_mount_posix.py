@@ -24,7 +24,7 @@ import pytest
 import repolib
 
 from . import servers
-from .conftest import new_bucket, s3_options
+from .helpers import new_bucket, s3_options
 from .test_mount import (  # noqa: F401 - no_stale_mounts: the session safety net
     MISSING,
     World,

@@ -17,8 +17,7 @@ from repolib_mount.cache import BlockCache, DirCache, Meta, TTLCache
 from repolib_mount.handles import HandleTable, StagingArea
 from repolib_mount.inodes import ROOT_INODE, InodeTable, is_below, join, parent_of
 from repolib_mount.options import MountOptions, parse_size
-from tests.conftest import Cli
-from tests.helpers import Clock
+from tests.helpers import Cli, Clock
 
 # -- inodes -----------------------------------------------------------------------------------
 

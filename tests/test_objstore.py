@@ -21,7 +21,7 @@ from repolib import backends, objstore, usage
 from tests.servers import free_port
 
 from . import servers
-from .test_backends import attach, unique
+from .helpers import attach, unique
 
 pytestmark = pytest.mark.skipif(not objstore.AVAILABLE,
                                 reason="obstore is not installed (pip install 'repolib[s3]')")

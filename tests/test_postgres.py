@@ -23,7 +23,7 @@ from repolib.catalog import TABLES, pgschema
 from repolib.catalog.postgres import PostgresStore, redact
 
 from . import pgserver
-from .conftest import CatalogStore, Cli
+from .helpers import CatalogStore, Cli
 
 PASSWORD = "pg-Secret-Pw-7Hq2Zx9"
 

@@ -31,8 +31,8 @@ import repolib
 from repolib.ai.policy import period_key
 from repolib.keys import parse_token
 
-from .conftest import LLM_API_KEY
 from .fake_openai import FakeOpenAI, fake_openai
+from .helpers import LLM_API_KEY
 from .serve_process import ServeProcess, repolib_serve
 
 HI = [{"role": "user", "content": "hi there"}]
