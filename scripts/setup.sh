@@ -24,13 +24,17 @@ if [ "${#need_apt[@]}" -gt 0 ] && [[ ",$EXTRAS," == *",all,"* || ",$EXTRAS," == 
 fi
 
 if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating the virtual environment .venv" >&2
     "$PYTHON" -m venv .venv
 fi
 stamp=".venv/.repolib-setup-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-${EXTRAS//,/-}"
 if [ ! -e "$stamp" ]; then
+    echo "setup: installing repolib[$EXTRAS] and its dependencies into .venv" \
+         "(a few minutes the first time)" >&2
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
     .venv/bin/python -m pip install -q -e ".[$EXTRAS]" 2>&1 | grep -vE "^WARNING: Location|BuildBackendWarning|^ +" || true
     .venv/bin/python -c "import repolib" 
     rm -f .venv/.repolib-setup-*
     touch "$stamp"
+    echo "setup: done" >&2
 fi

@@ -27,6 +27,7 @@ def test_demo_script(tmp_path: Path) -> None:
     assert "Lisbon,2024,120" in out  # copied through repo:// and read back
     assert "audit chain intact" in out
     assert "(smollm2; files: docs/summary.md)" in proc.stderr  # the LLM answered from the doc
+    assert "tokens, through repolib serve)" in out  # the openai SDK through repolib serve
     if os.path.exists("/dev/fuse"):
         assert "from-the-mount.csv" in out  # cp through the mount, listed by ls -l
         assert (tmp_path / "demo" / "data" / "scratch" / "from-the-mount.csv").read_text() \
