@@ -118,19 +118,7 @@ def asend(kind: tuple[str, Any, Any], stream: bool) -> Any:
             raise openai.APITimeoutError(request=request) from None
         except _http.TransportError:
             raise openai.APIConnectionError(request=request) from None
-        try:
-            if response.status_code >= 400 or not stream:
-                await response.aread()
-        except _http.TimeoutException:
-            await response.aclose()
-            raise openai.APITimeoutError(request=request) from None
-        except _http.TransportError:
-            await response.aclose()
-            raise openai.APIConnectionError(request=request) from None
-        if response.status_code >= 400:
-            await response.aclose()
-            raise _status_error(response)
-        return DirectRaw(response, up, cast_to, chunk, stream)
+        return await _received(response, request, up, cast_to, chunk, stream)
 
     return call
 
@@ -273,17 +261,25 @@ async def _aiohttp_call(up: Upstream, plan: Plan, path: str, cast_to: Any, chunk
         raise openai.APITimeoutError(request=request) from None
     except _aiohttp.ClientError:
         raise openai.APIConnectionError(request=request) from None
-    wrapped = _AioResponse(response, request, started)
+    return await _received(_AioResponse(response, request, started), request, up, cast_to,
+                           chunk, stream)
+
+
+async def _received(response: Any, request: Any, up: Upstream, cast_to: Any, chunk: Any,
+                    stream: bool) -> DirectRaw:
+    """An async response whose headers arrived (httpx's, or aiohttp's in httpx's shape): read
+    the body unless it streams, and turn an error status or a broken read into the SDK's
+    error, as the SDK itself does."""
     try:
-        if wrapped.status_code >= 400 or not stream:
-            await wrapped.aread()
+        if response.status_code >= 400 or not stream:
+            await response.aread()
     except _http.TimeoutException:
-        await wrapped.aclose()
+        await response.aclose()
         raise openai.APITimeoutError(request=request) from None
     except _http.TransportError:
-        await wrapped.aclose()
+        await response.aclose()
         raise openai.APIConnectionError(request=request) from None
-    if wrapped.status_code >= 400:
-        await wrapped.aclose()
-        raise _status_error(wrapped)
-    return DirectRaw(wrapped, up, cast_to, chunk, stream)
+    if response.status_code >= 400:
+        await response.aclose()
+        raise _status_error(response)
+    return DirectRaw(response, up, cast_to, chunk, stream)
