@@ -252,7 +252,7 @@ RESOURCES = ["local", "bucket", "gcs", "azure"]
 def mworld(tmp_path_factory: pytest.TempPathFactory, rclone_server: Any, gcs_server: Any,
            azure_server: Any) -> Any:
     from . import servers
-    from .conftest import new_bucket, s3_options
+    from .helpers import new_bucket, s3_options
     from .test_mount_backends import _keys, _new_world
 
     top = tmp_path_factory.mktemp("wbworld")
