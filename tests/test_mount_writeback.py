@@ -295,10 +295,12 @@ def test_a_write_back_mount_uploads_after_close_and_umount_waits(
             tf.add(tmp_path / name, arcname=name)
     top = f"wb-{os.urandom(3).hex()}"
     remote = f"analytics/{resource}/{top}"
-    with mounted(mworld, tmp_path / "m", mworld.write_key, "--write-back", "2") as m:
+    fs = _server(mworld)
+    assert not fs.exists(f"{remote}/t5.txt")  # (its client made before the clock starts)
+    with mounted(mworld, tmp_path / "m", mworld.write_key, "--write-back", "4") as m:
         sh(f"mkdir {m / resource / top} && tar -xf {tar} -C {m / resource / top} && "
            f"chmod 600 {m / resource / top}/t0.txt")
-        fs = _server(mworld)
+        fs.invalidate_cache()
         assert not fs.exists(f"{remote}/t5.txt")  # closed, staged, not uploaded yet
         st = stats(m)
         assert st["write_back"]["pending"] == 20 and st["pending_uploads"] == 20  # type: ignore[index]
@@ -346,7 +348,7 @@ def test_pending_files_survive_sigkill_and_umount_force(mworld: Any, tmp_path: P
         # `umount --force` leaves what is pending for the next mount, which uploads it
         (mp / "bucket" / "kept" / "b.txt").write_bytes(b"left by --force\n")
         out = mworld.cli("umount", "--force", str(mp))
-        assert "waiting" not in out.stderr
+        assert "waiting" not in out.stderr and "leaving 1 pending upload(s)" in out.stderr
         assert wait_for(lambda: not _alive(pid2))  # type: ignore[arg-type]
     finally:
         unmount(mp, pid2)

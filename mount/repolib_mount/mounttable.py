@@ -137,8 +137,10 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0, force: b
     with contextlib.suppress(OSError, ValueError):
         stats = read_stats(mp)
         pid = int(stats["pid"])
-    if pid is not None and (stats.get("write_back") or {}).get("pending"):
-        _upload_pending_first(mp, pid, force, progress or (lambda line: None))
+    pending = (stats.get("write_back") or {}).get("pending")
+    if pid is not None and pending:
+        _upload_pending_first(mp, pid, stats["write_back"], force,
+                              progress or (lambda line: None))
     cmd = ["fusermount3", "-u", *(["-z"] if lazy else []), mp]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
@@ -150,13 +152,15 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0, force: b
         _wait_gone(pid, timeout)
 
 
-def _upload_pending_first(mp: str, pid: int, force: bool,
+def _upload_pending_first(mp: str, pid: int, wb: dict[str, Any], force: bool,
                           progress: Callable[[str], None]) -> None:
     """Before unmounting a --write-back mount: have its daemon upload what is pending now
     (SIGUSR1) and wait for that, or with ``force`` tell it to leave them on disk (SIGUSR2)."""
     if force:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGUSR2)
+        progress(f"leaving {wb['pending']} pending upload(s) for the next mount of this "
+                 "repository here")
         return
     try:
         os.kill(pid, signal.SIGUSR1)
@@ -164,10 +168,6 @@ def _upload_pending_first(mp: str, pid: int, force: bool,
         return
     said, last = "", 0.0
     while True:
-        try:
-            wb = read_stats(mp).get("write_back") or {}
-        except (OSError, ValueError):
-            return  # the daemon is gone: nothing more to wait for here
         if not wb.get("pending"):
             return
         failing = wb.get("failing") or []
@@ -182,6 +182,10 @@ def _upload_pending_first(mp: str, pid: int, force: bool,
             progress(line)
             said, last = line, time.monotonic()
         time.sleep(0.25)
+        try:
+            wb = read_stats(mp).get("write_back") or {}
+        except (OSError, ValueError):
+            return  # the daemon is gone: nothing more to wait for here
 
 
 def _human(n: float) -> str:
