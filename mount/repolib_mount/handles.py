@@ -235,6 +235,7 @@ class ReadHandle:
     hood_fetches: int = 0  # neighbourhoods of random misses fetched in the background
     hood_hits: int = 0  # ... of which a later random read was served
     hood: set[int] = dataclasses.field(default_factory=set)  # their blocks not read yet
+    whole: bool = False  # the whole file was fetched for this random reader
     fd: int = -1  # the file itself, for a local-folder resource (read with pread, no blocks)
     local_bytes: int = 0  # read through ``fd`` (recorded as usage at release)
     meta: Any = None  # what the file was at open (fstat of a file unlinked since)

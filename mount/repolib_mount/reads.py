@@ -10,8 +10,9 @@ whatever its size, so 1 MiB requests cap a 2-core machine near 130 MiB/s and 16 
 let it reach the server's limit. Any other reader is *random*: it gets exactly the range it
 asked for with one ranged ``read_range``, unless the blocks it needs are cached already. A random
 reader that keeps missing (a SQLite file, a zarr store, many chunks of one parquet file) also
-gets, after its first ``RANDOM_EXACT`` misses, the aligned run around each miss fetched in the
-background (one ranged GET of ``request_blocks`` blocks), for as long as those neighbourhoods
+gets, after its first ``RANDOM_EXACT`` misses, the whole file fetched in the background when it
+fits a quarter of the block cache, else the aligned run around each miss (one ranged GET of
+``request_blocks`` blocks), for as long as those neighbourhoods
 pay off (at least one in ``HOOD_PAYOFF`` of them is read from later): a server answers a small
 range in about the time of a large one, so a dense random reader soon reads from memory, while
 a sparse one over a huge file stops costing extra after a few fetches.
@@ -39,6 +40,7 @@ FAILURE_TTL_S = 1.0  # a failed block fetch is reported, not retried, for this l
 BACKGROUND_FETCHES = 8  # read-ahead GETs in flight at once; the other threads serve readers
 RANDOM_EXACT = 4  # a random reader's first misses fetch exactly what they ask for
 HOOD_PAYOFF = 4  # neighbourhood fetches go on while one in this many is read from later
+WHOLE_FILE_SHARE = 4  # ... and a file within this share of the block cache is read whole
 
 
 class BlockReader:
@@ -100,7 +102,10 @@ class BlockReader:
         h.streak += 1
         h.next_offset = max(h.next_offset, end)
         if self.readahead_blocks and self.nursery is not None:
-            window = min(self.readahead_blocks, 1 << min(h.streak - 1, 16))
+            # one block ahead after a first read (a program that reads a header stops
+            # there), then a run, doubling per read up to the whole window
+            window = 1 if h.streak == 1 else \
+                min(self.readahead_blocks, self.run_blocks << min(h.streak - 2, 16))
             stop = min(last + window, (h.size - 1) // bs)
             if stop > last:
                 self._prefetch(rel, path, h, last + 1, stop, min(self.run_blocks, window))
@@ -212,9 +217,16 @@ class BlockReader:
         a reader that keeps missing, while such fetches pay off (see the module docstring)."""
         if self.nursery is None or h.random_misses <= RANDOM_EXACT:
             return
+        if h.size <= self.blocks.capacity // WHOLE_FILE_SHARE and not h.whole:
+            # a file that fits a small share of the cache: read it all, several runs at once
+            h.whole = True
+            h.hood_fetches += 1
+            h.hood.update(range((h.size - 1) // self.block_size + 1))
+            self._prefetch(rel, path, h, 0, (h.size - 1) // self.block_size, self.run_blocks)
+            return
         if h.hood_fetches >= HOOD_PAYOFF and h.hood_hits * HOOD_PAYOFF < h.hood_fetches:
             return  # the neighbourhoods were not read from: a sparse reader
-        n = self.run_blocks
+        n = self.run_blocks << min(h.hood_hits, 3)  # larger as they pay off: 1, 2, 4, 8 runs
         first = block // n * n
         last = min(first + n - 1, (h.size - 1) // self.block_size)
         wanted = [b for b in range(first, last + 1)
@@ -226,7 +238,7 @@ class BlockReader:
         if len(h.hood) > 100_000:
             h.hood.clear()
         h.hood.update(wanted)
-        self._prefetch(rel, path, h, wanted[0], wanted[-1], n)
+        self._prefetch(rel, path, h, wanted[0], wanted[-1], self.run_blocks)
 
     def _prefetch(self, rel: str, path: str, h: ReadHandle, first: int, stop: int,
                   run_blocks: int) -> None:
