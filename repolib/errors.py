@@ -23,7 +23,7 @@ _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbi
            "RefreshError", "DefaultCredentialsError", "PermissionDeniedError",
            "UnauthenticatedError"}
 _EXISTS = {"ResourceExistsError", "BucketAlreadyExists", "PreconditionFailed",
-           "FileExistsError", "BlobAlreadyExists", "AlreadyExistsError"}
+           "FileExistsError", "BlobAlreadyExists", "AlreadyExistsError", "PreconditionError"}
 _UNREACHABLE = {"EndpointConnectionError", "ClientConnectorError", "ServerDisconnectedError",
                 "ConnectionRefusedError", "ServiceRequestError", "ConnectError",
                 "ClientOSError", "ConnectionError", "ConnectionResetError",

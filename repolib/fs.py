@@ -19,6 +19,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from fsspec import AbstractFileSystem
@@ -498,8 +499,8 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
         if backend.fast is not None and rp.rel and not kwargs and (start, end) == (None, None):
             return bytes(self._call(rp, backend, backend.fast.get, backend.path(rp.rel),
                                     measure=read_bytes))
-        if backend.fast is not None and rp.rel and not kwargs and start is not None and \
-                end is not None and 0 <= start and 0 <= end:
+        if backend.fast is not None and backend.fast.ranges and rp.rel and not kwargs and \
+                start is not None and end is not None and 0 <= start and 0 <= end:
             return bytes(self.read_range(path, start, end))
         data: bytes = self._call(rp, backend, backend.fs.cat_file, backend.path(rp.rel),
                                  start=start, end=end, measure=read_bytes, **kwargs)
@@ -513,12 +514,12 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
         rp, backend = self._target(path, Access.READ, "read")
         if start >= end:
             return b""
-        if backend.fast is not None and rp.rel:
+        if backend.fast is not None and backend.fast.ranges and rp.rel:
             try:
                 return self._call(rp, backend, backend.fast.get_range, backend.path(rp.rel),
                                   start, end, measure=read_bytes)
             except RangesUnsupported:
-                backend.fast = None  # this server needs the fsspec client's handling
+                backend.fast.ranges = False  # ranged reads need the fsspec client's handling
         return self._call(rp, backend, backend.fs.cat_file, backend.path(rp.rel), start=start,
                           end=end, measure=read_bytes)
 
@@ -582,6 +583,10 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
                     self._call(rp, backend, backend.fs.exists, backend.path(rp.rel)):
                 raise FileExistsError(errno.EEXIST, "file exists", rp.full)
         wanted = normalize(attrs)
+        if backend.fast is not None and mode == "overwrite" and not kwargs:
+            self._call(rp, backend, put_bytes, backend, backend.path(rp.rel), value, wanted,
+                       count={"bytes_written": len(value)})
+            return
         if wanted and (backend.local or backend.protocol == "az"):
             with self.open(path, "wb" if mode == "overwrite" else "xb", attrs=attrs) as f:
                 f.write(value)
@@ -604,6 +609,12 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
         if mode != "overwrite":
             kwargs["mode"] = mode
         wanted = normalize(attrs)
+        if backend.fast is not None and mode == "overwrite" and not kwargs and \
+                callback is DEFAULT_CALLBACK:  # obstore: one PUT, or parts several at once
+            size = os.path.getsize(lpath)
+            self._call(rp, backend, put_bytes, backend, backend.path(rp.rel), Path(lpath),
+                       wanted, count={"bytes_written": size})
+            return
         if wanted and backend.protocol in ("az", "file"):
             # adlfs's put_file fixes the metadata itself; a local file gets its attributes
             # before it is renamed into place
@@ -614,6 +625,21 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
         self._call(rp, backend, backend.fs.put_file, lpath, backend.path(rp.rel),
                    callback=callback, **kwargs)  # local folders: a temp file renamed on close
         self._count(rp.resource, bytes_written=os.path.getsize(lpath))
+
+    def open_upload(self, path: str, *, attrs: Mapping[str, Any] | None = None,
+                    part_size: int = COPY_CHUNK) -> Any:
+        """A file to write ``path`` front to back while its parts go out (an S3 multipart,
+        GCS resumable or Azure block upload): ``close`` commits, ``discard`` gives up and
+        the old object (if any) stays. ``attrs`` are stored with the object."""
+        rp, backend = self._target(path, Access.WRITE, "write")
+        if backend.fast is None:
+            return self.open(path, "wb", block_size=part_size, attrs=attrs)
+        bpath = backend.path(rp.rel)
+        f = self._call(rp, backend, backend.fast.writer, bpath,
+                       fsmeta.object_metadata(backend.protocol, normalize(attrs)),
+                       lambda: backend.fs.invalidate_cache(bpath))
+        return CountingFile(f, rp.full, lambda **c: self._count(rp.resource, **c),
+                            lambda exc: errors.translate(exc, rp.full, backend.secrets))
 
     def mkdir(self, path: str, create_parents: bool = True, *,
               attrs: Mapping[str, Any] | None = None, **kwargs: Any) -> None:

@@ -262,9 +262,17 @@ def _create_empty(fs: Any, bpath: str) -> None:
         pass
 
 
-def put_bytes(backend: Any, bpath: str, data: bytes, attrs: Mapping[str, Any]) -> None:
-    """Write a small object with its attributes in one request (Azure through a file, as
-    adlfs's pipe_file fixes the metadata itself)."""
+def put_bytes(backend: Any, bpath: str, data: Any, attrs: Mapping[str, Any]) -> None:
+    """Write an object with its attributes: through obstore where the backend has it (``data``
+    may then be a local file's ``Path``: a multipart upload above its part size), else in one
+    request of the fsspec client (Azure through a file, as adlfs's pipe_file fixes the
+    metadata itself). The fsspec client's listing cache forgets the path either way."""
+    if getattr(backend, "fast", None) is not None:
+        try:
+            backend.fast.put(bpath, data, fsmeta.object_metadata(backend.protocol, attrs))
+        finally:
+            backend.fs.invalidate_cache(bpath)
+        return
     kwargs = fsmeta.write_kwargs(backend.protocol, attrs)
     if backend.protocol == "az":
         with backend.fs.open(bpath, "wb", **kwargs) as f:

@@ -129,6 +129,9 @@ def s3_options(server: servers.S3Server) -> dict[str, object]:
                                "secret": server.secret, "region": server.region}
     extra = server._config_kwargs()
     extra.pop("region_name", None)
+    for name in ("request_checksum_calculation", "response_checksum_validation"):
+        if name in extra:  # allowlisted settings: the resource keeps the obstore data path
+            opts[name] = extra.pop(name)
     if extra:
         opts["config_kwargs"] = extra
     return opts

@@ -629,3 +629,32 @@ def test_a_daemon_that_fails_reports_its_one_line_error(world: World, tmp_path: 
         daemon.spawn("nosuch", str(mp), world.write_key, options, str(world.home),
                      str(world.cache / "fail.log"), timeout=60)
     assert not os.path.ismount(mp)
+
+
+def test_the_fuse_connection_is_tuned_where_the_daemon_may(world: World, tmp_path: Path
+                                                           ) -> None:
+    """max_background and congestion_threshold go through the connection's files in fusectl
+    (systemd mounts it at boot; mounted here for the test when missing), the read-ahead
+    through the mount's bdi: mount-stats says what is in effect."""
+    if os.geteuid() != 0:
+        pytest.skip("the FUSE connection's settings are root's to write")
+    conns = Path("/sys/fs/fuse/connections")
+    mounted_here = False
+    if not any(line.split()[1] == str(conns) for line in Path("/proc/mounts").read_text()
+               .splitlines()):
+        res = subprocess.run(["mount", "-t", "fusectl", "none", str(conns)],
+                             capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            pytest.skip(f"fusectl cannot be mounted here: {res.stderr.strip()}")
+        mounted_here = True
+    try:
+        with mounted(world, tmp_path / "m", world.read_key) as mp:
+            assert wait_for(lambda: stats(mp)["kernel"].get("max_background") is not None)  # type: ignore[union-attr]
+            kernel = stats(mp)["kernel"]
+            assert kernel == {"read_ahead_kb": 4096, "max_background": 64,
+                              "congestion_threshold": 48}, kernel
+            minor = os.minor(os.stat(mp).st_dev)
+            assert (conns / str(minor) / "max_background").read_text().strip() == "64"
+    finally:
+        if mounted_here:
+            subprocess.run(["umount", str(conns)], capture_output=True, check=False)

@@ -243,12 +243,15 @@ def _put_on_disk(world: World, name: str, data: bytes) -> None:
     (world.data / name).write_bytes(data)
 
 
+@pytest.mark.parametrize("mode", [[], ["--write-back", "1"]], ids=["default", "write-back"])
 def test_server_stopped_during_a_read_gives_eio_then_works_again(
-        fworld: World, fault_server: servers.RcloneS3Server, tmp_path: Path) -> None:
+        fworld: World, fault_server: servers.RcloneS3Server, tmp_path: Path,
+        mode: list[str]) -> None:
     data = os.urandom(64 * MiB)
     _put_on_disk(fworld, "large.bin", data)
     _put_on_disk(fworld, "small.txt", b"small\n")
-    with mounted(fworld, tmp_path / "m", fworld.write_key, "--cache-size", "8M") as mp:
+    with mounted(fworld, tmp_path / "m", fworld.write_key, "--cache-size", "8M",
+                 *mode) as mp:
         pid = stats(mp)["pid"]
         f = open(mp / "bucket" / "large.bin", "rb", buffering=0)
         try:
@@ -352,10 +355,13 @@ def test_sigkill_during_an_upload_leaves_no_partial_object(
             assert not t.is_alive()
         assert wait_for(lambda: not _alive(pid))  # type: ignore[arg-type]
         assert all(isinstance(outcome[n], OSError) for n in ("old.bin", "new.bin")), outcome
-        # no partial object: the new name is absent, the old one holds its old content
-        # (the server removes the temp files of uploads cut off once it sees them dropped)
-        assert wait_for(lambda: sorted(os.listdir(fworld.data)) == ["old.bin"], timeout=10), \
-            os.listdir(fworld.data)
+        # no partial object: the new name is absent, the old one holds its old content (the
+        # parts of a multipart upload cut off are kept by the server, invisible, as
+        # .rclone_temp_multipart_* files, until someone aborts the upload: below)
+        def objects() -> list[str]:
+            return sorted(n for n in os.listdir(fworld.data) if not n.startswith(".rclone_temp"))
+
+        assert wait_for(lambda: objects() == ["old.bin"], timeout=10), os.listdir(fworld.data)
         assert (fworld.data / "old.bin").read_bytes() == old
         assert wait_for(lambda: _stale(mp))
         # `repolib mount` on the same (stale) folder cleans it and mounts again
@@ -370,6 +376,9 @@ def test_sigkill_during_an_upload_leaves_no_partial_object(
             assert not (mp / "bucket" / "new.bin").exists()
             (mp / "bucket" / "new.bin").write_bytes(b"now complete\n")
             assert (fworld.data / "new.bin").read_bytes() == b"now complete\n"
+            # the new daemon aborted what the killed one left unfinished (its journal)
+            assert wait_for(lambda: sorted(os.listdir(fworld.data)) == ["new.bin", "old.bin"],
+                            timeout=20), os.listdir(fworld.data)
         finally:
             unmount(mp, pid2)  # type: ignore[arg-type]
 
@@ -413,6 +422,73 @@ def test_a_multipart_upload_cut_by_sigkill_is_aborted_by_the_next_daemon(
             unmount(mp, pid2)  # type: ignore[arg-type]
     journals = list((fworld.cache / "uploads").iterdir())
     assert journals == [], journals  # handled, and the clean exit removed its own
+
+
+def test_write_back_keeps_an_upload_the_server_refuses_and_retries_it(
+        fworld: World, fault_server: servers.RcloneS3Server, tmp_path: Path) -> None:
+    old = b"old content\n" * 1000
+    _put_on_disk(fworld, "obj.bin", old)
+    new = os.urandom(3 * MiB)
+    with mounted(fworld, tmp_path / "m", fworld.write_key, "--write-back", "0.5",
+                 "--attr-timeout", "30") as mp:
+        pid = stats(mp)["pid"]
+        assert (mp / "bucket" / "obj.bin").read_bytes() == old  # its attributes: cached
+        fault_server.stop(kill=True)
+        t0 = time.monotonic()
+        (mp / "bucket" / "obj.bin").write_bytes(new)  # close: staged, returns at once
+        assert time.monotonic() - t0 < 5
+        assert wait_for(lambda: stats(mp)["write_back"]["failing"], timeout=60)  # type: ignore[index]
+        failing = stats(mp)["write_back"]["failing"][0]  # type: ignore[index]
+        assert failing["path"] == "bucket/obj.bin" and failing["attempts"] >= 1
+        assert "EIO" in failing["error"] or "unreachable" in failing["error"], failing
+        assert stats(mp)["write_back"]["pending"] == 1  # type: ignore[index]
+        assert (mp / "bucket" / "obj.bin").read_bytes() == new  # this mount sees it
+        assert (fworld.data / "obj.bin").read_bytes() == old  # the server keeps the old
+        log = next(fworld.cache.glob("mount-*.log")).read_text()
+        assert "write-back: upload of bucket/obj.bin failed" in log
+        fault_server.start()
+        # retried after a pause that grows with each failure (1 s, 2 s, 4 s ...)
+        assert wait_for(lambda: not stats(mp)["write_back"]["pending"], timeout=70)  # type: ignore[index]
+        assert (fworld.data / "obj.bin").read_bytes() == new
+        assert not stats(mp)["write_back"]["failing"]  # type: ignore[index]
+        assert stats(mp)["pid"] == pid and _alive(pid)  # type: ignore[arg-type]
+
+
+def test_write_back_upload_cut_by_sigkill_is_finished_by_the_next_daemon(
+        fworld: World, fault_server: servers.RcloneS3Server, tmp_path: Path) -> None:
+    s3 = fault_server.filesystem()
+    bucket = fworld.data.parent.name
+
+    def unfinished() -> list[object]:
+        out = s3.call_s3("list_multipart_uploads", Bucket=bucket, Prefix="data/")
+        return list(out.get("Uploads") or [])
+
+    data = os.urandom(96 * MiB)
+    mp = tmp_path / "m"
+    with mounted(fworld, mp, fworld.write_key, "--write-back", "0") as m:
+        pid = stats(m)["pid"]
+        (m / "bucket" / "big.bin").write_bytes(data)  # close: staged; the upload starts
+        assert wait_for(lambda: unfinished(), timeout=30)  # parts on their way
+        os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
+        assert wait_for(lambda: not _alive(pid))  # type: ignore[arg-type]
+        assert wait_for(lambda: _stale(mp))
+    assert not (fworld.data / "big.bin").exists()  # nothing half-made is visible
+    again = fworld.cli("mount", "analytics", str(mp), "--cache-dir", str(fworld.cache),
+                       "--write-back", "0", key=fworld.write_key)
+    pid2 = None
+    try:
+        pid2 = stats(mp)["pid"]
+        DAEMONS.append(pid2)  # type: ignore[arg-type]
+        assert "1 uploaded now" in again.stderr, again.stderr
+        assert hashlib.sha256((fworld.data / "big.bin").read_bytes()).digest() == \
+            hashlib.sha256(data).digest()
+        # the cut multipart upload was aborted (the journal), the new one completed
+        assert wait_for(lambda: not unfinished(), timeout=20)
+        assert wait_for(lambda: sorted(os.listdir(fworld.data)) == ["big.bin"], timeout=20), \
+            os.listdir(fworld.data)
+        assert stats(mp)["stale_uploads_aborted"] >= 1
+    finally:
+        unmount(mp, pid2)  # type: ignore[arg-type]
 
 
 # -- the read path's memory of a failed fetch (no mount needed) ------------------------------

@@ -437,6 +437,73 @@ def test_read_ahead_asks_for_whole_runs_of_blocks() -> None:
     assert len(calls) <= 32  # not one request per block (64)
     assert all(start % bs == 0 for start, _ in calls)
 
+def _random_reader(blob: bytes, opts: MountOptions, memory: int) -> tuple[Any, list[Any], Any]:
+    """A BlockReader over a fake fs (counting its ranged reads) and ``read(offsets)``: one
+    open file read at those offsets, 100 bytes each, background fetches let run in between."""
+    import collections
+
+    import trio
+    import trio.testing
+
+    from repolib_mount.cache import BlockCache
+    from repolib_mount.handles import ReadHandle
+    from repolib_mount.reads import BlockReader
+
+    calls: list[tuple[int, int]] = []
+
+    class FS:
+        def read_range(self, path: str, start: int, end: int) -> bytes:
+            calls.append((start, end))
+            return blob[start:end]
+
+    async def run(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        await trio.lowlevel.checkpoint()
+        return fn(*args, **kwargs)
+
+    reader = BlockReader(FS(), run, opts, BlockCache(memory), collections.Counter())
+    h = ReadHandle(1, "r/f", len(blob), ("v",))
+
+    async def read(offsets: list[int]) -> None:
+        async with trio.open_nursery() as nursery:
+            reader.nursery = nursery
+            for off in offsets:
+                got = bytes(await reader.read(h, "r/f", "repo/r/f", off, 100))
+                assert got == blob[off:off + 100]
+                await trio.testing.wait_all_tasks_blocked()  # background fetches finish
+
+    return reader, calls, lambda offsets: trio.run(read, offsets)
+
+
+def test_a_random_reader_that_keeps_missing_gets_its_file_or_neighbourhoods() -> None:
+    from repolib_mount.reads import HOOD_PAYOFF, RANDOM_EXACT
+
+    bs = 4096
+    blob = os.urandom(bs * 256)
+    opts = MountOptions(block_size=bs, readahead_blocks=32, request_blocks=8,
+                        cache_dir="/nonexistent")
+    offsets = [(i * 97 % 256) * bs + 5 for i in range(60)]  # scattered, every block once
+    # a file within a quarter of the cache: fetched whole after the first misses
+    reader, calls, read = _random_reader(blob, opts, len(blob) * 4)
+    read(offsets)
+    exact = [c for c in calls if c[1] - c[0] == 100]
+    assert len(exact) == RANDOM_EXACT + 1  # then every read is served from memory
+    assert sum(e - s for s, e in calls if e - s != 100) == len(blob)  # the file, once
+    # a larger file: the run around each miss, growing while later reads land in them
+    reader, calls, read = _random_reader(blob, opts, len(blob))
+    read(offsets)
+    exact = [c for c in calls if c[1] - c[0] == 100]
+    # (a stride-97 reader is the worst case: its first neighbourhoods pay nothing, the later
+    # ones do and grow) fewer exact reads than reads, and no block fetched twice
+    assert RANDOM_EXACT < len(exact) < 40 and reader.counters["random_reads"] == len(exact)
+    assert sum(e - s for s, e in calls if e - s != 100) <= len(blob)
+    # a sparse reader (each read far from the last, never coming back): neighbourhoods stop
+    # after HOOD_PAYOFF of them paid nothing
+    reader, calls, read = _random_reader(blob, opts, len(blob))
+    read([b * bs for b in range(0, 256, 16)])  # 16 reads, 16 different runs
+    runs = [c for c in calls if c[1] - c[0] == 8 * bs]  # (a read at 0 starts as sequential)
+    assert len(runs) == HOOD_PAYOFF
+
+
 def test_write_flush_read_and_own_changes_invalidate(ops_factory: Any) -> None:
     import pyfuse3
 

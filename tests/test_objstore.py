@@ -66,7 +66,8 @@ def test_wrong_secret_and_a_server_that_ignores_ranges(catalog: repolib.Catalog,
                                                        rclone_server: servers.RcloneS3Server
                                                        ) -> None:
     """rclone serve s3 checks signatures, and answers a ranged GET with the whole object:
-    obstore refuses that, and the resource falls back to the fsspec client for good."""
+    obstore refuses that, and the resource's ranged reads fall back to the fsspec client for
+    good (its writes, HEADs and whole reads stay on obstore)."""
     bucket = servers.make_bucket(rclone_server, unique())
     repo = catalog.create_repository("analytics")
     common = {"endpoint_url": rclone_server.endpoint_url, "region": "us-east-1",
@@ -78,8 +79,12 @@ def test_wrong_secret_and_a_server_that_ignores_ranges(catalog: repolib.Catalog,
     fs.pipe_file("analytics/good/f.bin", PAYLOAD)
     assert fs.cat_file("analytics/good/f.bin") == PAYLOAD  # whole objects: obstore
     assert bytes(fs.read_range("analytics/good/f.bin", 5, 15)) == PAYLOAD[5:15]
-    assert fs._state.backend("good").fast is None  # switched to fsspec after the refusal
+    fast = fs._state.backend("good").fast
+    assert fast is not None and not fast.ranges  # ranged reads: fsspec after the refusal
     assert fs.cat_file("analytics/good/f.bin", start=5, end=15) == PAYLOAD[5:15]
+    fs.pipe_file("analytics/good/g.bin", b"still obstore", attrs={"mode": 0o100600})
+    assert fs.cat_file("analytics/good/g.bin") == b"still obstore"  # writes and HEADs too
+    assert fs.info("analytics/good/g.bin")["mode"] == 0o100600
     for read in (lambda: fs.cat_file("analytics/bad/f.bin"),
                  lambda: fs.read_range("analytics/bad/f.bin", 0, 10)):
         with pytest.raises(PermissionError) as e:

@@ -107,6 +107,9 @@ class AttrOperations(FileOperations):
                 staged.mtime_ns = mtime
             staged.ctime_ns = time.time_ns()
             staged.attrs_version += 1
+            if self.writeback is not None:  # a pending file's record follows
+                self.writeback.moved(staged)
+                self.writeback.changed(staged)
             return
         if staged is not None and staged.unlinked:
             staged.attrs.update(changes)

@@ -39,6 +39,11 @@ def _positive(ctx: click.Context, param: click.Parameter, value: float) -> float
     return value
 
 
+def _optional_positive(ctx: click.Context, param: click.Parameter, value: float | None
+                       ) -> float | None:
+    return None if value is None else _positive(ctx, param, value)
+
+
 @click.command("mount")
 @click.argument("repo_name", metavar="REPO")
 @click.argument("mountpoint", type=click.Path(file_okay=False))
@@ -60,6 +65,10 @@ def _positive(ctx: click.Context, param: click.Parameter, value: float) -> float
               help="Seconds directory listings are trusted.")
 @click.option("--rename-limit", type=int, default=1000, show_default=True,
               help="A folder rename moves at most this many objects (else EXDEV).")
+@click.option("--write-back", type=float, default=None, callback=_optional_positive,
+              metavar="SECONDS",
+              help="Let close return once the data is on local disk and upload it after "
+                   "SECONDS without change (default: upload at close).")
 @click.option("--allow-other", is_flag=True, help="Let other users use the mount.")
 @click.option("--debug", is_flag=True, help="Log every request (and libfuse's trace).")
 @pass_state
@@ -69,14 +78,15 @@ def mount_cmd(state: State, repo_name: str, mountpoint: str, key: str | None,
               key_file: str | None, foreground: bool, read_only: bool, cache_dir: str | None,
               cache_size: int, disk_cache_size: int, disk_cache_age: float,
               attr_timeout: float, dir_timeout: float, rename_limit: int,
-              allow_other: bool, debug: bool) -> None:
+              write_back: float | None, allow_other: bool, debug: bool) -> None:
     """Mount repository REPO at MOUNTPOINT, its storage resources as folders.
 
     The key comes from --key-file, REPOLIB_KEY or REPOLIB_KEY_FILE (or --key - on stdin).
     A READ key (or --read-only) gives a read-only mount. By default the daemon detaches,
     logging to the cache folder, and this command returns once the mount is ready. Files
     written are uploaded when they are closed (close-to-open; staleness bounded by the
-    timeouts; last writer wins).
+    timeouts; last writer wins), or with --write-back SECONDS after SECONDS without change
+    (close returns once the data is on local disk; fsync and umount wait for the upload).
     """
     try:
         mounttable.require_fuse()
@@ -91,20 +101,24 @@ def mount_cmd(state: State, repo_name: str, mountpoint: str, key: str | None,
                                read_only=read_only, allow_other=allow_other, debug=debug,
                                cache_dir=cache_dir, cache_size=cache_size,
                                disk_cache_size=disk_cache_size, disk_cache_age=disk_cache_age,
-                               rename_limit=rename_limit)
+                               rename_limit=rename_limit, write_back=write_back)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     try:
         mp = mounttable.prepare_mountpoint(mountpoint)
         if foreground:
             daemon._setup_logging(debug)
-            daemon.serve(repo, mp, options,
-                         ready=lambda: click.echo(f"mounted repo://{repo.name} at {mp}; "
-                                                  "Ctrl-C unmounts", err=True))
+            def ready(note: str) -> None:
+                if note:
+                    click.echo(note, err=True)
+                click.echo(f"mounted repo://{repo.name} at {mp}; Ctrl-C unmounts", err=True)
+
+            daemon.serve(repo, mp, options, ready=ready)
             return
         log_path = daemon.log_path_for(cache_dir, repo.name, mp)
         pid = daemon.spawn(repo.name, mp, token, options, state.catalog.home, log_path,
-                           key_file=key_file, catalog_url=state.catalog_url)
+                           key_file=key_file, catalog_url=state.catalog_url,
+                           on_note=lambda note: click.echo(note, err=True))
     except MountError as exc:
         raise click.ClickException(str(exc)) from None
     mode = "read-only" if (read_only or repo.access.value == "read") else "read-write"
@@ -116,13 +130,22 @@ def mount_cmd(state: State, repo_name: str, mountpoint: str, key: str | None,
 @click.argument("mountpoint", type=click.Path(file_okay=False))
 @click.option("--lazy", "-z", is_flag=True,
               help="Detach now even if files are open; finish when they are closed.")
+@click.option("--force", is_flag=True,
+              help="With --write-back: do not wait for pending uploads (they stay on local "
+                   "disk and the next mount of this repository here uploads them).")
 @command_example("repolib umount ~/mnt")
-def umount_cmd(mountpoint: str, lazy: bool) -> None:
-    """Unmount a repolib mount (waits for its daemon to finish)."""
+def umount_cmd(mountpoint: str, lazy: bool, force: bool) -> None:
+    """Unmount a repolib mount (waits for its daemon to finish, and for the uploads a
+    --write-back mount has pending)."""
     try:
-        mounttable.unmount(mountpoint, lazy=lazy)
+        mounttable.unmount(mountpoint, lazy=lazy, force=force,
+                           progress=lambda line: click.echo(line, err=True))
     except MountError as exc:
         raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        raise click.ClickException(f"interrupted: {os.path.abspath(mountpoint)} is still "
+                                   "mounted (`repolib umount --force` leaves pending uploads "
+                                   "for the next mount)") from None
     click.echo(f"unmounted {os.path.abspath(mountpoint)}", err=True)
 
 

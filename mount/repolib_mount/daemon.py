@@ -37,22 +37,30 @@ log = logging.getLogger("repolib_mount")
 
 READY_TIMEOUT_S = 60.0
 FLUSH_ON_EXIT_TIMEOUT_S = 120.0
+LEFTOVERS_WAIT_S = 30.0  # --write-back: files a dead daemon left are uploaded before "ready"
 WARM_UP_WAIT_S = 3.0  # the mount is reported ready once its backend clients exist, or after this
 READ_AHEAD_KB = 4096  # kernel read-ahead for the mount (bigger FUSE reads, fewer requests)
+MAX_BACKGROUND = 64  # FUSE requests in flight in the background (kernel default 12)
+CONGESTION_THRESHOLD = 48  # ... from which the kernel reports the connection congested (9)
 
 
 # -- serving ----------------------------------------------------------------------------------
 
 
 def serve(repo: Any, mountpoint: str, options: MountOptions,
-          ready: Callable[[], None] | None = None) -> None:
-    """Mount ``repo`` at ``mountpoint`` and serve until unmounted or signalled."""
+          ready: Callable[[str], None] | None = None) -> None:
+    """Mount ``repo`` at ``mountpoint`` and serve until unmounted or signalled. ``ready`` is
+    called once the mount works, with a note for the user ("" when there is none)."""
     import pyfuse3
     import trio
 
     from .operations import RepositoryOperations
+    from .writeback import WriteBackBusy
 
-    ops = RepositoryOperations(repo, options, mountpoint)
+    try:
+        ops = RepositoryOperations(repo, options, mountpoint)
+    except WriteBackBusy as exc:
+        raise MountError(str(exc)) from None
     fuse_options = set(pyfuse3.default_options)
     # nodev, nosuid: device nodes and set-user-ID bits kept in a bucket are shown, never used
     fuse_options |= {f"fsname=repolib:{repo.name}", "subtype=repolib", "nodev", "nosuid"}
@@ -84,7 +92,7 @@ def serve(repo: Any, mountpoint: str, options: MountOptions,
     log.info("unmounted %s", mountpoint)
 
 
-async def _main(ops: Any, ready: Callable[[], None] | None) -> None:
+async def _main(ops: Any, ready: Callable[[str], None] | None) -> None:
     import pyfuse3
     import trio
 
@@ -92,7 +100,19 @@ async def _main(ops: Any, ready: Callable[[], None] | None) -> None:
         ops.nursery = nursery
         await nursery.start(_on_signals, ops)
         nursery.start_soon(ops.watch_key)
-        nursery.start_soon(_tune_read_ahead, ops.mountpoint)
+        nursery.start_soon(_tune_kernel, ops)
+        note = ""
+        if ops.writeback is not None:
+            await nursery.start(ops.writeback.run)
+            found = ops.adopt_pending()
+            if found:  # what the previous daemon of this mount left: uploaded first
+                with trio.move_on_after(LEFTOVERS_WAIT_S):
+                    await ops.writeback.flush_all()
+                left = len(ops.writeback.pending())
+                note = (f"{found} file(s) written through this mount before its previous "
+                        f"daemon stopped: {found - left} uploaded now")
+                note += f", {left} still pending (see mount-stats)" if left else ""
+                log.warning("%s", note)
         warmed = trio.Event()
 
         async def warm_up() -> None:
@@ -105,8 +125,17 @@ async def _main(ops: Any, ready: Callable[[], None] | None) -> None:
         with trio.move_on_after(WARM_UP_WAIT_S):  # a slow backend must not hold the mount
             await warmed.wait()
         if ready is not None:
-            ready()
+            ready(note)
         await pyfuse3.main()
+        wb = ops.writeback
+        if wb is not None and not wb.forced and wb.pending():
+            # unmounted by fusermount3 -u: upload what is pending before exiting
+            log.info("unmounted: uploading %d pending file(s) first", len(wb.pending()))
+            with trio.move_on_after(FLUSH_ON_EXIT_TIMEOUT_S):
+                await wb.flush_all()
+        if wb is not None and wb.pending():
+            log.warning("%d pending file(s) kept in %s: the next mount of this repository "
+                        "here uploads them", len(wb.pending()), ops.staging.folder)
         nursery.cancel_scope.cancel()
 
 
@@ -114,9 +143,17 @@ async def _on_signals(ops: Any, task_status: Any) -> None:
     import pyfuse3
     import trio
 
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1,
+                                   signal.SIGUSR2) as signals:
         task_status.started()
         async for signum in signals:
+            if signum in (signal.SIGUSR1, signal.SIGUSR2):  # from `repolib umount`
+                if ops.writeback is not None:
+                    if signum == signal.SIGUSR1:
+                        ops.writeback.now()  # upload what is pending now
+                    else:
+                        ops.writeback.forced = True  # leave it for the next mount
+                continue
             log.info("%s: uploading pending changes, then unmounting",
                      signal.Signals(signum).name)
             with trio.move_on_after(FLUSH_ON_EXIT_TIMEOUT_S):
@@ -125,20 +162,39 @@ async def _on_signals(ops: Any, task_status: Any) -> None:
             return
 
 
-async def _tune_read_ahead(mountpoint: str) -> None:
-    """Raise the kernel's read-ahead for this mount (root only; best effort)."""
+async def _tune_kernel(ops: Any) -> None:
+    """Settings of this mount's FUSE connection that peers tune, where the daemon may write
+    them (root; the connection's files need fusectl at /sys/fs/fuse/connections, which systemd
+    mounts at boot): the kernel's read-ahead (bigger READ requests, fewer of them), and how
+    many requests it keeps in flight in the background (read-ahead, writes of the page cache)
+    before it slows the callers down (``max_background``; the kernel's default is 12). What is
+    in effect goes to ``mount-stats`` (``kernel``)."""
     import trio
 
-    def tune() -> None:
-        dev = os.stat(mountpoint).st_dev
-        path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
-        with open(path, "w") as f:
-            f.write(str(READ_AHEAD_KB))
+    def tune() -> dict[str, int | None]:
+        dev = os.stat(ops.mountpoint).st_dev
+        conn = f"/sys/fs/fuse/connections/{os.minor(dev)}"
+        wanted = {f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb": READ_AHEAD_KB,
+                  f"{conn}/max_background": MAX_BACKGROUND,
+                  f"{conn}/congestion_threshold": CONGESTION_THRESHOLD}
+        out: dict[str, int | None] = {}
+        for path, value in wanted.items():
+            try:
+                with open(path, "w") as f:
+                    f.write(str(value))
+            except OSError as exc:
+                log.debug("%s left as it was: %s", path, exc)
+            try:
+                with open(path) as f:
+                    out[os.path.basename(path)] = int(f.read().strip())
+            except (OSError, ValueError):
+                out[os.path.basename(path)] = None
+        return out
 
     try:
-        await trio.to_thread.run_sync(tune)
+        ops.kernel = await trio.to_thread.run_sync(tune)
     except OSError as exc:
-        log.debug("read-ahead left at the kernel default: %s", exc)
+        log.debug("kernel settings left at their defaults: %s", exc)
 
 
 # -- the detached daemon ----------------------------------------------------------------------
@@ -154,8 +210,10 @@ def log_path_for(cache_dir: str, repo_name: str, mountpoint: str) -> str:
 
 def spawn(repo_name: str, mountpoint: str, token: str, options: MountOptions,
           home: str, log_path: str, timeout: float = READY_TIMEOUT_S,
-          key_file: str | None = None, catalog_url: str | None = None) -> int:
-    """Start the daemon in a new session; return its pid once the mount is ready.
+          key_file: str | None = None, catalog_url: str | None = None,
+          on_note: Callable[[str], None] | None = None) -> int:
+    """Start the daemon in a new session; return its pid once the mount is ready (a note
+    the daemon has for the user goes to ``on_note``).
 
     ``key_file``: where the key came from (a path, not a secret); the daemon re-reads it when
     the key stops working, so a rotation does not end the mount. ``catalog_url`` goes in the
@@ -188,8 +246,10 @@ def spawn(repo_name: str, mountpoint: str, token: str, options: MountOptions,
         word = _read_line(ready_r, timeout)
     finally:
         os.close(ready_r)
-    if word == "ready":
+    if word == "ready" or word.startswith("ready: "):
         proc.returncode = 0  # detached on purpose: no ResourceWarning for a "still running" child
+        if word != "ready" and on_note is not None:
+            on_note(word[len("ready: "):])
         return proc.pid
     if word.startswith("error: "):
         _reap(proc)
@@ -274,7 +334,8 @@ def child_main(argv: list[str] | None = None) -> int:
         repo = Catalog(config["home"]).open(config["repository"], token or None,
                                             key_file=config.get("key_file"))
         del token
-        serve(repo, config["mountpoint"], options, ready=lambda: report("ready"))
+        serve(repo, config["mountpoint"], options,
+              ready=lambda note: report(f"ready: {note}" if note else "ready"))
         return 0
     except Exception as exc:
         message = str(exc) or type(exc).__name__

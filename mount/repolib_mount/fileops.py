@@ -63,14 +63,38 @@ class FileOperations(OperationsBase):
                 staged.truncate(size)
                 await self._upload(staged)
             finally:
-                self.staging.discard(staged)
+                self._discard(staged)
         self._after_write(rel, meta.with_(size=size, mtime=now / 1e9, mtime_ns=now,
                                           ctime_ns=now, etag=None))
 
     def _new_staged(self, rel: str, inode: int) -> Staged:
         staged = self.staging.new(rel, inode)
-        staged.lock = trio.Lock()  # one upload (or download) of a staged file at a time
+        self._took(staged)
         return staged
+
+    def _took(self, staged: Staged) -> None:
+        staged.lock = trio.Lock()  # one upload (or download) of a staged file at a time
+        self.inodes.hold(staged.inode)  # one inode for its whole life, open or pending
+        wb = self.writeback
+        if wb is not None:  # a change to a pending file postpones its upload
+            staged.on_change = lambda s, offset, sequential: wb.changed(s)
+
+    def adopt_pending(self) -> int:
+        """--write-back: take over what a daemon of this mount left pending (uploaded first,
+        by the scheduler). Returns how many."""
+        if self.writeback is None:
+            return 0
+        found = self.writeback.adopt(self.inodes.ensure)
+        for staged in found:
+            self._took(staged)
+        return len(found)
+
+    async def _upload_pending(self, staged: Staged) -> None:
+        await self._upload(staged)
+        assert self.writeback is not None
+        self.writeback.done(staged)
+        if staged.refs <= 0 and staged.record is None:
+            self._discard(staged)  # nobody has it open: the object is what counts now
 
     def _download(self, path: str, staged: Staged) -> int:
         """Copy the remote object into a staged file (runs in a worker thread)."""
@@ -145,7 +169,11 @@ class FileOperations(OperationsBase):
             staged.refs += 1  # held from now: a second open waits for this one's download
             async with staged.lock:
                 try:
-                    meta = await self._meta(rel, max_age=0, remote=True)
+                    # the object's attributes, fresh; with --write-back a replaced file's
+                    # may come from the caches (the kernel has just looked it up), so an
+                    # overwrite works while the server is away and is uploaded later
+                    fresh = 0 if self.writeback is None or not flags & os.O_TRUNC else None
+                    meta = await self._meta(rel, max_age=fresh, remote=True)
                     if meta.is_dir:
                         raise _fuse_error(errno.EISDIR)
                     if not meta.is_file:
@@ -154,13 +182,14 @@ class FileOperations(OperationsBase):
                     staged.attrs = meta.attrs()  # an upload keeps mode, owner and atime
                     if flags & os.O_TRUNC:
                         staged.mark_dirty()
-                        self.uploads.watch(staged, self._fs_path(rel))
+                        if self.writeback is None:  # --write-back: uploaded whole, later
+                            self.uploads.watch(staged, self._fs_path(rel))
                     elif meta.size:
                         self.counters["bytes_read"] += await self._run(
                             self._download, self._fs_path(rel), staged)
                 except BaseException:
                     staged.refs -= 1
-                    self.staging.discard(staged)
+                    self._discard(staged)
                     raise
         else:
             staged.refs += 1  # so the first one's release cannot discard it while we wait
@@ -191,11 +220,13 @@ class FileOperations(OperationsBase):
         staged = self.staging.by_inode(ino)
         if staged is None:
             staged = self._new_staged(rel, ino)
+            staged.remote = False  # made here: nothing remote to replace or remove yet
         else:
             staged.truncate(0)
         staged.attrs = attrs
         staged.mark_dirty()  # a new empty file is uploaded on close too
-        self.uploads.watch(staged, self._fs_path(rel))
+        if self.writeback is None:  # --write-back: uploaded whole, after close
+            self.uploads.watch(staged, self._fs_path(rel))
         staged.refs += 1
         self.page_versions.pop(ino, None)
         h = WriteHandle(ino, staged, append=bool(flags & os.O_APPEND),
@@ -297,6 +328,7 @@ class FileOperations(OperationsBase):
                     code = errno.EACCES
                 elif code not in _UPLOAD_ERRNOS:
                     code = errno.EIO
+                staged.error = f"{errno.errorcode.get(code, code)}: {exc}"[:300]
                 log.warning("upload of %s failed (%s): %s", staged.path,
                             errno.errorcode.get(code, code), exc)
                 raise _fuse_error(code) from None
@@ -304,6 +336,7 @@ class FileOperations(OperationsBase):
                 self.uploading -= 1
             self.counters["uploads"] += 1
             self.counters["bytes_written"] += size
+            staged.remote = True
             if staged.version == version:
                 staged.dirty = False
             self._after_write(staged.path, self._staged_meta(staged).with_(
@@ -313,13 +346,19 @@ class FileOperations(OperationsBase):
     async def flush(self, fh: int) -> None:
         h = self.files.get(fh)
         if isinstance(h, WriteHandle):
+            if self.writeback is not None:  # staged on disk is enough: uploaded later
+                if h.staged.dirty and not h.staged.unlinked:
+                    self.writeback.mark(h.staged)
+                return
             await self._upload(h.staged)
 
     @fuse_handler()
     async def fsync(self, fh: int, datasync: bool) -> None:
         h = self.files.get(fh)
         if isinstance(h, WriteHandle):
-            await self._upload(h.staged)
+            await self._upload(h.staged)  # --write-back too: fsync means "on the server"
+            if self.writeback is not None:
+                self.writeback.done(h.staged)
 
     @fuse_handler(check_key=False)
     async def release(self, fh: int) -> None:
@@ -327,9 +366,9 @@ class FileOperations(OperationsBase):
         if isinstance(h, ReadHandle) and h.keeper is not None:
             keeper, h.keeper = h.keeper, None
             keeper.refs -= 1
-            if keeper.refs <= 0:
+            if keeper.refs <= 0 and (keeper.record is None or keeper.unlinked):
                 await self.uploads.abandon(keeper)
-                self.staging.discard(keeper)
+                self._discard(keeper)
         if isinstance(h, ReadHandle) and h.fd >= 0:
             os.close(h.fd)
             h.fd = -1
@@ -344,9 +383,15 @@ class FileOperations(OperationsBase):
         staged.refs -= 1
         if staged.refs > 0:
             return
+        if self.writeback is not None and staged.dirty and not staged.unlinked:
+            if staged.record is None:
+                self.writeback.mark(staged)  # changed after its last flush (mmap)
+            return  # kept until its upload
+        if staged.record is not None and not staged.unlinked:
+            return  # pending (adopted, or read while pending): the scheduler ends it
         lost = staged.dirty and not staged.unlinked
         await self.uploads.abandon(staged)
-        self.staging.discard(staged)  # no upload here: flush (close) reported the outcome
+        self._discard(staged)  # no upload here: flush (close) reported the outcome
         if lost:
             log.warning("changes to %s were not uploaded and are discarded", staged.path)
             self.attrs.pop(staged.path)

@@ -52,11 +52,12 @@ class HandleTable(Generic[T]):
 class Staged:
     """A local file holding what is being written to ``path``, until it is uploaded."""
 
-    def __init__(self, local: str, path: str, inode: int) -> None:
+    def __init__(self, local: str, path: str, inode: int, adopt: bool = False) -> None:
         self.local = local
         self.path = path  # mount-relative; follows renames
         self.inode = inode
-        self.fd = os.open(local, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        flags = os.O_RDWR | os.O_CLOEXEC | (0 if adopt else os.O_CREAT | os.O_EXCL)
+        self.fd = os.open(local, flags, 0o600)
         self.refs = 0
         self.dirty = False
         self.version = 0  # bumped by every change, so an upload knows if it is still current
@@ -72,6 +73,13 @@ class Staged:
         self.written_end = 0  # where the last write ended: the next one is sequential here
         self.stream: Any = None  # an upload in progress while it is written (uploads.py)
         self.streamable = False  # started empty and written front to back so far
+        self.remote = True  # the object may exist remotely (False: made here, not uploaded)
+        # --write-back (writeback.py): closed with changes, waiting for its upload
+        self.record: str | None = None  # its crash-safe record (path, attributes) on disk
+        self.due = 0.0  # monotonic time its upload may start (no change for the delay)
+        self.failures = 0  # uploads that failed in a row (retried with a growing pause)
+        self.error = ""  # why the last upload failed
+        self.failing_since = 0.0  # wall time of the first failure in a row
 
     def write(self, offset: int, data: bytes) -> int:
         n = os.pwrite(self.fd, data, offset)
@@ -121,20 +129,37 @@ class Staged:
 
 
 class StagingArea:
-    """The staged files of one daemon, by inode and by path, in a private 0700 folder."""
+    """The staged files of one daemon, by inode and by path, in a private 0700 folder.
 
-    def __init__(self, folder: str) -> None:
+    ``persistent``: ``folder`` itself holds them (the mount's write-back folder, which outlives
+    the daemon) instead of a fresh temporary folder inside it removed at exit."""
+
+    def __init__(self, folder: str, persistent: bool = False) -> None:
         os.makedirs(folder, mode=0o700, exist_ok=True)
-        self.folder = tempfile.mkdtemp(prefix="staging-", dir=folder)  # private, 0700
-        self._names = itertools.count(1)
+        self.persistent = persistent
+        if persistent:
+            os.chmod(folder, 0o700)
+            self.folder = folder
+            taken = [int(n.split(".", 1)[0]) for n in os.listdir(folder)
+                     if n.split(".", 1)[0].isdigit()]
+            self._names = itertools.count(max(taken, default=0) + 1)
+        else:
+            self.folder = tempfile.mkdtemp(prefix="staging-", dir=folder)  # private, 0700
+            self._names = itertools.count(1)
         self._by_inode: dict[int, Staged] = {}
         self._by_path: dict[str, Staged] = {}
 
     def new(self, path: str, inode: int) -> Staged:
         local = os.path.join(self.folder, f"{next(self._names)}.part")
-        staged = Staged(local, path, inode)
-        self._by_inode[inode] = staged
-        self._by_path[path] = staged
+        return self._add(Staged(local, path, inode))
+
+    def adopt(self, local: str, path: str, inode: int) -> Staged:
+        """A staged file a previous daemon left (``--write-back``), taken on as it is."""
+        return self._add(Staged(local, path, inode, adopt=True))
+
+    def _add(self, staged: Staged) -> Staged:
+        self._by_inode[staged.inode] = staged
+        self._by_path[staged.path] = staged
         return staged
 
     def by_inode(self, inode: int) -> Staged | None:
@@ -180,12 +205,20 @@ class StagingArea:
         return sum(1 for s in self._by_inode.values() if s.dirty and not s.unlinked)
 
     def close(self) -> None:
+        """At exit: every staged file goes, except those waiting for an upload
+        (``--write-back``): they stay, with their records, for the next daemon."""
         for s in self.all():
+            if s.record is not None and not s.unlinked:
+                if s.fd >= 0:
+                    os.close(s.fd)
+                    s.fd = -1
+                continue
             self.discard(s)
-        try:
-            os.rmdir(self.folder)
-        except OSError:
-            pass
+        if not self.persistent:
+            try:
+                os.rmdir(self.folder)
+            except OSError:
+                pass
 
 
 @dataclasses.dataclass
@@ -198,6 +231,11 @@ class ReadHandle:
     version: tuple[Any, ...]
     next_offset: int = 0  # where a sequential reader reads next
     streak: int = 0  # consecutive sequential reads
+    random_misses: int = 0  # random reads that had to ask the server
+    hood_fetches: int = 0  # neighbourhoods of random misses fetched in the background
+    hood_hits: int = 0  # ... of which a later random read was served
+    hood: set[int] = dataclasses.field(default_factory=set)  # their blocks not read yet
+    whole: bool = False  # the whole file was fetched for this random reader
     fd: int = -1  # the file itself, for a local-folder resource (read with pread, no blocks)
     local_bytes: int = 0  # read through ``fd`` (recorded as usage at release)
     meta: Any = None  # what the file was at open (fstat of a file unlinked since)

@@ -44,6 +44,7 @@ class InodeTable:
         self._lookups: dict[int, int] = {ROOT_INODE: 1}
         self._pinned: set[int] = {ROOT_INODE}
         self._detached: set[int] = set()
+        self._held: dict[int, int] = {}  # inodes kept while a staged file needs them
         self._next = ROOT_INODE + 1
 
     def __len__(self) -> int:
@@ -92,9 +93,24 @@ class InodeTable:
         self._pinned.add(ino)
         return ino
 
+    def hold(self, inode: int) -> None:
+        """Keep ``inode`` (and its path) even when the kernel forgets it: a file that is staged
+        here, e.g. waiting for its upload after close, keeps one number for its whole life."""
+        self._held[inode] = self._held.get(inode, 0) + 1
+
+    def unhold(self, inode: int) -> None:
+        left = self._held.get(inode, 0) - 1
+        if left > 0:
+            self._held[inode] = left
+            return
+        self._held.pop(inode, None)
+        if inode in self._paths and self._lookups.get(inode, 0) <= 0 and \
+                inode not in self._pinned:
+            self._drop(inode)
+
     def drop_if_unused(self, inode: int) -> bool:
         """Drop an inode nobody holds (e.g. allocated for a readdir entry the kernel refused)."""
-        if inode in self._pinned or self._lookups.get(inode, 0) > 0:
+        if inode in self._pinned or inode in self._held or self._lookups.get(inode, 0) > 0:
             return False
         self._drop(inode)
         return True
@@ -104,7 +120,7 @@ class InodeTable:
         if inode not in self._lookups:
             return False
         left = self._lookups[inode] - nlookup
-        if left > 0 or inode in self._pinned:
+        if left > 0 or inode in self._pinned or inode in self._held:
             self._lookups[inode] = max(left, 0)
             return False
         self._drop(inode)
@@ -123,7 +139,7 @@ class InodeTable:
         ino = self._inodes.pop(path, None)
         if ino is not None and ino not in self._pinned:
             self._detached.add(ino)
-            if self._lookups.get(ino, 0) <= 0:
+            if self._lookups.get(ino, 0) <= 0 and ino not in self._held:
                 self._drop(ino)
         return ino
 

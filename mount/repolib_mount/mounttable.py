@@ -12,8 +12,10 @@ import json
 import logging
 import os
 import shlex
+import signal
 import subprocess
 import time
+from collections.abc import Callable
 from typing import Any
 
 from repolib import MountError
@@ -114,8 +116,13 @@ def read_stats(mountpoint: str) -> dict[str, Any]:
     return data
 
 
-def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0) -> None:
-    """Unmount a repolib mount and wait for its daemon to finish (usage counters, cleanup)."""
+def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0, force: bool = False,
+            progress: Callable[[str], None] | None = None) -> None:
+    """Unmount a repolib mount and wait for its daemon to finish (usage counters, cleanup).
+
+    A ``--write-back`` mount first uploads what is pending, and this waits for it, telling
+    ``progress`` how it goes; ``force``: unmount at once, the pending files staying on local
+    disk for the next mount of this repository here."""
     mp = os.path.abspath(os.path.expanduser(mountpoint))
     entry = mount_entry(mp)
     if entry is None:
@@ -126,8 +133,14 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0) -> None:
     if is_stale(mp):
         clean_stale(mp)
         return
+    stats: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError):
-        pid = int(read_stats(mp)["pid"])
+        stats = read_stats(mp)
+        pid = int(stats["pid"])
+    pending = (stats.get("write_back") or {}).get("pending")
+    if pid is not None and pending:
+        _upload_pending_first(mp, pid, stats["write_back"], force,
+                              progress or (lambda line: None))
     cmd = ["fusermount3", "-u", *(["-z"] if lazy else []), mp]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
@@ -137,6 +150,50 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0) -> None:
         raise MountError(f"cannot unmount {mp}: {msg}")
     if pid is not None and pid != os.getpid():
         _wait_gone(pid, timeout)
+
+
+def _upload_pending_first(mp: str, pid: int, wb: dict[str, Any], force: bool,
+                          progress: Callable[[str], None]) -> None:
+    """Before unmounting a --write-back mount: have its daemon upload what is pending now
+    (SIGUSR1) and wait for that, or with ``force`` tell it to leave them on disk (SIGUSR2)."""
+    if force:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGUSR2)
+        progress(f"leaving {wb['pending']} pending upload(s) for the next mount of this "
+                 "repository here")
+        return
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except (ProcessLookupError, PermissionError):
+        return
+    said, last = "", 0.0
+    while True:
+        if not wb.get("pending"):
+            return
+        failing = wb.get("failing") or []
+        line = (f"waiting for {wb['pending']} pending upload(s), "
+                f"{_human(int(wb.get('pending_bytes') or 0))} (--force: leave them for the "
+                "next mount)")
+        if failing:
+            f0 = failing[0]
+            line += (f"; {len(failing)} failing, e.g. {f0['path']}: {f0['error']} "
+                     f"({f0['attempts']} tries)")
+        if line != said or time.monotonic() - last > 10:
+            progress(line)
+            said, last = line, time.monotonic()
+        time.sleep(0.25)
+        try:
+            wb = read_stats(mp).get("write_back") or {}
+        except (OSError, ValueError):
+            return  # the daemon is gone: nothing more to wait for here
+
+
+def _human(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB"):
+        if n < 1024:
+            return f"{int(n)} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 def _wait_gone(pid: int, timeout: float) -> None:

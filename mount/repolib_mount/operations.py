@@ -29,6 +29,7 @@ Consistency model, in plain words
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -54,6 +55,8 @@ from .opsbase import (
     _fuse_error,
     log,
 )
+
+_NO_LOCK = contextlib.nullcontext()
 
 
 class RepositoryOperations(AttrOperations):
@@ -169,13 +172,25 @@ class RepositoryOperations(AttrOperations):
             if meta.is_dir:
                 raise _fuse_error(errno.EISDIR)
         await self._keep_open_copies(rel)
-        try:
-            await self._run(self.fs.rm_file, self._fs_path(rel))
-        except FileNotFoundError:
-            if staged is None:
-                raise  # nothing here; a staged file that was never uploaded is just dropped
-        self.staging.forget_path(rel)
+        async with staged.lock if staged is not None else _NO_LOCK:  # an upload in flight
+            if staged is None or staged.remote:  # (made here, never uploaded: no request)
+                try:
+                    await self._run(self.fs.rm_file, self._fs_path(rel))
+                except FileNotFoundError:
+                    if staged is None:
+                        raise  # nothing here; a staged file never uploaded is just dropped
+            self._forget_staged(rel)
         self._after_remove(rel)
+
+    def _forget_staged(self, rel: str) -> None:
+        """The file at ``rel`` was deleted or replaced: what is staged for it is never
+        uploaded (its pending upload, if any, is dropped; readers keep their copy)."""
+        staged = self.staging.by_path(rel)
+        self.staging.forget_path(rel)
+        if staged is not None and self.writeback is not None:
+            self.writeback.forget(staged)
+            if staged.refs <= 0:
+                self._discard(staged)
 
     async def _keep_open_copies(self, rel: str) -> None:
         """``rel`` is about to be removed or replaced: readers that still have it open keep
@@ -195,7 +210,7 @@ class RepositoryOperations(AttrOperations):
                 self.counters["bytes_read"] += await self._run(self._download,
                                                                self._fs_path(rel), copy)
         except BaseException:
-            self.staging.discard(copy)
+            self._discard(copy)
             raise
         self.staging.forget_path(rel)  # never uploaded, and not the new file of that name
         copy.attrs = readers[0].meta.attrs() if readers[0].meta is not None else {}
@@ -238,15 +253,43 @@ class RepositoryOperations(AttrOperations):
                     pass
             else:
                 await self._keep_open_copies(dst)
-        for s in self.staging.under(src):  # what is being written moves with its latest data
-            if s.dirty and not s.unlinked:
-                await self._upload(s)
-        if meta.is_dir:
-            await self._rename_dir(src, dst)
+        if target is not None and not target.is_dir:
+            self._forget_staged(dst)  # what was being written there is replaced
+        pending = self.staging.by_path(src) if self.writeback is not None else None
+        if pending is not None and pending.record is not None and not meta.is_dir:
+            # --write-back: the pending file moves locally and is uploaded under its new
+            # name later; only an older copy of it on the server is removed now
+            await pending.lock.acquire()  # an upload of it in flight ends first
+            if pending.record is None or self.staging.by_path(src) is not pending:
+                pending.lock.release()  # uploaded meanwhile: an ordinary rename
+                pending = None
+        if pending is not None:
+            try:
+                if pending.remote:
+                    try:
+                        await self._run(self.fs.rm_file, self._fs_path(src))
+                    except FileNotFoundError:
+                        pass
+                pending.remote = target is not None
+                self.inodes.move(src, dst)
+                self.staging.move(src, dst)
+            finally:
+                pending.lock.release()
         else:
-            await self._run(self.fs.mv, self._fs_path(src), self._fs_path(dst))
-        self.inodes.move(src, dst)
-        self.staging.move(src, dst)
+            for s in self.staging.under(src):  # what is being written moves with its data
+                if s.dirty and not s.unlinked:
+                    await self._upload(s)
+                    if self.writeback is not None:
+                        self.writeback.done(s)
+            if meta.is_dir:
+                await self._rename_dir(src, dst)
+            else:
+                await self._run(self.fs.mv, self._fs_path(src), self._fs_path(dst))
+            self.inodes.move(src, dst)
+            self.staging.move(src, dst)
+        if pending is not None and self.writeback is not None:
+            self.writeback.moved(pending)
+            self.writeback.changed(pending)
         self.pending_dirs = {dst + d[len(src):] if is_below(d, src) else d
                              for d in self.pending_dirs}
         self.volatile = {(dst + k[len(src):] if is_below(k, src) else k): v
@@ -389,6 +432,15 @@ class RepositoryOperations(AttrOperations):
 
     async def flush_all(self) -> None:
         """Upload every staged file with changes (SIGTERM/SIGINT before unmounting)."""
+        if self.writeback is not None:
+            for staged in self.staging.all():
+                if staged.dirty and not staged.unlinked and staged.record is None:
+                    self.writeback.mark(staged)  # still open: recorded, so it is not lost
+            left = await self.writeback.flush_all()
+            if left:
+                log.error("%d file(s) could not be uploaded; kept in %s for the next mount of "
+                          "this repository here", left, self.staging.folder)
+            return
         for staged in self.staging.all():
             if staged.dirty and not staged.unlinked:
                 try:
@@ -413,5 +465,7 @@ class RepositoryOperations(AttrOperations):
     def close(self) -> None:
         self.journal.close()
         self.staging.close()
+        if self.writeback is not None:
+            self.writeback.close()
         if self.disk is not None:
             self.disk.close()

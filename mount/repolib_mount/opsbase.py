@@ -37,6 +37,8 @@ from .journal import UploadJournal
 from .options import MountOptions
 from .reads import BlockReader
 from .uploads import Uploads
+from .writeback import WriteBack
+from .writeback import folder_for as writeback_folder
 
 log = logging.getLogger("repolib_mount")
 
@@ -88,7 +90,14 @@ class OperationsBase(pyfuse3.Operations):
         self.uploads = Uploads(self.fs, self._run, self.counters, self.journal)
         self.files: HandleTable[Any] = HandleTable()
         self.dir_handles: HandleTable[DirHandle] = HandleTable()
-        self.staging = StagingArea(options.cache_dir)
+        self.writeback: WriteBack | None = None  # --write-back: uploads after close
+        if options.write_back is not None and not self.read_only:
+            self.staging = StagingArea(
+                writeback_folder(options.cache_dir, repo.name, mountpoint or "."),
+                persistent=True)
+            self.writeback = WriteBack(self.staging, options.write_back, self._upload_pending)
+        else:
+            self.staging = StagingArea(options.cache_dir)
         self.pending_dirs: set[str] = set()  # made here, maybe not visible in an object store
         # attributes only this daemon keeps: folders of object stores without folder markers,
         # and folders' times changed by what is done here (object stores keep none)
@@ -99,6 +108,7 @@ class OperationsBase(pyfuse3.Operations):
         self.page_versions: dict[int, tuple[Any, ...]] = {}  # what the kernel's page cache holds
         self.limiter = trio.CapacityLimiter(options.threads)
         self.uploading = 0
+        self.kernel: dict[str, int | None] = {}  # FUSE connection settings (daemon._tune_kernel)
         self.started = time.time()
         self._resources: tuple[float, dict[str, Any]] = (-1e9, {})
         self._local_paths: dict[str, bool] = {}  # resource -> is it a local folder?
@@ -113,6 +123,15 @@ class OperationsBase(pyfuse3.Operations):
     def nursery(self, value: trio.Nursery | None) -> None:
         self.reader.nursery = value
         self.uploads.nursery = value
+
+    async def _upload_pending(self, staged: Any) -> None:
+        """--write-back: upload a pending file now (FileOperations)."""
+        raise NotImplementedError
+
+    def _discard(self, staged: Any) -> None:
+        """A staged file is no longer needed: its local copy goes, its inode may be forgotten."""
+        self.staging.discard(staged)
+        self.inodes.unhold(staged.inode)
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """One backend call in a worker thread."""
@@ -440,6 +459,8 @@ class OperationsBase(pyfuse3.Operations):
             "uploads": c["uploads"],
             "upload_errors": c["upload_errors"],
             "pending_uploads": self.staging.pending(),
+            "write_back": self.writeback.stats() if self.writeback is not None else None,
+            "kernel": dict(self.kernel),
             "streamed_uploads": c["streamed_uploads"],
             "streamed_bytes": c["streamed_bytes"],
             "stale_uploads_aborted": c["stale_uploads_aborted"],

@@ -40,16 +40,19 @@ class MountOptions:
     disk_cache_size: int = 0  # a second block cache on disk under cache_dir (0: none)
     disk_cache_age: float = 3600.0  # seconds a block on disk is trusted (keys carry versions)
     block_size: int = 1 * MiB
-    readahead_blocks: int = 64  # at most this many blocks ahead of a sequential reader
-    request_blocks: int = 16  # read-ahead fetches up to this many blocks per backend request
-    threads: int = 16  # worker threads for backend calls
+    readahead_blocks: int = 96  # at most this many blocks ahead of a sequential reader
+    request_blocks: int = 8  # read-ahead fetches up to this many blocks per backend request
+    threads: int = 24  # worker threads for backend calls
     rename_limit: int = 1000  # a folder rename moves at most this many objects (else EXDEV)
+    write_back: float | None = None  # seconds without change before an upload (None: at close)
     uid: int = dataclasses.field(default_factory=os.getuid)
     gid: int = dataclasses.field(default_factory=os.getgid)
 
     def __post_init__(self) -> None:
         if self.attr_timeout < 0 or self.dir_timeout < 0:
             raise ValueError("timeouts must be >= 0 seconds")
+        if self.write_back is not None and self.write_back < 0:
+            raise ValueError("--write-back must be >= 0 seconds")
         if self.block_size < 4096 or min(self.cache_size, self.disk_cache_size) < 0 or \
                 self.disk_cache_age < 0:
             raise ValueError("block size must be >= 4096 bytes, cache sizes and age >= 0")

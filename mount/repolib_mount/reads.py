@@ -8,8 +8,14 @@ served from fixed-size blocks, and a growing window of blocks ahead of it (1, 2,
 requests matter more than anything else here: an S3 GET costs the Python client ~4 ms of CPU
 whatever its size, so 1 MiB requests cap a 2-core machine near 130 MiB/s and 16 MiB requests
 let it reach the server's limit. Any other reader is *random*: it gets exactly the range it
-asked for with one ranged ``read_range`` and triggers no read-ahead, unless the blocks it needs
-are cached already.
+asked for with one ranged ``read_range``, unless the blocks it needs are cached already. A random
+reader that keeps missing (a SQLite file, a zarr store, many chunks of one parquet file) also
+gets, after its first ``RANDOM_EXACT`` misses, the whole file fetched in the background when it
+fits a quarter of the block cache, else the aligned run around each miss (one ranged GET of
+``request_blocks`` blocks), for as long as those neighbourhoods
+pay off (at least one in ``HOOD_PAYOFF`` of them is read from later): a server answers a small
+range in about the time of a large one, so a dense random reader soon reads from memory, while
+a sparse one over a huge file stops costing extra after a few fetches.
 """
 
 from __future__ import annotations
@@ -31,6 +37,10 @@ from .options import MountOptions
 log = logging.getLogger("repolib_mount")
 
 FAILURE_TTL_S = 1.0  # a failed block fetch is reported, not retried, for this long
+BACKGROUND_FETCHES = 8  # read-ahead GETs in flight at once; the other threads serve readers
+RANDOM_EXACT = 4  # a random reader's first misses fetch exactly what they ask for
+HOOD_PAYOFF = 4  # neighbourhood fetches go on while one in this many is read from later
+WHOLE_FILE_SHARE = 4  # ... and a file within this share of the block cache is read whole
 
 
 class BlockReader:
@@ -48,6 +58,9 @@ class BlockReader:
         self.blocks = blocks
         self.counters = counters
         self.inflight: dict[BlockKey, trio.Event] = {}
+        # background fetches wait here first, so a reader's own request never queues behind
+        # a window of read-ahead for a worker thread
+        self.background = trio.CapacityLimiter(BACKGROUND_FETCHES)
         self.nursery: trio.Nursery | None = None  # where read-ahead runs (None: no read-ahead)
         # Blocks whose fetch failed less than FAILURE_TTL_S ago: readers get that error at once
         # instead of fetching again (each fetch from a dead server costs the client's whole
@@ -74,17 +87,25 @@ class BlockReader:
             if all(self._cached(k) for k in keys):
                 parts = [p for p in (self._get(k) for k in keys) if p is not None]
                 if len(parts) == len(keys):
+                    if h.hood and any(b in h.hood for b in range(first, last + 1)):
+                        h.hood_hits += 1  # a neighbourhood fetched earlier paid off
+                        h.hood.difference_update(range(first, last + 1))
                     return self._slice(parts, first, off, end)
             for k in keys:
                 self._raise_if_failed(k)
             self.counters["random_reads"] += 1
             data = memoryview(await self.run(self.fs.read_range, path, off, end))
             self.counters["bytes_read"] += len(data)
+            h.random_misses += 1
+            self._neighbourhood(rel, path, h, first)
             return data
         h.streak += 1
         h.next_offset = max(h.next_offset, end)
         if self.readahead_blocks and self.nursery is not None:
-            window = min(self.readahead_blocks, 1 << min(h.streak - 1, 16))
+            # one block ahead after a first read (a program that reads a header stops
+            # there), then a run, doubling per read up to the whole window
+            window = 1 if h.streak == 1 else \
+                min(self.readahead_blocks, self.run_blocks << min(h.streak - 2, 16))
             stop = min(last + window, (h.size - 1) // bs)
             if stop > last:
                 self._prefetch(rel, path, h, last + 1, stop, min(self.run_blocks, window))
@@ -191,6 +212,34 @@ class BlockReader:
         if self.failed:
             self.failed.clear()
 
+    def _neighbourhood(self, rel: str, path: str, h: ReadHandle, block: int) -> None:
+        """After a random miss: fetch the aligned run around ``block`` in the background, for
+        a reader that keeps missing, while such fetches pay off (see the module docstring)."""
+        if self.nursery is None or h.random_misses <= RANDOM_EXACT:
+            return
+        if h.size <= self.blocks.capacity // WHOLE_FILE_SHARE and not h.whole:
+            # a file that fits a small share of the cache: read it all, several runs at once
+            h.whole = True
+            h.hood_fetches += 1
+            h.hood.update(range((h.size - 1) // self.block_size + 1))
+            self._prefetch(rel, path, h, 0, (h.size - 1) // self.block_size, self.run_blocks)
+            return
+        if h.hood_fetches >= HOOD_PAYOFF and h.hood_hits * HOOD_PAYOFF < h.hood_fetches:
+            return  # the neighbourhoods were not read from: a sparse reader
+        n = self.run_blocks << min(h.hood_hits, 3)  # larger as they pay off: 1, 2, 4, 8 runs
+        first = block // n * n
+        last = min(first + n - 1, (h.size - 1) // self.block_size)
+        wanted = [b for b in range(first, last + 1)
+                  if not self._cached((rel, h.version, b)) and
+                  (rel, h.version, b) not in self.inflight]
+        if not wanted:
+            return
+        h.hood_fetches += 1
+        if len(h.hood) > 100_000:
+            h.hood.clear()
+        h.hood.update(wanted)
+        self._prefetch(rel, path, h, wanted[0], wanted[-1], self.run_blocks)
+
     def _prefetch(self, rel: str, path: str, h: ReadHandle, first: int, stop: int,
                   run_blocks: int) -> None:
         """Fetch blocks ``first..stop`` (rounded up to a run boundary) that are neither cached
@@ -230,7 +279,8 @@ class BlockReader:
         error: BaseException | None = None
         parts: list[Block] = []
         try:
-            view = memoryview(await self.run(self.fs.read_range, path, start, end))
+            async with self.background:
+                view = memoryview(await self.run(self.fs.read_range, path, start, end))
             self.counters["bytes_read"] += len(view)
             bs = self.block_size  # blocks share the request's buffer: copies are costly
             for i, k in enumerate(keys):

@@ -91,8 +91,8 @@ class Uploads:
                 st.attrs_version = staged.attrs_version
                 if self.journal is not None:
                     self.journal.begin(st.path)
-                st.file = await self.run(self.fs.open, st.path, "wb", block_size=PART,
-                                         attrs=st.attrs)
+                st.file = await self.run(self.fs.open_upload, st.path, attrs=st.attrs,
+                                         part_size=PART)
             while not st.broken and staged.fd >= 0:
                 n = min(PART, staged.size() - st.claimed)
                 if n <= 0 or (n < PART and not final):

@@ -1,0 +1,357 @@
+"""``--write-back``: close returns once the data is staged; uploads follow, crash-safe.
+
+The handlers driven without a kernel over a local-folder resource, on trio's MockClock (the
+delays pass without sleeping): what is pending, when it is uploaded, what a change, fsync,
+delete or rename does, and what the next daemon of the same mount does with what a daemon that
+stopped left. Real mounts over S3, GCS, Azure and a local folder are in the second half; the
+fault injection (server killed, daemon SIGKILLed) is in test_mount_backends.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import repolib
+from repolib_mount.inodes import ROOT_INODE
+from repolib_mount.options import MountOptions
+
+from .test_mount import MISSING
+
+pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"FUSE mount tests need {MISSING}")
+
+
+@pytest.fixture
+def wb(catalog: repolib.Catalog, tmp_path: Path) -> Any:
+    """make(): RepositoryOperations with --write-back 1 over a local folder (``wb.data``);
+    daemons made one after the other share the cache folder and mountpoint (the next mount)."""
+    from repolib_mount.operations import RepositoryOperations
+
+    data = tmp_path / "data"
+    data.mkdir()
+    r = catalog.create_repository("analytics")
+    r.add_storage("local", f"file://{data}")
+    token = r.create_key("w", "write").token
+    made: list[Any] = []
+
+    def make(delay: float = 1.0) -> Any:
+        repo = repolib.open("analytics", key=token, home=catalog.home)
+        ops = RepositoryOperations(repo, MountOptions(cache_dir=str(tmp_path / "cache"),
+                                                      write_back=delay), str(tmp_path / "mnt"))
+        made.append(ops)
+        return ops
+
+    make.data = data  # type: ignore[attr-defined]
+    yield make
+    for ops in made:
+        if ops.writeback is not None and ops.writeback._lock_fd >= 0:
+            ops.close()
+
+
+CLOCK: Any = None  # the MockClock of the test running: time moves only when it says
+
+
+def _run(fn: Any) -> Any:
+    """Run ``fn`` on a clock that stands still unless the test moves it (``_later``); work in
+    worker threads (the uploads) runs in real time meanwhile."""
+    import trio
+    import trio.testing
+
+    global CLOCK
+    CLOCK = trio.testing.MockClock(rate=0)
+    return trio.run(fn, clock=CLOCK)
+
+
+async def _later(seconds: float) -> None:
+    """``seconds`` pass; what became due has started (its thread may still run)."""
+    import trio.testing
+
+    CLOCK.jump(seconds)
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def _until(predicate: Any, timeout: float = 10.0) -> None:
+    """Wait in real time (the clock stands still) for uploads in worker threads to end."""
+    import time
+
+    import trio
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await trio.to_thread.run_sync(time.sleep, 0.01)
+
+
+async def _write(ops: Any, parent: int, name: bytes, data: bytes, mode: int = 0o640) -> int:
+    fi, attr = await ops.create(parent, name, mode, os.O_WRONLY, None)
+    await ops.write(fi.fh, 0, data)
+    await ops.flush(fi.fh)  # close: returns once staged
+    await ops.release(fi.fh)
+    return int(attr.st_ino)
+
+
+async def _read(ops: Any, parent: int, name: bytes) -> bytes:
+    entry = await ops.lookup(parent, name)
+    fi = await ops.open(entry.st_ino, os.O_RDONLY, None)
+    try:
+        return bytes(await ops.read(fi.fh, 0, 1 << 20))
+    finally:
+        await ops.release(fi.fh)
+
+
+def test_close_returns_at_once_and_the_upload_follows_the_delay(wb: Any) -> None:
+    import trio
+
+    ops = wb()
+    data: Path = wb.data
+
+    async def go() -> None:
+        async with trio.open_nursery() as nursery:
+            ops.nursery = nursery
+            await nursery.start(ops.writeback.run)
+            local = await ops.lookup(ROOT_INODE, b"local")
+            await _write(ops, local.st_ino, b"a.txt", b"hello")
+            assert not (data / "a.txt").exists()  # staged, not uploaded
+            st = ops.stats()
+            assert st["write_back"]["pending"] == 1 and st["pending_uploads"] == 1
+            assert st["write_back"]["pending_bytes"] == 5
+            records = sorted(Path(ops.staging.folder).glob("*.json"))
+            assert len(records) == 1 and stat.S_IMODE(records[0].stat().st_mode) == 0o600
+            body = json.loads(records[0].read_text())
+            assert body["path"] == "local/a.txt" and body["attrs"]["mode"] & 0o777 == 0o640
+            assert stat.S_IMODE(os.stat(ops.staging.folder).st_mode) == 0o700
+            # this mount sees the new file already: listed, sized, readable
+            assert (await ops.lookup(local.st_ino, b"a.txt")).st_size == 5
+            assert await _read(ops, local.st_ino, b"a.txt") == b"hello"
+            await _later(0.8)
+            assert not (data / "a.txt").exists()  # less than the delay since its last change
+            assert not ops.stats()["write_back"]["uploading"]
+            await _later(0.3)
+            await _until(lambda: not ops.stats()["write_back"]["pending"])
+            assert (data / "a.txt").read_bytes() == b"hello"
+            assert stat.S_IMODE((data / "a.txt").stat().st_mode) == 0o640
+            assert not list(Path(ops.staging.folder).glob("*.json"))  # record gone
+            assert not list(Path(ops.staging.folder).glob("*.part"))  # staged copy gone
+            assert ops.stats()["write_back"]["uploaded"] == 1
+            nursery.cancel_scope.cancel()
+
+    _run(go)
+
+
+def test_a_change_postpones_the_upload_and_fsync_waits_for_it(wb: Any) -> None:
+    import trio
+
+    ops = wb()
+    data: Path = wb.data
+
+    async def go() -> None:
+        async with trio.open_nursery() as nursery:
+            ops.nursery = nursery
+            await nursery.start(ops.writeback.run)
+            local = await ops.lookup(ROOT_INODE, b"local")
+            ino = await _write(ops, local.st_ino, b"b.txt", b"one")
+            await _later(0.7)
+            fi = await ops.open(ino, os.O_WRONLY | os.O_APPEND, None)  # a change meanwhile
+            await ops.write(fi.fh, 0, b" two")
+            await _later(0.7)  # 1.4 s after the first close, 0.7 s after the change
+            assert not (data / "b.txt").exists()
+            assert not ops.stats()["write_back"]["uploading"]
+            await ops.fsync(fi.fh, False)  # waits for the upload, whatever the delay
+            assert (data / "b.txt").read_bytes() == b"one two"
+            assert ops.stats()["write_back"]["pending"] == 0
+            await ops.flush(fi.fh)
+            await ops.release(fi.fh)
+            assert ops.stats()["write_back"]["pending"] == 0  # nothing changed since
+            nursery.cancel_scope.cancel()
+
+    _run(go)
+
+
+def test_a_pending_file_deleted_or_renamed_is_never_uploaded_under_its_old_name(
+        wb: Any) -> None:
+    import trio
+
+    ops = wb()
+    data: Path = wb.data
+    (data / "old.txt").write_text("on the server\n")
+
+    async def go() -> None:
+        async with trio.open_nursery() as nursery:
+            ops.nursery = nursery
+            await nursery.start(ops.writeback.run)
+            local = await ops.lookup(ROOT_INODE, b"local")
+            await _write(ops, local.st_ino, b"gone.txt", b"deleted before its upload")
+            await ops.unlink(local.st_ino, b"gone.txt", None)
+            await _write(ops, local.st_ino, b"tmp.txt", b"renamed")
+            await ops.rename(local.st_ino, b"tmp.txt", local.st_ino, b"old.txt", 0, None)
+            assert (data / "old.txt").read_text() == "on the server\n"  # until the upload
+            assert await _read(ops, local.st_ino, b"old.txt") == b"renamed"
+            assert ops.stats()["write_back"]["pending"] == 1
+            await _later(1.5)
+            await _until(lambda: not ops.stats()["write_back"]["pending"])
+            assert sorted(os.listdir(data)) == ["old.txt"]
+            assert (data / "old.txt").read_text() == "renamed"
+            assert ops.stats()["write_back"]["uploaded"] == 1  # one upload, no delete or copy
+            nursery.cancel_scope.cancel()
+
+    _run(go)
+
+
+def test_the_next_daemon_of_the_mount_uploads_what_the_last_one_left(wb: Any) -> None:
+    import trio
+
+    from repolib_mount.writeback import WriteBackBusy
+
+    first = wb()
+    data: Path = wb.data
+
+    async def write() -> None:
+        local = await first.lookup(ROOT_INODE, b"local")
+        await _write(first, local.st_ino, b"left.txt", b"written before the crash", 0o600)
+        sub = await first.mkdir(local.st_ino, b"sub", 0o755, None)
+        await _write(first, sub.st_ino, b"deep.txt", b"deeper")
+
+    _run(write)
+    with pytest.raises(WriteBackBusy):
+        wb()  # the same mount while its daemon still runs
+    first.writeback.forced = True
+    first.close()  # stopped without uploading (as a crash leaves it)
+    assert not (data / "left.txt").exists()
+    second = wb()
+
+    async def adopt() -> None:
+        async with trio.open_nursery() as nursery:
+            second.nursery = nursery
+            await nursery.start(second.writeback.run)
+            assert second.adopt_pending() == 2
+            local = await second.lookup(ROOT_INODE, b"local")
+            assert await _read(second, local.st_ino, b"left.txt") == \
+                b"written before the crash"  # readable before it is uploaded
+            assert await second.writeback.flush_all() == 0
+            nursery.cancel_scope.cancel()
+
+    _run(adopt)
+    assert (data / "left.txt").read_bytes() == b"written before the crash"
+    assert stat.S_IMODE((data / "left.txt").stat().st_mode) == 0o600
+    assert (data / "sub" / "deep.txt").read_bytes() == b"deeper"
+    assert second.stats()["write_back"]["adopted_at_start"] == 2
+    assert not [n for n in os.listdir(second.staging.folder) if n != ".lock"]
+
+
+# -- real mounts over S3, GCS, Azure and a local folder ---------------------------------------
+
+RESOURCES = ["local", "bucket", "gcs", "azure"]
+
+
+@pytest.fixture(scope="module")
+def mworld(tmp_path_factory: pytest.TempPathFactory, rclone_server: Any, gcs_server: Any,
+           azure_server: Any) -> Any:
+    from . import servers
+    from .helpers import new_bucket, s3_options
+    from .test_mount_backends import _keys, _new_world
+
+    top = tmp_path_factory.mktemp("wbworld")
+    w, r = _new_world(top)
+    (top / "folder").mkdir()
+    r.add_storage("local", f"file://{top / 'folder'}")
+    r.add_storage("bucket", f"s3://{new_bucket(rclone_server)}/data", **s3_options(rclone_server))
+    gcs = servers.make_bucket(gcs_server, f"g{os.getpid()}w{os.urandom(3).hex()}")
+    r.add_storage("gcs", f"gs://{gcs}/data", endpoint_url=gcs_server.endpoint_url,
+                  project=gcs_server.project, token="anon")
+    az = servers.make_bucket(azure_server, f"a{os.getpid()}w{os.urandom(3).hex()}")
+    r.add_storage("azure", f"az://{az}/data",
+                  endpoint_url=azure_server.blob_endpoint.rsplit("/", 1)[0],
+                  account_name=azure_server.account_name, account_key=azure_server.account_key)
+    _keys(w, r)
+    yield w
+    w.catalog.close()
+
+
+def _server(world: Any) -> Any:
+    from .test_mount_backends import _repo_fs
+
+    fs = _repo_fs(world)  # a READ key's view through repo://, not through the mount
+    fs.invalidate_cache()
+    return fs
+
+
+@pytest.mark.parametrize("resource", RESOURCES)
+def test_a_write_back_mount_uploads_after_close_and_umount_waits(
+        mworld: Any, tmp_path: Path, resource: str) -> None:
+    import tarfile
+
+    from .test_mount import mounted, sh, stats, wait_for
+
+    files = {f"t{i}.txt": os.urandom(100 + i * 37) for i in range(20)}
+    tar = tmp_path / "t.tar"
+    with tarfile.open(tar, "w") as tf:
+        for name, body in files.items():
+            (tmp_path / name).write_bytes(body)
+            tf.add(tmp_path / name, arcname=name)
+    top = f"wb-{os.urandom(3).hex()}"
+    remote = f"analytics/{resource}/{top}"
+    fs = _server(mworld)
+    assert not fs.exists(f"{remote}/t5.txt")  # (its client made before the clock starts)
+    with mounted(mworld, tmp_path / "m", mworld.write_key, "--write-back", "4") as m:
+        sh(f"mkdir {m / resource / top} && tar -xf {tar} -C {m / resource / top} && "
+           f"chmod 600 {m / resource / top}/t0.txt")
+        fs.invalidate_cache()
+        assert not fs.exists(f"{remote}/t5.txt")  # closed, staged, not uploaded yet
+        st = stats(m)
+        assert st["write_back"]["pending"] == 20 and st["pending_uploads"] == 20  # type: ignore[index]
+        assert (m / resource / top / "t5.txt").read_bytes() == files["t5.txt"]  # seen here
+        assert wait_for(lambda: not stats(m)["write_back"]["pending"], timeout=30)  # type: ignore[index]
+        fs = _server(mworld)
+        for name, body in files.items():
+            assert fs.cat_file(f"{remote}/{name}") == body
+        if resource != "local":  # a local folder's files belong to the daemon's user
+            assert stat.S_IMODE(fs.info(f"{remote}/t0.txt")["mode"]) == 0o600
+        # `repolib umount` waits for what is still pending, and says so
+        (m / resource / top / "last.txt").write_bytes(b"the last one\n")
+        out = mworld.cli("umount", str(m))
+        assert "waiting for 1 pending upload(s)" in out.stderr, out.stderr
+    assert _server(mworld).cat_file(f"{remote}/last.txt") == b"the last one\n"
+
+
+def test_pending_files_survive_sigkill_and_umount_force(mworld: Any, tmp_path: Path) -> None:
+    import signal
+
+    from .test_mount import DAEMONS, _alive, _stale, mounted, stats, unmount, wait_for
+
+    mp = tmp_path / "m"
+    remote = "analytics/bucket/kept"
+    with mounted(mworld, mp, mworld.write_key, "--write-back", "30") as m:
+        pid = int(stats(m)["pid"])  # type: ignore[arg-type]
+        (m / "bucket" / "kept").mkdir(exist_ok=True)
+        (m / "bucket" / "kept" / "a.txt").write_bytes(b"before the kill\n")
+        os.chmod(m / "bucket" / "kept" / "a.txt", 0o604)
+        os.kill(pid, signal.SIGKILL)
+        assert wait_for(lambda: not _alive(pid)) and wait_for(lambda: _stale(mp))
+    assert not _server(mworld).exists(f"{remote}/a.txt")
+    # the next mount of the repository at the same place uploads it first, and says so
+    again = mworld.cli("mount", "analytics", str(mp), "--cache-dir", str(mworld.cache),
+                       "--write-back", "30", key=mworld.write_key)
+    pid2 = None
+    try:
+        pid2 = int(stats(mp)["pid"])  # type: ignore[arg-type]
+        DAEMONS.append(pid2)
+        assert "1 file(s) written through this mount before its previous daemon stopped: " \
+            "1 uploaded now" in again.stderr, again.stderr
+        fs = _server(mworld)
+        assert fs.cat_file(f"{remote}/a.txt") == b"before the kill\n"
+        assert stat.S_IMODE(fs.info(f"{remote}/a.txt")["mode"]) == 0o604
+        # `umount --force` leaves what is pending for the next mount, which uploads it
+        (mp / "bucket" / "kept" / "b.txt").write_bytes(b"left by --force\n")
+        out = mworld.cli("umount", "--force", str(mp))
+        assert "waiting" not in out.stderr and "leaving 1 pending upload(s)" in out.stderr
+        assert wait_for(lambda: not _alive(pid2))  # type: ignore[arg-type]
+    finally:
+        unmount(mp, pid2)
+    assert not _server(mworld).exists(f"{remote}/b.txt")
+    with mounted(mworld, mp, mworld.write_key, "--write-back", "30"):
+        assert _server(mworld).cat_file(f"{remote}/b.txt") == b"left by --force\n"
