@@ -72,6 +72,16 @@ def catalog_store(request: pytest.FixtureRequest, tmp_path: Path,
         PostgresStore.close_shared(url)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_stale_mounts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The mount tests' safety net: no FUSE mount below pytest's temporary folders and no
+    daemon they started outlives the session, even after a failed test."""
+    yield
+    from tests.mounting import clean_up_mounts
+
+    clean_up_mounts(str(tmp_path_factory.getbasetemp()))
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[pgserver.PGServer]:
     """PostgreSQL 15 for the session (skipped, naming what is missing, when not installed)."""

@@ -20,91 +20,26 @@ import tarfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import repolib
 
-MISSING = [what for what, ok in (("/dev/fuse", os.path.exists("/dev/fuse")),
-                                 ("fusermount3", shutil.which("fusermount3") is not None))
-           if not ok]
-try:
-    import pyfuse3  # noqa: F401
-except ImportError:
-    MISSING.append("pyfuse3 (pip install 'repolib[mount]')")
+from .mounting import (
+    DAEMONS,
+    MISSING,
+    World,
+    alive,
+    mounted,
+    sh,
+    stale,
+    stats,
+    unmount,
+    wait_for,
+)
 
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"FUSE mount tests need {MISSING}")
-
-DAEMONS: list[int] = []  # pids of daemons started here (the safety net kills leftovers)
-
-
-def _mounts_below(top: str) -> list[str]:
-    out = []
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            parts = line.split()
-            target = parts[1].replace("\\040", " ")
-            if parts[2].startswith("fuse") and (target + "/").startswith(top.rstrip("/") + "/"):
-                out.append(target)
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with contextlib.suppress(ChildProcessError):
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="session", autouse=True)
-def no_stale_mounts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    yield
-    base = str(tmp_path_factory.getbasetemp())
-    for mp in _mounts_below(base):
-        subprocess.run(["fusermount3", "-u", "-z", mp], capture_output=True, check=False)
-    for pid in DAEMONS:
-        if _alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
-@dataclass
-class World:
-    home: Path
-    data: Path  # the local-folder resource "local"
-    other: Path  # a second local-folder resource, outside the READ key's scope
-    cache: Path
-    write_key: str
-    read_key: str
-    catalog: repolib.Catalog
-
-    def env(self, key: str | None, extra: dict[str, str] | None = None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REPOLIB_")}
-        env["REPOLIB_HOME"] = str(self.home)
-        if key is not None:
-            env["REPOLIB_KEY"] = key
-        return {**env, **(extra or {})}
-
-    def cli(self, *args: str, key: str | None = None, check: bool = True,
-            timeout: float = 60, extra_env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([sys.executable, "-m", "repolib", *args],
-                              env=self.env(key, extra_env),
-                              capture_output=True, text=True, timeout=timeout, check=False)
-        if check:
-            assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
-        assert "Traceback" not in proc.stderr, proc.stderr
-        return proc
 
 
 @pytest.fixture(scope="module")
@@ -125,69 +60,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
               r.create_key("reader", "read", resources=["local"]).token, cat)
     yield w
     cat.close()
-
-
-@contextlib.contextmanager
-def mounted(world: World, mp: Path, key: str, *extra: str,
-            key_file: bool = False, extra_env: dict[str, str] | None = None) -> Iterator[Path]:
-    mp.mkdir(exist_ok=True)
-    args = ["mount", "analytics", str(mp), "--cache-dir", str(world.cache), *extra]
-    if key_file:  # the --key-file way instead of REPOLIB_KEY
-        kf = mp.parent / f"{mp.name}.key"
-        kf.write_text(key + "\n")
-        world.cli(*args, "--key-file", str(kf), extra_env=extra_env)
-    else:
-        world.cli(*args, key=key, extra_env=extra_env)
-    pid = None
-    try:
-        assert os.path.ismount(mp)
-        pid = stats(mp)["pid"]
-        DAEMONS.append(pid)
-        yield mp
-    finally:
-        unmount(mp, pid)
-
-
-def unmount(mp: Path, pid: int | None = None) -> None:
-    if os.path.ismount(mp) or _stale(mp) or str(mp) in _mounts_below(str(mp)):
-        subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True, check=False)
-    if pid is not None:
-        deadline = time.monotonic() + 15
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-
-def _stale(mp: Path) -> bool:
-    try:
-        os.statvfs(mp)  # always reaches the daemon; stat may come from the kernel's cache
-    except OSError as exc:
-        return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
-    return False
-
-
-def stats(mp: Path) -> dict[str, object]:
-    return json.loads((mp / ".repolib" / "stats").read_text())  # type: ignore[no-any-return]
-
-
-def sh(cmd: str, cwd: Path | None = None) -> str:
-    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", cmd], cwd=cwd,
-                          capture_output=True, text=True, timeout=60, check=False)
-    assert proc.returncode == 0, (cmd, proc.stdout, proc.stderr)
-    return proc.stdout
-
-
-def wait_for(predicate: object, timeout: float = 5.0) -> bool:
-    """Poll until ``predicate()`` is true (an OSError counts as not yet)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if predicate():  # type: ignore[operator]
-                return True
-        except OSError:
-            pass
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -570,8 +442,8 @@ def test_sigterm_uploads_pending_changes_and_unmounts(world: World, tmp_path: Pa
         f.flush()
         assert not (world.data / "pending.txt").exists()
         os.kill(pid, signal.SIGTERM)  # type: ignore[arg-type]
-        assert wait_for(lambda: not _alive(pid), timeout=15)  # type: ignore[arg-type]
-        assert not os.path.ismount(mp) and not _stale(mp)
+        assert wait_for(lambda: not alive(pid), timeout=15)  # type: ignore[arg-type]
+        assert not os.path.ismount(mp) and not stale(mp)
         assert (world.data / "pending.txt").read_bytes() == b"written, not closed yet\n"
         with contextlib.suppress(OSError):
             f.close()
@@ -583,8 +455,8 @@ def test_sigkill_leaves_a_stale_mount_that_mount_cleans(world: World, tmp_path: 
     with mounted(world, mp, world.write_key) as m:
         pid = stats(m)["pid"]
         os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
-        assert wait_for(lambda: not _alive(pid))  # type: ignore[arg-type]
-        assert wait_for(lambda: _stale(mp))
+        assert wait_for(lambda: not alive(pid))  # type: ignore[arg-type]
+        assert wait_for(lambda: stale(mp))
         with mounted(world, mp, world.write_key) as again:
             assert (again / "local" / "hello.txt").read_text() == "hello\n"
 
@@ -601,7 +473,7 @@ def test_umount_command_and_one_line_errors(world: World, tmp_path: Path) -> Non
         assert again.returncode == 1 and "already a mountpoint" in again.stderr
         out = world.cli("umount", str(mp))
         assert "unmounted" in out.stderr
-        assert not os.path.ismount(mp) and not _alive(pid)  # type: ignore[arg-type]
+        assert not os.path.ismount(mp) and not alive(pid)  # type: ignore[arg-type]
     finally:
         unmount(mp)
     for args, key, message in [

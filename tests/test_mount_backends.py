@@ -3,8 +3,8 @@
 Shell tools and Python file calls through one mount of a repository holding one resource per
 backend, then fault injection on a dedicated rclone serve s3 (data kept on disk across
 restarts): the server stopped in the middle of a read and of an upload, the daemon SIGKILLed
-in the middle of an upload. Every mount is unmounted in ``finally``; the session safety net of
-test_mount.py lazily unmounts leftovers and kills the daemons started here.
+in the middle of an upload. Every mount is unmounted in ``finally``; the session safety net
+(conftest) lazily unmounts leftovers and kills the daemons started here.
 """
 
 from __future__ import annotations
@@ -20,22 +20,21 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import fsspec
 import pytest
-
-import repolib
 
 from . import servers
 from .helpers import new_bucket, s3_options
-from .test_mount import (  # noqa: F401 - no_stale_mounts: the session safety net
+from .mounting import (
     DAEMONS,
     MISSING,
     World,
-    _alive,
-    _stale,
+    add_keys,
+    alive,
     mounted,
-    no_stale_mounts,
+    new_world,
+    repo_fs,
     sh,
+    stale,
     stats,
     unmount,
     wait_for,
@@ -47,24 +46,6 @@ MiB = 2**20
 RESOURCES = ["bucket", "gcs", "azure"]
 
 
-def _repo_fs(world: World) -> fsspec.AbstractFileSystem:
-    return fsspec.filesystem("repo", key=world.read_key, home=str(world.home),
-                             skip_instance_cache=True)
-
-
-def _new_world(top: Path) -> tuple[World, repolib.Repository]:
-    home, cache = top / "home", top / "cache"
-    cache.mkdir(parents=True)
-    cat = repolib.Catalog(home)
-    cat.init()
-    return World(home, top, top, cache, "", "", cat), cat.create_repository("analytics")
-
-
-def _keys(world: World, repo: repolib.Repository) -> None:
-    world.write_key = repo.create_key("writer", "write").token
-    world.read_key = repo.create_key("reader", "read").token
-
-
 # -- one mount over S3, GCS and Azure --------------------------------------------------------
 
 
@@ -72,7 +53,7 @@ def _keys(world: World, repo: repolib.Repository) -> None:
 def bworld(tmp_path_factory: pytest.TempPathFactory, rclone_server: servers.RcloneS3Server,
            gcs_server: servers.GCSServer, azure_server: servers.AzuriteServer
            ) -> Iterator[World]:
-    w, r = _new_world(tmp_path_factory.mktemp("backendsworld"))
+    w, r = new_world(tmp_path_factory.mktemp("backendsworld"))
     r.add_storage("bucket", f"s3://{new_bucket(rclone_server)}/data", **s3_options(rclone_server))
     gcs = servers.make_bucket(gcs_server, f"g{os.getpid()}x{os.urandom(3).hex()}")
     r.add_storage("gcs", f"gs://{gcs}/data", endpoint_url=gcs_server.endpoint_url,
@@ -82,7 +63,7 @@ def bworld(tmp_path_factory: pytest.TempPathFactory, rclone_server: servers.Rclo
                   endpoint_url=azure_server.blob_endpoint.rsplit("/", 1)[0],
                   account_name=azure_server.account_name,
                   account_key=azure_server.account_key)
-    _keys(w, r)
+    add_keys(w, r)
     yield w
     w.catalog.close()
 
@@ -125,7 +106,7 @@ def test_shell_tools(bmnt: Path, bworld: World, tmp_path: Path, resource: str) -
         f.seek(123)
         assert f.read(5) == data[123:128]
     # a write through the mount reached the server: read it back through repo://
-    fs = _repo_fs(bworld)
+    fs = repo_fs(bworld)
     assert fs.cat_file(f"analytics/{resource}/shell/big.bin") == data
     assert fs.cat_file(f"analytics/{resource}/shell/b.bin") == src.read_bytes()
     assert fs.cat_file(f"analytics/{resource}/shell/sub2/note.txt") == b"inside\n"
@@ -143,7 +124,7 @@ def test_a_big_file_written_front_to_back_is_sent_while_it_is_written(
         bmnt: Path, bworld: World, resource: str) -> None:
     data = os.urandom(40 * MiB)
     target = bmnt / resource / "streamed.bin"
-    fs = _repo_fs(bworld)
+    fs = repo_fs(bworld)
     remote = f"analytics/{resource}/streamed.bin"
     before = stats(bmnt)
     with open(target, "wb") as f:
@@ -226,10 +207,10 @@ def fault_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.R
 def fworld(tmp_path: Path, fault_server: servers.RcloneS3Server) -> Iterator[World]:
     """A repository whose resource "bucket" is a fresh bucket of the dedicated server."""
     fault_server.start()  # a test that failed half-way may have left it stopped
-    w, r = _new_world(tmp_path / "fworld")
+    w, r = new_world(tmp_path / "fworld")
     bucket = new_bucket(fault_server, "f")
     r.add_storage("bucket", f"s3://{bucket}/data", **s3_options(fault_server))
-    _keys(w, r)
+    add_keys(w, r)
     w.data = fault_server.data_dir / bucket / "data"  # where the server keeps the objects
     try:
         yield w
@@ -266,7 +247,7 @@ def test_server_stopped_during_a_read_gives_eio_then_works_again(
             assert time.monotonic() - t0 < 30, "the daemon hung on a dead server"
         finally:
             f.close()
-        assert os.path.ismount(mp) and _alive(pid)  # type: ignore[arg-type]
+        assert os.path.ismount(mp) and alive(pid)  # type: ignore[arg-type]
         assert (fworld.data / "large.bin").read_bytes() == data  # the object is intact
         fault_server.start()
         # the same mount works again: the other file, then the large one from the start
@@ -298,7 +279,7 @@ def test_server_stopped_during_an_upload_gives_eio_and_keeps_the_old_object(
         finally:
             with contextlib.suppress(OSError):
                 f.close()  # a no-op after a failed close
-        assert os.path.ismount(mp) and _alive(pid)  # type: ignore[arg-type]
+        assert os.path.ismount(mp) and alive(pid)  # type: ignore[arg-type]
         assert (fworld.data / "obj.bin").read_bytes() == old  # the old object is intact
         assert sorted(os.listdir(fworld.data)) == ["obj.bin"]
         fault_server.start()
@@ -353,7 +334,7 @@ def test_sigkill_during_an_upload_leaves_no_partial_object(
         for t in writers:
             t.join(timeout=30)
             assert not t.is_alive()
-        assert wait_for(lambda: not _alive(pid))  # type: ignore[arg-type]
+        assert wait_for(lambda: not alive(pid))  # type: ignore[arg-type]
         assert all(isinstance(outcome[n], OSError) for n in ("old.bin", "new.bin")), outcome
         # no partial object: the new name is absent, the old one holds its old content (the
         # parts of a multipart upload cut off are kept by the server, invisible, as
@@ -363,7 +344,7 @@ def test_sigkill_during_an_upload_leaves_no_partial_object(
 
         assert wait_for(lambda: objects() == ["old.bin"], timeout=10), os.listdir(fworld.data)
         assert (fworld.data / "old.bin").read_bytes() == old
-        assert wait_for(lambda: _stale(mp))
+        assert wait_for(lambda: stale(mp))
         # `repolib mount` on the same (stale) folder cleans it and mounts again
         fworld.cli("mount", "analytics", str(mp), "--cache-dir", str(fworld.cache),
                    key=fworld.write_key)
@@ -403,11 +384,11 @@ def test_a_multipart_upload_cut_by_sigkill_is_aborted_by_the_next_daemon(
         assert wait_for(lambda: stats(m)["streamed_bytes"] >= 32 * MiB, timeout=30)
         assert len(unfinished()) == 1  # parts sent while it was written
         os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
-        assert wait_for(lambda: not _alive(pid))  # type: ignore[arg-type]
+        assert wait_for(lambda: not alive(pid))  # type: ignore[arg-type]
         with contextlib.suppress(OSError):
             f.close()
         assert len(unfinished()) == 1  # billed and never seen, until someone aborts it
-        assert wait_for(lambda: _stale(mp))
+        assert wait_for(lambda: stale(mp))
         # `repolib mount` on the same (dead) folder cleans it; the new daemon aborts the upload
         fworld.cli("mount", "analytics", str(mp), "--cache-dir", str(fworld.cache),
                    key=fworld.write_key)
@@ -451,7 +432,7 @@ def test_write_back_keeps_an_upload_the_server_refuses_and_retries_it(
         assert wait_for(lambda: not stats(mp)["write_back"]["pending"], timeout=70)  # type: ignore[index]
         assert (fworld.data / "obj.bin").read_bytes() == new
         assert not stats(mp)["write_back"]["failing"]  # type: ignore[index]
-        assert stats(mp)["pid"] == pid and _alive(pid)  # type: ignore[arg-type]
+        assert stats(mp)["pid"] == pid and alive(pid)  # type: ignore[arg-type]
 
 
 def test_write_back_upload_cut_by_sigkill_is_finished_by_the_next_daemon(
@@ -470,8 +451,8 @@ def test_write_back_upload_cut_by_sigkill_is_finished_by_the_next_daemon(
         (m / "bucket" / "big.bin").write_bytes(data)  # close: staged; the upload starts
         assert wait_for(lambda: unfinished(), timeout=30)  # parts on their way
         os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
-        assert wait_for(lambda: not _alive(pid))  # type: ignore[arg-type]
-        assert wait_for(lambda: _stale(mp))
+        assert wait_for(lambda: not alive(pid))  # type: ignore[arg-type]
+        assert wait_for(lambda: stale(mp))
     assert not (fworld.data / "big.bin").exists()  # nothing half-made is visible
     again = fworld.cli("mount", "analytics", str(mp), "--cache-dir", str(fworld.cache),
                        "--write-back", "0", key=fworld.write_key)

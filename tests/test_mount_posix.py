@@ -25,14 +25,12 @@ import repolib
 
 from . import servers
 from .helpers import new_bucket, s3_options
-from .test_mount import (  # noqa: F401 - no_stale_mounts: the session safety net
+from .mounting import (
     MISSING,
     World,
     mounted,
-    no_stale_mounts,
     sh,
     stats,
-    wait_for,
 )
 
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"FUSE mount tests need {MISSING}")

@@ -21,7 +21,20 @@ import repolib
 from repolib_mount.inodes import ROOT_INODE
 from repolib_mount.options import MountOptions
 
-from .test_mount import MISSING
+from .mounting import (
+    DAEMONS,
+    MISSING,
+    add_keys,
+    alive,
+    mounted,
+    new_world,
+    repo_fs,
+    sh,
+    stale,
+    stats,
+    unmount,
+    wait_for,
+)
 
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"FUSE mount tests need {MISSING}")
 
@@ -253,10 +266,9 @@ def mworld(tmp_path_factory: pytest.TempPathFactory, rclone_server: Any, gcs_ser
            azure_server: Any) -> Any:
     from . import servers
     from .helpers import new_bucket, s3_options
-    from .test_mount_backends import _keys, _new_world
 
     top = tmp_path_factory.mktemp("wbworld")
-    w, r = _new_world(top)
+    w, r = new_world(top)
     (top / "folder").mkdir()
     r.add_storage("local", f"file://{top / 'folder'}")
     r.add_storage("bucket", f"s3://{new_bucket(rclone_server)}/data", **s3_options(rclone_server))
@@ -267,15 +279,13 @@ def mworld(tmp_path_factory: pytest.TempPathFactory, rclone_server: Any, gcs_ser
     r.add_storage("azure", f"az://{az}/data",
                   endpoint_url=azure_server.blob_endpoint.rsplit("/", 1)[0],
                   account_name=azure_server.account_name, account_key=azure_server.account_key)
-    _keys(w, r)
+    add_keys(w, r)
     yield w
     w.catalog.close()
 
 
 def _server(world: Any) -> Any:
-    from .test_mount_backends import _repo_fs
-
-    fs = _repo_fs(world)  # a READ key's view through repo://, not through the mount
+    fs = repo_fs(world)  # a READ key's view through repo://, not through the mount
     fs.invalidate_cache()
     return fs
 
@@ -284,8 +294,6 @@ def _server(world: Any) -> Any:
 def test_a_write_back_mount_uploads_after_close_and_umount_waits(
         mworld: Any, tmp_path: Path, resource: str) -> None:
     import tarfile
-
-    from .test_mount import mounted, sh, stats, wait_for
 
     files = {f"t{i}.txt": os.urandom(100 + i * 37) for i in range(20)}
     tar = tmp_path / "t.tar"
@@ -321,8 +329,6 @@ def test_a_write_back_mount_uploads_after_close_and_umount_waits(
 def test_pending_files_survive_sigkill_and_umount_force(mworld: Any, tmp_path: Path) -> None:
     import signal
 
-    from .test_mount import DAEMONS, _alive, _stale, mounted, stats, unmount, wait_for
-
     mp = tmp_path / "m"
     remote = "analytics/bucket/kept"
     with mounted(mworld, mp, mworld.write_key, "--write-back", "30") as m:
@@ -331,7 +337,7 @@ def test_pending_files_survive_sigkill_and_umount_force(mworld: Any, tmp_path: P
         (m / "bucket" / "kept" / "a.txt").write_bytes(b"before the kill\n")
         os.chmod(m / "bucket" / "kept" / "a.txt", 0o604)
         os.kill(pid, signal.SIGKILL)
-        assert wait_for(lambda: not _alive(pid)) and wait_for(lambda: _stale(mp))
+        assert wait_for(lambda: not alive(pid)) and wait_for(lambda: stale(mp))
     assert not _server(mworld).exists(f"{remote}/a.txt")
     # the next mount of the repository at the same place uploads it first, and says so
     again = mworld.cli("mount", "analytics", str(mp), "--cache-dir", str(mworld.cache),
@@ -349,7 +355,7 @@ def test_pending_files_survive_sigkill_and_umount_force(mworld: Any, tmp_path: P
         (mp / "bucket" / "kept" / "b.txt").write_bytes(b"left by --force\n")
         out = mworld.cli("umount", "--force", str(mp))
         assert "waiting" not in out.stderr and "leaving 1 pending upload(s)" in out.stderr
-        assert wait_for(lambda: not _alive(pid2))  # type: ignore[arg-type]
+        assert wait_for(lambda: not alive(pid2))  # type: ignore[arg-type]
     finally:
         unmount(mp, pid2)
     assert not _server(mworld).exists(f"{remote}/b.txt")

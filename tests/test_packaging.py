@@ -127,3 +127,19 @@ def test_imports_point_one_way() -> None:
             visit(m, [m])
     assert graph["repolib.repocore"].isdisjoint({"repolib.fs", "repolib.ai", "repolib.api",
                                                  "repolib.repository"})
+
+
+def test_no_test_module_imports_another() -> None:
+    """What tests share lives in helper modules (helpers, mounting, servers ...): a test module
+    imported by another would run its fixtures and module state twice, and conftest is pytest's."""
+    tests = Path(__file__).parent
+    for p in sorted(tests.glob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text())):
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [a.name for a in node.names if not node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                last = name.rsplit(".", 1)[-1]
+                assert not last.startswith("test_") and last != "conftest", (p.name, name)
