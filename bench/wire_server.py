@@ -21,8 +21,9 @@ _LENGTH = re.compile(rb"(?i)\r\ncontent-length:\s*(\d+)")
 
 
 def _http(status: str, content_type: str, body: bytes) -> bytes:
-    return (f"HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\n"
-            f"content-length: {len(body)}\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
 def _chat(body: dict[str, Any]) -> bytes:
@@ -32,17 +33,45 @@ def _chat(body: dict[str, Any]) -> bytes:
     usage = {"prompt_tokens": 4, "completion_tokens": n, "total_tokens": 4 + n}
     model = body.get("model", "m1")
     if not body.get("stream"):
-        return _http("200 OK", "application/json", json.dumps({
-            "id": "chatcmpl-wire", "object": "chat.completion", "created": 1700000000,
-            "model": model, "usage": usage,
-            "choices": [{"index": 0, "finish_reason": "length", "logprobs": None,
-                         "message": {"role": "assistant", "content": "".join(words)}}]}).encode())
-    head = {"id": "chatcmpl-wire", "object": "chat.completion.chunk", "created": 1700000000,
-            "model": model}
-    events = [{**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                    "finish_reason": None}]}]
-    events += [{**head, "choices": [{"index": 0, "delta": {"content": w},
-                                     "finish_reason": None}]} for w in words]
+        return _http(
+            "200 OK",
+            "application/json",
+            json.dumps(
+                {
+                    "id": "chatcmpl-wire",
+                    "object": "chat.completion",
+                    "created": 1700000000,
+                    "model": model,
+                    "usage": usage,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "length",
+                            "logprobs": None,
+                            "message": {"role": "assistant", "content": "".join(words)},
+                        }
+                    ],
+                }
+            ).encode(),
+        )
+    head = {
+        "id": "chatcmpl-wire",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": model,
+    }
+    events = [
+        {
+            **head,
+            "choices": [
+                {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+            ],
+        }
+    ]
+    events += [
+        {**head, "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]}
+        for w in words
+    ]
     events.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})
     if (body.get("stream_options") or {}).get("include_usage"):
         events.append({**head, "choices": [], "usage": usage})
@@ -52,8 +81,16 @@ def _chat(body: dict[str, Any]) -> bytes:
 
 def answer(method: bytes, path: bytes, raw: bytes) -> bytes:
     if method == b"GET" and path.endswith(b"/models"):
-        return _http("200 OK", "application/json", json.dumps({"object": "list", "data": [
-            {"id": "m1", "object": "model", "created": 0, "owned_by": "wire"}]}).encode())
+        return _http(
+            "200 OK",
+            "application/json",
+            json.dumps(
+                {
+                    "object": "list",
+                    "data": [{"id": "m1", "object": "model", "created": 0, "owned_by": "wire"}],
+                }
+            ).encode(),
+        )
     try:
         body = json.loads(raw) if raw else {}
     except ValueError:
@@ -63,11 +100,21 @@ def answer(method: bytes, path: bytes, raw: bytes) -> bytes:
     if path.endswith(b"/embeddings"):
         texts = body.get("input") or []
         texts = [texts] if isinstance(texts, str) else texts
-        return _http("200 OK", "application/json", json.dumps({
-            "object": "list", "model": body.get("model", "m1"),
-            "usage": {"prompt_tokens": len(texts), "total_tokens": len(texts)},
-            "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
-                     for i in range(len(texts))]}).encode())
+        return _http(
+            "200 OK",
+            "application/json",
+            json.dumps(
+                {
+                    "object": "list",
+                    "model": body.get("model", "m1"),
+                    "usage": {"prompt_tokens": len(texts), "total_tokens": len(texts)},
+                    "data": [
+                        {"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
+                        for i in range(len(texts))
+                    ],
+                }
+            ).encode(),
+        )
     return _http("404 Not Found", "application/json", b'{"error":{"message":"no route"}}')
 
 
@@ -89,9 +136,9 @@ class Wire(asyncio.Protocol):
             length = int(m.group(1)) if m else 0
             if len(self.buf) < end + 4 + length:
                 return
-            method, path, _ = self.buf[:self.buf.find(b"\r\n")].split(b" ", 2)
-            body = self.buf[end + 4:end + 4 + length]
-            self.buf = self.buf[end + 4 + length:]
+            method, path, _ = self.buf[: self.buf.find(b"\r\n")].split(b" ", 2)
+            body = self.buf[end + 4 : end + 4 + length]
+            self.buf = self.buf[end + 4 + length :]
             self.transport.write(answer(method, path.split(b"?")[0], body))
 
 

@@ -40,8 +40,9 @@ class AdminSecret:
 
 def parse(text: str, where: str) -> bytes:
     if _HEX.fullmatch(text) is None:
-        raise SecretError(f"the admin secret in {where} is malformed: expected 64 lowercase "
-                          "hex digits")
+        raise SecretError(
+            f"the admin secret in {where} is malformed: expected 64 lowercase hex digits"
+        )
     return bytes.fromhex(text)
 
 
@@ -96,8 +97,9 @@ def _read_file(path: str) -> bytes | None:
 def from_passphrase(tx: Tx, passphrase: str) -> AdminSecret:
     salt = tx.meta_get("passphrase_salt")
     if salt is None:
-        raise SecretError("REPOLIB_PASSPHRASE is set, but this catalog was not initialised "
-                          "with a passphrase")
+        raise SecretError(
+            "REPOLIB_PASSPHRASE is set, but this catalog was not initialised with a passphrase"
+        )
     return AdminSecret(crypto.passphrase_secret(passphrase, salt), "passphrase")
 
 

@@ -27,11 +27,24 @@ class Catalog:
     an ADMIN key through :func:`open`).
     """
 
-    def __init__(self, home: str | os.PathLike[str] | None = None, *, read_only: bool = False,
-                 clock: Clock | None = None, store: Store | None = None,
-                 catalog_url: str | None = None, monotonic: Clock | None = None) -> None:
-        self._ctx = Context(home, read_only=read_only, clock=clock, store=store,
-                            catalog_url=catalog_url, monotonic=monotonic)
+    def __init__(
+        self,
+        home: str | os.PathLike[str] | None = None,
+        *,
+        read_only: bool = False,
+        clock: Clock | None = None,
+        store: Store | None = None,
+        catalog_url: str | None = None,
+        monotonic: Clock | None = None,
+    ) -> None:
+        self._ctx = Context(
+            home,
+            read_only=read_only,
+            clock=clock,
+            store=store,
+            catalog_url=catalog_url,
+            monotonic=monotonic,
+        )
 
     @property
     def home(self) -> str:
@@ -86,7 +99,8 @@ class Catalog:
             env = os.environ
             if env.get(admin_secret.ENV_KEY):
                 secret = admin_secret.AdminSecret(
-                    admin_secret.parse(env[admin_secret.ENV_KEY], admin_secret.ENV_KEY), "env")
+                    admin_secret.parse(env[admin_secret.ENV_KEY], admin_secret.ENV_KEY), "env"
+                )
             elif env.get(admin_secret.ENV_PASSPHRASE):
                 tx.meta_set("passphrase_salt", crypto.random_bytes(16))
                 secret = admin_secret.from_passphrase(tx, env[admin_secret.ENV_PASSPHRASE])
@@ -96,8 +110,14 @@ class Catalog:
             tx.meta_set("admin_verifier", material.verifier)
             tx.meta_set("admin_public", material.public)
             tx.meta_set("admin_source", secret.source.encode())
-            audit.append(tx, actor="admin", action="catalog.initialised", target=self._where,
-                         detail={"admin_secret": secret.source}, now=now)
+            audit.append(
+                tx,
+                actor="admin",
+                action="catalog.initialised",
+                target=self._where,
+                detail={"admin_secret": secret.source},
+                now=now,
+            )
             audit.seal(tx, secret.value, now)
         self._ctx.set_admin(secret)
         return True
@@ -121,8 +141,10 @@ class Catalog:
             if old.source == "passphrase":
                 passphrase = os.environ.get(admin_secret.ENV_NEW_PASSPHRASE)
                 if not passphrase:
-                    raise SecretError(f"set {admin_secret.ENV_NEW_PASSPHRASE} to the new "
-                                      "passphrase to rotate a passphrase-derived admin secret")
+                    raise SecretError(
+                        f"set {admin_secret.ENV_NEW_PASSPHRASE} to the new "
+                        "passphrase to rotate a passphrase-derived admin secret"
+                    )
                 tx.meta_set("passphrase_salt", crypto.random_bytes(16))
                 new = admin_secret.from_passphrase(tx, passphrase)
             else:
@@ -134,8 +156,7 @@ class Catalog:
                     dks[vault.READ] = vault.admin_unwrap(old_material, row, vault.READ)
                 sealed = vault.Sealed(row.ciphertext, row.read_ciphertext, dks)
                 full, read = vault.admin_wraps(material.public, row.id, sealed)
-                tx.resource_replace(dataclasses.replace(row, admin_wrap=full,
-                                                        admin_read_wrap=read))
+                tx.resource_replace(dataclasses.replace(row, admin_wrap=full, admin_read_wrap=read))
             audit.remac(tx, old.value, new.value)
             tx.meta_set("admin_verifier", material.verifier)
             tx.meta_set("admin_public", material.public)
@@ -160,8 +181,15 @@ class Catalog:
             if tx.repo_get(name) is not None:
                 raise ConfigError(f"a repository named {name!r} already exists")
             row = tx.repo_insert(name, description, now)
-            audit.append(tx, actor="admin", action="repository.created", target=name,
-                         repo=name, detail={"description": description}, now=now)
+            audit.append(
+                tx,
+                actor="admin",
+                action="repository.created",
+                target=name,
+                repo=name,
+                detail={"description": description},
+                now=now,
+            )
             secret = self._ctx.admin()
             assert secret is not None
             audit.seal(tx, secret.value, now)
@@ -171,8 +199,9 @@ class Catalog:
         """A repository managed with the admin secret."""
         return open_as_admin(self._ctx, name, Repository)
 
-    def open(self, name: str, key: str | None = None, *,
-             key_file: str | os.PathLike[str] | None = None) -> Repository:
+    def open(
+        self, name: str, key: str | None = None, *, key_file: str | os.PathLike[str] | None = None
+    ) -> Repository:
         """Open a repository with an API key: ``key``, else the file ``key_file``, else
         REPOLIB_KEY / REPOLIB_KEY_FILE. A key read from a file is followed after a rotation
         by the filesystems made from this repository."""
@@ -182,8 +211,9 @@ class Catalog:
         """Open with the key in ``path``; filesystems made from it follow a rotated file."""
         return self.open(name, key_file=path)
 
-    def open_key(self, key: str | None = None, *,
-                 key_file: str | os.PathLike[str] | None = None) -> Repository:
+    def open_key(
+        self, key: str | None = None, *, key_file: str | os.PathLike[str] | None = None
+    ) -> Repository:
         """Open whichever repository the key belongs to (``repolib whoami``)."""
         return open_by_key(self._ctx, require_key(key, key_file), Repository)
 
@@ -192,10 +222,15 @@ class Catalog:
         with self._ctx.store.read() as tx:
             out = []
             for r in tx.repo_list():
-                out.append(RepositoryInfo(r.name, r.description, r.created_at,
-                                          len(tx.resource_list(r.id)),
-                                          sum(1 for k in tx.key_list(r.id)
-                                              if k.revoked_at is None)))
+                out.append(
+                    RepositoryInfo(
+                        r.name,
+                        r.description,
+                        r.created_at,
+                        len(tx.resource_list(r.id)),
+                        sum(1 for k in tx.key_list(r.id) if k.revoked_at is None),
+                    )
+                )
         return out
 
     def resources(self, repository: str) -> ResourceList:
@@ -218,8 +253,9 @@ class Catalog:
             for res in tx.resource_list(row.id):
                 tx.resource_delete(res.id, now)
             tx.repo_delete(row.id, now)
-            audit.append(tx, actor="admin", action="repository.deleted", target=name, repo=name,
-                         now=now)
+            audit.append(
+                tx, actor="admin", action="repository.deleted", target=name, repo=name, now=now
+            )
             secret = self._ctx.admin()
             assert secret is not None
             audit.seal(tx, secret.value, now)
@@ -249,8 +285,9 @@ class Catalog:
         self._ctx.require_catalog()
         with self._ctx.store.read() as tx:
             rows = tx.audit_rows(repository, limit)
-        return [AuditEvent(r.seq, r.ts, r.repo, r.actor, r.action, r.target, r.detail)
-                for r in rows]
+        return [
+            AuditEvent(r.seq, r.ts, r.repo, r.actor, r.action, r.target, r.detail) for r in rows
+        ]
 
     def verify_audit(self) -> Verification:
         self._ctx.require_catalog()
@@ -266,8 +303,9 @@ class Catalog:
         secret = self._ctx.admin()
         assert secret is not None
         with self._ctx.store.write() as tx:
-            audit.append(tx, actor="admin", action="audit.sealed", target=self.home,
-                         now=self._ctx.now())
+            audit.append(
+                tx, actor="admin", action="audit.sealed", target=self.home, now=self._ctx.now()
+            )
             row = audit.seal(tx, secret.value, self._ctx.now())
         return row.row_count, row.head_hash.hex()
 
@@ -280,13 +318,25 @@ class Catalog:
             names = {r.id: r.name for r in tx.repo_list()}
             repo_id = None if repository is None else self._repo_row(repository).id
             rows = tx.usage_rows(repo_id)
-        return [{"day": d, "repository": names.get(rid, str(rid)), "key_id": k,
-                 "resource": res, "metric": m, "value": v}
-                for d, rid, k, res, m, v in rows]
+        return [
+            {
+                "day": d,
+                "repository": names.get(rid, str(rid)),
+                "key_id": k,
+                "resource": res,
+                "metric": m,
+                "value": v,
+            }
+            for d, rid, k, res, m, v in rows
+        ]
 
-
-    def usage(self, repository: str | None = None, by: str = "resource",
-              since_day: str | None = None, ai: bool = False) -> list[dict[str, Any]]:
+    def usage(
+        self,
+        repository: str | None = None,
+        by: str = "resource",
+        since_day: str | None = None,
+        ai: bool = False,
+    ) -> list[dict[str, Any]]:
         """Usage totals grouped ``by`` "repository", "key", "resource" or "day".
 
         ``ai=True``: the LLM counters (requests, prompt/completion tokens, errors, latency),
@@ -307,8 +357,7 @@ class Catalog:
             if since_day is not None and u["day"] < since_day:
                 continue
             k = (u["repository"], *(u[f] for f in fields))
-            g = groups.setdefault(k, {"repository": u["repository"],
-                                      **{f: u[f] for f in fields}})
+            g = groups.setdefault(k, {"repository": u["repository"], **{f: u[f] for f in fields}})
             g[u["metric"]] = g.get(u["metric"], 0) + u["value"]
         return [groups[k] for k in sorted(groups)]
 
@@ -319,23 +368,36 @@ class Catalog:
             names = {r.id: r.name for r in tx.repo_list()}
             repo_id = None if repository is None else self._repo_row(repository).id
             rows = tx.ai_usage_rows(repo_id)
-        return [{"day": d, "repository": names.get(rid, str(rid)), "key_id": k,
-                 "resource": res, "model": model, "metric": m, "value": v}
-                for d, rid, k, res, model, m, v in rows]
+        return [
+            {
+                "day": d,
+                "repository": names.get(rid, str(rid)),
+                "key_id": k,
+                "resource": res,
+                "model": model,
+                "metric": m,
+                "value": v,
+            }
+            for d, rid, k, res, model, m, v in rows
+        ]
 
 
-USAGE_GROUPS = {"repository": "repository", "key": "key_id", "resource": "resource",
-                "day": "day"}
+USAGE_GROUPS = {"repository": "repository", "key": "key_id", "resource": "resource", "day": "day"}
 
 
-def open(name: str, key: str | None = None, *, home: str | os.PathLike[str] | None = None,
-         clock: Clock | None = None, catalog_url: str | None = None,
-         monotonic: Clock | None = None) -> Repository:
+def open(
+    name: str,
+    key: str | None = None,
+    *,
+    home: str | os.PathLike[str] | None = None,
+    clock: Clock | None = None,
+    catalog_url: str | None = None,
+    monotonic: Clock | None = None,
+) -> Repository:
     """Open repository ``name`` with an API key.
 
     ``key`` defaults to ``$REPOLIB_KEY``, else the contents of ``$REPOLIB_KEY_FILE``; the catalog
     to ``catalog_url``, else ``$REPOLIB_CATALOG_URL``, else ``catalog.db`` in ``home``, else in
     ``$REPOLIB_HOME``, else in the user data folder. Never uses the admin secret.
     """
-    return Catalog(home, clock=clock, catalog_url=catalog_url, monotonic=monotonic).open(name,
-                                                                                         key)
+    return Catalog(home, clock=clock, catalog_url=catalog_url, monotonic=monotonic).open(name, key)

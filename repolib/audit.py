@@ -24,18 +24,34 @@ _denials: dict[tuple[str, str, str], float] = {}
 _denials_lock = threading.Lock()
 
 
-def _row_bytes(seq: int, ts: float, repo: str | None, actor: str, action: str, target: str,
-               detail: dict[str, Any]) -> bytes:
-    return json.dumps([seq, repr(ts), repo, actor, action, target, detail], sort_keys=True,
-                      separators=(",", ":")).encode()
+def _row_bytes(
+    seq: int,
+    ts: float,
+    repo: str | None,
+    actor: str,
+    action: str,
+    target: str,
+    detail: dict[str, Any],
+) -> bytes:
+    return json.dumps(
+        [seq, repr(ts), repo, actor, action, target, detail], sort_keys=True, separators=(",", ":")
+    ).encode()
 
 
 def _hash(prev: bytes, payload: bytes) -> bytes:
     return crypto.sha256(prev + payload)
 
 
-def append(tx: Tx, *, actor: str, action: str, target: str, repo: str | None = None,
-           detail: dict[str, Any] | None = None, now: float | None = None) -> AuditRow:
+def append(
+    tx: Tx,
+    *,
+    actor: str,
+    action: str,
+    target: str,
+    repo: str | None = None,
+    detail: dict[str, Any] | None = None,
+    now: float | None = None,
+) -> AuditRow:
     """Append one event inside the caller's transaction."""
     ts = time.time() if now is None else now
     detail = detail or {}
@@ -79,7 +95,8 @@ def remac(tx: Tx, old_secret: bytes, new_secret: bytes) -> None:
     for s in tx.seals():
         if crypto.audit_mac_ok(old_secret, _seal_message(s.seq, s.row_count, s.head_hash), s.mac):
             tx.seal_replace_mac(
-                s.seq, crypto.audit_mac(new_secret, _seal_message(s.seq, s.row_count, s.head_hash)))
+                s.seq, crypto.audit_mac(new_secret, _seal_message(s.seq, s.row_count, s.head_hash))
+            )
 
 
 @dataclasses.dataclass
@@ -92,8 +109,11 @@ class Verification:
 
     def summary(self) -> str:
         if self.ok:
-            sealed = (f"; extends the checkpoint at row {self.sealed_rows}"
-                      if self.sealed_rows is not None else "; no sealed checkpoint yet")
+            sealed = (
+                f"; extends the checkpoint at row {self.sealed_rows}"
+                if self.sealed_rows is not None
+                else "; no sealed checkpoint yet"
+            )
             if not self.seal_checked and self.sealed_rows is not None:
                 sealed += " (MAC not checked: no admin secret here)"
             return f"audit chain intact: {self.rows} rows{sealed}"
@@ -112,8 +132,7 @@ def verify(tx: Tx, admin_secret: bytes | None) -> Verification:
         if r.prev_hash != prev:
             problems.append(f"row {r.seq} does not follow row {r.seq - 1}")
             break
-        expect = _hash(prev, _row_bytes(r.seq, r.ts, r.repo, r.actor, r.action, r.target,
-                                        r.detail))
+        expect = _hash(prev, _row_bytes(r.seq, r.ts, r.repo, r.actor, r.action, r.target, r.detail))
         if not crypto.equal(expect, r.hash):
             problems.append(f"row {r.seq} was altered")
             break
@@ -131,8 +150,10 @@ def verify(tx: Tx, admin_secret: bytes | None) -> Verification:
                 problems.append(f"checkpoint {last.seq} has a bad MAC (forged or altered)")
         sealed_rows = last.row_count
         if last.row_count > len(rows):
-            problems.append(f"the chain has {len(rows)} rows but checkpoint {last.seq} sealed "
-                            f"{last.row_count}: rows were deleted")
+            problems.append(
+                f"the chain has {len(rows)} rows but checkpoint {last.seq} sealed "
+                f"{last.row_count}: rows were deleted"
+            )
         elif last.row_count and hashes.get(last.row_count) != last.head_hash and not problems:
             problems.append(f"row {last.row_count} does not match checkpoint {last.seq}")
     return Verification(not problems, len(rows), sealed_rows, problems, checked)

@@ -39,8 +39,9 @@ class Admin:
 class Key:
     """Authority of one API key generation, re-checked against the catalog on every change."""
 
-    def __init__(self, row: KeyRow, generation: int, material: crypto.KeyMaterial,
-                 token: str | None = None) -> None:
+    def __init__(
+        self, row: KeyRow, generation: int, material: crypto.KeyMaterial, token: str | None = None
+    ) -> None:
         self.row = row
         self.generation = generation
         self._material = material
@@ -76,14 +77,16 @@ class Key:
     def data_key(self, tx: Tx, row: ResourceRow, which: str) -> bytes:
         wrap = tx.wrap_get(self.row.key_id, self.generation, row.id, which)
         if wrap is None:
-            raise AccessDenied(f"key {self.row.key_id} holds no credentials for resource "
-                               f"{row.name!r}")
+            raise AccessDenied(
+                f"key {self.row.key_id} holds no credentials for resource {row.name!r}"
+            )
         return vault.key_unwrap(self._material, wrap)
 
     def recheck(self, tx: Tx, now: float) -> None:
         row = tx.key_get(self.row.key_id)
-        secret = next((s for s in tx.secrets(self.row.key_id)
-                       if s.generation == self.generation), None)
+        secret = next(
+            (s for s in tx.secrets(self.row.key_id) if s.generation == self.generation), None
+        )
         if row is None or secret is None or not key_usable(row, secret, now):
             raise InvalidKey()
         self.row = row
@@ -114,13 +117,20 @@ def authenticate(ctx: Context, repo: RepoRow, token: object) -> Key:
     if match is None or not key_usable(row, match, now):
         raise InvalidKey()
     auth = Key(row, match.generation, material, token if isinstance(token, str) else None)
-    if (row.last_used_at is None or row.last_used_at <= now - TOUCH_EVERY_S) \
-            and not ctx.store.read_only:
+    if (
+        row.last_used_at is None or row.last_used_at <= now - TOUCH_EVERY_S
+    ) and not ctx.store.read_only:
         with ctx.store.write() as tx:
             purge_expired(tx, now)
             if tx.key_touch(key_id, now, TOUCH_EVERY_S) and row.last_used_at is None:
-                audit.append(tx, actor=auth.actor, action="key.first_use", target=key_id,
-                             repo=repo.name, now=now)
+                audit.append(
+                    tx,
+                    actor=auth.actor,
+                    action="key.first_use",
+                    target=key_id,
+                    repo=repo.name,
+                    now=now,
+                )
     return auth
 
 

@@ -34,8 +34,9 @@ def _shared(factory: Callable[..., Any], kind: str, kw: dict[str, Any]) -> Any:
     """One client per identical configuration in this process (creating an S3 or GCS client
     costs hundreds of milliseconds). Private to repolib: never fsspec's shared cache."""
     ident = hashlib.sha256(json.dumps([kind, kw], sort_keys=True, default=repr).encode())
-    fs, _ = _instances.get_or_create(ident.hexdigest(),
-                                     lambda: factory(skip_instance_cache=True, **kw))
+    fs, _ = _instances.get_or_create(
+        ident.hexdigest(), lambda: factory(skip_instance_cache=True, **kw)
+    )
     return fs
 
 
@@ -55,8 +56,14 @@ def _memory(repository_key: str) -> Any:
     return fs
 
 
-_REPOLIB_OPTIONS = {"read_only", "ambient_credentials", "endpoint_url", "region", "account_name",
-                    "allow_chown"}
+_REPOLIB_OPTIONS = {
+    "read_only",
+    "ambient_credentials",
+    "endpoint_url",
+    "region",
+    "account_name",
+    "allow_chown",
+}
 _EXTRA = {"s3": "s3", "gcs": "gcs", "az": "azure"}
 _MODULES = {"s3": "s3fs", "gcs": "gcsfs", "az": "adlfs"}
 
@@ -86,8 +93,9 @@ class Backend:
         a local folder's filesystem follows no symlink on the way, see repolib.localfs)."""
         if not rel:
             return self.root
-        return f"{self.root.rstrip('/')}/{rel}" if self.root not in ("", "/") else \
-            f"{self.root}{rel}"
+        return (
+            f"{self.root.rstrip('/')}/{rel}" if self.root not in ("", "/") else f"{self.root}{rel}"
+        )
 
     def rel(self, name: str) -> str | None:
         """Inverse of ``path``: the path inside the resource, or None if outside the root."""
@@ -100,7 +108,7 @@ class Backend:
             name = name[1:]
         if not name.startswith(prefix):
             return None
-        return name[len(prefix):].strip("/")
+        return name[len(prefix) :].strip("/")
 
 
 def _import(kind: str) -> Any:
@@ -112,7 +120,8 @@ def _import(kind: str) -> Any:
         return __import__(module)
     except ImportError as exc:
         raise BackendUnavailable(
-            f"this resource needs {module}: pip install \"repolib[{_EXTRA[kind]}]\"") from exc
+            f'this resource needs {module}: pip install "repolib[{_EXTRA[kind]}]"'
+        ) from exc
 
 
 def build(resolved: ResolvedResource) -> Backend:
@@ -145,12 +154,21 @@ def build(resolved: ResolvedResource) -> Backend:
             fast = _azure_fast(root.split("/", 1)[0], options, creds)
     elif proto == "file":
         local = SafeLocalFileSystem(posixpath.normpath(rest), skip_instance_cache=True)
-        return Backend(info.name, local, local.root, "file", read_only, True, secrets,
-                       allow_chown=bool(options.get("allow_chown")))
+        return Backend(
+            info.name,
+            local,
+            local.root,
+            "file",
+            read_only,
+            True,
+            secrets,
+            allow_chown=bool(options.get("allow_chown")),
+        )
     elif proto == "memory":
         root = "/" + rest.strip("/")
-        return Backend(info.name, _memory(resolved.repository_key), root, "memory",
-                       read_only, False, secrets)
+        return Backend(
+            info.name, _memory(resolved.repository_key), root, "memory", read_only, False, secrets
+        )
     else:
         try:
             fs, root = fsspec.core.url_to_fs(url, skip_instance_cache=True, **extra, **creds)
@@ -161,21 +179,35 @@ def build(resolved: ResolvedResource) -> Backend:
 
 
 S3_CONNECT_TIMEOUT_S = 5
-S3_CONFIG_OPTIONS = ("connect_timeout", "read_timeout", "request_checksum_calculation",
-                     "response_checksum_validation")
+S3_CONFIG_OPTIONS = (
+    "connect_timeout",
+    "read_timeout",
+    "request_checksum_calculation",
+    "response_checksum_validation",
+)
 
 
-def _s3(options: dict[str, Any], extra: dict[str, Any], creds: dict[str, Any],
-        ambient: bool) -> Any:
+def _s3(
+    options: dict[str, Any], extra: dict[str, Any], creds: dict[str, Any], ambient: bool
+) -> Any:
     s3fs = _import("s3")
     kw: dict[str, Any] = dict(extra)
     kw["config_kwargs"] = dict(kw.get("config_kwargs") or {})
-    key = creds.pop("key", None) or creds.pop("access_key_id", None) or \
-        creds.pop("aws_access_key_id", None)
-    secret = creds.pop("secret", None) or creds.pop("secret_access_key", None) or \
-        creds.pop("aws_secret_access_key", None)
-    token = creds.pop("token", None) or creds.pop("session_token", None) or \
-        creds.pop("aws_session_token", None)
+    key = (
+        creds.pop("key", None)
+        or creds.pop("access_key_id", None)
+        or creds.pop("aws_access_key_id", None)
+    )
+    secret = (
+        creds.pop("secret", None)
+        or creds.pop("secret_access_key", None)
+        or creds.pop("aws_secret_access_key", None)
+    )
+    token = (
+        creds.pop("token", None)
+        or creds.pop("session_token", None)
+        or creds.pop("aws_session_token", None)
+    )
     kw.update(creds)
     if key or secret:
         kw.update(key=key, secret=secret, token=token)
@@ -189,8 +221,10 @@ def _s3(options: dict[str, Any], extra: dict[str, Any], creds: dict[str, Any],
         if name in kw:
             kw["config_kwargs"][name] = kw.pop(name)
     if "addressing_style" in kw:
-        kw["config_kwargs"]["s3"] = {**kw["config_kwargs"].get("s3", {}),
-                                     "addressing_style": kw.pop("addressing_style")}
+        kw["config_kwargs"]["s3"] = {
+            **kw["config_kwargs"].get("s3", {}),
+            "addressing_style": kw.pop("addressing_style"),
+        }
     # botocore's defaults (60 s to connect, 5 legacy attempts) make a dead endpoint look like a
     # hang for minutes; a mount or a notebook should hear about it within seconds.
     config = kw["config_kwargs"]
@@ -199,33 +233,43 @@ def _s3(options: dict[str, Any], extra: dict[str, Any], creds: dict[str, Any],
     return _shared(s3fs.S3FileSystem, "s3", kw)
 
 
-def _s3_fast(bucket: str, options: dict[str, Any], creds: dict[str, Any]
-             ) -> FastObjects | None:
+def _s3_fast(bucket: str, options: dict[str, Any], creds: dict[str, Any]) -> FastObjects | None:
     """The same bucket, endpoint and credentials as ``_s3``, through obstore."""
+
     def first(*names: str) -> Any:
         return next((creds[n] for n in names if creds.get(n)), None)
 
-    if set(creds) - set(allowlist.S3_KEY_FIELDS + allowlist.S3_SECRET_FIELDS
-                        + allowlist.S3_TOKEN_FIELDS):
+    if set(creds) - set(
+        allowlist.S3_KEY_FIELDS + allowlist.S3_SECRET_FIELDS + allowlist.S3_TOKEN_FIELDS
+    ):
         return None  # other credential forms: only s3fs knows them
-    return objstore.s3(bucket, key=first(*allowlist.S3_KEY_FIELDS),
-                       secret=first(*allowlist.S3_SECRET_FIELDS),
-                       token=first(*allowlist.S3_TOKEN_FIELDS),
-                       endpoint=options.get("endpoint_url"), region=options.get("region"),
-                       path_style=options.get("addressing_style") == "path"
-                       or (bool(options.get("endpoint_url"))
-                           and options.get("addressing_style") != "virtual"))
+    return objstore.s3(
+        bucket,
+        key=first(*allowlist.S3_KEY_FIELDS),
+        secret=first(*allowlist.S3_SECRET_FIELDS),
+        token=first(*allowlist.S3_TOKEN_FIELDS),
+        endpoint=options.get("endpoint_url"),
+        region=options.get("region"),
+        path_style=options.get("addressing_style") == "path"
+        or (bool(options.get("endpoint_url")) and options.get("addressing_style") != "virtual"),
+    )
 
 
-def _azure_fast(container: str, options: dict[str, Any], creds: dict[str, Any]
-                ) -> FastObjects | None:
+def _azure_fast(
+    container: str, options: dict[str, Any], creds: dict[str, Any]
+) -> FastObjects | None:
     """The same container, endpoint and key or SAS as ``_azure``, through obstore."""
     account, endpoint = options.get("account_name"), options.get("endpoint_url")
     key, sas = creds.get("account_key"), creds.get("sas_token")
     if "connection_string" in creds:
         parts = allowlist.parse_connection_string(str(creds["connection_string"]))
-        if set(parts) - {"DefaultEndpointsProtocol", "AccountName", "AccountKey",
-                         "SharedAccessSignature", "BlobEndpoint"}:
+        if set(parts) - {
+            "DefaultEndpointsProtocol",
+            "AccountName",
+            "AccountKey",
+            "SharedAccessSignature",
+            "BlobEndpoint",
+        }:
             return None
         account, key = parts.get("AccountName"), parts.get("AccountKey")
         sas, endpoint = parts.get("SharedAccessSignature"), parts.get("BlobEndpoint")
@@ -233,12 +277,14 @@ def _azure_fast(container: str, options: dict[str, Any], creds: dict[str, Any]
         return None
     if not account:
         return None
-    return objstore.azure(container, account=account, account_key=key, sas_token=sas,
-                          endpoint=endpoint)
+    return objstore.azure(
+        container, account=account, account_key=key, sas_token=sas, endpoint=endpoint
+    )
 
 
-def _gcs(options: dict[str, Any], extra: dict[str, Any], creds: dict[str, Any],
-         ambient: bool) -> Any:
+def _gcs(
+    options: dict[str, Any], extra: dict[str, Any], creds: dict[str, Any], ambient: bool
+) -> Any:
     gcsfs = _import("gcs")
     kw: dict[str, Any] = dict(extra)
     token = creds.pop("token", None) or creds.pop("service_account_json", None)
@@ -259,8 +305,9 @@ def _gcs(options: dict[str, Any], extra: dict[str, Any], creds: dict[str, Any],
     return _shared(gcsfs.GCSFileSystem, "gcs", kw)
 
 
-def _azure(options: dict[str, Any], extra: dict[str, Any], creds: dict[str, Any],
-           ambient: bool) -> Any:
+def _azure(
+    options: dict[str, Any], extra: dict[str, Any], creds: dict[str, Any], ambient: bool
+) -> Any:
     adlfs = _import("az")
     kw: dict[str, Any] = dict(extra)
     kw.update(creds)
@@ -271,17 +318,32 @@ def _azure(options: dict[str, Any], extra: dict[str, Any], creds: dict[str, Any]
     if endpoint and "connection_string" not in kw:
         if not account:
             raise ConfigError("an Azure resource with endpoint_url needs account_name")
-        parts = ["DefaultEndpointsProtocol=" + endpoint.split("://", 1)[0],
-                 f"AccountName={account}"]
+        parts = [
+            "DefaultEndpointsProtocol=" + endpoint.split("://", 1)[0],
+            f"AccountName={account}",
+        ]
         if kw.get("account_key"):
             parts.append(f"AccountKey={kw.pop('account_key')}")
         if kw.get("sas_token"):
             parts.append(f"SharedAccessSignature={kw.pop('sas_token').lstrip('?')}")
-        parts.append(f"BlobEndpoint={endpoint.rstrip('/')}/{account};" if
-                     not endpoint.rstrip("/").endswith(account) else
-                     f"BlobEndpoint={endpoint.rstrip('/')};")
+        parts.append(
+            f"BlobEndpoint={endpoint.rstrip('/')}/{account};"
+            if not endpoint.rstrip("/").endswith(account)
+            else f"BlobEndpoint={endpoint.rstrip('/')};"
+        )
         kw["connection_string"] = ";".join(parts)
-    if not any(kw.get(k) for k in ("account_key", "sas_token", "connection_string",
-                                   "client_secret", "credential")) and not ambient:
+    if (
+        not any(
+            kw.get(k)
+            for k in (
+                "account_key",
+                "sas_token",
+                "connection_string",
+                "client_secret",
+                "credential",
+            )
+        )
+        and not ambient
+    ):
         kw["anon"] = True
     return _shared(adlfs.AzureBlobFileSystem, "az", kw)

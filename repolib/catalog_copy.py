@@ -25,13 +25,20 @@ class CopyReport:
     rows: dict[str, int]
 
     def summary(self) -> str:
-        counts = ", ".join(f"{n} {t}" for t, n in self.rows.items()
-                           if n and t in ("repositories", "resources", "keys", "audit"))
+        counts = ", ".join(
+            f"{n} {t}"
+            for t, n in self.rows.items()
+            if n and t in ("repositories", "resources", "keys", "audit")
+        )
         return f"copied {self.source} to {self.target}: {counts or 'an empty catalog'}"
 
 
-def copy_catalog(source_url: str, target_url: str, home: str | os.PathLike[str] | None = None,
-                 now: float | None = None) -> CopyReport:
+def copy_catalog(
+    source_url: str,
+    target_url: str,
+    home: str | os.PathLike[str] | None = None,
+    now: float | None = None,
+) -> CopyReport:
     """Copy the catalog at ``source_url`` into the empty catalog at ``target_url`` (created if
     missing). Both are catalog URLs (``sqlite:///path/catalog.db``, ``postgresql://...``)."""
     from .context import resolve_home
@@ -55,13 +62,21 @@ def copy_catalog(source_url: str, target_url: str, home: str | os.PathLike[str] 
         for name, rows in tables.items():
             tx.table_load(name, rows)
         counts = {name: len(rows) for name, rows in tables.items()}
-        audit.append(tx, actor="catalog", action="catalog.copied", target=target.location,
-                     detail={"from": source.location, "rows": counts}, now=now)
+        audit.append(
+            tx,
+            actor="catalog",
+            action="catalog.copied",
+            target=target.location,
+            detail={"from": source.location, "rows": counts},
+            now=now,
+        )
     return CopyReport(source.location, target.location, counts)
 
 
 def _require_empty(tx: Tx, target: Store) -> None:
     full = [name for name in TABLES if tx.table_rows(name)]
     if full:
-        raise CatalogError(f"the catalog at {target.location} is not empty (it has rows in "
-                           f"{', '.join(full)}); copy into a new database or file")
+        raise CatalogError(
+            f"the catalog at {target.location} is not empty (it has rows in "
+            f"{', '.join(full)}); copy into a new database or file"
+        )

@@ -29,9 +29,16 @@ def resolve_home(home: str | os.PathLike[str] | None) -> str:
 class Context:
     """Shared by a Catalog and the Repository objects it hands out."""
 
-    def __init__(self, home: str | os.PathLike[str] | None = None, *, read_only: bool = False,
-                 clock: Clock | None = None, store: Store | None = None,
-                 catalog_url: str | None = None, monotonic: Clock | None = None) -> None:
+    def __init__(
+        self,
+        home: str | os.PathLike[str] | None = None,
+        *,
+        read_only: bool = False,
+        clock: Clock | None = None,
+        store: Store | None = None,
+        catalog_url: str | None = None,
+        monotonic: Clock | None = None,
+    ) -> None:
         self.home = resolve_home(home)
         # The catalog: a URL (argument, else $REPOLIB_CATALOG_URL), else home/catalog.db.
         # The admin secret stays in home either way.
@@ -54,10 +61,14 @@ class Context:
     def require_catalog(self) -> None:
         if not self.store.exists():
             if self.catalog_url is not None:
-                raise CatalogError(f"no catalog at {self.store.location}: run `repolib "
-                                   "--catalog URL init` (as the admin, once)")
-            raise CatalogError(f"no catalog at {self.home}: run `repolib init` (or set "
-                               "REPOLIB_HOME to the folder that holds catalog.db)")
+                raise CatalogError(
+                    f"no catalog at {self.store.location}: run `repolib "
+                    "--catalog URL init` (as the admin, once)"
+                )
+            raise CatalogError(
+                f"no catalog at {self.home}: run `repolib init` (or set "
+                "REPOLIB_HOME to the folder that holds catalog.db)"
+            )
 
     def admin(self, required: bool = True) -> AdminSecret | None:
         """The checked admin secret, loaded once; None (or SecretError) when not available."""
@@ -68,7 +79,8 @@ class Context:
         if self._admin is None and required:
             raise SecretError(
                 "this needs the admin secret, and none was found: set REPOLIB_ADMIN_KEY or "
-                f"REPOLIB_PASSPHRASE, or put admin.key in {self.home}")
+                f"REPOLIB_PASSPHRASE, or put admin.key in {self.home}"
+            )
         return self._admin
 
     def admin_material(self) -> crypto.KeyMaterial:

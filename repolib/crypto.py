@@ -152,7 +152,8 @@ def admin_material(admin_secret: bytes) -> KeyMaterial:
     attaches a resource can wrap the new data key for the admin without knowing the secret.
     """
     private = X25519PrivateKey.from_private_bytes(
-        hkdf(admin_secret, salt=b"", info=_INFO_ADMIN_X25519))
+        hkdf(admin_secret, salt=b"", info=_INFO_ADMIN_X25519)
+    )
     return KeyMaterial(admin_verifier(admin_secret), private)
 
 

@@ -15,28 +15,78 @@ from collections.abc import Iterable
 
 from .exceptions import RepolibError
 
-_NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "NotFound", "ResourceNotFoundError", "NoSuchUpload",
-              "BlobNotFound", "ContainerNotFound", "FileNotFoundError", "NotFoundError"}
-_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden",
-           "ClientAuthenticationError", "AuthorizationFailure", "AuthenticationFailed",
-           "NoCredentialsError", "PermissionError", "InvalidToken", "ExpiredToken",
-           "RefreshError", "DefaultCredentialsError", "PermissionDeniedError",
-           "UnauthenticatedError"}
-_EXISTS = {"ResourceExistsError", "BucketAlreadyExists", "PreconditionFailed",
-           "FileExistsError", "BlobAlreadyExists", "AlreadyExistsError", "PreconditionError"}
-_UNREACHABLE = {"EndpointConnectionError", "ClientConnectorError", "ServerDisconnectedError",
-                "ConnectionRefusedError", "ServiceRequestError", "ConnectError",
-                "ClientOSError", "ConnectionError", "ConnectionResetError",
-                "ServerTimeoutError", "ConnectTimeoutError", "ReadTimeoutError",
-                "ClientPayloadError", "IncompleteReadError", "ResponseStreamingError"}
-_STATUS = {404: errno.ENOENT, 403: errno.EACCES, 401: errno.EACCES, 409: errno.EEXIST,
-           412: errno.EEXIST, 416: errno.EINVAL, 429: errno.EAGAIN, 503: errno.EAGAIN}
-_TYPES: dict[int, type[OSError]] = {errno.ENOENT: FileNotFoundError,
-                                    errno.EACCES: PermissionError,
-                                    errno.EEXIST: FileExistsError,
-                                    errno.ETIMEDOUT: TimeoutError,
-                                    errno.EISDIR: IsADirectoryError,
-                                    errno.ENOTDIR: NotADirectoryError}
+_NOT_FOUND = {
+    "NoSuchKey",
+    "NoSuchBucket",
+    "NotFound",
+    "ResourceNotFoundError",
+    "NoSuchUpload",
+    "BlobNotFound",
+    "ContainerNotFound",
+    "FileNotFoundError",
+    "NotFoundError",
+}
+_DENIED = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "Forbidden",
+    "ClientAuthenticationError",
+    "AuthorizationFailure",
+    "AuthenticationFailed",
+    "NoCredentialsError",
+    "PermissionError",
+    "InvalidToken",
+    "ExpiredToken",
+    "RefreshError",
+    "DefaultCredentialsError",
+    "PermissionDeniedError",
+    "UnauthenticatedError",
+}
+_EXISTS = {
+    "ResourceExistsError",
+    "BucketAlreadyExists",
+    "PreconditionFailed",
+    "FileExistsError",
+    "BlobAlreadyExists",
+    "AlreadyExistsError",
+    "PreconditionError",
+}
+_UNREACHABLE = {
+    "EndpointConnectionError",
+    "ClientConnectorError",
+    "ServerDisconnectedError",
+    "ConnectionRefusedError",
+    "ServiceRequestError",
+    "ConnectError",
+    "ClientOSError",
+    "ConnectionError",
+    "ConnectionResetError",
+    "ServerTimeoutError",
+    "ConnectTimeoutError",
+    "ReadTimeoutError",
+    "ClientPayloadError",
+    "IncompleteReadError",
+    "ResponseStreamingError",
+}
+_STATUS = {
+    404: errno.ENOENT,
+    403: errno.EACCES,
+    401: errno.EACCES,
+    409: errno.EEXIST,
+    412: errno.EEXIST,
+    416: errno.EINVAL,
+    429: errno.EAGAIN,
+    503: errno.EAGAIN,
+}
+_TYPES: dict[int, type[OSError]] = {
+    errno.ENOENT: FileNotFoundError,
+    errno.EACCES: PermissionError,
+    errno.EEXIST: FileExistsError,
+    errno.ETIMEDOUT: TimeoutError,
+    errno.EISDIR: IsADirectoryError,
+    errno.ENOTDIR: NotADirectoryError,
+}
 
 
 def _names(exc: BaseException) -> set[str]:
@@ -65,8 +115,12 @@ def classify(exc: BaseException) -> int:
     if isinstance(exc, OSError) and exc.errno and not isinstance(exc, ConnectionError):
         return int(exc.errno)
     names = _names(exc)
-    if isinstance(exc, TimeoutError) or names & {"TimeoutError", "ReadTimeout",
-                                                  "ServerTimeoutError", "ConnectTimeoutError"}:
+    if isinstance(exc, TimeoutError) or names & {
+        "TimeoutError",
+        "ReadTimeout",
+        "ServerTimeoutError",
+        "ConnectTimeoutError",
+    }:
         return errno.ETIMEDOUT
     if names & _NOT_FOUND or isinstance(exc, FileNotFoundError):
         return errno.ENOENT
@@ -102,8 +156,9 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
 
 def translate(exc: BaseException, path: str, secrets: Iterable[str] = ()) -> BaseException:
     """A built-in OSError (or our own error, unchanged) for ``exc`` raised at ``path``."""
-    if isinstance(exc, RepolibError | NotImplementedError | TypeError | ValueError) and \
-            not isinstance(exc, OSError):
+    if isinstance(
+        exc, RepolibError | NotImplementedError | TypeError | ValueError
+    ) and not isinstance(exc, OSError):
         return exc
     code = classify(exc)
     if code == errno.EIO and is_unreachable(exc):

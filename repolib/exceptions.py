@@ -63,8 +63,11 @@ class InvalidKey(AuthError):
     Deliberately one opaque error: telling these cases apart would help an attacker.
     """
 
-    def __init__(self, message: str = "invalid API key: missing, malformed, unknown, revoked "
-                 "or expired; ask the repository's admin for a valid key") -> None:
+    def __init__(
+        self,
+        message: str = "invalid API key: missing, malformed, unknown, revoked "
+        "or expired; ask the repository's admin for a valid key",
+    ) -> None:
         super().__init__(message)
 
 
@@ -127,8 +130,7 @@ class UpstreamError(AIError):
     ``timed_out`` tells a timeout from a connection failure.
     """
 
-    def __init__(self, message: str, status: int | None = None, *,
-                 timed_out: bool = False) -> None:
+    def __init__(self, message: str, status: int | None = None, *, timed_out: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.timed_out = timed_out

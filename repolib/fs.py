@@ -72,12 +72,18 @@ class _State:
     def refresh(self, force: bool = False) -> None:
         """Re-check the key and the resource definitions at most every REVALIDATE_S."""
         now = self.repository.monotonic()
-        if not force and now - self.checked < REVALIDATE_S and \
-                not self.repository.catalog_changed():
+        if (
+            not force
+            and now - self.checked < REVALIDATE_S
+            and not self.repository.catalog_changed()
+        ):
             return
         with self.lock:
-            if not force and now - self.checked < REVALIDATE_S and \
-                    not self.repository.catalog_changed():
+            if (
+                not force
+                and now - self.checked < REVALIDATE_S
+                and not self.repository.catalog_changed()
+            ):
                 return
             try:
                 self.repository.check_valid()
@@ -110,8 +116,9 @@ class _State:
             b = self.backends.get(name)
             if b is None:
                 if name not in self.visible:
-                    raise FileNotFoundError(errno.ENOENT, "no such resource",
-                                            f"{self.repository.name}/{name}")
+                    raise FileNotFoundError(
+                        errno.ENOENT, "no such resource", f"{self.repository.name}/{name}"
+                    )
                 b = build(self.repository.resolve(name))
                 self.backends[name] = b
                 self.versions[name] = self.visible[name].updated_at
@@ -167,15 +174,22 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
         backend sees it: ``..``, ``.``, empty segments, backslashes, control characters."""
         paths.split(path)
 
-    def __init__(self, repo: str | None = None, key: str | None = None,
-                 home: str | None = None, *, repository: RepositoryCore | None = None,
-                 admin: bool = False, key_file: str | None = None,
-                 catalog_url: str | None = None, _deferred: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        repo: str | None = None,
+        key: str | None = None,
+        home: str | None = None,
+        *,
+        repository: RepositoryCore | None = None,
+        admin: bool = False,
+        key_file: str | None = None,
+        catalog_url: str | None = None,
+        _deferred: bool = False,
+        **kwargs: Any,
+    ) -> None:
         if catalog_url is not None:
             kwargs["catalog_url"] = catalog_url
-        super().__init__(repo=repo, key=key, home=home, admin=admin, key_file=key_file,
-                         **kwargs)
+        super().__init__(repo=repo, key=key, home=home, admin=admin, key_file=key_file, **kwargs)
         self._how = (repo, key, home, admin, key_file, catalog_url)
         self._open_lock = threading.Lock()
         self._opened: _State | None = None
@@ -224,8 +238,9 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
         # it was given as an argument; never decrypted credentials. Unpickling opens nothing
         # (a Dask scheduler may have no catalog): the first use on the worker does, and a
         # failure there fails that task with repolib's one-line error.
-        opts = {k: v for k, v in self.storage_options.items()
-                if k not in ("repository", "_deferred")}
+        opts = {
+            k: v for k, v in self.storage_options.items() if k not in ("repository", "_deferred")
+        }
         return _restore, (type(self), self.storage_args, opts)
 
     @property
@@ -248,12 +263,12 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
         after the key's check for ``flags``, opened beneath the folder with no symlink
         followed: the mount reads such files directly. The caller closes it."""
         writing = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC))
-        rp, backend = self._target(path, Access.WRITE if writing else Access.READ,
-                                   "write" if writing else "read")
+        rp, backend = self._target(
+            path, Access.WRITE if writing else Access.READ, "write" if writing else "read"
+        )
         if not backend.local:
             return None
-        fd: int = self._call(rp, backend, backend.fs.open_fd, backend.path(rp.rel), flags,
-                             mode)
+        fd: int = self._call(rp, backend, backend.fs.open_fd, backend.path(rp.rel), flags, mode)
         return fd
 
     def check_writable(self, path: str) -> None:
@@ -282,8 +297,9 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
     def _split(self, path: str) -> RepoPath:
         rp = paths.split(path)
         if rp.repository and rp.repository != self._repo_name:
-            raise AccessDenied(f"access {path!r} denied: this key belongs to repository "
-                               f"{self._repo_name!r}")
+            raise AccessDenied(
+                f"access {path!r} denied: this key belongs to repository {self._repo_name!r}"
+            )
         return rp
 
     def _target(self, path: str, need: Access, op: str) -> tuple[RepoPath, Backend]:
@@ -294,8 +310,10 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
         if not rp.resource:
             if need is Access.READ:
                 raise IsADirectoryError(errno.EISDIR, "is a directory", rp.full)
-            raise AccessDenied(f"{op} {rp.full or 'repo://'} denied: the repository and its "
-                               "resources cannot be changed through the filesystem")
+            raise AccessDenied(
+                f"{op} {rp.full or 'repo://'} denied: the repository and its "
+                "resources cannot be changed through the filesystem"
+            )
         state.repository.require(need, op, rp.full, resource=rp.resource)
         backend = state.backend(rp.resource)
         if need is not Access.READ and backend.read_only:
@@ -304,9 +322,16 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
             _check_lengths(rp, backend)
         return rp, backend
 
-    def _call(self, rp: RepoPath, backend: Backend, fn: Callable[..., Any], *args: Any,
-              count: dict[str, float] | None = None,
-              measure: Callable[[Any], dict[str, float]] | None = None, **kwargs: Any) -> Any:
+    def _call(
+        self,
+        rp: RepoPath,
+        backend: Backend,
+        fn: Callable[..., Any],
+        *args: Any,
+        count: dict[str, float] | None = None,
+        measure: Callable[[Any], dict[str, float]] | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Run one backend call: count the request (and ``count``/``measure(result)`` on
         success) in one go, translate the error."""
         counters: dict[str, float] = {"requests": 1}
@@ -330,12 +355,14 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
     def _count(self, resource: str, **counters: float) -> None:
         self._state.repository.record_usage(resource, "", **counters)
 
-    def _entry(self, rp: RepoPath, backend: Backend, info: dict[str, Any],
-               listed: bool = False) -> dict[str, Any]:
+    def _entry(
+        self, rp: RepoPath, backend: Backend, info: dict[str, Any], listed: bool = False
+    ) -> dict[str, Any]:
         rel = backend.rel(info["name"])
         out = dict(info)
-        out["name"] = paths.join(rp.repository or self._repo_name, rp.resource,
-                                 rel if rel is not None else "")
+        out["name"] = paths.join(
+            rp.repository or self._repo_name, rp.resource, rel if rel is not None else ""
+        )
         if backend.protocol in fsmeta.OBJECT_STORES:
             kept = fsmeta.decode(info.get("metadata"))
             out.update(fsmeta.public(kept))
@@ -364,15 +391,17 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
         else:
             rp, backend = self._target(path, Access.READ, "list")
             try:
-                entries = self._call(rp, backend, backend.fs.ls, backend.path(rp.rel),
-                                     detail=True)
+                entries = self._call(rp, backend, backend.fs.ls, backend.path(rp.rel), detail=True)
             except FileNotFoundError:
                 if rp.rel or not backend.prefixed:
                     raise  # a missing bucket, container or folder is an error, not emptiness
                 entries = []  # an empty prefix inside a bucket: the resource root still exists
-            out = [self._entry(rp, backend, e, listed=True) for e in entries
-                   if not is_temp_name(e["name"].rsplit("/", 1)[-1])
-                   and not fsmeta.is_marker(e["name"])]
+            out = [
+                self._entry(rp, backend, e, listed=True)
+                for e in entries
+                if not is_temp_name(e["name"].rsplit("/", 1)[-1])
+                and not fsmeta.is_marker(e["name"])
+            ]
             out = [e for e in out if e["name"] != rp.full or e["type"] != "directory"]
         return out if detail else [e["name"] for e in out]
 
@@ -391,8 +420,7 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
         if backend.protocol in fsmeta.OBJECT_STORES:
             found = self._call(rp, backend, fsmeta.stat_object, backend, backend.path(rp.rel))
         else:
-            found = self._call(rp, backend, backend.fs.info,
-                               backend.path(rp.rel))
+            found = self._call(rp, backend, backend.fs.info, backend.path(rp.rel))
         return self._entry(rp, backend, found)
 
     def exists(self, path: str, **kwargs: Any) -> bool:
@@ -414,8 +442,14 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
         except FileNotFoundError:
             return False
 
-    def find(self, path: str, maxdepth: int | None = None, withdirs: bool = False,
-             detail: bool = False, **kwargs: Any) -> Any:
+    def find(
+        self,
+        path: str,
+        maxdepth: int | None = None,
+        withdirs: bool = False,
+        detail: bool = False,
+        **kwargs: Any,
+    ) -> Any:
         if maxdepth is not None and maxdepth < 1:
             raise ValueError("maxdepth must be at least 1")
         state = self._state
@@ -437,15 +471,21 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
         else:
             rp, backend = self._target(path, Access.READ, "list")
             try:
-                found = self._call(rp, backend, backend.fs.find, backend.path(rp.rel),
-                                   maxdepth=maxdepth, withdirs=withdirs, detail=True)
+                found = self._call(
+                    rp,
+                    backend,
+                    backend.fs.find,
+                    backend.path(rp.rel),
+                    maxdepth=maxdepth,
+                    withdirs=withdirs,
+                    detail=True,
+                )
             except FileNotFoundError:
                 if rp.rel or not backend.prefixed:
                     raise
                 found = {}
             for info in found.values():
-                if is_temp_name(info["name"].rsplit("/", 1)[-1]) or \
-                        fsmeta.is_marker(info["name"]):
+                if is_temp_name(info["name"].rsplit("/", 1)[-1]) or fsmeta.is_marker(info["name"]):
                     continue
                 e = self._entry(rp, backend, info, listed=True)
                 if e["name"] == rp.full and e["type"] == "directory" and not withdirs:
@@ -466,9 +506,16 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
 
     # -- reading ----------------------------------------------------------------------------
 
-    def _open(self, path: str, mode: str = "rb", block_size: Any = None,
-              autocommit: bool = True, cache_options: Any = None,
-              attrs: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+    def _open(
+        self,
+        path: str,
+        mode: str = "rb",
+        block_size: Any = None,
+        autocommit: bool = True,
+        cache_options: Any = None,
+        attrs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """``attrs`` (writing): POSIX attributes stored with the new object."""
         writing = bool(set(mode) & _WRITE_CHARS)
         need = Access.WRITE if writing else Access.READ
@@ -477,33 +524,64 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
         wanted = normalize(attrs) if writing else {}
         if wanted:
             kwargs.update(fsmeta.write_kwargs(backend.protocol, wanted))
-        if "x" in mode and not backend.local and \
-                self._call(rp, backend, backend.fs.exists, target):
+        if "x" in mode and not backend.local and self._call(rp, backend, backend.fs.exists, target):
             # object stores check "create only" at upload time, if at all: say it at open
             raise FileExistsError(errno.EEXIST, "file exists", rp.full)
         before_close = None
         if wanted and backend.local:
+
             def before_close(raw: Any) -> None:  # on the open file: no path resolved again
                 raw.flush()
                 apply_to_fd(raw.fileno(), wanted, backend.allow_chown)
-        f = self._call(rp, backend, backend.fs.open, target, mode=mode,
-                       block_size=block_size, autocommit=autocommit,
-                       cache_options=cache_options, **kwargs)
-        return CountingFile(f, rp.full, lambda **c: self._count(rp.resource, **c),
-                             lambda exc: errors.translate(exc, rp.full, backend.secrets),
-                             before_close=before_close)
 
-    def cat_file(self, path: str, start: int | None = None, end: int | None = None,
-                 **kwargs: Any) -> bytes:
+        f = self._call(
+            rp,
+            backend,
+            backend.fs.open,
+            target,
+            mode=mode,
+            block_size=block_size,
+            autocommit=autocommit,
+            cache_options=cache_options,
+            **kwargs,
+        )
+        return CountingFile(
+            f,
+            rp.full,
+            lambda **c: self._count(rp.resource, **c),
+            lambda exc: errors.translate(exc, rp.full, backend.secrets),
+            before_close=before_close,
+        )
+
+    def cat_file(
+        self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
+    ) -> bytes:
         rp, backend = self._target(path, Access.READ, "read")
         if backend.fast is not None and rp.rel and not kwargs and (start, end) == (None, None):
-            return bytes(self._call(rp, backend, backend.fast.get, backend.path(rp.rel),
-                                    measure=read_bytes))
-        if backend.fast is not None and backend.fast.ranges and rp.rel and not kwargs and \
-                start is not None and end is not None and 0 <= start and 0 <= end:
+            return bytes(
+                self._call(rp, backend, backend.fast.get, backend.path(rp.rel), measure=read_bytes)
+            )
+        if (
+            backend.fast is not None
+            and backend.fast.ranges
+            and rp.rel
+            and not kwargs
+            and start is not None
+            and end is not None
+            and 0 <= start
+            and 0 <= end
+        ):
             return bytes(self.read_range(path, start, end))
-        data: bytes = self._call(rp, backend, backend.fs.cat_file, backend.path(rp.rel),
-                                 start=start, end=end, measure=read_bytes, **kwargs)
+        data: bytes = self._call(
+            rp,
+            backend,
+            backend.fs.cat_file,
+            backend.path(rp.rel),
+            start=start,
+            end=end,
+            measure=read_bytes,
+            **kwargs,
+        )
         return data
 
     def read_range(self, path: str, start: int, end: int) -> Any:
@@ -516,15 +594,36 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
             return b""
         if backend.fast is not None and backend.fast.ranges and rp.rel:
             try:
-                return self._call(rp, backend, backend.fast.get_range, backend.path(rp.rel),
-                                  start, end, measure=read_bytes)
+                return self._call(
+                    rp,
+                    backend,
+                    backend.fast.get_range,
+                    backend.path(rp.rel),
+                    start,
+                    end,
+                    measure=read_bytes,
+                )
             except RangesUnsupported:
                 backend.fast.ranges = False  # ranged reads need the fsspec client's handling
-        return self._call(rp, backend, backend.fs.cat_file, backend.path(rp.rel), start=start,
-                          end=end, measure=read_bytes)
+        return self._call(
+            rp,
+            backend,
+            backend.fs.cat_file,
+            backend.path(rp.rel),
+            start=start,
+            end=end,
+            measure=read_bytes,
+        )
 
-    def cat_ranges(self, paths_: list[str], starts: Any, ends: Any, max_gap: Any = None,
-                   on_error: str = "return", **kwargs: Any) -> list[Any]:
+    def cat_ranges(
+        self,
+        paths_: list[str],
+        starts: Any,
+        ends: Any,
+        max_gap: Any = None,
+        on_error: str = "return",
+        **kwargs: Any,
+    ) -> list[Any]:
         if not isinstance(paths_, list):
             raise TypeError("cat_ranges takes a list of paths")
         if not isinstance(starts, list):
@@ -542,10 +641,16 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
         out: list[Any] = [None] * len(paths_)
         for idx in groups.values():
             rp, backend = targets[idx[0]]
-            results = self._call(rp, backend, backend.fs.cat_ranges,
-                                 [backend.path(targets[i][0].rel) for i in idx],
-                                 [starts[i] for i in idx], [ends[i] for i in idx],
-                                 on_error=on_error, **kwargs)
+            results = self._call(
+                rp,
+                backend,
+                backend.fs.cat_ranges,
+                [backend.path(targets[i][0].rel) for i in idx],
+                [starts[i] for i in idx],
+                [ends[i] for i in idx],
+                on_error=on_error,
+                **kwargs,
+            )
             for i, r in zip(idx, results, strict=True):
                 if isinstance(r, Exception):
                     r = errors.translate(r, targets[i][0].full, backend.secrets)
@@ -554,8 +659,14 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
                 out[i] = r
         return out
 
-    def get_file(self, rpath: str, lpath: str, callback: Any = DEFAULT_CALLBACK,
-                 outfile: Any = None, **kwargs: Any) -> None:
+    def get_file(
+        self,
+        rpath: str,
+        lpath: str,
+        callback: Any = DEFAULT_CALLBACK,
+        outfile: Any = None,
+        **kwargs: Any,
+    ) -> None:
         rp, backend = self._target(rpath, Access.READ, "read")
         if self.isdir(rpath):
             os.makedirs(lpath, exist_ok=True)
@@ -567,40 +678,87 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
         parent = os.path.dirname(lpath)
         if parent:
             os.makedirs(parent, exist_ok=True)  # as fsspec's local side does for every backend
-        self._call(rp, backend, backend.fs.get_file, backend.path(rp.rel), lpath,
-                   callback=callback, **kwargs)
+        self._call(
+            rp,
+            backend,
+            backend.fs.get_file,
+            backend.path(rp.rel),
+            lpath,
+            callback=callback,
+            **kwargs,
+        )
         self._count(rp.resource, bytes_read=os.path.getsize(lpath))
 
     # -- writing ----------------------------------------------------------------------------
 
-    def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", *,
-                  attrs: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+    def pipe_file(
+        self,
+        path: str,
+        value: bytes,
+        mode: str = "overwrite",
+        *,
+        attrs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         """``attrs``: POSIX attributes stored with the object (see ``setattrs``)."""
         rp, backend = self._target(path, Access.WRITE, "write")
         if mode != "overwrite":
             kwargs["mode"] = mode
-            if mode == "create" and not backend.local and \
-                    self._call(rp, backend, backend.fs.exists, backend.path(rp.rel)):
+            if (
+                mode == "create"
+                and not backend.local
+                and self._call(rp, backend, backend.fs.exists, backend.path(rp.rel))
+            ):
                 raise FileExistsError(errno.EEXIST, "file exists", rp.full)
         wanted = normalize(attrs)
         if backend.fast is not None and mode == "overwrite" and not kwargs:
-            self._call(rp, backend, put_bytes, backend, backend.path(rp.rel), value, wanted,
-                       count={"bytes_written": len(value)})
+            self._call(
+                rp,
+                backend,
+                put_bytes,
+                backend,
+                backend.path(rp.rel),
+                value,
+                wanted,
+                count={"bytes_written": len(value)},
+            )
             return
         if wanted and (backend.local or backend.protocol == "az"):
             with self.open(path, "wb" if mode == "overwrite" else "xb", attrs=attrs) as f:
                 f.write(value)
             return
         if wanted and backend.protocol in fsmeta.OBJECT_STORES:
-            self._call(rp, backend, put_bytes, backend, backend.path(rp.rel), value, wanted,
-                       count={"bytes_written": len(value)})
+            self._call(
+                rp,
+                backend,
+                put_bytes,
+                backend,
+                backend.path(rp.rel),
+                value,
+                wanted,
+                count={"bytes_written": len(value)},
+            )
             return
-        self._call(rp, backend, backend.fs.pipe_file, backend.path(rp.rel), value,
-                   count={"bytes_written": len(value)}, **kwargs)
+        self._call(
+            rp,
+            backend,
+            backend.fs.pipe_file,
+            backend.path(rp.rel),
+            value,
+            count={"bytes_written": len(value)},
+            **kwargs,
+        )
 
-    def put_file(self, lpath: str, rpath: str, callback: Any = DEFAULT_CALLBACK,
-                 mode: str = "overwrite", *, attrs: Mapping[str, Any] | None = None,
-                 **kwargs: Any) -> None:
+    def put_file(
+        self,
+        lpath: str,
+        rpath: str,
+        callback: Any = DEFAULT_CALLBACK,
+        mode: str = "overwrite",
+        *,
+        attrs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         """``attrs``: POSIX attributes stored with the object (see ``setattrs``)."""
         rp, backend = self._target(rpath, Access.WRITE, "write")
         if os.path.isdir(lpath):
@@ -609,11 +767,23 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
         if mode != "overwrite":
             kwargs["mode"] = mode
         wanted = normalize(attrs)
-        if backend.fast is not None and mode == "overwrite" and not kwargs and \
-                callback is DEFAULT_CALLBACK:  # obstore: one PUT, or parts several at once
+        if (
+            backend.fast is not None
+            and mode == "overwrite"
+            and not kwargs
+            and callback is DEFAULT_CALLBACK
+        ):  # obstore: one PUT, or parts several at once
             size = os.path.getsize(lpath)
-            self._call(rp, backend, put_bytes, backend, backend.path(rp.rel), Path(lpath),
-                       wanted, count={"bytes_written": size})
+            self._call(
+                rp,
+                backend,
+                put_bytes,
+                backend,
+                backend.path(rp.rel),
+                Path(lpath),
+                wanted,
+                count={"bytes_written": size},
+            )
             return
         if wanted and backend.protocol in ("az", "file"):
             # adlfs's put_file fixes the metadata itself; a local file gets its attributes
@@ -622,12 +792,20 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
                 shutil.copyfileobj(src, dst, COPY_CHUNK)
             return
         kwargs.update(fsmeta.write_kwargs(backend.protocol, wanted))
-        self._call(rp, backend, backend.fs.put_file, lpath, backend.path(rp.rel),
-                   callback=callback, **kwargs)  # local folders: a temp file renamed on close
+        self._call(
+            rp,
+            backend,
+            backend.fs.put_file,
+            lpath,
+            backend.path(rp.rel),
+            callback=callback,
+            **kwargs,
+        )  # local folders: a temp file renamed on close
         self._count(rp.resource, bytes_written=os.path.getsize(lpath))
 
-    def open_upload(self, path: str, *, attrs: Mapping[str, Any] | None = None,
-                    part_size: int = COPY_CHUNK) -> Any:
+    def open_upload(
+        self, path: str, *, attrs: Mapping[str, Any] | None = None, part_size: int = COPY_CHUNK
+    ) -> Any:
         """A file to write ``path`` front to back while its parts go out (an S3 multipart,
         GCS resumable or Azure block upload): ``close`` commits, ``discard`` gives up and
         the old object (if any) stays. ``attrs`` are stored with the object."""
@@ -635,14 +813,29 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
         if backend.fast is None:
             return self.open(path, "wb", block_size=part_size, attrs=attrs)
         bpath = backend.path(rp.rel)
-        f = self._call(rp, backend, backend.fast.writer, bpath,
-                       fsmeta.object_metadata(backend.protocol, normalize(attrs)),
-                       lambda: backend.fs.invalidate_cache(bpath))
-        return CountingFile(f, rp.full, lambda **c: self._count(rp.resource, **c),
-                            lambda exc: errors.translate(exc, rp.full, backend.secrets))
+        f = self._call(
+            rp,
+            backend,
+            backend.fast.writer,
+            bpath,
+            fsmeta.object_metadata(backend.protocol, normalize(attrs)),
+            lambda: backend.fs.invalidate_cache(bpath),
+        )
+        return CountingFile(
+            f,
+            rp.full,
+            lambda **c: self._count(rp.resource, **c),
+            lambda exc: errors.translate(exc, rp.full, backend.secrets),
+        )
 
-    def mkdir(self, path: str, create_parents: bool = True, *,
-              attrs: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+    def mkdir(
+        self,
+        path: str,
+        create_parents: bool = True,
+        *,
+        attrs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         """``attrs``: the folder's POSIX attributes; in an object store they make a marker
         object ``<folder>/`` (where the server keeps markers), so the folder exists before a
         file is put in it."""
@@ -654,15 +847,17 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
         rp, backend = self._target(path, Access.WRITE, "mkdir")
         wanted = normalize(attrs)
         bpath = backend.path(rp.rel)
-        if wanted and backend.protocol in fsmeta.OBJECT_STORES and \
-                self._call(rp, backend, fsmeta.markers_supported, backend):
+        if (
+            wanted
+            and backend.protocol in fsmeta.OBJECT_STORES
+            and self._call(rp, backend, fsmeta.markers_supported, backend)
+        ):
             wanted["mode"] = stat.S_IFDIR | stat.S_IMODE(wanted.get("mode", 0o755))
             wanted.setdefault("mtime_ns", time.time_ns())
             wanted.setdefault("ctime_ns", wanted["mtime_ns"])
             self._call(rp, backend, fsmeta.put_marker, backend, bpath, wanted)
             return
-        self._call(rp, backend, backend.fs.mkdir, bpath, create_parents=create_parents,
-                   **kwargs)
+        self._call(rp, backend, backend.fs.mkdir, bpath, create_parents=create_parents, **kwargs)
         if wanted and backend.local:
             self._call(rp, backend, self._apply_local, backend, bpath, wanted, False)
 
@@ -694,8 +889,10 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
             inside = []
         if any(not fsmeta.is_marker(n) and n.rstrip("/") != bpath for n in inside):
             raise OSError(errno.ENOTEMPTY, "directory not empty", rp.full)
-        if not inside and (not self._call(rp, backend, fsmeta.markers_supported, backend) or
-                           self._call(rp, backend, fsmeta.marker_attrs, backend, bpath) is None):
+        if not inside and (
+            not self._call(rp, backend, fsmeta.markers_supported, backend)
+            or self._call(rp, backend, fsmeta.marker_attrs, backend, bpath) is None
+        ):
             raise FileNotFoundError(errno.ENOENT, "no such folder", rp.full)
         self._call(rp, backend, fsmeta.remove_marker, backend, bpath)
 
@@ -712,21 +909,21 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
             rp, backend = self._target(p, Access.WRITE, "delete")
             if not rp.rel:
                 if not recursive:
-                    raise IsADirectoryError(errno.EISDIR, "is a directory; use recursive=True",
-                                            rp.full)
+                    raise IsADirectoryError(
+                        errno.EISDIR, "is a directory; use recursive=True", rp.full
+                    )
                 # Empty the resource, never delete its bucket or folder itself.
                 children = [backend.path(paths.split(c).rel) for c in self.ls(rp.full, False)]
                 if children:
                     groups.setdefault(rp.resource, (rp, backend, []))[2].extend(children)
                 continue
-            groups.setdefault(rp.resource, (rp, backend, []))[2].append(
-                backend.path(rp.rel))
+            groups.setdefault(rp.resource, (rp, backend, []))[2].append(backend.path(rp.rel))
         for rp, backend, bpaths in groups.values():
-            self._call(rp, backend, backend.fs.rm, bpaths, recursive=recursive,
-                       maxdepth=maxdepth)
+            self._call(rp, backend, backend.fs.rm, bpaths, recursive=recursive, maxdepth=maxdepth)
 
-    def cp_file(self, path1: str, path2: str, callback: Any = DEFAULT_CALLBACK,
-                **kwargs: Any) -> None:
+    def cp_file(
+        self, path1: str, path2: str, callback: Any = DEFAULT_CALLBACK, **kwargs: Any
+    ) -> None:
         """Copy one file: server-side within a resource, else streamed. ``callback`` (as
         ``copy(..., callback=)`` passes it) hears each file's size and bytes copied."""
         rp1, b1 = self._target(path1, Access.READ, "read")
@@ -742,8 +939,11 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
         if self.isdir(path1):
             self.makedirs(path2, exist_ok=True)
             return
-        kept = {k: v for k, v in self.info(path1).items()
-                if k in ("mode", "uid", "gid", "atime_ns", "mtime_ns")}
+        kept = {
+            k: v
+            for k, v in self.info(path1).items()
+            if k in ("mode", "uid", "gid", "atime_ns", "mtime_ns")
+        }
         if b1.local:
             kept.pop("uid", None)  # a local file's owner is the host's, not the data's
             kept.pop("gid", None)
@@ -753,8 +953,14 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
                 dst.write(chunk)
                 callback.relative_update(len(chunk))
 
-    def mv(self, path1: Any, path2: Any, recursive: bool = False, maxdepth: int | None = None,
-           **kwargs: Any) -> None:
+    def mv(
+        self,
+        path1: Any,
+        path2: Any,
+        recursive: bool = False,
+        maxdepth: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         if isinstance(path1, str) and isinstance(path2, str):
             rp1, b1 = self._target(path1, Access.WRITE, "move")
             rp2, b2 = self._target(path2, Access.WRITE, "move")
@@ -763,31 +969,48 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
                     return
                 src, dst = b1.path(rp1.rel), b2.path(rp2.rel)
                 if b1.protocol in ("file", "memory"):
-                    self._call(rp1, b1, b1.fs.mv, src, dst, recursive=recursive,
-                               maxdepth=maxdepth, **kwargs)
+                    self._call(
+                        rp1,
+                        b1,
+                        b1.fs.mv,
+                        src,
+                        dst,
+                        recursive=recursive,
+                        maxdepth=maxdepth,
+                        **kwargs,
+                    )
                 else:  # object stores: server-side copy, then delete (no emulator-only APIs)
                     markers = self._markers_below(rp1, b1, src) if recursive else []
                     if not markers or any(not fsmeta.is_marker(m) for m in markers):
-                        self._call(rp1, b1, b1.fs.copy, src, dst, recursive=recursive,
-                                   maxdepth=maxdepth)
+                        self._call(
+                            rp1, b1, b1.fs.copy, src, dst, recursive=recursive, maxdepth=maxdepth
+                        )
                     for m in (m for m in markers if fsmeta.is_marker(m)):
-                        self._call(rp1, b1, fsmeta.copy_marker, b1, m.rstrip("/"),
-                                   dst + m.rstrip("/")[len(src):])
+                        self._call(
+                            rp1,
+                            b1,
+                            fsmeta.copy_marker,
+                            b1,
+                            m.rstrip("/"),
+                            dst + m.rstrip("/")[len(src) :],
+                        )
                     self._call(rp1, b1, b1.fs.rm, src, recursive=recursive, maxdepth=maxdepth)
                     if markers:
                         self._call(rp1, b1, fsmeta.remove_marker, b1, src)
                 return
         super().mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
 
-    def abort_uploads(self, path: str, since: float | None = None,
-                      until: float | None = None) -> int:
+    def abort_uploads(
+        self, path: str, since: float | None = None, until: float | None = None
+    ) -> int:
         """Abort unfinished multipart uploads of ``path`` (S3) begun between ``since`` and
         ``until`` (Unix times; None: no bound); returns how many. They are what a writer that
         crashed leaves behind: never visible, yet stored and billed until aborted. GCS and
         Azure drop unfinished uploads by themselves after a week (0 here)."""
         rp, backend = self._target(path, Access.WRITE, "write")
-        n: int = self._call(rp, backend, fsmeta.abort_uploads, backend, backend.path(rp.rel),
-                            since, until)
+        n: int = self._call(
+            rp, backend, fsmeta.abort_uploads, backend, backend.path(rp.rel), since, until
+        )
         return n
 
     def _markers_below(self, rp: RepoPath, backend: Backend, bpath: str) -> list[str]:
@@ -812,5 +1035,6 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
             b.fs.invalidate_cache()
 
     def sign(self, path: str, expiration: int = 100, **kwargs: Any) -> str:
-        raise NotImplementedError("repo:// does not hand out backend URLs (they would bypass "
-                                  "the key)")
+        raise NotImplementedError(
+            "repo:// does not hand out backend URLs (they would bypass the key)"
+        )

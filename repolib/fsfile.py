@@ -61,9 +61,14 @@ def temp_name(name: str) -> str:
 class CountingFile(io.BufferedIOBase):
     """A backend file that counts the bytes it moves and translates backend errors."""
 
-    def __init__(self, f: Any, path: str, count: Callable[..., None],
-                 translate: Callable[[BaseException], BaseException],
-                 before_close: Callable[[Any], None] | None = None) -> None:
+    def __init__(
+        self,
+        f: Any,
+        path: str,
+        count: Callable[..., None],
+        translate: Callable[[BaseException], BaseException],
+        before_close: Callable[[Any], None] | None = None,
+    ) -> None:
         self._f = f
         self._before_close = before_close  # e.g. set a new local file's mode and times
         self.path = path
@@ -172,4 +177,3 @@ class CountingFile(io.BufferedIOBase):
 
     def __repr__(self) -> str:
         return f"<repo file {self.path!r}>"
-

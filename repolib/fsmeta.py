@@ -40,8 +40,10 @@ COPY_LIMIT = 5 * 2**30  # S3 copy_object copies at most this much; above it, a m
 COPY_PART = 512 * 2**20
 HEAD_CONCURRENCY = 32
 _GSUTIL_MTIME = "goog-reserved-file-mtime"
-_RFC3339 = re.compile(r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9})\d*)?"
-                      r"(Z|z|[+-]\d\d:\d\d)?$")
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9})\d*)?"
+    r"(Z|z|[+-]\d\d:\d\d)?$"
+)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
@@ -176,10 +178,15 @@ def _s3_split(fs: Any, bpath: str) -> tuple[str, str]:
 
 
 def _s3_info(bpath: str, head: Mapping[str, Any], kind: str = "file") -> dict[str, Any]:
-    return {"name": bpath, "type": kind, "size": 0 if kind == "directory" else
-            int(head.get("ContentLength") or 0), "ETag": head.get("ETag", ""),
-            "LastModified": head.get("LastModified"), "ContentType": head.get("ContentType"),
-            "metadata": dict(head.get("Metadata") or {})}
+    return {
+        "name": bpath,
+        "type": kind,
+        "size": 0 if kind == "directory" else int(head.get("ContentLength") or 0),
+        "ETag": head.get("ETag", ""),
+        "LastModified": head.get("LastModified"),
+        "ContentType": head.get("ContentType"),
+        "metadata": dict(head.get("Metadata") or {}),
+    }
 
 
 async def _s3_stat(fs: Any, bpath: str, fast: Any = None) -> dict[str, Any]:
@@ -197,8 +204,9 @@ async def _s3_stat(fs: Any, bpath: str, fast: Any = None) -> dict[str, Any]:
         return _s3_info(bpath, await fs._call_s3("head_object", Bucket=bucket, Key=key))
     except FileNotFoundError:
         pass
-    listed = await fs._call_s3("list_objects_v2", Bucket=bucket, Prefix=key + "/",
-                               Delimiter="/", MaxKeys=1)
+    listed = await fs._call_s3(
+        "list_objects_v2", Bucket=bucket, Prefix=key + "/", Delimiter="/", MaxKeys=1
+    )
     contents = listed.get("Contents") or []
     if not contents and not listed.get("CommonPrefixes"):
         raise FileNotFoundError(bpath)
@@ -281,8 +289,9 @@ def _marker_metadata(backend: Any, bpath: str) -> dict[str, Any] | None:
     return None
 
 
-def update(backend: Any, bpath: str, info: Mapping[str, Any], attrs: Mapping[str, Any]
-           ) -> dict[str, Any]:
+def update(
+    backend: Any, bpath: str, info: Mapping[str, Any], attrs: Mapping[str, Any]
+) -> dict[str, Any]:
     """Store new attributes of an existing object without sending its data again (S3: a copy
     in place with new metadata; GCS: a metadata patch; Azure: set metadata). Returns the
     object's attributes after the change. A folder gets (or updates) its marker object."""
@@ -295,42 +304,65 @@ def update(backend: Any, bpath: str, info: Mapping[str, Any], attrs: Mapping[str
     fs = backend.fs
     if backend.protocol == "s3":
         bucket, key = _s3_split(fs, bpath)
-        keep = {k: v for k, v in (info.get("metadata") or {}).items()
-                if k.lower() not in INT_KEYS + TIME_KEYS}
+        keep = {
+            k: v
+            for k, v in (info.get("metadata") or {}).items()
+            if k.lower() not in INT_KEYS + TIME_KEYS
+        }
         extra = {"ContentType": info["ContentType"]} if info.get("ContentType") else {}
         size = int(info.get("size") or 0)
         if size <= COPY_LIMIT:
-            fs.call_s3("copy_object", Bucket=bucket, Key=key, Metadata={**keep, **md},
-                       CopySource={"Bucket": bucket, "Key": key},
-                       MetadataDirective="REPLACE", **extra)
+            fs.call_s3(
+                "copy_object",
+                Bucket=bucket,
+                Key=key,
+                Metadata={**keep, **md},
+                CopySource={"Bucket": bucket, "Key": key},
+                MetadataDirective="REPLACE",
+                **extra,
+            )
         else:
             _s3_copy_multipart(fs, bucket, key, size, {**keep, **md}, extra)
         fs.invalidate_cache(bpath)
     elif backend.protocol == "gcs":
         fs.setxattrs(bpath, **md)
     elif backend.protocol == "az":
-        keep = {k: v for k, v in (info.get("metadata") or {}).items()
-                if k.lower() not in INT_KEYS + TIME_KEYS}
+        keep = {
+            k: v
+            for k, v in (info.get("metadata") or {}).items()
+            if k.lower() not in INT_KEYS + TIME_KEYS
+        }
         fs.setxattrs(bpath, **{**keep, **md})
     return merged
 
 
-def _s3_copy_multipart(fs: Any, bucket: str, key: str, size: int, metadata: dict[str, str],
-                       extra: dict[str, Any]) -> None:
+def _s3_copy_multipart(
+    fs: Any, bucket: str, key: str, size: int, metadata: dict[str, str], extra: dict[str, Any]
+) -> None:
     """Copy an object over 5 GiB onto itself with new metadata (server side, in parts)."""
-    mpu = fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key, Metadata=metadata,
-                     **extra)
+    mpu = fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key, Metadata=metadata, **extra)
     uid = mpu["UploadId"]
     try:
         parts = []
         for n, start in enumerate(range(0, size, COPY_PART), 1):
             end = min(start + COPY_PART, size) - 1
-            out = fs.call_s3("upload_part_copy", Bucket=bucket, Key=key, UploadId=uid,
-                             PartNumber=n, CopySource={"Bucket": bucket, "Key": key},
-                             CopySourceRange=f"bytes={start}-{end}")
+            out = fs.call_s3(
+                "upload_part_copy",
+                Bucket=bucket,
+                Key=key,
+                UploadId=uid,
+                PartNumber=n,
+                CopySource={"Bucket": bucket, "Key": key},
+                CopySourceRange=f"bytes={start}-{end}",
+            )
             parts.append({"PartNumber": n, "ETag": out["CopyPartResult"]["ETag"]})
-        fs.call_s3("complete_multipart_upload", Bucket=bucket, Key=key, UploadId=uid,
-                   MultipartUpload={"Parts": parts})
+        fs.call_s3(
+            "complete_multipart_upload",
+            Bucket=bucket,
+            Key=key,
+            UploadId=uid,
+            MultipartUpload={"Parts": parts},
+        )
     except BaseException:
         fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=uid)
         raise
@@ -354,8 +386,7 @@ def put_marker(backend: Any, bpath: str, attrs: Mapping[str, Any]) -> None:
 
         async def put() -> None:
             async with fs.service_client.get_blob_client(container, key + "/") as bc:
-                await bc.upload_blob(b"", overwrite=True,
-                                     metadata={**md, "is_directory": "true"})
+                await bc.upload_blob(b"", overwrite=True, metadata={**md, "is_directory": "true"})
 
         sync(fs.loop, put)
     fs.invalidate_cache(bpath)
@@ -420,8 +451,7 @@ def _probe_s3_markers(backend: Any) -> bool:
     except Exception:
         return False
     try:
-        listed = fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key + "/",
-                            Delimiter="/")
+        listed = fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key + "/", Delimiter="/")
         prefixes = [p.get("Prefix") for p in listed.get("CommonPrefixes") or []]
         return f"{key}/inner/" in prefixes
     except Exception:
@@ -453,8 +483,10 @@ def abort_uploads(backend: Any, bpath: str, since: float | None, until: float | 
                 found.append(u["UploadId"])
         if not page.get("IsTruncated"):
             break
-        kw.update(KeyMarker=page.get("NextKeyMarker", ""),
-                  UploadIdMarker=page.get("NextUploadIdMarker", ""))
+        kw.update(
+            KeyMarker=page.get("NextKeyMarker", ""),
+            UploadIdMarker=page.get("NextUploadIdMarker", ""),
+        )
     for upload_id in found:
         with contextlib.suppress(FileNotFoundError):  # finished or aborted meanwhile
             fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)

@@ -39,8 +39,9 @@ def normalize(attrs: Attrs | None) -> dict[str, Any]:
         elif k.endswith("_ns") and k[:-3] in fsmeta.TIME_KEYS:
             out[k] = int(v)
         else:
-            raise TypeError(f"unknown attribute {k!r}: use mode, uid, gid, rdev, atime, mtime "
-                            "or ctime")
+            raise TypeError(
+                f"unknown attribute {k!r}: use mode, uid, gid, rdev, atime, mtime or ctime"
+            )
     return out
 
 
@@ -65,9 +66,18 @@ class PosixOps:
     _entry: Any
     info: Any
 
-    def setattrs(self, path: str, mode: int | None = None, uid: int | None = None,
-                 gid: int | None = None, atime: Any = None, mtime: Any = None, *,
-                 atime_ns: int | None = None, mtime_ns: int | None = None) -> dict[str, Any]:
+    def setattrs(
+        self,
+        path: str,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        atime: Any = None,
+        mtime: Any = None,
+        *,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+    ) -> dict[str, Any]:
         """Change a file's or folder's mode (permission bits), owner and times, keeping its
         data: S3 copies the object onto itself with new metadata (no upload), GCS patches its
         metadata, Azure sets it, a local folder's file gets chmod/chown/utime. Times are float
@@ -77,8 +87,16 @@ class PosixOps:
         rp, backend = self._target(path, Access.WRITE, "setattr")
         if not rp.rel:
             raise _eperm("a resource's root keeps no attributes", rp.full)
-        changes = normalize({"uid": uid, "gid": gid, "atime": atime, "mtime": mtime,
-                             "atime_ns": atime_ns, "mtime_ns": mtime_ns})
+        changes = normalize(
+            {
+                "uid": uid,
+                "gid": gid,
+                "atime": atime,
+                "mtime": mtime,
+                "atime_ns": atime_ns,
+                "mtime_ns": mtime_ns,
+            }
+        )
         if mode is not None:
             changes["mode"] = stat.S_IMODE(int(mode))
         if backend.protocol == "file":
@@ -103,8 +121,10 @@ class PosixOps:
         changes["ctime_ns"] = time.time_ns()
         merged = self._call(rp, backend, fsmeta.update, backend, bpath, current, changes)
         out = dict(current)
-        out["metadata"] = {**(current.get("metadata") or {}),
-                           **fsmeta.encode(backend.protocol, merged)}
+        out["metadata"] = {
+            **(current.get("metadata") or {}),
+            **fsmeta.encode(backend.protocol, merged),
+        }
         updated: dict[str, Any] = self._entry(rp, backend, out)
         return updated
 
@@ -113,8 +133,11 @@ class PosixOps:
         symlink in a local folder, an object holding the target with a symlink mode elsewhere
         (s3fs-fuse's convention). FileExistsError if ``path`` exists."""
         if not target or "\x00" in target or len(target.encode()) > 4095:
-            raise OSError(errno.ENAMETOOLONG if target and "\x00" not in target else
-                          errno.ENOENT, "bad symlink target", path)
+            raise OSError(
+                errno.ENAMETOOLONG if target and "\x00" not in target else errno.ENOENT,
+                "bad symlink target",
+                path,
+            )
         rp, backend = self._target(path, Access.WRITE, "write")
         wanted = normalize(attrs)
         wanted["mode"] = fsmeta.SYMLINK_MODE
@@ -136,21 +159,23 @@ class PosixOps:
         mode = fsmeta.decode(info.get("metadata")).get("mode")
         if mode is None or not stat.S_ISLNK(mode):
             raise OSError(errno.EINVAL, "not a symlink", rp.full)
-        data: bytes = self._call(rp, backend, backend.fs.cat_file, bpath,
-                                 count={"bytes_read": int(info.get("size") or 0)})
+        data: bytes = self._call(
+            rp,
+            backend,
+            backend.fs.cat_file,
+            bpath,
+            count={"bytes_read": int(info.get("size") or 0)},
+        )
         return data.decode("utf-8", "surrogateescape")
 
-    def mknod(self, path: str, mode: int, rdev: int = 0, *, attrs: Attrs | None = None
-              ) -> None:
+    def mknod(self, path: str, mode: int, rdev: int = 0, *, attrs: Attrs | None = None) -> None:
         """Make a regular file (empty), FIFO, socket or device node at ``path``. Object
         stores keep the node as an empty object whose mode says what it is (s3fs-fuse's
         convention); a local folder gets the real node. FileExistsError if it exists."""
         rp, backend = self._target(path, Access.WRITE, "write")
         kind = stat.S_IFMT(mode) or stat.S_IFREG
-        if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR,
-                        stat.S_IFBLK):
-            raise OSError(errno.EINVAL, "mknod makes files, FIFOs, sockets and devices",
-                          rp.full)
+        if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
+            raise OSError(errno.EINVAL, "mknod makes files, FIFOs, sockets and devices", rp.full)
         wanted = normalize(attrs)
         wanted["mode"] = kind | stat.S_IMODE(mode)
         if kind in (stat.S_IFCHR, stat.S_IFBLK):
@@ -162,13 +187,15 @@ class PosixOps:
         if backend.protocol == "file":
             bpath = backend.path(rp.rel)
             if kind == stat.S_IFLNK:
-                self._call(rp, backend, backend.fs.symlink, body.decode("utf-8",
-                                                                        "surrogateescape"), bpath)
+                self._call(
+                    rp, backend, backend.fs.symlink, body.decode("utf-8", "surrogateescape"), bpath
+                )
             elif kind == stat.S_IFREG:
                 self._call(rp, backend, _create_empty, backend.fs, bpath)
             else:
-                self._call(rp, backend, backend.fs.mknod, bpath, attrs["mode"],
-                           attrs.get("rdev", 0))
+                self._call(
+                    rp, backend, backend.fs.mknod, bpath, attrs["mode"], attrs.get("rdev", 0)
+                )
             rest = {k: v for k, v in attrs.items() if k not in ("mode", "rdev")}
             if kind != stat.S_IFLNK:
                 rest["mode"] = attrs["mode"]
@@ -184,8 +211,9 @@ class PosixOps:
             raise FileExistsError(errno.EEXIST, "file exists", rp.full)
         attrs.setdefault("mtime_ns", time.time_ns())
         attrs.setdefault("ctime_ns", attrs["mtime_ns"])
-        self._call(rp, backend, put_bytes, backend, bpath, body, attrs,
-                   count={"bytes_written": len(body)})
+        self._call(
+            rp, backend, put_bytes, backend, bpath, body, attrs, count={"bytes_written": len(body)}
+        )
 
     def info_many(self, paths: list[str]) -> list[dict[str, Any] | OSError]:
         """``info()`` of many paths, each answer or its error in order; on S3 the requests
@@ -207,9 +235,14 @@ class PosixOps:
             groups.setdefault(rp.resource, []).append((i, rp, backend))
         for items in groups.values():
             _, rp0, backend = items[0]
-            found = self._call(rp0, backend, fsmeta.stat_many, backend,
-                               [backend.path(rp.rel) for _, rp, _ in items],
-                               count={"requests": len(items) - 1})
+            found = self._call(
+                rp0,
+                backend,
+                fsmeta.stat_many,
+                backend,
+                [backend.path(rp.rel) for _, rp, _ in items],
+                count={"requests": len(items) - 1},
+            )
             from . import errors
 
             for (i, rp, _), r in zip(items, found, strict=True):
@@ -232,8 +265,11 @@ class PosixOps:
                 if backend.allow_chown:
                     fs.chown(bpath, -1 if uid is None else uid, -1 if gid is None else gid)
                 elif strict:
-                    raise _eperm("owners of a local folder's files change only with the "
-                                 "resource option allow_chown", bpath)
+                    raise _eperm(
+                        "owners of a local folder's files change only with the "
+                        "resource option allow_chown",
+                        bpath,
+                    )
         if attrs.get("mode") is not None:
             fs.chmod(bpath, attrs["mode"])
         if attrs.get("atime_ns") is not None or attrs.get("mtime_ns") is not None:
@@ -247,8 +283,9 @@ def apply_to_fd(fd: int, attrs: Mapping[str, Any], allow_chown: bool) -> None:
 
     st = os.fstat(fd)
     uid, gid = attrs.get("uid"), attrs.get("gid")
-    if allow_chown and ((uid is not None and uid != st.st_uid) or
-                        (gid is not None and gid != st.st_gid)):
+    if allow_chown and (
+        (uid is not None and uid != st.st_uid) or (gid is not None and gid != st.st_gid)
+    ):
         os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
     if attrs.get("mode") is not None:
         os.fchmod(fd, stat.S_IMODE(attrs["mode"]))

@@ -51,8 +51,9 @@ class ResourceInfo:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["credentials"] = list(self.credentials)
-        d["read_credentials"] = None if self.read_credentials is None else list(
-            self.read_credentials)
+        d["read_credentials"] = (
+            None if self.read_credentials is None else list(self.read_credentials)
+        )
         d["created_at"], d["updated_at"] = iso(self.created_at), iso(self.updated_at)
         return d
 
@@ -85,13 +86,18 @@ class KeyInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "key_id": self.key_id, "repository": self.repository, "name": self.name,
-            "access": self.access.value, "masked": self.masked,
+            "key_id": self.key_id,
+            "repository": self.repository,
+            "name": self.name,
+            "access": self.access.value,
+            "masked": self.masked,
             "resources": None if self.resources is None else list(self.resources),
             "expires_at": iso(self.expires_at),
             "ai": None if self.ai is None else self.ai.to_dict(),
-            "created_at": iso(self.created_at), "created_by": self.created_by,
-            "last_used_at": iso(self.last_used_at), "revoked_at": iso(self.revoked_at),
+            "created_at": iso(self.created_at),
+            "created_by": self.created_by,
+            "last_used_at": iso(self.last_used_at),
+            "revoked_at": iso(self.revoked_at),
             "status": self.status(),
         }
 
@@ -99,8 +105,10 @@ class KeyInfo:
 def _html_table(headers: list[str], rows: list[list[Any]], empty: str) -> str:
     esc = html.escape
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{esc('-' if c is None else str(c))}</td>" for c in r)
-                   + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{esc('-' if c is None else str(c))}</td>" for c in r) + "</tr>"
+        for r in rows
+    )
     if not rows:
         body = f'<tr><td colspan="{len(headers)}"><i>{esc(empty)}</i></td></tr>'
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -112,8 +120,19 @@ class ResourceList(list[ResourceInfo]):
     def _repr_html_(self) -> str:
         return _html_table(
             ["repository", "name", "kind", "target", "credentials set", "updated"],
-            [[r.repository, r.name, r.kind, r.summary, ", ".join(r.credentials) or "none",
-              iso(r.updated_at)] for r in self], "no resources")
+            [
+                [
+                    r.repository,
+                    r.name,
+                    r.kind,
+                    r.summary,
+                    ", ".join(r.credentials) or "none",
+                    iso(r.updated_at),
+                ]
+                for r in self
+            ],
+            "no resources",
+        )
 
 
 class KeyList(list[KeyInfo]):
@@ -121,12 +140,33 @@ class KeyList(list[KeyInfo]):
 
     def _repr_html_(self) -> str:
         return _html_table(
-            ["repository", "key", "name", "access", "resources", "expires", "ai", "last used",
-             "status"],
-            [[k.repository, k.masked, k.name, k.access.value,
-              "all" if k.resources is None else ", ".join(k.resources) or "none",
-              iso(k.expires_at), "off" if k.ai is None else k.ai.describe(),
-              iso(k.last_used_at), k.status()] for k in self], "no keys")
+            [
+                "repository",
+                "key",
+                "name",
+                "access",
+                "resources",
+                "expires",
+                "ai",
+                "last used",
+                "status",
+            ],
+            [
+                [
+                    k.repository,
+                    k.masked,
+                    k.name,
+                    k.access.value,
+                    "all" if k.resources is None else ", ".join(k.resources) or "none",
+                    iso(k.expires_at),
+                    "off" if k.ai is None else k.ai.describe(),
+                    iso(k.last_used_at),
+                    k.status(),
+                ]
+                for k in self
+            ],
+            "no keys",
+        )
 
 
 class IssuedKey:
@@ -158,8 +198,10 @@ class IssuedKey:
         return self.info.access
 
     def __repr__(self) -> str:
-        return (f"IssuedKey(key_id={self.key_id!r}, name={self.name!r}, "
-                f"access={self.access.value!r}, token={self.info.masked!r})")
+        return (
+            f"IssuedKey(key_id={self.key_id!r}, name={self.name!r}, "
+            f"access={self.access.value!r}, token={self.info.masked!r})"
+        )
 
     __str__ = __repr__
 

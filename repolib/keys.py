@@ -22,11 +22,11 @@ PREFIX = "rpk_"
 ALPHABET = string.digits + string.ascii_uppercase + string.ascii_lowercase
 KEY_ID_LENGTH = 12
 SECRET_LENGTH = 43  # 62**43 > 2**256
-_TOKEN = re.compile(
-    rf"rpk_([0-9A-Za-z]{{{KEY_ID_LENGTH}}})_([0-9A-Za-z]{{{SECRET_LENGTH}}})"
+_TOKEN = re.compile(rf"rpk_([0-9A-Za-z]{{{KEY_ID_LENGTH}}})_([0-9A-Za-z]{{{SECRET_LENGTH}}})")
+WHITESPACE_HINT = (
+    "invalid API key: it has leading or trailing whitespace (a newline kept from a "
+    "key file read with open().read()?); remove it"
 )
-WHITESPACE_HINT = ("invalid API key: it has leading or trailing whitespace (a newline kept from a "
-                   "key file read with open().read()?); remove it")
 _KEY_ID = re.compile(rf"[0-9A-Za-z]{{{KEY_ID_LENGTH}}}")
 
 
@@ -59,8 +59,10 @@ def parse_token(token: object) -> tuple[str, str]:
 def check_key_id(key_id: object) -> str:
     """Validate a key id given on its own (CLI arguments, update_key)."""
     if not isinstance(key_id, str) or _KEY_ID.fullmatch(key_id) is None:
-        raise ConfigError(f"not a key id: expected {KEY_ID_LENGTH} letters or digits, as "
-                          "shown by `repolib key list`")
+        raise ConfigError(
+            f"not a key id: expected {KEY_ID_LENGTH} letters or digits, as "
+            "shown by `repolib key list`"
+        )
     return key_id
 
 

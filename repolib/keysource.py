@@ -40,8 +40,11 @@ def read_key_file(path: str) -> str:
     return text
 
 
-def find_key(key: str | None = None, key_file: str | os.PathLike[str] | None = None,
-             environ: Mapping[str, str] | None = None) -> KeySource | None:
+def find_key(
+    key: str | None = None,
+    key_file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> KeySource | None:
     """The key to use, by the one order above; None when there is none anywhere."""
     env = os.environ if environ is None else environ
     if key is not None:  # with key_file too: the token already read from that file
@@ -60,8 +63,11 @@ def _absolute(path: str | os.PathLike[str]) -> str:
     return os.path.abspath(os.path.expanduser(os.fspath(path)))
 
 
-def require_key(key: str | None = None, key_file: str | os.PathLike[str] | None = None,
-                hint: str = "pass key=...") -> KeySource:
+def require_key(
+    key: str | None = None,
+    key_file: str | os.PathLike[str] | None = None,
+    hint: str = "pass key=...",
+) -> KeySource:
     """``find_key``, or InvalidKey saying where a key may come from."""
     found = find_key(key, key_file)
     if found is None:

@@ -46,8 +46,7 @@ _RESOLVE_BENEATH = 0x08
 
 
 class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
-                ("resolve", ctypes.c_uint64)]
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
 def _load_openat2() -> Any:
@@ -59,8 +58,13 @@ def _load_openat2() -> Any:
     except (OSError, AttributeError):
         return None
     syscall.restype = ctypes.c_long
-    syscall.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_char_p,
-                        ctypes.POINTER(_OpenHow), ctypes.c_size_t]
+    syscall.argtypes = [
+        ctypes.c_long,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.POINTER(_OpenHow),
+        ctypes.c_size_t,
+    ]
     return syscall
 
 
@@ -73,10 +77,12 @@ def _openat2(dirfd: int, rel: str, flags: int, mode: int = 0) -> int | None:
     global _has_openat2
     if not _has_openat2 and _has_openat2 is not None:
         return None
-    how = _OpenHow(flags | _O_CLOEXEC, mode if flags & os.O_CREAT else 0,
-                   _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
-    fd = _syscall(_SYS_OPENAT2, dirfd, os.fsencode(rel), ctypes.byref(how),
-                  ctypes.sizeof(how))
+    how = _OpenHow(
+        flags | _O_CLOEXEC,
+        mode if flags & os.O_CREAT else 0,
+        _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS,
+    )
+    fd = _syscall(_SYS_OPENAT2, dirfd, os.fsencode(rel), ctypes.byref(how), ctypes.sizeof(how))
     if fd >= 0:
         _has_openat2 = True
         return int(fd)
@@ -146,7 +152,7 @@ class SafeLocalFileSystem(AbstractFileSystem):
         prefix = self.root.rstrip("/") + "/"
         if not path.startswith(prefix):
             raise PathEscape(path, "outside the folder")
-        rel = path[len(prefix):]
+        rel = path[len(prefix) :]
         if any(part in ("", ".", "..") for part in rel.split("/")):
             raise PathEscape(rel, "'.', '..' or empty segment")
         return rel
@@ -162,8 +168,9 @@ class SafeLocalFileSystem(AbstractFileSystem):
             root = os.open(self.root, _DIR_FLAGS)
         except FileNotFoundError:
             if not create:
-                raise FileNotFoundError(errno.ENOENT, "the folder does not exist",
-                                        self.root) from None
+                raise FileNotFoundError(
+                    errno.ENOENT, "the folder does not exist", self.root
+                ) from None
             os.makedirs(self.root, exist_ok=True)  # as LocalFileSystem(auto_mkdir) did
             root = os.open(self.root, _DIR_FLAGS)
         try:
@@ -191,8 +198,9 @@ class SafeLocalFileSystem(AbstractFileSystem):
                     new = os.open(part, _DIR_FLAGS, dir_fd=cur)
                 except FileNotFoundError:
                     if not create:
-                        raise FileNotFoundError(errno.ENOENT, "no such file or folder",
-                                                rel) from None
+                        raise FileNotFoundError(
+                            errno.ENOENT, "no such file or folder", rel
+                        ) from None
                     with contextlib.suppress(FileExistsError):
                         os.mkdir(part, dir_fd=cur)
                     new = self._walk_error_checked(part, cur, rel)
@@ -223,7 +231,8 @@ class SafeLocalFileSystem(AbstractFileSystem):
         if exc.errno in (errno.ELOOP, errno.EXDEV):
             return PathEscape(rel, "symlink in the path is not followed")
         cls = {errno.ENOENT: FileNotFoundError, errno.ENOTDIR: NotADirectoryError}.get(
-            exc.errno or 0, OSError)
+            exc.errno or 0, OSError
+        )
         return cls(exc.errno, exc.strerror, rel)
 
     @contextlib.contextmanager
@@ -272,11 +281,23 @@ class SafeLocalFileSystem(AbstractFileSystem):
         else:
             kind = "other"
         out: dict[str, Any] = {
-            "name": full, "size": st.st_size, "type": kind, "islink": dest is not None,
-            "created": st.st_ctime, "mode": st.st_mode, "uid": st.st_uid, "gid": st.st_gid,
-            "mtime": st.st_mtime, "atime": st.st_atime, "ctime": st.st_ctime,
-            "mtime_ns": st.st_mtime_ns, "atime_ns": st.st_atime_ns, "ctime_ns": st.st_ctime_ns,
-            "ino": st.st_ino, "nlink": st.st_nlink, "rdev": st.st_rdev,
+            "name": full,
+            "size": st.st_size,
+            "type": kind,
+            "islink": dest is not None,
+            "created": st.st_ctime,
+            "mode": st.st_mode,
+            "uid": st.st_uid,
+            "gid": st.st_gid,
+            "mtime": st.st_mtime,
+            "atime": st.st_atime,
+            "ctime": st.st_ctime,
+            "mtime_ns": st.st_mtime_ns,
+            "atime_ns": st.st_atime_ns,
+            "ctime_ns": st.st_ctime_ns,
+            "ino": st.st_ino,
+            "nlink": st.st_nlink,
+            "rdev": st.st_rdev,
         }
         if dest is not None:
             out["destination"] = dest
@@ -340,16 +361,20 @@ class SafeLocalFileSystem(AbstractFileSystem):
         """Set access and modification times (None keeps one) of the entry itself."""
         with self._at(path) as (pfd, name, _rel):
             st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-            ns = (st.st_atime_ns if atime is None else int(atime * 1e9),
-                  st.st_mtime_ns if mtime is None else int(mtime * 1e9))
+            ns = (
+                st.st_atime_ns if atime is None else int(atime * 1e9),
+                st.st_mtime_ns if mtime is None else int(mtime * 1e9),
+            )
             os.utime(name, ns=ns, dir_fd=pfd, follow_symlinks=False)
 
     def utime_ns(self, path: str, atime_ns: int | None, mtime_ns: int | None) -> None:
         """``utime`` in exact nanoseconds (None keeps one)."""
         with self._at(path) as (pfd, name, _rel):
             st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-            ns = (st.st_atime_ns if atime_ns is None else atime_ns,
-                  st.st_mtime_ns if mtime_ns is None else mtime_ns)
+            ns = (
+                st.st_atime_ns if atime_ns is None else atime_ns,
+                st.st_mtime_ns if mtime_ns is None else mtime_ns,
+            )
             os.utime(name, ns=ns, dir_fd=pfd, follow_symlinks=False)
 
     def mknod(self, path: str, mode: int, rdev: int = 0) -> None:
@@ -411,16 +436,20 @@ class SafeLocalFileSystem(AbstractFileSystem):
                 if not stat.S_ISDIR(st.st_mode):
                     os.unlink(name, dir_fd=pfd)
                 elif not recursive:
-                    raise IsADirectoryError(errno.EISDIR, "is a directory: use recursive",
-                                            rel)
+                    raise IsADirectoryError(errno.EISDIR, "is a directory: use recursive", rel)
                 elif not rel:
-                    raise PermissionError(errno.EACCES, "the folder itself cannot be removed",
-                                          p)
+                    raise PermissionError(errno.EACCES, "the folder itself cannot be removed", p)
                 else:
                     _rmtree_at(pfd, name)
 
-    def mv(self, path1: str, path2: str, recursive: bool = True, maxdepth: int | None = None,
-           **kwargs: Any) -> None:
+    def mv(
+        self,
+        path1: str,
+        path2: str,
+        recursive: bool = True,
+        maxdepth: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         """One ``rename``: atomic, replacing a file target (into a folder that exists)."""
         with self._at(path1) as (pfd1, name1, rel1):
             if not rel1:
@@ -431,11 +460,9 @@ class SafeLocalFileSystem(AbstractFileSystem):
                     dst = os.stat(name2, dir_fd=pfd2, follow_symlinks=False)
                 except FileNotFoundError:
                     dst = None
-                if dst is not None and stat.S_ISDIR(dst.st_mode) and \
-                        not stat.S_ISDIR(st.st_mode):
+                if dst is not None and stat.S_ISDIR(dst.st_mode) and not stat.S_ISDIR(st.st_mode):
                     with self._dir(rel2) as into:
-                        os.rename(name1, name1.rsplit("/", 1)[-1], src_dir_fd=pfd1,
-                                  dst_dir_fd=into)
+                        os.rename(name1, name1.rsplit("/", 1)[-1], src_dir_fd=pfd1, dst_dir_fd=into)
                     return
                 os.rename(name1, name2, src_dir_fd=pfd1, dst_dir_fd=pfd2)
 
@@ -451,8 +478,15 @@ class SafeLocalFileSystem(AbstractFileSystem):
 
     # -- files ------------------------------------------------------------------------------
 
-    def _open(self, path: str, mode: str = "rb", block_size: Any = None,
-              autocommit: bool = True, cache_options: Any = None, **kwargs: Any) -> Any:
+    def _open(
+        self,
+        path: str,
+        mode: str = "rb",
+        block_size: Any = None,
+        autocommit: bool = True,
+        cache_options: Any = None,
+        **kwargs: Any,
+    ) -> Any:
         if "b" not in mode:
             mode += "b"
         buffering = block_size if isinstance(block_size, int) and block_size > 0 else -1

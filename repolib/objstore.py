@@ -39,18 +39,32 @@ MiB = 2**20
 PART = 16 * MiB  # multipart part size of uploads (a file up to this size is one PUT)
 PUT_CONCURRENCY = 4  # parts of one upload in flight at once (memory: PART each)
 # Attributes obstore keeps apart from user metadata (what a HEAD answers besides ``metadata``)
-_STANDARD = {"content-disposition", "content-encoding", "content-language", "content-type",
-             "cache-control", "storage-class"}
+_STANDARD = {
+    "content-disposition",
+    "content-encoding",
+    "content-language",
+    "content-type",
+    "cache-control",
+    "storage-class",
+}
 # A dead endpoint is an error within seconds (object_store's default retries for 3 minutes),
 # as for the S3 clients in repolib.backends; a slow large read still has two minutes.
-_RETRY: Any = {"max_retries": 2, "retry_timeout": dt.timedelta(seconds=10),
-          "backoff": {"init_backoff": dt.timedelta(milliseconds=100),
-                      "max_backoff": dt.timedelta(seconds=2), "base": 2}}
+_RETRY: Any = {
+    "max_retries": 2,
+    "retry_timeout": dt.timedelta(seconds=10),
+    "backoff": {
+        "init_backoff": dt.timedelta(milliseconds=100),
+        "max_backoff": dt.timedelta(seconds=2),
+        "base": 2,
+    },
+}
 
 
 def _client_options(endpoint: str | None) -> Any:
-    options: Any = {"connect_timeout": dt.timedelta(seconds=5),
-                               "timeout": dt.timedelta(seconds=120)}
+    options: Any = {
+        "connect_timeout": dt.timedelta(seconds=5),
+        "timeout": dt.timedelta(seconds=120),
+    }
     if endpoint and endpoint.startswith("http://"):
         options["allow_http"] = True
     return options
@@ -115,21 +129,33 @@ class FastObjects:
         a time, aborted if any part fails. Returns the new ETag."""
         if isinstance(source, os.PathLike):
             source = pathlib.Path(os.fspath(source))
-        result = obstore.put(self.store, self.key(path), source,
-                             attributes=dict(metadata) or None, chunk_size=PART,
-                             max_concurrency=PUT_CONCURRENCY)
+        result = obstore.put(
+            self.store,
+            self.key(path),
+            source,
+            attributes=dict(metadata) or None,
+            chunk_size=PART,
+            max_concurrency=PUT_CONCURRENCY,
+        )
         etag = result.get("e_tag")
         return etag.strip('"') if etag else None
 
-    def writer(self, path: str, metadata: Mapping[str, str],
-               on_commit: Callable[[], None] | None = None) -> FastWriter:
+    def writer(
+        self, path: str, metadata: Mapping[str, str], on_commit: Callable[[], None] | None = None
+    ) -> FastWriter:
         """A file to write an object front to back: parts of ``PART`` bytes go out while it is
         written (several at once), ``close`` commits (then calls ``on_commit``), ``discard``
         aborts (nothing is visible before the commit)."""
-        return FastWriter(obstore.open_writer(self.store, self.key(path),
-                                              attributes=dict(metadata) or None,
-                                              buffer_size=PART,
-                                              max_concurrency=PUT_CONCURRENCY), on_commit)
+        return FastWriter(
+            obstore.open_writer(
+                self.store,
+                self.key(path),
+                attributes=dict(metadata) or None,
+                buffer_size=PART,
+                max_concurrency=PUT_CONCURRENCY,
+            ),
+            on_commit,
+        )
 
 
 class _Discarded(Exception):
@@ -180,22 +206,33 @@ def head_info(path: str, got: Any) -> dict[str, Any]:
     meta = got.meta
     attrs = dict(got.attributes or {})
     etag = meta.get("e_tag") or ""
-    out: dict[str, Any] = {"name": path, "type": "file", "size": int(meta.get("size") or 0),
-                           "ETag": etag, "LastModified": meta.get("last_modified"),
-                           "metadata": {k: v for k, v in attrs.items()
-                                        if str(k).lower() not in _STANDARD}}
+    out: dict[str, Any] = {
+        "name": path,
+        "type": "file",
+        "size": int(meta.get("size") or 0),
+        "ETag": etag,
+        "LastModified": meta.get("last_modified"),
+        "metadata": {k: v for k, v in attrs.items() if str(k).lower() not in _STANDARD},
+    }
     if attrs.get("Content-Type"):
         out["ContentType"] = attrs["Content-Type"]
     return out
 
 
-def s3(bucket: str, *, key: str | None, secret: str | None, token: str | None,
-       endpoint: str | None, region: str | None, path_style: bool) -> FastObjects | None:
+def s3(
+    bucket: str,
+    *,
+    key: str | None,
+    secret: str | None,
+    token: str | None,
+    endpoint: str | None,
+    region: str | None,
+    path_style: bool,
+) -> FastObjects | None:
     """An S3 client with exactly these credentials (or unsigned requests): never the host's."""
     if not AVAILABLE:
         return None
-    config: Any = {"region": region or "us-east-1",
-                              "virtual_hosted_style_request": not path_style}
+    config: Any = {"region": region or "us-east-1", "virtual_hosted_style_request": not path_style}
     if endpoint:
         config["endpoint"] = endpoint
     if key and secret:
@@ -204,12 +241,22 @@ def s3(bucket: str, *, key: str | None, secret: str | None, token: str | None,
             config["token"] = token
     else:
         config["skip_signature"] = True  # anonymous: no environment, profile or metadata
-    return FastObjects(S3Store(bucket, config=config, client_options=_client_options(endpoint),
-                               retry_config=_RETRY), bucket)
+    return FastObjects(
+        S3Store(
+            bucket, config=config, client_options=_client_options(endpoint), retry_config=_RETRY
+        ),
+        bucket,
+    )
 
 
-def azure(container: str, *, account: str, account_key: str | None, sas_token: str | None,
-          endpoint: str | None) -> FastObjects | None:
+def azure(
+    container: str,
+    *,
+    account: str,
+    account_key: str | None,
+    sas_token: str | None,
+    endpoint: str | None,
+) -> FastObjects | None:
     """An Azure Blob client with an account key or SAS token, else unsigned requests."""
     if not AVAILABLE:
         return None
@@ -223,6 +270,9 @@ def azure(container: str, *, account: str, account_key: str | None, sas_token: s
         config["sas_key"] = sas_token.lstrip("?")
     else:
         config["skip_signature"] = True
-    return FastObjects(AzureStore(container, config=config,
-                                  client_options=_client_options(endpoint),
-                                  retry_config=_RETRY), container)
+    return FastObjects(
+        AzureStore(
+            container, config=config, client_options=_client_options(endpoint), retry_config=_RETRY
+        ),
+        container,
+    )

@@ -43,9 +43,9 @@ def _shown(path: str) -> str:
 def strip_protocol(path: str) -> str:
     """``repo://a/b/`` → ``a/b``."""
     if path.startswith(f"{PROTOCOL}://"):
-        path = path[len(PROTOCOL) + 3:]
+        path = path[len(PROTOCOL) + 3 :]
     elif path.startswith(f"{PROTOCOL}::"):
-        path = path[len(PROTOCOL) + 2:]
+        path = path[len(PROTOCOL) + 2 :]
     return path.strip("/") if path not in ("", "/") else ""
 
 

@@ -28,21 +28,28 @@ def _why(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-def probe_storage(repo: RepositoryCore, name: str, write: bool = False,
-                  report: Callable[[str], None] = lambda s: None) -> None:
+def probe_storage(
+    repo: RepositoryCore,
+    name: str,
+    write: bool = False,
+    report: Callable[[str], None] = lambda s: None,
+) -> None:
     """List the resource root; with ``write``, write, read back and delete a probe object."""
     from .fs import RepositoryFileSystem
 
-    fs = RepositoryFileSystem(repository=repo, repo=repo.name, home=repo.home,
-                              skip_instance_cache=True)
+    fs = RepositoryFileSystem(
+        repository=repo, repo=repo.name, home=repo.home, skip_instance_cache=True
+    )
     root = f"{repo.name}/{name}"
     steps: list[tuple[str, Callable[[], object]]] = [("list", lambda: fs.ls(root, detail=False))]
     if write:
         probe = f"{root}/.repolib-probe-{uuid.uuid4().hex[:12]}"
         payload = b"repolib probe\n"
-        steps += [("write", lambda: fs.pipe_file(probe, payload)),
-                  ("read back", lambda: _same(fs.cat_file(probe), payload)),
-                  ("delete", lambda: fs.rm_file(probe))]
+        steps += [
+            ("write", lambda: fs.pipe_file(probe, payload)),
+            ("read back", lambda: _same(fs.cat_file(probe), payload)),
+            ("delete", lambda: fs.rm_file(probe)),
+        ]
     for step, fn in steps:
         try:
             fn()
@@ -58,8 +65,9 @@ def _same(got: bytes, want: bytes) -> None:
         raise OSError(errno.EIO, "the probe read back different bytes")
 
 
-def probe_llm(repo: RepositoryCore, name: str, report: Callable[[str], None] = lambda s: None
-              ) -> None:
+def probe_llm(
+    repo: RepositoryCore, name: str, report: Callable[[str], None] = lambda s: None
+) -> None:
     """List the endpoint's models and make one tiny request (max_tokens=1)."""
     from .ai.core import Core, upstream_error
 
@@ -68,14 +76,22 @@ def probe_llm(repo: RepositoryCore, name: str, report: Callable[[str], None] = l
     client, secrets = core.client(name, False)
     model = (info.definition["models"] or list(info.definition["aliases"].values()) or [None])[0]
     steps: list[tuple[str, Callable[[], object]]] = [
-        ("list models", lambda: report(f"{len(list(client.models.list()))} models upstream"))]
+        ("list models", lambda: report(f"{len(list(client.models.list()))} models upstream"))
+    ]
     if model is not None:
-        steps.append(("tiny request", lambda: client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": "ping"}], max_tokens=1)))
+        steps.append(
+            (
+                "tiny request",
+                lambda: client.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": "ping"}], max_tokens=1
+                ),
+            )
+        )
     for step, fn in steps:
         try:
             fn()
         except Exception as exc:
-            raise ProbeFailed(f"{repo.name}/{name}: {step} failed: "
-                              f"{upstream_error(exc, secrets, 'endpoint')}") from None
+            raise ProbeFailed(
+                f"{repo.name}/{name}: {step} failed: {upstream_error(exc, secrets, 'endpoint')}"
+            ) from None
         report(f"{step}: ok")

@@ -33,8 +33,7 @@ def _expiry(now: float, expires_in: Any, expires_at: Any) -> float | None:
     if expires_in is not None and expires_at is not None:
         raise ConfigError("give expires_in or expires_at, not both")
     if expires_in is not None:
-        seconds = expires_in.total_seconds() if isinstance(expires_in, dt.timedelta) \
-            else expires_in
+        seconds = expires_in.total_seconds() if isinstance(expires_in, dt.timedelta) else expires_in
         if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds <= 0:
             raise ConfigError("expires_in must be a positive number of seconds or a timedelta")
         return now + float(seconds)
@@ -52,8 +51,9 @@ def _expiry(now: float, expires_in: Any, expires_at: Any) -> float | None:
 class RepositoryCore:
     """One repository as seen by one authority (the admin secret or an API key)."""
 
-    def __init__(self, ctx: Context, row: RepoRow, auth: Authority,
-                 key_file: str | None = None) -> None:
+    def __init__(
+        self, ctx: Context, row: RepoRow, auth: Authority, key_file: str | None = None
+    ) -> None:
         self._ctx = ctx
         self._row = row
         self._auth = auth
@@ -98,8 +98,9 @@ class RepositoryCore:
 
     def record_usage(self, resource: str, model: str = "", **counters: float) -> None:
         """Count requests, bytes or tokens for this key and resource (flushed in the background)."""
-        usage.meter(self._ctx.store).add(self._row.id, self.key_id or "admin", resource,
-                                         self._ctx.now(), model=model, **counters)
+        usage.meter(self._ctx.store).add(
+            self._row.id, self.key_id or "admin", resource, self._ctx.now(), model=model, **counters
+        )
 
     def fs_options(self) -> dict[str, Any]:
         """How a ``repo://`` filesystem reaches this repository with this authority: what
@@ -115,8 +116,9 @@ class RepositoryCore:
     def with_key(self, token: str) -> Any:
         """This repository, on the same catalog, store and clocks, opened with ``token`` (a
         rotated key's new secret, say): InvalidKey when it does not authenticate."""
-        return type(self)(self._ctx, self._row, authenticate(self._ctx, self._row, token),
-                          self._key_file)
+        return type(self)(
+            self._ctx, self._row, authenticate(self._ctx, self._row, token), self._key_file
+        )
 
     def usage_totals(self) -> dict[str, float]:
         """What this key (or the admin secret) used in this repository: storage requests and
@@ -158,8 +160,9 @@ class RepositoryCore:
     def ensure_valid(self, max_age: float = 2.0) -> None:
         """``check_valid`` at most every ``max_age`` seconds, and at once when the catalog says
         keys changed elsewhere (a shared catalog): a revoked key stops soon, everywhere."""
-        if self._ctx.monotonic() - getattr(self, "_checked", -1e9) >= max_age or \
-                self._ctx.store.changes() != getattr(self, "_changes_seen", None):
+        if self._ctx.monotonic() - getattr(
+            self, "_checked", -1e9
+        ) >= max_age or self._ctx.store.changes() != getattr(self, "_changes_seen", None):
             self.check_valid()
 
     def catalog_changed(self) -> bool:
@@ -186,8 +189,9 @@ class RepositoryCore:
         scope = self._auth.scope
         return scope is None or resource in scope
 
-    def require(self, needed: Access, operation: str, target: str = "",
-                resource: str | None = None) -> None:
+    def require(
+        self, needed: Access, operation: str, target: str = "", resource: str | None = None
+    ) -> None:
         """Raise AccessDenied (naming the operation and target) unless the key may do this."""
         reason = None
         if not self.access.allows(needed):
@@ -207,9 +211,15 @@ class RepositoryCore:
             return
         try:
             with self._ctx.store.write() as tx:
-                audit.append(tx, actor=self._auth.actor, action="access.denied", target=target,
-                             repo=self.name, detail={"operation": operation, "reason": reason},
-                             now=self._ctx.now())
+                audit.append(
+                    tx,
+                    actor=self._auth.actor,
+                    action="access.denied",
+                    target=target,
+                    repo=self.name,
+                    detail={"operation": operation, "reason": reason},
+                    now=self._ctx.now(),
+                )
         except Exception:  # noqa: S110 - a full or locked catalog must not mask the denial
             pass
 
@@ -222,8 +232,11 @@ class RepositoryCore:
         """Resources the authority may see (a key sees only those in its scope)."""
         with self._ctx.store.read() as tx:
             rows = tx.resource_list(self._row.id)
-        return ResourceList(self._resource_info(r) for r in rows
-                            if self.in_scope(r.name) and (kind is None or r.kind == kind))
+        return ResourceList(
+            self._resource_info(r)
+            for r in rows
+            if self.in_scope(r.name) and (kind is None or r.kind == kind)
+        )
 
     def resource(self, name: str) -> ResourceInfo:
         with self._ctx.store.read() as tx:
@@ -233,13 +246,25 @@ class RepositoryCore:
         """Attach a bucket, container, folder or fsspec URL. Contacts no network."""
         return self.add_resource("storage", name, url=url, **options)
 
-    def add_llm(self, name: str, base_url: str, api_key: str | None = None,
-                models: Sequence[str] | None = None, aliases: Mapping[str, str] | None = None,
-                **options: Any) -> ResourceInfo:
+    def add_llm(
+        self,
+        name: str,
+        base_url: str,
+        api_key: str | None = None,
+        models: Sequence[str] | None = None,
+        aliases: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> ResourceInfo:
         """Attach an OpenAI-compatible endpoint serving ``models`` (and ``aliases`` of them)."""
-        return self.add_resource("llm", name, base_url=base_url, api_key=api_key,
-                                 models=list(models or []), aliases=dict(aliases or {}),
-                                 **options)
+        return self.add_resource(
+            "llm",
+            name,
+            base_url=base_url,
+            api_key=api_key,
+            models=list(models or []),
+            aliases=dict(aliases or {}),
+            **options,
+        )
 
     def add_resource(self, kind: str, name: str, **spec: Any) -> ResourceInfo:
         check_name(name, "resource name")
@@ -256,8 +281,11 @@ class RepositoryCore:
                 w.tx.key_update(self._auth.key_id, scope=scope)
                 self._auth.row = dataclasses.replace(self._auth.row, scope=scope)
             w.grant_resource(row, w.sealed_keys)
-            w.log("resource.added", f"{self.name}/{name}",
-                  {"kind": kind, "summary": get_kind(kind).summary(definition.public)})
+            w.log(
+                "resource.added",
+                f"{self.name}/{name}",
+                {"kind": kind, "summary": get_kind(kind).summary(definition.public)},
+            )
         return self._resource_info(row)
 
     def update_resource(self, name: str, **changes: Any) -> ResourceInfo:
@@ -276,8 +304,11 @@ class RepositoryCore:
             self._check_attachable(row.kind, definition)
             new = w.store_resource(row, name, definition)
             w.grant_resource(new, w.sealed_keys)
-            w.log("resource.updated", f"{self.name}/{name}",
-                  {"changed": sorted(changes), "summary": kind.summary(definition.public)})
+            w.log(
+                "resource.updated",
+                f"{self.name}/{name}",
+                {"changed": sorted(changes), "summary": kind.summary(definition.public)},
+            )
         return self._resource_info(new)
 
     def remove_resource(self, name: str) -> None:
@@ -299,20 +330,27 @@ class RepositoryCore:
         with self._ctx.store.read() as tx:
             self._auth.recheck(tx, now)
             row = self._get_resource(tx, name)
-            which = vault.READ if (self.access is Access.READ and
-                                   row.read_ciphertext is not None) else vault.FULL
-            creds = vault.decrypt_credentials(self._row, row, which,
-                                              self._auth.data_key(tx, row, which))
-        return ResolvedResource(self._resource_info(row), creds, which,
-                                f"{self._ctx.store.location}#{self._row.id}")
+            which = (
+                vault.READ
+                if (self.access is Access.READ and row.read_ciphertext is not None)
+                else vault.FULL
+            )
+            creds = vault.decrypt_credentials(
+                self._row, row, which, self._auth.data_key(tx, row, which)
+            )
+        return ResolvedResource(
+            self._resource_info(row), creds, which, f"{self._ctx.store.location}#{self._row.id}"
+        )
 
     def _definition(self, tx: Tx, row: ResourceRow, full: bool) -> Definition:
-        creds = vault.decrypt_credentials(self._row, row, vault.FULL,
-                                          self._auth.data_key(tx, row, vault.FULL))
+        creds = vault.decrypt_credentials(
+            self._row, row, vault.FULL, self._auth.data_key(tx, row, vault.FULL)
+        )
         read = None
         if row.read_ciphertext is not None:
-            read = vault.decrypt_credentials(self._row, row, vault.READ,
-                                             self._auth.data_key(tx, row, vault.READ))
+            read = vault.decrypt_credentials(
+                self._row, row, vault.READ, self._auth.data_key(tx, row, vault.READ)
+            )
         return Definition(row.kind, row.public, creds, read)
 
     def _check_attachable(self, kind: str, definition: Definition) -> None:
@@ -326,14 +364,24 @@ class RepositoryCore:
     def _get_resource(self, tx: Tx, name: str) -> ResourceRow:
         row = tx.resource_get(self._row.id, name) if isinstance(name, str) else None
         if row is None or not self.in_scope(row.name):
-            raise ConfigError(f"repository {self.name!r} has no resource {name!r}"
-                              + ("" if self.key_id is None else " that this key may use"))
+            raise ConfigError(
+                f"repository {self.name!r} has no resource {name!r}"
+                + ("" if self.key_id is None else " that this key may use")
+            )
         return row
 
     def _resource_info(self, row: ResourceRow) -> ResourceInfo:
-        return ResourceInfo(self.name, row.name, row.kind, get_kind(row.kind).summary(row.public),
-                            row.public, row.credential_fields, row.read_credential_fields,
-                            row.created_at, row.updated_at)
+        return ResourceInfo(
+            self.name,
+            row.name,
+            row.kind,
+            get_kind(row.kind).summary(row.public),
+            row.public,
+            row.credential_fields,
+            row.read_credential_fields,
+            row.created_at,
+            row.updated_at,
+        )
 
     # -- keys -------------------------------------------------------------------------------
 
@@ -349,9 +397,16 @@ class RepositoryCore:
         with self._ctx.store.read() as tx:
             return self._key_info(self._get_key(tx, key_id))
 
-    def create_key(self, name: str, access: str | Access = Access.READ, *,
-                   resources: Iterable[str] | None = None, expires_in: Any = None,
-                   expires_at: Any = None, ai: Any = None) -> IssuedKey:
+    def create_key(
+        self,
+        name: str,
+        access: str | Access = Access.READ,
+        *,
+        resources: Iterable[str] | None = None,
+        expires_in: Any = None,
+        expires_at: Any = None,
+        ai: Any = None,
+    ) -> IssuedKey:
         """Issue a key. The token is in the returned object and nowhere else, ever."""
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
             raise ConfigError("key name must be a non-empty string of at most 200 characters")
@@ -371,17 +426,34 @@ class RepositoryCore:
         material = crypto.derive_key_material(secret, key_id)
         with self._write() as w:
             self._check_scope_exists(w.tx, scope)
-            row = KeyRow(key_id, self._row.id, name, level.value, scope, expires,
-                         None if policy is None else policy.to_dict(), now, self._auth.actor,
-                         None, None)
+            row = KeyRow(
+                key_id,
+                self._row.id,
+                name,
+                level.value,
+                scope,
+                expires,
+                None if policy is None else policy.to_dict(),
+                now,
+                self._auth.actor,
+                None,
+                None,
+            )
             w.tx.key_insert(row)
             secret_row = SecretRow(key_id, 1, material.verifier, material.public, None)
             w.tx.secret_insert(secret_row)
             w.grant_key(row, [secret_row])
-            w.log("key.created", key_id, {"name": name, "access": level.value,
-                                          "resources": None if scope is None else list(scope),
-                                          "expires_at": iso(expires),
-                                          "ai": None if policy is None else policy.to_dict()})
+            w.log(
+                "key.created",
+                key_id,
+                {
+                    "name": name,
+                    "access": level.value,
+                    "resources": None if scope is None else list(scope),
+                    "expires_at": iso(expires),
+                    "ai": None if policy is None else policy.to_dict(),
+                },
+            )
         return IssuedKey(keys.format_token(key_id, secret), self._key_info(row))
 
     def rotate_key(self, key_id: str, grace: float = 0) -> IssuedKey:
@@ -394,8 +466,9 @@ class RepositoryCore:
         with self._write() as w:
             row = self._get_key(w.tx, key_id)
             if row.revoked_at is not None:
-                raise ConfigError(f"key {key_id} is revoked and cannot be rotated; create a new "
-                                  "key instead")
+                raise ConfigError(
+                    f"key {key_id} is revoked and cannot be rotated; create a new key instead"
+                )
             self._check_may_manage(row)
             material = crypto.derive_key_material(secret, key_id)
             olds = w.tx.secrets(key_id)
@@ -413,8 +486,11 @@ class RepositoryCore:
                 w.tx.secret_set_valid_until(key_id, s.generation, until)
             if expired:
                 w.tx.secrets_delete(key_id, expired)
-            if isinstance(self._auth, Key) and self._auth.key_id == key_id \
-                    and self._auth.generation in expired:
+            if (
+                isinstance(self._auth, Key)
+                and self._auth.key_id == key_id
+                and self._auth.generation in expired
+            ):
                 self._auth = Key(row, gen, material, keys.format_token(key_id, secret))
             w.log("key.rotated", key_id, {"grace": grace})
         return IssuedKey(keys.format_token(key_id, secret), self._key_info(row))
@@ -433,9 +509,16 @@ class RepositoryCore:
             w.tx.secrets_delete(key_id)
             w.log("key.revoked", key_id, {"name": row.name})
 
-    def update_key(self, key_id: str, *, name: Any = _UNSET, resources: Any = _UNSET,
-                   expires_in: Any = _UNSET, expires_at: Any = _UNSET, ai: Any = _UNSET
-                   ) -> KeyInfo:
+    def update_key(
+        self,
+        key_id: str,
+        *,
+        name: Any = _UNSET,
+        resources: Any = _UNSET,
+        expires_in: Any = _UNSET,
+        expires_at: Any = _UNSET,
+        ai: Any = _UNSET,
+    ) -> KeyInfo:
         """Edit scope, expiry (``None`` removes it), AI policy or name."""
         key_id = keys.check_key_id(key_id)
         self.require(Access.ADMIN, "update key", key_id)
@@ -454,21 +537,30 @@ class RepositoryCore:
                 self._check_scope_exists(w.tx, fields["scope"])
             if expires_in is not _UNSET or expires_at is not _UNSET:
                 fields["expires_at"] = _expiry(
-                    w.now, None if expires_in is _UNSET else expires_in,
-                    None if expires_at is _UNSET else expires_at)
+                    w.now,
+                    None if expires_in is _UNSET else expires_in,
+                    None if expires_at is _UNSET else expires_at,
+                )
             if ai is not _UNSET:
                 policy = keys.coerce_ai(ai)
                 fields["ai"] = None if policy is None else policy.to_dict()
             new = dataclasses.replace(row, **fields)
             if isinstance(self._auth, Key):
-                self._check_not_stronger(Access(new.access), new.scope, new.expires_at,
-                                         None if new.ai is None else AIPolicy.from_dict(new.ai))
+                self._check_not_stronger(
+                    Access(new.access),
+                    new.scope,
+                    new.expires_at,
+                    None if new.ai is None else AIPolicy.from_dict(new.ai),
+                )
             w.tx.key_update(key_id, **fields)
             if "scope" in fields and fields["scope"] != row.scope:
                 w.tx.wraps_delete(key_id=key_id)
                 w.grant_key(new, w.live_secrets(key_id))
-            w.log("key.updated", key_id, {k: (list(v) if isinstance(v, tuple) else v)
-                                          for k, v in fields.items()})
+            w.log(
+                "key.updated",
+                key_id,
+                {k: (list(v) if isinstance(v, tuple) else v) for k, v in fields.items()},
+            )
         return self._key_info(new)
 
     def _scope_arg(self, resources: Iterable[str] | None) -> tuple[str, ...] | None:
@@ -482,8 +574,13 @@ class RepositoryCore:
         for name in scope or ():
             self._get_resource(tx, name)
 
-    def _check_not_stronger(self, level: Access, scope: tuple[str, ...] | None,
-                            expires: float | None, policy: AIPolicy | None) -> None:
+    def _check_not_stronger(
+        self,
+        level: Access,
+        scope: tuple[str, ...] | None,
+        expires: float | None,
+        policy: AIPolicy | None,
+    ) -> None:
         me = self._auth
         problems = []
         if not me.access.allows(level):
@@ -496,17 +593,21 @@ class RepositoryCore:
             problems.append("an AI policy wider than the creator's")
         if problems:
             self._record_denial("create key", self.name, "; ".join(problems))
-            raise AccessDenied("an ADMIN key cannot create or widen a key beyond itself: "
-                               + "; ".join(problems))
+            raise AccessDenied(
+                "an ADMIN key cannot create or widen a key beyond itself: " + "; ".join(problems)
+            )
 
     def _check_may_manage(self, row: KeyRow) -> None:
         if isinstance(self._auth, Key):
             target = Access(row.access)
-            if not self._auth.access.allows(target) or not keys.scope_within(row.scope,
-                                                                            self._auth.scope):
+            if not self._auth.access.allows(target) or not keys.scope_within(
+                row.scope, self._auth.scope
+            ):
                 self._record_denial("manage key", row.key_id, "key is stronger than the caller")
-                raise AccessDenied(f"key {row.key_id} is stronger than this ADMIN key "
-                                   "(level or scope); only the admin secret can manage it")
+                raise AccessDenied(
+                    f"key {row.key_id} is stronger than this ADMIN key "
+                    "(level or scope); only the admin secret can manage it"
+                )
 
     def _get_key(self, tx: Tx, key_id: str) -> KeyRow:
         row = tx.key_get(key_id) if isinstance(key_id, str) else None
@@ -515,9 +616,19 @@ class RepositoryCore:
         return row
 
     def _key_info(self, row: KeyRow) -> KeyInfo:
-        return KeyInfo(row.key_id, self.name, row.name, Access(row.access), row.scope,
-                       row.expires_at, None if row.ai is None else AIPolicy.from_dict(row.ai),
-                       row.created_at, row.created_by, row.last_used_at, row.revoked_at)
+        return KeyInfo(
+            row.key_id,
+            self.name,
+            row.name,
+            Access(row.access),
+            row.scope,
+            row.expires_at,
+            None if row.ai is None else AIPolicy.from_dict(row.ai),
+            row.created_at,
+            row.created_by,
+            row.last_used_at,
+            row.revoked_at,
+        )
 
     # -- the repository itself --------------------------------------------------------------
 
@@ -542,8 +653,10 @@ def repo_row(ctx: Context, name: str) -> RepoRow:
     with ctx.store.read() as tx:
         row = tx.repo_get(name)
     if row is None:
-        raise ConfigError(f"no repository named {name!r} in the catalog at {ctx.where()}; "
-                          "`repolib repo list` shows them")
+        raise ConfigError(
+            f"no repository named {name!r} in the catalog at {ctx.where()}; "
+            "`repolib repo list` shows them"
+        )
     return row
 
 
@@ -603,34 +716,66 @@ class _WriteTx:
         return self._cm.__exit__(et, ev, tb)
 
     def log(self, action: str, target: str, detail: dict[str, Any]) -> None:
-        audit.append(self.tx, actor=self.repo._auth.actor, action=action, target=target,
-                     repo=self.repo.name, detail=detail, now=self.now)
+        audit.append(
+            self.tx,
+            actor=self.repo._auth.actor,
+            action=action,
+            target=target,
+            repo=self.repo.name,
+            detail=detail,
+            now=self.now,
+        )
 
     def store_resource(self, old: ResourceRow | None, name: str, d: Definition) -> ResourceRow:
         sealed = vault.encrypt_definition(self.repo._row, name, d)
         admin_public = self.tx.meta_get("admin_public")
         if admin_public is None:
             raise SecretError("the catalog has no admin public key: run `repolib init`")
-        fields = (tuple(sorted(d.credentials)),
-                  None if d.read_credentials is None else tuple(sorted(d.read_credentials)))
+        fields = (
+            tuple(sorted(d.credentials)),
+            None if d.read_credentials is None else tuple(sorted(d.read_credentials)),
+        )
         if old is None:
-            row = ResourceRow(0, self.repo._row.id, name, d.kind, d.public, *fields,
-                              sealed.ciphertext, sealed.read_ciphertext, b"", None,
-                              self.now, self.now)
+            row = ResourceRow(
+                0,
+                self.repo._row.id,
+                name,
+                d.kind,
+                d.public,
+                *fields,
+                sealed.ciphertext,
+                sealed.read_ciphertext,
+                b"",
+                None,
+                self.now,
+                self.now,
+            )
             rid = self.tx.resource_insert(row)
         else:
             rid = old.id
         full, read = vault.admin_wraps(admin_public, rid, sealed)
-        row = ResourceRow(rid, self.repo._row.id, name, d.kind, d.public, *fields,
-                          sealed.ciphertext, sealed.read_ciphertext, full, read,
-                          old.created_at if old else self.now, self.now)
+        row = ResourceRow(
+            rid,
+            self.repo._row.id,
+            name,
+            d.kind,
+            d.public,
+            *fields,
+            sealed.ciphertext,
+            sealed.read_ciphertext,
+            full,
+            read,
+            old.created_at if old else self.now,
+            self.now,
+        )
         self.tx.resource_replace(row)
         self.sealed_keys[rid] = sealed.data_keys
         return row
 
     def live_secrets(self, key_id: str) -> list[SecretRow]:
-        return [s for s in self.tx.secrets(key_id)
-                if s.valid_until is None or s.valid_until > self.now]
+        return [
+            s for s in self.tx.secrets(key_id) if s.valid_until is None or s.valid_until > self.now
+        ]
 
     def grant_resource(self, row: ResourceRow, data_keys: dict[int, dict[str, bytes]]) -> None:
         """Seal a resource's (new) data keys to every live key whose scope includes it."""
@@ -645,9 +790,10 @@ class _WriteTx:
         for res in self.tx.resource_list(self.repo._row.id):
             if key.scope is not None and res.name not in key.scope:
                 continue
-            dks = {which: self.repo._auth.data_key(self.tx, res, which)
-                   for which in vault.sets_for(Access(key.access),
-                                               res.read_ciphertext is not None)}
+            dks = {
+                which: self.repo._auth.data_key(self.tx, res, which)
+                for which in vault.sets_for(Access(key.access), res.read_ciphertext is not None)
+            }
             for s in secrets:
                 for which, dk in dks.items():
                     vault.grant_one(self.tx, s, res.id, which, dk)

@@ -40,8 +40,13 @@ class Repository(RepositoryCore):
 
         return aio_for(self)
 
-    def ask(self, question: str, files: str | list[str] | None = None,
-            model: str | None = None, **params: Any) -> Answer:
+    def ask(
+        self,
+        question: str,
+        files: str | list[str] | None = None,
+        model: str | None = None,
+        **params: Any,
+    ) -> Answer:
         """Ask the repository's LLM about its files; returns an Answer (``.text``, ``.files``)."""
         return ask(self, self.ai, question, files=files, model=model, **params)
 

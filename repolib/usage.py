@@ -45,8 +45,15 @@ class Meter:
         self._flush_lock = threading.Lock()  # a flush returns only after earlier ones committed
         self._counts: dict[CounterKey, dict[str, float]] = {}
 
-    def add(self, repo_id: int, key_id: str, resource: str, now: float | None = None,
-            model: str = "", **counters: float) -> None:
+    def add(
+        self,
+        repo_id: int,
+        key_id: str,
+        resource: str,
+        now: float | None = None,
+        model: str = "",
+        **counters: float,
+    ) -> None:
         """Count for a storage resource, or (with ``model``) for an LLM resource's model."""
         day = _day(time.time() if now is None else now)
         k = (day, repo_id, key_id, resource, model)
@@ -87,8 +94,10 @@ _flushers: ProcessLocal[str, threading.Thread] = ProcessLocal()
 
 
 def meter(store: Store) -> Meter:
-    return _meters.get(store.location) or \
-        _meters.get_or_create(store.location, lambda: Meter(store))[0]
+    return (
+        _meters.get(store.location)
+        or _meters.get_or_create(store.location, lambda: Meter(store))[0]
+    )
 
 
 def flush_all(on_error: Callable[[Exception], None] | None = None) -> None:

@@ -21,12 +21,19 @@ from .resources import Definition
 FULL, READ = "full", "read"
 
 
-def definition_ad(repo: RepoRow, name: str, kind: str, public: dict[str, Any], which: str
-                  ) -> bytes:
+def definition_ad(repo: RepoRow, name: str, kind: str, public: dict[str, Any], which: str) -> bytes:
     canonical = json.dumps(
-        {"repository": repo.name, "repository_id": repo.id, "name": name, "kind": kind,
-         "definition": public, "credential_set": which},
-        sort_keys=True, separators=(",", ":"))
+        {
+            "repository": repo.name,
+            "repository_id": repo.id,
+            "name": name,
+            "kind": kind,
+            "definition": public,
+            "credential_set": which,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
     return crypto.sha256(canonical.encode())
 
 
@@ -53,18 +60,21 @@ class Sealed:
 def encrypt_definition(repo: RepoRow, name: str, d: Definition) -> Sealed:
     """Fresh data keys every time: old grants (and copies of them) open nothing new."""
     keys = {FULL: crypto.random_bytes()}
-    ct = crypto.encrypt(keys[FULL], _dump(d.credentials),
-                        definition_ad(repo, name, d.kind, d.public, FULL))
+    ct = crypto.encrypt(
+        keys[FULL], _dump(d.credentials), definition_ad(repo, name, d.kind, d.public, FULL)
+    )
     read_ct = None
     if d.read_credentials is not None:
         keys[READ] = crypto.random_bytes()
-        read_ct = crypto.encrypt(keys[READ], _dump(d.read_credentials),
-                                 definition_ad(repo, name, d.kind, d.public, READ))
+        read_ct = crypto.encrypt(
+            keys[READ], _dump(d.read_credentials), definition_ad(repo, name, d.kind, d.public, READ)
+        )
     return Sealed(ct, read_ct, keys)
 
 
-def decrypt_credentials(repo: RepoRow, row: ResourceRow, which: str, data_key: bytes
-                        ) -> dict[str, Any]:
+def decrypt_credentials(
+    repo: RepoRow, row: ResourceRow, which: str, data_key: bytes
+) -> dict[str, Any]:
     blob = row.ciphertext if which == FULL else row.read_ciphertext
     ad = definition_ad(repo, row.name, row.kind, row.public, which)
     plain = crypto.decrypt(data_key, blob or b"", ad)
@@ -72,8 +82,9 @@ def decrypt_credentials(repo: RepoRow, row: ResourceRow, which: str, data_key: b
     return result
 
 
-def admin_wraps(admin_public: bytes, resource_id: int, sealed: Sealed
-                ) -> tuple[bytes, bytes | None]:
+def admin_wraps(
+    admin_public: bytes, resource_id: int, sealed: Sealed
+) -> tuple[bytes, bytes | None]:
     """Seal the data keys to the admin's public key (no admin secret needed to do this)."""
     full = crypto.seal(admin_public, sealed.data_keys[FULL], _admin_ad(resource_id, FULL))
     read = None
@@ -88,8 +99,9 @@ def admin_unwrap(admin: crypto.KeyMaterial, row: ResourceRow, which: str) -> byt
 
 
 def key_unwrap(material: crypto.KeyMaterial, wrap: WrapRow) -> bytes:
-    return material.unseal(wrap.sealed, _grant_ad(wrap.key_id, wrap.generation,
-                                                  wrap.resource_id, wrap.which))
+    return material.unseal(
+        wrap.sealed, _grant_ad(wrap.key_id, wrap.generation, wrap.resource_id, wrap.which)
+    )
 
 
 def sets_for(access: Access, has_read_set: bool) -> tuple[str, ...]:
@@ -105,16 +117,18 @@ def sets_for(access: Access, has_read_set: bool) -> tuple[str, ...]:
     return (FULL,)
 
 
-def grant(tx: Tx, secret: SecretRow, access: Access, resource_id: int,
-          data_keys: dict[str, bytes]) -> None:
+def grant(
+    tx: Tx, secret: SecretRow, access: Access, resource_id: int, data_keys: dict[str, bytes]
+) -> None:
     """Seal the data keys a key of ``access`` should hold for one resource to one generation."""
     for which in sets_for(access, READ in data_keys):
         grant_one(tx, secret, resource_id, which, data_keys[which])
 
 
 def grant_one(tx: Tx, secret: SecretRow, resource_id: int, which: str, data_key: bytes) -> None:
-    sealed = crypto.seal(secret.public_key, data_key,
-                         _grant_ad(secret.key_id, secret.generation, resource_id, which))
+    sealed = crypto.seal(
+        secret.public_key, data_key, _grant_ad(secret.key_id, secret.generation, resource_id, which)
+    )
     tx.wrap_put(WrapRow(secret.key_id, secret.generation, resource_id, which, sealed))
 
 

@@ -7,5 +7,6 @@ bash scripts/setup.sh
 PY=.venv/bin/python bash scripts/install-servers.sh
 PY=.venv/bin/python bash scripts/install-llm.sh
 .venv/bin/ruff check repolib mount tests bench examples
+.venv/bin/ruff format --check repolib mount tests bench examples scripts
 .venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

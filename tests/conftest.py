@@ -41,16 +41,16 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     marker = metafunc.definition.get_closest_marker("stores")
     if marker is not None and "catalog_store" in metafunc.fixturenames:
-        metafunc.parametrize("catalog_store", marker.args or ("sqlite", "postgres"),
-                             indirect=True)
+        metafunc.parametrize("catalog_store", marker.args or ("sqlite", "postgres"), indirect=True)
 
 
 _schemas = itertools.count(1)
 
 
 @pytest.fixture
-def catalog_store(request: pytest.FixtureRequest, tmp_path: Path,
-                  monkeypatch: pytest.MonkeyPatch) -> Iterator[CatalogStore]:
+def catalog_store(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[CatalogStore]:
     kind = getattr(request, "param", "sqlite")
     home = tmp_path / "home"
     if kind == "sqlite":
@@ -123,12 +123,22 @@ def catalog(home: Path) -> Iterator[repolib.Catalog]:
 def repo(catalog: repolib.Catalog) -> repolib.Repository:
     """Repository 'analytics' with an S3 bucket (and a read-only set), memory storage, an LLM."""
     r = catalog.create_repository("analytics", description="demo data")
-    r.add_storage("raw", "s3://bucket/raw", endpoint_url="http://127.0.0.1:9",
-                  key=S3_KEY, secret=S3_SECRET,
-                  read_credentials={"key": S3_READ_KEY, "secret": S3_READ_SECRET})
+    r.add_storage(
+        "raw",
+        "s3://bucket/raw",
+        endpoint_url="http://127.0.0.1:9",
+        key=S3_KEY,
+        secret=S3_SECRET,
+        read_credentials={"key": S3_READ_KEY, "secret": S3_READ_SECRET},
+    )
     r.add_storage("scratch", "memory://scratch")
-    r.add_llm("local", base_url="http://127.0.0.1:9/v1", api_key=LLM_API_KEY,
-              models=["smollm2"], aliases={"fast": "smollm2"})
+    r.add_llm(
+        "local",
+        base_url="http://127.0.0.1:9/v1",
+        api_key=LLM_API_KEY,
+        models=["smollm2"],
+        aliases={"fast": "smollm2"},
+    )
     return r
 
 
@@ -190,5 +200,3 @@ def azure_server() -> Iterator[servers.AzuriteServer]:
 def rclone_server() -> Iterator[servers.RcloneS3Server]:
     """A real S3 server that checks credentials and is fast enough for suites (rclone)."""
     yield from _session_server(servers.rclone_s3)  # type: ignore[misc]
-
-

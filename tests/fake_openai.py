@@ -53,10 +53,23 @@ MAX_TOKENS = 256
 CUT_AFTER = 2  # chunks sent before a stream is cut
 
 Behaviour = str | int
-MODES = {"ok", "stream", "no_usage", "stream_no_usage", "slow", "stream_cut", "stream_eof",
-         "stream_error"}
-_STATUS_TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
-                 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
+MODES = {
+    "ok",
+    "stream",
+    "no_usage",
+    "stream_no_usage",
+    "slow",
+    "stream_cut",
+    "stream_eof",
+    "stream_error",
+}
+_STATUS_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+}
 
 
 @dataclasses.dataclass
@@ -71,15 +84,22 @@ class Received:
     @property
     def bearer(self) -> str:
         auth = self.headers.get("authorization", "")
-        return auth[len("Bearer "):] if auth.startswith("Bearer ") else ""
+        return auth[len("Bearer ") :] if auth.startswith("Bearer ") else ""
 
 
 class FakeOpenAI:
     """The server; a context manager that starts it on a free port and always stops it."""
 
-    def __init__(self, models: Iterable[str] = ("m1",), mode: Behaviour = "ok", *,
-                 delay: float = 0.0, slow_s: float = 5.0,
-                 prompt_tokens: int | None = None, chunk_delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        models: Iterable[str] = ("m1",),
+        mode: Behaviour = "ok",
+        *,
+        delay: float = 0.0,
+        slow_s: float = 5.0,
+        prompt_tokens: int | None = None,
+        chunk_delay: float = 0.0,
+    ) -> None:
         self.models = list(models)
         self.mode = mode
         self.delay = delay  # seconds every chat call waits before answering (calls in flight)
@@ -145,8 +165,12 @@ class FakeOpenAI:
         server.owner = self
         self._server = server
         self._stop.clear()
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"fake-openai-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"fake-openai-{self.port}",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -186,9 +210,11 @@ class FakeOpenAI:
 
 def _check(behaviour: Behaviour) -> Behaviour:
     if isinstance(behaviour, bool) or not (
-            behaviour in MODES or (isinstance(behaviour, int) and 100 <= behaviour < 600)):
-        raise ValueError(f"unknown behaviour {behaviour!r}: an HTTP status or one of "
-                         f"{sorted(MODES)}")
+        behaviour in MODES or (isinstance(behaviour, int) and 100 <= behaviour < 600)
+    ):
+        raise ValueError(
+            f"unknown behaviour {behaviour!r}: an HTTP status or one of {sorted(MODES)}"
+        )
     return behaviour
 
 
@@ -217,8 +243,11 @@ def completion_words(n: int) -> list[str]:
 
 
 def completion_tokens_for(body: dict[str, Any]) -> int:
-    asked = [body[f] for f in ("max_tokens", "max_completion_tokens", "n_predict")
-             if isinstance(body.get(f), int) and body[f] >= 0]
+    asked = [
+        body[f]
+        for f in ("max_tokens", "max_completion_tokens", "n_predict")
+        if isinstance(body.get(f), int) and body[f] >= 0
+    ]
     return min(max(asked) if asked else DEFAULT_TOKENS, MAX_TOKENS)
 
 
@@ -267,8 +296,12 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw) if raw else None
         except ValueError:
             body = raw.decode("utf-8", "replace")
-        r = Received(self.command, self.path.split("?")[0],
-                     {k.lower(): v for k, v in self.headers.items()}, body)
+        r = Received(
+            self.command,
+            self.path.split("?")[0],
+            {k.lower(): v for k, v in self.headers.items()},
+            body,
+        )
         self.owner._record(r)
         return r
 
@@ -288,8 +321,14 @@ class _Handler(BaseHTTPRequestHandler):
             message = f"Incorrect API key provided: {r.bearer}. You can find your API key at ..."
         else:
             message = f"fake upstream answered {status}"
-        payload = {"error": {"message": message, "type": _STATUS_TYPES.get(status, "server_error"),
-                             "param": None, "code": str(status)}}
+        payload = {
+            "error": {
+                "message": message,
+                "type": _STATUS_TYPES.get(status, "server_error"),
+                "param": None,
+                "code": str(status),
+            }
+        }
         headers = {"Retry-After": "0"} if status == 429 else {}
         self._json(status, payload, headers)
 
@@ -298,9 +337,16 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         r = self._receive()
         if r.path.endswith("/models"):
-            self._json(200, {"object": "list", "data": [
-                {"id": m, "object": "model", "created": 0, "owned_by": "fake"}
-                for m in self.owner.models]})
+            self._json(
+                200,
+                {
+                    "object": "list",
+                    "data": [
+                        {"id": m, "object": "model", "created": 0, "owned_by": "fake"}
+                        for m in self.owner.models
+                    ],
+                },
+            )
         else:
             self._json(404, {"error": {"message": f"no route {r.path}", "type": "not_found"}})
 
@@ -323,11 +369,20 @@ class _Handler(BaseHTTPRequestHandler):
     def _embeddings(self, body: dict[str, Any]) -> None:
         inputs = body.get("input")
         texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
-        data = [{"object": "embedding", "index": i,
-                 "embedding": [float(len(str(t))), 1.0, 0.5, 0.25]} for i, t in enumerate(texts)]
+        data = [
+            {"object": "embedding", "index": i, "embedding": [float(len(str(t))), 1.0, 0.5, 0.25]}
+            for i, t in enumerate(texts)
+        ]
         tokens = sum(len(str(t).split()) for t in texts)
-        self._json(200, {"object": "list", "data": data, "model": body.get("model", ""),
-                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+        self._json(
+            200,
+            {
+                "object": "list",
+                "data": data,
+                "model": body.get("model", ""),
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            },
+        )
 
     def _chat(self, r: Received, body: dict[str, Any]) -> None:
         fake = self.owner
@@ -341,30 +396,54 @@ class _Handler(BaseHTTPRequestHandler):
             fake._stop.wait(fake.slow_s)
             behaviour = "ok"
         n = completion_tokens_for(body)
-        prompt = fake.prompt_tokens if fake.prompt_tokens is not None \
+        prompt = (
+            fake.prompt_tokens
+            if fake.prompt_tokens is not None
             else prompt_words(body.get("messages"), body)
+        )
         usage = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
         ident = f"chatcmpl-fake{len(fake.requests)}"
         model = body.get("model", "")
-        finish = "length" if n < MAX_TOKENS and any(
-            f in body for f in ("max_tokens", "max_completion_tokens", "n_predict")) else "stop"
-        if behaviour in ("ok", "stream", "no_usage", "stream_no_usage") \
-                and not body.get("stream"):
+        finish = (
+            "length"
+            if n < MAX_TOKENS
+            and any(f in body for f in ("max_tokens", "max_completion_tokens", "n_predict"))
+            else "stop"
+        )
+        if behaviour in ("ok", "stream", "no_usage", "stream_no_usage") and not body.get("stream"):
             payload: dict[str, Any] = {
-                "id": ident, "object": "chat.completion", "created": 1700000000, "model": model,
-                "choices": [{"index": 0, "finish_reason": finish, "logprobs": None,
-                             "message": {"role": "assistant",
-                                         "content": "".join(completion_words(n))}}]}
+                "id": ident,
+                "object": "chat.completion",
+                "created": 1700000000,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": finish,
+                        "logprobs": None,
+                        "message": {"role": "assistant", "content": "".join(completion_words(n))},
+                    }
+                ],
+            }
             if behaviour in ("ok", "stream"):
                 payload["usage"] = usage
             self._json(200, payload)
             return
         with_usage = behaviour in ("ok", "stream") and bool(
-            (body.get("stream_options") or {}).get("include_usage"))
+            (body.get("stream_options") or {}).get("include_usage")
+        )
         self._stream(ident, model, n, finish, behaviour, usage if with_usage else None, r)
 
-    def _stream(self, ident: str, model: str, n: int, finish: str, behaviour: Behaviour,
-                usage: dict[str, int] | None, r: Received) -> None:
+    def _stream(
+        self,
+        ident: str,
+        model: str,
+        n: int,
+        finish: str,
+        behaviour: Behaviour,
+        usage: dict[str, int] | None,
+        r: Received,
+    ) -> None:
         chunked = behaviour != "stream_eof"
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -376,8 +455,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
         def chunk(choices: list[Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-            return {"id": ident, "object": "chat.completion.chunk", "created": 1700000000,
-                    "model": model, "choices": choices, **(extra or {})}
+            return {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": 1700000000,
+                "model": model,
+                "choices": choices,
+                **(extra or {}),
+            }
 
         def send(payload: Any) -> None:
             text = payload if isinstance(payload, str) else json.dumps(payload)
@@ -387,18 +472,29 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
             self.wfile.flush()
 
-        events: list[Any] = [chunk([{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                     "finish_reason": None}])]
-        events += [chunk([{"index": 0, "delta": {"content": w}, "finish_reason": None}])
-                   for w in completion_words(n)]
+        events: list[Any] = [
+            chunk(
+                [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
+            )
+        ]
+        events += [
+            chunk([{"index": 0, "delta": {"content": w}, "finish_reason": None}])
+            for w in completion_words(n)
+        ]
         cut = behaviour in ("stream_cut", "stream_eof", "stream_error")
         try:
             if cut:
                 for e in events[:CUT_AFTER]:
                     send(e)
                 if behaviour == "stream_error":
-                    send({"error": {"message": f"upstream gave up; key was {r.bearer}",
-                                    "type": "server_error"}})
+                    send(
+                        {
+                            "error": {
+                                "message": f"upstream gave up; key was {r.bearer}",
+                                "type": "server_error",
+                            }
+                        }
+                    )
                     send("[DONE]")
                     if chunked:
                         self.wfile.write(b"0\r\n\r\n")

@@ -42,8 +42,14 @@ SUITE_SECRETS = [S3_KEY, S3_SECRET, S3_READ_KEY, S3_READ_SECRET, LLM_API_KEY]
 class CatalogStore:
     """The store a test's catalog lives in, and raw SQL on it (for tampering tests)."""
 
-    def __init__(self, kind: str, home: Path, url: str | None = None,
-                 pg: pgserver.PGServer | None = None, database: str | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        home: Path,
+        url: str | None = None,
+        pg: pgserver.PGServer | None = None,
+        database: str | None = None,
+    ) -> None:
         self.kind, self.home, self.url, self.pg, self.database = kind, home, url, pg, database
 
     def __repr__(self) -> str:
@@ -96,15 +102,20 @@ class Cli:
         self.home = home
         self.outputs: list[str] = []
 
-    def __call__(self, *args: str, input: str | None = None, env: dict[str, str] | None = None,
-                 ok: bool = True) -> Result:
+    def __call__(
+        self,
+        *args: str,
+        input: str | None = None,
+        env: dict[str, str] | None = None,
+        ok: bool = True,
+    ) -> Result:
         runner = CliRunner()
-        result = runner.invoke(cli_main, list(args), input=input,
-                               env={"REPOLIB_HOME": str(self.home), **(env or {})})
+        result = runner.invoke(
+            cli_main, list(args), input=input, env={"REPOLIB_HOME": str(self.home), **(env or {})}
+        )
         self.outputs.extend([result.stdout, result.stderr])
         if result.exception is not None and not isinstance(result.exception, SystemExit):
-            raise AssertionError(f"traceback from repolib {' '.join(args)}") \
-                from result.exception
+            raise AssertionError(f"traceback from repolib {' '.join(args)}") from result.exception
         if ok:
             assert result.exit_code == 0, (args, result.stdout, result.stderr)
         return result
@@ -125,8 +136,12 @@ def new_bucket(server: servers.S3Server, prefix: str = "b") -> str:
 
 def s3_options(server: servers.S3Server) -> dict[str, object]:
     """add_storage options for an S3 test server."""
-    opts: dict[str, object] = {"endpoint_url": server.endpoint_url, "key": server.key,
-                               "secret": server.secret, "region": server.region}
+    opts: dict[str, object] = {
+        "endpoint_url": server.endpoint_url,
+        "key": server.key,
+        "secret": server.secret,
+        "region": server.region,
+    }
     extra = server._config_kwargs()
     extra.pop("region_name", None)
     for name in ("request_checksum_calculation", "response_checksum_validation"):
@@ -141,25 +156,41 @@ def unique() -> str:
     return f"b{uuid.uuid4().hex[:12]}"
 
 
-def attach(kind: str, repo: repolib.Repository, name: str, request: pytest.FixtureRequest,
-           tmp_path: Path) -> None:
+def attach(
+    kind: str, repo: repolib.Repository, name: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     """Attach a fresh bucket/container/folder of ``kind`` as resource ``name``."""
     if kind == "s3":
         s3 = request.getfixturevalue("s3_server")
         bucket = servers.make_bucket(s3, unique())
-        repo.add_storage(name, f"s3://{bucket}/prefix", endpoint_url=s3.endpoint_url,
-                         key=s3.key, secret=s3.secret, region=s3.region)
+        repo.add_storage(
+            name,
+            f"s3://{bucket}/prefix",
+            endpoint_url=s3.endpoint_url,
+            key=s3.key,
+            secret=s3.secret,
+            region=s3.region,
+        )
     elif kind == "gcs":
         gcs = request.getfixturevalue("gcs_server")
         bucket = servers.make_bucket(gcs, unique())
-        repo.add_storage(name, f"gs://{bucket}/prefix", endpoint_url=gcs.endpoint_url,
-                         project=gcs.project, token="anon")
+        repo.add_storage(
+            name,
+            f"gs://{bucket}/prefix",
+            endpoint_url=gcs.endpoint_url,
+            project=gcs.project,
+            token="anon",
+        )
     elif kind == "azure":
         az = request.getfixturevalue("azure_server")
         container = servers.make_bucket(az, unique())
-        repo.add_storage(name, f"az://{container}/prefix",
-                         endpoint_url=az.blob_endpoint.rsplit("/", 1)[0],
-                         account_name=az.account_name, account_key=az.account_key)
+        repo.add_storage(
+            name,
+            f"az://{container}/prefix",
+            endpoint_url=az.blob_endpoint.rsplit("/", 1)[0],
+            account_name=az.account_name,
+            account_key=az.account_key,
+        )
     elif kind == "local":
         folder = tmp_path / f"folder-{name}"
         folder.mkdir()

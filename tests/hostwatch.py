@@ -54,7 +54,7 @@ class HostWatch:
             offset = 0
             while offset < len(data):
                 wd, mask, _cookie, size = struct.unpack_from("iIII", data, offset)
-                name = data[offset + 16: offset + 16 + size].rstrip(b"\0").decode()
+                name = data[offset + 16 : offset + 16 + size].rstrip(b"\0").decode()
                 offset += 16 + size
                 where = self._wd.get(wd, Path("?"))
                 self.touched.append(f"{where / name if name else where} ({mask:#x})")
@@ -88,8 +88,10 @@ def metadata_server() -> Iterator[tuple[list[str], dict[str, str]]]:
     env = {
         "AWS_EC2_METADATA_SERVICE_ENDPOINT": f"http://{host}/",
         "AWS_CONTAINER_CREDENTIALS_FULL_URI": f"http://{host}/container",
-        "GCE_METADATA_HOST": host, "GCE_METADATA_IP": host,
-        "IDENTITY_ENDPOINT": f"http://{host}/identity", "IDENTITY_HEADER": "planted",
+        "GCE_METADATA_HOST": host,
+        "GCE_METADATA_IP": host,
+        "IDENTITY_ENDPOINT": f"http://{host}/identity",
+        "IDENTITY_HEADER": "planted",
         "MSI_ENDPOINT": f"http://{host}/msi",
     }
     try:

@@ -27,14 +27,26 @@ def model_server(timeout: float = 120.0) -> Iterator[str]:
         import xllamacpp  # noqa: F401
     except ImportError:
         raise Unavailable("xllamacpp is not installed: run scripts/install-llm.sh") from None
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "serve_llm.py"),
-                             "--model", str(MODEL), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env={**os.environ})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "tools" / "serve_llm.py"),
+            "--model",
+            str(MODEL),
+            "--port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ},
+    )
     try:
         line: list[str] = []
-        reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()),  # type: ignore[union-attr]
-                                  daemon=True)
+        reader = threading.Thread(
+            target=lambda: line.append(proc.stdout.readline()),  # type: ignore[union-attr]
+            daemon=True,
+        )
         reader.start()
         reader.join(timeout)
         if not line or not line[0].startswith("ready "):

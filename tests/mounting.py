@@ -25,9 +25,14 @@ import fsspec
 
 import repolib
 
-MISSING = [what for what, ok in (("/dev/fuse", os.path.exists("/dev/fuse")),
-                                 ("fusermount3", shutil.which("fusermount3") is not None))
-           if not ok]
+MISSING = [
+    what
+    for what, ok in (
+        ("/dev/fuse", os.path.exists("/dev/fuse")),
+        ("fusermount3", shutil.which("fusermount3") is not None),
+    )
+    if not ok
+]
 try:
     import pyfuse3  # noqa: F401
 except ImportError:
@@ -79,12 +84,22 @@ class World:
             env["REPOLIB_KEY"] = key
         return {**env, **(extra or {})}
 
-    def cli(self, *args: str, key: str | None = None, check: bool = True,
-            timeout: float = 60, extra_env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([sys.executable, "-m", "repolib", *args],
-                              env=self.env(key, extra_env),
-                              capture_output=True, text=True, timeout=timeout, check=False)
+    def cli(
+        self,
+        *args: str,
+        key: str | None = None,
+        check: bool = True,
+        timeout: float = 60,
+        extra_env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "repolib", *args],
+            env=self.env(key, extra_env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
         if check:
             assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
         assert "Traceback" not in proc.stderr, proc.stderr
@@ -92,8 +107,14 @@ class World:
 
 
 @contextlib.contextmanager
-def mounted(world: World, mp: Path, key: str, *extra: str,
-            key_file: bool = False, extra_env: dict[str, str] | None = None) -> Iterator[Path]:
+def mounted(
+    world: World,
+    mp: Path,
+    key: str,
+    *extra: str,
+    key_file: bool = False,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[Path]:
     mp.mkdir(exist_ok=True)
     args = ["mount", "analytics", str(mp), "--cache-dir", str(world.cache), *extra]
     if key_file:  # the --key-file way instead of REPOLIB_KEY
@@ -134,8 +155,14 @@ def stats(mp: Path) -> dict[str, object]:
 
 
 def sh(cmd: str, cwd: Path | None = None) -> str:
-    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", cmd], cwd=cwd,
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", cmd],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, (cmd, proc.stdout, proc.stderr)
     return proc.stdout
 
@@ -156,8 +183,9 @@ def wait_for(predicate: object, timeout: float = 5.0) -> bool:
 
 def repo_fs(world: World) -> fsspec.AbstractFileSystem:
     """A READ key's view through repo:// (not through the mount): what the server holds."""
-    return fsspec.filesystem("repo", key=world.read_key, home=str(world.home),
-                             skip_instance_cache=True)
+    return fsspec.filesystem(
+        "repo", key=world.read_key, home=str(world.home), skip_instance_cache=True
+    )
 
 
 def new_world(top: Path) -> tuple[World, repolib.Repository]:

@@ -42,9 +42,12 @@ SUPERUSER = "postgres"
 
 def bindir() -> str:
     """The newest installed PostgreSQL's bin folder (Debian keeps them versioned)."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                   key=lambda p: int(Path(p).parent.parent.name) if
-                   Path(p).parent.parent.name.isdigit() else 0)
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: (
+            int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0
+        ),
+    )
     if found:
         return str(Path(found[-1]).parent)
     initdb = shutil.which("initdb")
@@ -73,8 +76,13 @@ class PGServer:
     def socket_dir(self) -> Path:
         return self.root / "sock"
 
-    def url(self, database: str = "postgres", user: str = SUPERUSER,
-            password: str | None = None, **query: str) -> str:
+    def url(
+        self,
+        database: str = "postgres",
+        user: str = SUPERUSER,
+        password: str | None = None,
+        **query: str,
+    ) -> str:
         auth = user if password is None else f"{user}:{password}"
         q = "&".join(f"{k}={v}" for k, v in query.items())
         return f"postgresql://{auth}@{HOST}:{self.port}/{database}" + (f"?{q}" if q else "")
@@ -83,18 +91,41 @@ class PGServer:
         cmd = list(argv)
         if self.owner is not None:
             cmd = ["runuser", "-u", self.owner, "--", *cmd]
-        return subprocess.run(cmd, check=check, capture_output=True, text=True, cwd="/",
-                              stdin=subprocess.DEVNULL, timeout=120)
+        return subprocess.run(
+            cmd,
+            check=check,
+            capture_output=True,
+            text=True,
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            timeout=120,
+        )
 
     def start(self, timeout: float = 30.0) -> None:
-        opts = (f"-c listen_addresses={HOST} -p {self.port} -k {self.socket_dir} "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                "-c max_connections=300 -c shared_buffers=32MB")
-        result = self._run(f"{self.bin}/pg_ctl", "start", "-w", "-t", str(int(timeout)),
-                           "-D", str(self.data), "-l", str(self.log), "-o", opts, check=False)
+        opts = (
+            f"-c listen_addresses={HOST} -p {self.port} -k {self.socket_dir} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            "-c max_connections=300 -c shared_buffers=32MB"
+        )
+        result = self._run(
+            f"{self.bin}/pg_ctl",
+            "start",
+            "-w",
+            "-t",
+            str(int(timeout)),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log),
+            "-o",
+            opts,
+            check=False,
+        )
         if result.returncode != 0:
-            raise RuntimeError(f"pg_ctl start failed ({result.returncode}): {result.stderr}\n"
-                               f"--- log ---\n{self._tail()}")
+            raise RuntimeError(
+                f"pg_ctl start failed ({result.returncode}): {result.stderr}\n"
+                f"--- log ---\n{self._tail()}"
+            )
         self._wait_ready(timeout)
 
     def _wait_ready(self, timeout: float) -> None:
@@ -107,19 +138,21 @@ class PGServer:
                 return
             except psycopg.OperationalError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError("PostgreSQL did not accept connections:\n"
-                                       + self._tail()) from None
+                    raise RuntimeError(
+                        "PostgreSQL did not accept connections:\n" + self._tail()
+                    ) from None
                 time.sleep(0.05)
 
     def stop(self, mode: str = "fast") -> None:
         self.close_admin()
-        self._run(f"{self.bin}/pg_ctl", "stop", "-w", "-m", mode, "-D", str(self.data),
-                  check=False)
+        self._run(f"{self.bin}/pg_ctl", "stop", "-w", "-m", mode, "-D", str(self.data), check=False)
 
     @property
     def running(self) -> bool:
-        return self._run(f"{self.bin}/pg_ctl", "status", "-D", str(self.data),
-                         check=False).returncode == 0
+        return (
+            self._run(f"{self.bin}/pg_ctl", "status", "-D", str(self.data), check=False).returncode
+            == 0
+        )
 
     def _tail(self) -> str:
         try:
@@ -165,8 +198,11 @@ class PGServer:
 
     def terminate(self, database: str) -> int:
         """Kill every backend connected to ``database`` (a lost connection, as clients see it)."""
-        rows = self.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                            "WHERE datname = %s AND pid <> pg_backend_pid()", (database,))
+        rows = self.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (database,),
+        )
         return len(rows)
 
 
@@ -176,8 +212,10 @@ def _owner() -> str | None:
     try:
         pwd.getpwnam(SUPERUSER)
     except KeyError:
-        raise ServerUnavailable(f"running as root, and there is no '{SUPERUSER}' user to run "
-                                f"PostgreSQL as (initdb refuses root); {INSTALL_HINT}") from None
+        raise ServerUnavailable(
+            f"running as root, and there is no '{SUPERUSER}' user to run "
+            f"PostgreSQL as (initdb refuses root); {INSTALL_HINT}"
+        ) from None
     return SUPERUSER
 
 
@@ -199,15 +237,28 @@ def postgres() -> Iterator[PGServer]:
             for p in (root, server.socket_dir):
                 os.chown(p, info.pw_uid, info.pw_gid)
             os.chmod(root, 0o700)
-        result = server._run(f"{bin_}/initdb", "-D", str(server.data), "-A", "trust",
-                             "--no-sync", "-U", SUPERUSER, "-E", "UTF8", "--locale=C",
-                             check=False)
+        result = server._run(
+            f"{bin_}/initdb",
+            "-D",
+            str(server.data),
+            "-A",
+            "trust",
+            "--no-sync",
+            "-U",
+            SUPERUSER,
+            "-E",
+            "UTF8",
+            "--locale=C",
+            check=False,
+        )
         if result.returncode != 0:
             raise RuntimeError(f"initdb failed: {result.stdout}\n{result.stderr}")
         hba = server.data / "pg_hba.conf"
-        hba.write_text("local all all trust\n"
-                       f"host all {SUPERUSER} {HOST}/32 trust\n"
-                       f"host all all {HOST}/32 scram-sha-256\n")
+        hba.write_text(
+            "local all all trust\n"
+            f"host all {SUPERUSER} {HOST}/32 trust\n"
+            f"host all all {HOST}/32 scram-sha-256\n"
+        )
         for attempt in range(3):
             try:
                 server.start()

@@ -33,8 +33,12 @@ def swapping(folder: Path, outside: Path) -> Iterator[threading.Event]:
 
     def swap() -> None:
         while not stop.is_set():
-            for step in (_file(folder), _link(folder / "f", f"{rel}/secret.txt"),
-                         _folder(folder), _link(folder / "d", f"{rel}/d")):
+            for step in (
+                _file(folder),
+                _link(folder / "f", f"{rel}/secret.txt"),
+                _folder(folder),
+                _link(folder / "d", f"{rel}/d"),
+            ):
                 with contextlib.suppress(OSError):
                     step()
             swaps[0] += 1
@@ -59,6 +63,7 @@ def _file(folder: Path) -> Callable[[], None]:
         tmp = folder / ".f.new"
         tmp.write_bytes(INSIDE)
         os.replace(tmp, folder / "f")
+
     return step
 
 
@@ -71,6 +76,7 @@ def _link(path: Path, target: str) -> Callable[[], None]:
         if path.is_dir() and not path.is_symlink():
             os.rename(path, path.with_name(f".{path.name}.real"))
         os.replace(tmp, path)
+
     return step
 
 
@@ -84,4 +90,5 @@ def _folder(folder: Path) -> Callable[[], None]:
         if d.is_symlink():
             os.unlink(d)
         os.rename(real, d)
+
     return step

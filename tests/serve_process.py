@@ -78,14 +78,21 @@ class ServeProcess:
 
 
 @contextlib.contextmanager
-def repolib_serve(home: str | Path, *args: str, timeout: float = 60.0,
-                  env: dict[str, str] | None = None) -> Iterator[ServeProcess]:
+def repolib_serve(
+    home: str | Path, *args: str, timeout: float = 60.0, env: dict[str, str] | None = None
+) -> Iterator[ServeProcess]:
     """Start ``repolib --home HOME serve --port 0 ARGS...``; stop it afterwards."""
     cmd = [sys.executable, "-m", "repolib", "--home", str(home), "serve", "--port", "0", *args]
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("REPOLIB_", "OPENAI_"))}
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            env={**clean, **(env or {})})
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**clean, **(env or {})},
+    )
     server = ServeProcess(proc)
     try:
         server.wait_ready(timeout)

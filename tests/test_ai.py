@@ -62,8 +62,14 @@ def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def open_key(catalog: repolib.Catalog, repo: repolib.Repository, name: str,
-             access: str = "read", ai: Any = True, clock: Any = None) -> repolib.Repository:
+def open_key(
+    catalog: repolib.Catalog,
+    repo: repolib.Repository,
+    name: str,
+    access: str = "read",
+    ai: Any = True,
+    clock: Any = None,
+) -> repolib.Repository:
     """Issue a key on ``repo`` (with the admin secret) and open the repository with it."""
     token = repo.create_key(name, access, ai=ai).token
     return repolib.open(repo.name, key=token, home=catalog.home, clock=clock)
@@ -81,8 +87,9 @@ def ai_totals(catalog: repolib.Catalog, resource: str | None = None) -> dict[str
     return dict(out)
 
 
-def ledger(catalog: repolib.Catalog, key_id: str | None, now: float | None = None,
-           period: str = "day") -> float:
+def ledger(
+    catalog: repolib.Catalog, key_id: str | None, now: float | None = None, period: str = "day"
+) -> float:
     p, _ = period_key(period, time.time() if now is None else now)
     with catalog._ctx.store.read() as tx:
         return tx.ledger_get(key_id or "admin", p)
@@ -100,8 +107,7 @@ def fields(obj: Any) -> Any:
 
 
 def content(chunks: list[Any]) -> list[str]:
-    return [c.choices[0].delta.content for c in chunks
-            if c.choices and c.choices[0].delta.content]
+    return [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
 
 
 def exception_chain(exc: BaseException) -> list[BaseException]:
@@ -136,16 +142,23 @@ def fake_b() -> Iterator[FakeOpenAI]:
 def ai_repo(catalog: repolib.Catalog, fake: FakeOpenAI) -> repolib.Repository:
     """Repository 'aitest' (admin secret) with LLM 'alpha' serving m1 and its alias 'fast'."""
     r = catalog.create_repository("aitest")
-    r.add_llm("alpha", base_url=fake.url, api_key=LLM_API_KEY, models=["m1"],
-              aliases={"fast": "m1"}, timeout=0.5)
+    r.add_llm(
+        "alpha",
+        base_url=fake.url,
+        api_key=LLM_API_KEY,
+        models=["m1"],
+        aliases={"fast": "m1"},
+        timeout=0.5,
+    )
     return r
 
 
 @pytest.fixture
 def two_repo(ai_repo: repolib.Repository, fake_b: FakeOpenAI) -> repolib.Repository:
     """'aitest' with a second resource 'beta' serving m1 too (alpha comes first)."""
-    ai_repo.add_llm("beta", base_url=fake_b.url, api_key=LLM_API_KEY, models=["m1"],
-                    aliases={"fast": "m1"})
+    ai_repo.add_llm(
+        "beta", base_url=fake_b.url, api_key=LLM_API_KEY, models=["m1"], aliases={"fast": "m1"}
+    )
     return ai_repo
 
 
@@ -155,8 +168,9 @@ def two_repo(ai_repo: repolib.Repository, fake_b: FakeOpenAI) -> repolib.Reposit
 
 
 @pytest.fixture
-def real_repo(catalog: repolib.Catalog, real_llm: str, tmp_path: Path
-              ) -> tuple[repolib.Repository, Path]:
+def real_repo(
+    catalog: repolib.Catalog, real_llm: str, tmp_path: Path
+) -> tuple[repolib.Repository, Path]:
     """Repository 'notebook' (a local folder 'docs', the local model) opened with a key."""
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -166,12 +180,17 @@ def real_repo(catalog: repolib.Catalog, real_llm: str, tmp_path: Path
     return open_key(catalog, admin, "nb", "write", ai=True), docs
 
 
-REAL_ASK = {"model": "smollm2", "messages": [{"role": "user", "content": "Say hello."}],
-            "temperature": 0, "max_tokens": 6}
+REAL_ASK = {
+    "model": "smollm2",
+    "messages": [{"role": "user", "content": "Say hello."}],
+    "temperature": 0,
+    "max_tokens": 6,
+}
 
 
-def test_real_chat_has_the_sdk_shapes(real_repo: tuple[repolib.Repository, Path],
-                                      real_llm: str, catalog: repolib.Catalog) -> None:
+def test_real_chat_has_the_sdk_shapes(
+    real_repo: tuple[repolib.Repository, Path], real_llm: str, catalog: repolib.Catalog
+) -> None:
     repo, _ = real_repo
     sdk = openai.OpenAI(base_url=real_llm, api_key="unused", max_retries=0)
     direct = sdk.chat.completions.create(**REAL_ASK)
@@ -181,8 +200,10 @@ def test_real_chat_has_the_sdk_shapes(real_repo: tuple[repolib.Repository, Path]
     assert ours.choices[0].message.content == direct.choices[0].message.content
     assert ours.choices[0].message.content
     assert ours.usage is not None and direct.usage is not None
-    assert (ours.usage.prompt_tokens, ours.usage.completion_tokens) == \
-        (direct.usage.prompt_tokens, direct.usage.completion_tokens)
+    assert (ours.usage.prompt_tokens, ours.usage.completion_tokens) == (
+        direct.usage.prompt_tokens,
+        direct.usage.completion_tokens,
+    )
     totals = ai_totals(catalog, "local")
     assert totals["requests"] == 1
     assert totals["prompt_tokens"] == ours.usage.prompt_tokens
@@ -190,8 +211,9 @@ def test_real_chat_has_the_sdk_shapes(real_repo: tuple[repolib.Repository, Path]
     assert "estimated" not in totals
 
 
-def test_real_stream_yields_the_sdk_chunks(real_repo: tuple[repolib.Repository, Path],
-                                           real_llm: str, catalog: repolib.Catalog) -> None:
+def test_real_stream_yields_the_sdk_chunks(
+    real_repo: tuple[repolib.Repository, Path], real_llm: str, catalog: repolib.Catalog
+) -> None:
     repo, _ = real_repo
     sdk = openai.OpenAI(base_url=real_llm, api_key="unused", max_retries=0)
     direct = list(sdk.chat.completions.create(**REAL_ASK, stream=True))
@@ -230,8 +252,9 @@ def test_real_models_list(real_repo: tuple[repolib.Repository, Path]) -> None:
 def test_real_ask_about_a_file(real_repo: tuple[repolib.Repository, Path]) -> None:
     repo, docs = real_repo
     (docs / "facts.md").write_text("# Project facts\nThe office cat is named Pickles.\n")
-    answer = repo.ask("What is the office cat named?", files="docs/*.md", temperature=0,
-                      max_tokens=16)
+    answer = repo.ask(
+        "What is the office cat named?", files="docs/*.md", temperature=0, max_tokens=16
+    )
     assert isinstance(answer, repolib.ai.Answer)
     assert answer.files == ["docs/facts.md"]
     assert answer.text and str(answer) == answer.text
@@ -239,22 +262,43 @@ def test_real_ask_about_a_file(real_repo: tuple[repolib.Repository, Path]) -> No
 
 
 def test_real_map_writes_answers_and_skips_them_after(
-        real_repo: tuple[repolib.Repository, Path], catalog: repolib.Catalog) -> None:
+    real_repo: tuple[repolib.Repository, Path], catalog: repolib.Catalog
+) -> None:
     repo, docs = real_repo
-    for name, text in (("a", "Lisbon is sunny."), ("b", "Porto has a bridge."),
-                       ("c", "Braga is old.")):
+    for name, text in (
+        ("a", "Lisbon is sunny."),
+        ("b", "Porto has a bridge."),
+        ("c", "Braga is old."),
+    ):
         (docs / f"{name}.md").write_text(f"# {name}\n{text}\n")
-    first = repo.ai.map("Summarise in three words.", files="docs/*.md", out="docs/answers/",
-                        temperature=0, max_tokens=6, concurrency=2, progress=False)
-    assert first.written == ["docs/answers/a.md.txt", "docs/answers/b.md.txt",
-                             "docs/answers/c.md.txt"], first.failed
+    first = repo.ai.map(
+        "Summarise in three words.",
+        files="docs/*.md",
+        out="docs/answers/",
+        temperature=0,
+        max_tokens=6,
+        concurrency=2,
+        progress=False,
+    )
+    assert first.written == [
+        "docs/answers/a.md.txt",
+        "docs/answers/b.md.txt",
+        "docs/answers/c.md.txt",
+    ], first.failed
     assert not first.failed and not first.skipped
     for name in ("a", "b", "c"):
         assert (docs / "answers" / f"{name}.md.txt").read_text().strip()
     requests = ai_totals(catalog, "local")["requests"]
     assert requests == 3
-    again = repo.ai.map("Summarise in three words.", files="docs/*.md", out="docs/answers/",
-                        temperature=0, max_tokens=6, concurrency=2, progress=False)
+    again = repo.ai.map(
+        "Summarise in three words.",
+        files="docs/*.md",
+        out="docs/answers/",
+        temperature=0,
+        max_tokens=6,
+        concurrency=2,
+        progress=False,
+    )
     assert again.written == [] and not again.failed
     assert again.skipped == ["docs/a.md", "docs/b.md", "docs/c.md"]
     assert ai_totals(catalog, "local")["requests"] == requests  # nothing asked again
@@ -289,22 +333,34 @@ OVER_LIMIT = [
     pytest.param({"max_completion_tokens": 500}, id="max_completion_tokens"),
     pytest.param({"n_predict": 500}, id="n_predict"),
     pytest.param({"extra_body": {"max_tokens": 500}}, id="extra_body-max_tokens"),
-    pytest.param({"extra_body": {"max_completion_tokens": 500}},
-                 id="extra_body-max_completion_tokens"),
+    pytest.param(
+        {"extra_body": {"max_completion_tokens": 500}}, id="extra_body-max_completion_tokens"
+    ),
     pytest.param({"extra_body": {"n_predict": 500}}, id="extra_body-n_predict"),
     pytest.param({"extra_body": {"options": {"num_predict": 500}}}, id="options.num_predict"),
     pytest.param({"extra_body": {"max_new_tokens": 500}}, id="extra_body-max_new_tokens"),
     pytest.param({"max_tokens": 10, "extra_body": {"n_predict": 500}}, id="small-and-big"),
-    pytest.param({"max_tokens": 10, "extra_body": {"options": {"num_predict": 500}}},
-                 id="small-and-big-ollama"),
+    pytest.param(
+        {"max_tokens": 10, "extra_body": {"options": {"num_predict": 500}}},
+        id="small-and-big-ollama",
+    ),
 ]
 LIMIT = 50
 
 
 def sent_limits(body: dict[str, Any]) -> list[int]:
     """Every completion-length field in a body the fake server received."""
-    found = [body[f] for f in ("max_tokens", "max_completion_tokens", "n_predict",
-                               "max_new_tokens", "num_predict") if f in body]
+    found = [
+        body[f]
+        for f in (
+            "max_tokens",
+            "max_completion_tokens",
+            "n_predict",
+            "max_new_tokens",
+            "num_predict",
+        )
+        if f in body
+    ]
     options = body.get("options")
     if isinstance(options, dict) and "num_predict" in options:
         found.append(options["num_predict"])
@@ -313,8 +369,8 @@ def sent_limits(body: dict[str, Any]) -> list[int]:
 
 @pytest.mark.parametrize("params", OVER_LIMIT)
 def test_policy_refuses_every_spelling_of_max_tokens(
-        catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI,
-        params: dict[str, Any]) -> None:
+    catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI, params: dict[str, Any]
+) -> None:
     repo = open_key(catalog, ai_repo, "capped", ai={"max_tokens": LIMIT})
     with pytest.raises(PolicyViolation) as ei:
         repo.ai.chat.completions.create(model="m1", messages=HI, **params)
@@ -324,8 +380,8 @@ def test_policy_refuses_every_spelling_of_max_tokens(
 
 @pytest.mark.parametrize("params", OVER_LIMIT)
 def test_policy_clamps_every_spelling_of_max_tokens(
-        catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI,
-        params: dict[str, Any]) -> None:
+    catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI, params: dict[str, Any]
+) -> None:
     repo = open_key(catalog, ai_repo, "clamped", ai={"max_tokens": LIMIT, "clamp": True})
     resp = repo.ai.chat.completions.create(model="m1", messages=HI, **params)
     (sent,) = fake.chat_requests()
@@ -335,14 +391,17 @@ def test_policy_clamps_every_spelling_of_max_tokens(
     assert resp.usage is not None and resp.usage.completion_tokens <= LIMIT
 
 
-@pytest.mark.parametrize("params", [
-    pytest.param({"extra_body": {"n_predict": -1}}, id="n_predict=-1"),
-    pytest.param({"extra_body": {"options": {"num_predict": -1}}}, id="num_predict=-1"),
-    pytest.param({}, id="nothing"),
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        pytest.param({"extra_body": {"n_predict": -1}}, id="n_predict=-1"),
+        pytest.param({"extra_body": {"options": {"num_predict": -1}}}, id="num_predict=-1"),
+        pytest.param({}, id="nothing"),
+    ],
+)
 def test_policy_bounds_a_request_that_asks_for_no_limit(
-        catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI,
-        params: dict[str, Any]) -> None:
+    catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI, params: dict[str, Any]
+) -> None:
     """llama.cpp's n_predict=-1 / Ollama's num_predict=-1 mean "no limit": sent bounded."""
     repo = open_key(catalog, ai_repo, "capped", ai={"max_tokens": LIMIT})
     repo.ai.chat.completions.create(model="m1", messages=HI, **params)
@@ -352,26 +411,36 @@ def test_policy_bounds_a_request_that_asks_for_no_limit(
 
 
 def test_a_second_model_in_extra_body_does_not_change_the_upstream_model(
-        catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI) -> None:
+    catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI
+) -> None:
     repo = open_key(catalog, ai_repo, "fast-only", ai={"models": ["fast"]})
-    repo.ai.chat.completions.create(model="fast", messages=HI, max_tokens=3,
-                                    extra_body={"model": "gpt-expensive", "stream": False})
-    repo.ai.chat.completions.create(model="fast", messages=HI, max_tokens=3, stream=True,
-                                    extra_body={"model": "m1-huge"}).close()
+    repo.ai.chat.completions.create(
+        model="fast",
+        messages=HI,
+        max_tokens=3,
+        extra_body={"model": "gpt-expensive", "stream": False},
+    )
+    repo.ai.chat.completions.create(
+        model="fast", messages=HI, max_tokens=3, stream=True, extra_body={"model": "m1-huge"}
+    ).close()
     bodies = [r.body for r in fake.chat_requests()]
     assert [b["model"] for b in bodies] == ["m1", "m1"]
     # nor can the caller reach the endpoint's headers or query string
-    for extra in ({"extra_headers": {"Authorization": "Bearer mine"}},
-                  {"extra_query": {"model": "gpt-expensive"}}):
+    for extra in (
+        {"extra_headers": {"Authorization": "Bearer mine"}},
+        {"extra_query": {"model": "gpt-expensive"}},
+    ):
         with pytest.raises(ConfigError):
             repo.ai.chat.completions.create(model="fast", messages=HI, **extra)
     assert len(fake.chat_requests()) == 2
 
 
-def test_library_asks_upstream_for_stream_usage_itself(ai_repo: repolib.Repository,
-                                                       fake: FakeOpenAI) -> None:
-    chunks = list(ai_repo.ai.chat.completions.create(model="m1", messages=HI, max_tokens=3,
-                                                     stream=True))
+def test_library_asks_upstream_for_stream_usage_itself(
+    ai_repo: repolib.Repository, fake: FakeOpenAI
+) -> None:
+    chunks = list(
+        ai_repo.ai.chat.completions.create(model="m1", messages=HI, max_tokens=3, stream=True)
+    )
     (sent,) = fake.chat_requests()
     assert sent.body["stream"] is True
     assert sent.body["stream_options"] == {"include_usage": True}
@@ -386,8 +455,12 @@ def test_library_asks_upstream_for_stream_usage_itself(ai_repo: repolib.Reposito
 
 @pytest.mark.parametrize("failure", [500, 503, 429, "slow"])
 def test_fallback_to_the_next_resource_and_cooldown(
-        two_repo: repolib.Repository, fake: FakeOpenAI, fake_b: FakeOpenAI,
-        catalog: repolib.Catalog, failure: Any) -> None:
+    two_repo: repolib.Repository,
+    fake: FakeOpenAI,
+    fake_b: FakeOpenAI,
+    catalog: repolib.Catalog,
+    failure: Any,
+) -> None:
     clock = Clock(1000.0)  # the cooldown is timed by the catalog's interval clock
     two_repo = repolib.Catalog(catalog.home, monotonic=clock).repository("aitest")
     fake.mode = failure
@@ -398,8 +471,7 @@ def test_fallback_to_the_next_resource_and_cooldown(
 
     # while alpha cools down, calls go straight to beta (streams too)
     two_repo.ai.chat.completions.create(model="fast", messages=HI, max_tokens=2)
-    stream = two_repo.ai.chat.completions.create(model="m1", messages=HI, max_tokens=2,
-                                                 stream=True)
+    stream = two_repo.ai.chat.completions.create(model="m1", messages=HI, max_tokens=2, stream=True)
     assert content(list(stream)) == ["w0", " w1"]
     assert (len(fake.chat_requests()), len(fake_b.chat_requests())) == (tries, 3)
 
@@ -415,8 +487,8 @@ def test_fallback_to_the_next_resource_and_cooldown(
 
 
 def test_a_4xx_goes_back_to_the_caller_without_fallback(
-        two_repo: repolib.Repository, fake: FakeOpenAI, fake_b: FakeOpenAI,
-        catalog: repolib.Catalog) -> None:
+    two_repo: repolib.Repository, fake: FakeOpenAI, fake_b: FakeOpenAI, catalog: repolib.Catalog
+) -> None:
     fake.push(400)
     with pytest.raises(UpstreamError) as ei:
         two_repo.ai.chat.completions.create(model="m1", messages=HI, max_tokens=4)
@@ -431,7 +503,8 @@ def test_a_4xx_goes_back_to_the_caller_without_fallback(
 
 
 def test_every_endpoint_failing_raises_upstream_error(
-        two_repo: repolib.Repository, fake: FakeOpenAI, fake_b: FakeOpenAI) -> None:
+    two_repo: repolib.Repository, fake: FakeOpenAI, fake_b: FakeOpenAI
+) -> None:
     fake.mode = fake_b.mode = 502
     with pytest.raises(UpstreamError) as ei:
         two_repo.ai.chat.completions.create(model="m1", messages=HI, max_tokens=2)
@@ -440,14 +513,16 @@ def test_every_endpoint_failing_raises_upstream_error(
     assert (len(fake.chat_requests()), len(fake_b.chat_requests())) == (tries, tries)
 
 
-def test_async_twin_falls_over_too(two_repo: repolib.Repository, fake: FakeOpenAI,
-                                   fake_b: FakeOpenAI, catalog: repolib.Catalog) -> None:
+def test_async_twin_falls_over_too(
+    two_repo: repolib.Repository, fake: FakeOpenAI, fake_b: FakeOpenAI, catalog: repolib.Catalog
+) -> None:
     fake.mode = 500
 
     async def main() -> tuple[Any, list[str]]:
         resp = await two_repo.aio.chat.completions.create(model="m1", messages=HI, max_tokens=3)
-        stream = await two_repo.aio.chat.completions.create(model="m1", messages=HI,
-                                                            max_tokens=2, stream=True)
+        stream = await two_repo.aio.chat.completions.create(
+            model="m1", messages=HI, max_tokens=2, stream=True
+        )
         return resp, content([c async for c in stream])
 
     resp, chunks = asyncio.run(main())
@@ -463,8 +538,9 @@ def test_async_twin_falls_over_too(two_repo: repolib.Repository, fake: FakeOpenA
 # =============================================================================================
 
 
-def test_a_disallowed_model_is_refused(catalog: repolib.Catalog, ai_repo: repolib.Repository,
-                                       fake: FakeOpenAI) -> None:
+def test_a_disallowed_model_is_refused(
+    catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI
+) -> None:
     repo = open_key(catalog, ai_repo, "fast-only", ai={"models": ["fast"]})
     with pytest.raises(PolicyViolation) as ei:
         repo.ai.chat.completions.create(model="m1", messages=HI)
@@ -479,9 +555,9 @@ def test_a_disallowed_model_is_refused(catalog: repolib.Catalog, ai_repo: repoli
     assert len(fake.chat_requests()) == 1
 
 
-def test_an_over_long_max_tokens_is_refused(catalog: repolib.Catalog,
-                                            ai_repo: repolib.Repository,
-                                            fake: FakeOpenAI) -> None:
+def test_an_over_long_max_tokens_is_refused(
+    catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI
+) -> None:
     repo = open_key(catalog, ai_repo, "capped", ai={"max_tokens": LIMIT})
     with pytest.raises(PolicyViolation) as ei:
         repo.ai.chat.completions.create(model="m1", messages=HI, max_tokens=LIMIT + 1)
@@ -491,9 +567,9 @@ def test_an_over_long_max_tokens_is_refused(catalog: repolib.Catalog,
 
 
 @BOTH_STORES
-def test_rpm_limit_refuses_and_says_when_it_resets(catalog: repolib.Catalog,
-                                                   ai_repo: repolib.Repository,
-                                                   fake: FakeOpenAI) -> None:
+def test_rpm_limit_refuses_and_says_when_it_resets(
+    catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI
+) -> None:
     now = [T0]
     repo = open_key(catalog, ai_repo, "slowpoke", ai={"rpm": 2}, clock=lambda: now[0])
     for _ in range(2):
@@ -510,12 +586,11 @@ def test_rpm_limit_refuses_and_says_when_it_resets(catalog: repolib.Catalog,
 
 
 @BOTH_STORES
-def test_token_budget_refuses_and_says_when_it_resets(catalog: repolib.Catalog,
-                                                      ai_repo: repolib.Repository,
-                                                      fake: FakeOpenAI) -> None:
+def test_token_budget_refuses_and_says_when_it_resets(
+    catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI
+) -> None:
     now = [T0]
-    repo = open_key(catalog, ai_repo, "budgeted", ai={"token_budget": 100},
-                    clock=lambda: now[0])
+    repo = open_key(catalog, ai_repo, "budgeted", ai={"token_budget": 100}, clock=lambda: now[0])
     spent = 0
     for _ in range(2):  # each reserves estimate + 40 = 46, then settles to 2 + 40 = 42
         r = repo.ai.chat.completions.create(model="m1", messages=HI, max_tokens=40)
@@ -569,8 +644,9 @@ print(json.dumps(results), flush=True)
 
 
 @BOTH_STORES
-def test_budget_race_across_processes(catalog: repolib.Catalog, ai_repo: repolib.Repository,
-                                      fake: FakeOpenAI, home: Path) -> None:
+def test_budget_race_across_processes(
+    catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI, home: Path
+) -> None:
     """20 parallel calls from 3 processes against a budget for 7: 7 pass, 13 are refused."""
     messages = [{"role": "user", "content": "race"}]
     cost = estimate_prompt(messages) + 20  # the reservation of one call
@@ -588,14 +664,23 @@ def test_budget_race_across_processes(catalog: repolib.Catalog, ai_repo: repolib
             peak[0] = max(peak[0], ledger(catalog, key_id))
             time.sleep(0.005)
 
-    procs = [subprocess.Popen([sys.executable, "-c", RACE_WORKER, str(home), token, str(n)],
-                              cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for n in (7, 7, 6)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACE_WORKER, str(home), token, str(n)],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in (7, 7, 6)
+    ]
     watcher = threading.Thread(target=watch, daemon=True)
     try:
         for p in procs:
-            assert p.stdout is not None and p.stdout.readline().strip() == "ready", \
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready", (
                 p.stderr.read() if p.stderr else ""
+            )
         watcher.start()
         for p in procs:
             assert p.stdin is not None
@@ -632,29 +717,59 @@ def test_budget_race_across_processes(catalog: repolib.Catalog, ai_repo: repolib
 def _big_tools(words: int = 1500) -> list[dict[str, Any]]:
     """A tool schema of a few thousand words: billed as prompt by every upstream."""
     desc = " ".join(f"w{i}" for i in range(words))
-    return [{"type": "function", "function": {
-        "name": "lookup", "description": desc,
-        "parameters": {"type": "object", "properties": {"q": {"type": "string",
-                                                               "description": desc}}}}}]
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": "lookup",
+                "description": desc,
+                "parameters": {
+                    "type": "object",
+                    "properties": {"q": {"type": "string", "description": desc}},
+                },
+            },
+        }
+    ]
 
 
-def test_reservations_count_every_part_billed_as_prompt(catalog: repolib.Catalog,
-                                                        ai_repo: repolib.Repository,
-                                                        fake: FakeOpenAI) -> None:
+def test_reservations_count_every_part_billed_as_prompt(
+    catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI
+) -> None:
     repo = open_key(catalog, ai_repo, "budgeted", ai={"token_budget": 500})
     big = "x " * 2000  # ~1,000 tokens by the estimate, whatever field carries it
     call = {"type": "function", "function": {"name": "f", "arguments": big}}
     for kwargs in (
         {"messages": HI, "tools": _big_tools()},
         {"messages": HI, "functions": [{"name": "f", "description": big}]},
-        {"messages": HI, "response_format": {"type": "json_schema", "json_schema": {
-            "name": "s", "schema": {"type": "object", "description": big}}}},
-        {"messages": [*HI, {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", **call}]}]},
-        {"messages": [*HI, {"role": "tool", "tool_call_id": "c1",
-                            "content": [{"type": "text", "text": big}]}]},
-        {"messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]},
+        {
+            "messages": HI,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "s", "schema": {"type": "object", "description": big}},
+            },
+        },
+        {
+            "messages": [
+                *HI,
+                {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", **call}]},
+            ]
+        },
+        {
+            "messages": [
+                *HI,
+                {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": big}]},
+            ]
+        },
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+                    ],
+                }
+            ]
+        },
         {"messages": HI, "extra_body": {"grammar": big}},
     ):
         with pytest.raises(BudgetExceeded):
@@ -664,7 +779,8 @@ def test_reservations_count_every_part_billed_as_prompt(catalog: repolib.Catalog
 
 
 def test_parallel_calls_with_large_tool_schemas_cannot_overspend(
-        catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI) -> None:
+    catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI
+) -> None:
     """20 calls at once, each carrying ~3,000 words of tools, against a 5,000-token budget:
     every reservation covers what the upstream bills, so the ledger never passes the budget."""
     budget = 5_000
@@ -678,8 +794,7 @@ def test_parallel_calls_with_large_tool_schemas_cannot_overspend(
     def one() -> None:
         barrier.wait()
         try:
-            r = repo.ai.chat.completions.create(model="m1", messages=HI, tools=tools,
-                                                max_tokens=8)
+            r = repo.ai.chat.completions.create(model="m1", messages=HI, tools=tools, max_tokens=8)
             assert r.usage is not None
             got: int | None = r.usage.total_tokens
         except BudgetExceeded:
@@ -699,9 +814,9 @@ def test_parallel_calls_with_large_tool_schemas_cannot_overspend(
     assert len(fake.chat_requests()) == len(ok)
 
 
-def test_the_token_cap_bounds_all_n_choices(catalog: repolib.Catalog,
-                                            ai_repo: repolib.Repository,
-                                            fake: FakeOpenAI) -> None:
+def test_the_token_cap_bounds_all_n_choices(
+    catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI
+) -> None:
     capped = open_key(catalog, ai_repo, "capped", ai={"max_tokens": 100})
     for n, max_tokens in ((2, 60), (101, None), (4, None)):
         if max_tokens is None and n == 4:
@@ -709,12 +824,12 @@ def test_the_token_cap_bounds_all_n_choices(catalog: repolib.Catalog,
             assert fake.chat_requests()[-1].body["max_tokens"] == 25  # 4 choices share 100
             continue
         with pytest.raises(PolicyViolation, match="choices"):
-            capped.ai.chat.completions.create(model="m1", messages=HI, n=n,
-                                              max_tokens=max_tokens)
+            capped.ai.chat.completions.create(model="m1", messages=HI, n=n, max_tokens=max_tokens)
     capped.ai.chat.completions.create(model="m1", messages=HI, n=2, max_tokens=50)
     clamp = open_key(catalog, ai_repo, "clamp", ai={"max_tokens": 100, "clamp": True})
-    clamp.ai.chat.completions.create(model="m1", messages=HI, n=4, max_tokens=100,
-                                     extra_body={"n_predict": 100})
+    clamp.ai.chat.completions.create(
+        model="m1", messages=HI, n=4, max_tokens=100, extra_body={"n_predict": 100}
+    )
     body = fake.chat_requests()[-1].body
     assert body["max_tokens"] == body["n_predict"] == 25
     budgeted = open_key(catalog, ai_repo, "budget", ai={"token_budget": 250})
@@ -728,23 +843,27 @@ def test_the_token_cap_bounds_all_n_choices(catalog: repolib.Catalog,
 
 
 @BOTH_STORES
-def test_usage_totals_equal_the_responses_usage(catalog: repolib.Catalog,
-                                                ai_repo: repolib.Repository,
-                                                fake: FakeOpenAI, cli: Cli) -> None:
+def test_usage_totals_equal_the_responses_usage(
+    catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI, cli: Cli
+) -> None:
     repo = open_key(catalog, ai_repo, "counted", ai={"token_budget": 100_000})
     usages = []
     for n in (3, 5, 7):
-        usages.append(repo.ai.chat.completions.create(model="m1", messages=HI,
-                                                      max_tokens=n).usage)
-    chunks = list(repo.ai.chat.completions.create(
-        model="fast", messages=HI, max_tokens=4, stream=True,
-        stream_options={"include_usage": True}))
+        usages.append(repo.ai.chat.completions.create(model="m1", messages=HI, max_tokens=n).usage)
+    chunks = list(
+        repo.ai.chat.completions.create(
+            model="fast",
+            messages=HI,
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     usages.append(chunks[-1].usage)
     usages.append(repo.ai.embeddings.create(model="m1", input=["one two", "three"]).usage)
 
     async def via_aio() -> Any:
-        return (await repo.aio.chat.completions.create(model="m1", messages=HI,
-                                                      max_tokens=2)).usage
+        return (await repo.aio.chat.completions.create(model="m1", messages=HI, max_tokens=2)).usage
 
     usages.append(asyncio.run(via_aio()))
     assert all(u is not None for u in usages)
@@ -766,13 +885,12 @@ def test_usage_totals_equal_the_responses_usage(catalog: repolib.Catalog,
 
 
 @BOTH_STORES
-def test_a_cut_stream_is_charged_its_reservation(catalog: repolib.Catalog,
-                                                 ai_repo: repolib.Repository,
-                                                 fake: FakeOpenAI) -> None:
+def test_a_cut_stream_is_charged_its_reservation(
+    catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI
+) -> None:
     repo = open_key(catalog, ai_repo, "cut", ai={"token_budget": 10_000})
     fake.push("stream_cut")
-    stream = repo.ai.chat.completions.create(model="m1", messages=HI, max_tokens=30,
-                                             stream=True)
+    stream = repo.ai.chat.completions.create(model="m1", messages=HI, max_tokens=30, stream=True)
     got = []
     with pytest.raises(UpstreamError):
         for chunk in stream:
@@ -787,12 +905,14 @@ def test_a_cut_stream_is_charged_its_reservation(catalog: repolib.Catalog,
 
 @BOTH_STORES
 def test_a_stream_closed_before_done_is_charged_its_reservation(
-        catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI) -> None:
+    catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI
+) -> None:
     """A clean close with no usage chunk, no finish_reason and no [DONE] is a cut too."""
     repo = open_key(catalog, ai_repo, "eof", ai={"token_budget": 10_000})
     fake.push("stream_eof")
-    chunks = list(repo.ai.chat.completions.create(model="m1", messages=HI, max_tokens=30,
-                                                  stream=True))
+    chunks = list(
+        repo.ai.chat.completions.create(model="m1", messages=HI, max_tokens=30, stream=True)
+    )
     assert content(chunks) == ["w0"]
     assert not any(c.choices[0].finish_reason for c in chunks if c.choices)
     assert ledger(catalog, repo.key_id) == estimate_prompt(HI) + 30
@@ -800,14 +920,21 @@ def test_a_stream_closed_before_done_is_charged_its_reservation(
 
 @BOTH_STORES
 @pytest.mark.parametrize("stream", [False, True])
-def test_no_usage_from_the_server_is_estimated(catalog: repolib.Catalog,
-                                               ai_repo: repolib.Repository,
-                                               fake: FakeOpenAI, stream: bool) -> None:
+def test_no_usage_from_the_server_is_estimated(
+    catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI, stream: bool
+) -> None:
     repo = open_key(catalog, ai_repo, "est", ai={"token_budget": 10_000})
     fake.mode = "no_usage"
     if stream:
-        text = "".join(content(list(repo.ai.chat.completions.create(
-            model="m1", messages=HI, max_tokens=9, stream=True))))
+        text = "".join(
+            content(
+                list(
+                    repo.ai.chat.completions.create(
+                        model="m1", messages=HI, max_tokens=9, stream=True
+                    )
+                )
+            )
+        )
     else:
         resp = repo.ai.chat.completions.create(model="m1", messages=HI, max_tokens=9)
         assert resp.usage is None
@@ -820,8 +947,9 @@ def test_no_usage_from_the_server_is_estimated(catalog: repolib.Catalog,
     assert ledger(catalog, repo.key_id) == estimate_prompt(HI) + estimate_tokens(text)
 
 
-def test_embeddings_through_the_facade(ai_repo: repolib.Repository, fake: FakeOpenAI,
-                                       catalog: repolib.Catalog) -> None:
+def test_embeddings_through_the_facade(
+    ai_repo: repolib.Repository, fake: FakeOpenAI, catalog: repolib.Catalog
+) -> None:
     resp = ai_repo.ai.embeddings.create(model="fast", input=["a b c", "d"])
     assert type(resp) is CreateEmbeddingResponse
     assert [len(d.embedding) for d in resp.data] == [4, 4]
@@ -836,7 +964,8 @@ def test_embeddings_through_the_facade(ai_repo: repolib.Repository, fake: FakeOp
 
 
 def test_a_read_key_uses_ai_only_when_its_policy_allows(
-        catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI) -> None:
+    catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI
+) -> None:
     for access in ("read", "write"):
         off = open_key(catalog, ai_repo, f"no-ai-{access}", access, ai=None)
         with pytest.raises(PolicyViolation, match="AI use is off"):
@@ -854,7 +983,8 @@ def test_a_read_key_uses_ai_only_when_its_policy_allows(
 
 
 def test_a_key_of_another_repository_cannot_open_this_one(
-        catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI) -> None:
+    catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI
+) -> None:
     other = catalog.create_repository("other-repo")
     other.add_llm("alpha", base_url=fake.url, api_key=LLM_API_KEY, models=["m1"])
     token = other.create_key("theirs", "admin", ai=True).token
@@ -873,8 +1003,12 @@ def test_a_key_of_another_repository_cannot_open_this_one(
 
 
 def test_upstream_key_in_no_repr_exception_log_or_cli_output(
-        catalog: repolib.Catalog, ai_repo: repolib.Repository, fake: FakeOpenAI, cli: Cli,
-        caplog: pytest.LogCaptureFixture) -> None:
+    catalog: repolib.Catalog,
+    ai_repo: repolib.Repository,
+    fake: FakeOpenAI,
+    cli: Cli,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     for name in (None, "openai", "httpx", "httpx2", "httpcore", "repolib"):
         caplog.set_level(logging.DEBUG, logger=name)
     token = ai_repo.create_key("scan", "read", ai=True).token
@@ -897,35 +1031,61 @@ def test_upstream_key_in_no_repr_exception_log_or_cli_output(
 
     resp = repo.ai.chat.completions.create(model="m1", messages=HI, max_tokens=2)
     assert fake.chat_requests()[-1].bearer == LLM_API_KEY  # the key is really in play
-    stream = repo.ai.chat.completions.create(model="m1", messages=HI, max_tokens=2,
-                                             stream=True)
+    stream = repo.ai.chat.completions.create(model="m1", messages=HI, max_tokens=2, stream=True)
     keep("stream", stream)
     chunks = list(stream)
     emb = repo.ai.embeddings.create(model="m1", input="x")
     models = repo.ai.models.list()
     raw = repo.ai.chat.completions.with_raw_response.create(model="m1", messages=HI)
     with repo.ai.chat.completions.with_streaming_response.create(
-            model="m1", messages=HI, stream=True) as streamed:
+        model="m1", messages=HI, stream=True
+    ) as streamed:
         lines = list(streamed.iter_lines())
     ups = list(repo.ai._core._clients.values())
-    keep("objects", repo, repo.ai, repo.aio, repo.ai._core, repo.ai.chat,
-         repo.ai.chat.completions, repo.ai.embeddings, repo.ai.models, resp, emb, models,
-         *chunks, *ups, *(u.sdk for u in ups), *(u.http for u in ups), raw, raw.http_request,
-         dict(raw.http_request.headers), streamed, streamed.http_request,
-         dict(streamed.http_request.headers), *lines,
-         *repo.resources(), ai_repo, *ai_repo.resources())
+    keep(
+        "objects",
+        repo,
+        repo.ai,
+        repo.aio,
+        repo.ai._core,
+        repo.ai.chat,
+        repo.ai.chat.completions,
+        repo.ai.embeddings,
+        repo.ai.models,
+        resp,
+        emb,
+        models,
+        *chunks,
+        *ups,
+        *(u.sdk for u in ups),
+        *(u.http for u in ups),
+        raw,
+        raw.http_request,
+        dict(raw.http_request.headers),
+        streamed,
+        streamed.http_request,
+        dict(streamed.http_request.headers),
+        *lines,
+        *repo.resources(),
+        ai_repo,
+        *ai_repo.resources(),
+    )
 
     fake.push(401)  # the error body echoes the bearer token
     failing("401", lambda: repo.ai.chat.completions.create(model="m1", messages=HI))
     fake.push(401)
-    failing("401 stream", lambda: repo.ai.chat.completions.create(model="m1", messages=HI,
-                                                                  stream=True))
+    failing(
+        "401 stream", lambda: repo.ai.chat.completions.create(model="m1", messages=HI, stream=True)
+    )
     fake.push("stream_error")  # an SSE error event mid-stream echoing the token
-    failing("stream error", lambda: list(repo.ai.chat.completions.create(
-        model="m1", messages=HI, stream=True)))
+    failing(
+        "stream error",
+        lambda: list(repo.ai.chat.completions.create(model="m1", messages=HI, stream=True)),
+    )
     fake.mode = 401
-    failing("aio 401", lambda: asyncio.run(repo.aio.chat.completions.create(
-        model="m1", messages=HI)))
+    failing(
+        "aio 401", lambda: asyncio.run(repo.aio.chat.completions.create(model="m1", messages=HI))
+    )
     fake.mode = "ok"
 
     env = {"REPOLIB_KEY": token}
@@ -940,14 +1100,16 @@ def test_upstream_key_in_no_repr_exception_log_or_cli_output(
 
     texts += [("cli", o) for o in cli.outputs]
     texts.append(("log", caplog.text))
-    texts += [("log record", f"{r.getMessage()} {r.args!r} {r.exc_text or ''}")
-              for r in caplog.records]
+    texts += [
+        ("log record", f"{r.getMessage()} {r.args!r} {r.exc_text or ''}") for r in caplog.records
+    ]
     leaks = sorted({where for where, text in texts if LLM_API_KEY in text})
     assert leaks == [], f"the upstream key appears in: {leaks}"
 
 
 def test_upstream_error_carries_no_request_or_original_exception(
-        ai_repo: repolib.Repository, fake: FakeOpenAI) -> None:
+    ai_repo: repolib.Repository, fake: FakeOpenAI
+) -> None:
     """``raise ... from None`` still leaves the SDK error (request, headers, body) reachable
     through ``__context__``; nothing reachable from the error may hold the key."""
     fake.push(401)
@@ -957,23 +1119,31 @@ def test_upstream_error_carries_no_request_or_original_exception(
     chain = exception_chain(ei.value)
     # the only SDK-class error is repolib's own twin: the resource's credentials were refused,
     # which is a bad gateway to the caller (their own key is fine) ...
-    assert not [e for e in chain if isinstance(e, openai.OpenAIError)
-                and not isinstance(e, repolib.RepolibError)], [type(e).__name__ for e in chain]
+    assert not [
+        e
+        for e in chain
+        if isinstance(e, openai.OpenAIError) and not isinstance(e, repolib.RepolibError)
+    ], [type(e).__name__ for e in chain]
     assert isinstance(ei.value, openai.InternalServerError) and ei.value.status_code == 502
     # ... whose request and response are synthetic: no header, no upstream address
     assert ei.value.request.url.host == "repolib.invalid"
     assert "authorization" not in ei.value.request.headers
     assert "authorization" not in ei.value.response.headers
-    assert not [e for e in chain if LLM_API_KEY in repr(e) or LLM_API_KEY in str(e)
-                or LLM_API_KEY in repr(getattr(e, "body", ""))]
+    assert not [
+        e
+        for e in chain
+        if LLM_API_KEY in repr(e)
+        or LLM_API_KEY in str(e)
+        or LLM_API_KEY in repr(getattr(e, "body", ""))
+    ]
 
 
-def test_returned_stream_does_not_expose_the_upstream_key(ai_repo: repolib.Repository,
-                                                          fake: FakeOpenAI) -> None:
+def test_returned_stream_does_not_expose_the_upstream_key(
+    ai_repo: repolib.Repository, fake: FakeOpenAI
+) -> None:
     """The stream handed to the caller is the SDK's own; its public ``response`` must not
     carry the upstream Authorization header."""
-    stream = ai_repo.ai.chat.completions.create(model="m1", messages=HI, max_tokens=2,
-                                                stream=True)
+    stream = ai_repo.ai.chat.completions.create(model="m1", messages=HI, max_tokens=2, stream=True)
     try:
         assert fake.chat_requests()[-1].bearer == LLM_API_KEY
         headers = dict(stream.response.request.headers)

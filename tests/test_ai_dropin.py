@@ -55,15 +55,23 @@ def fake() -> Iterator[FakeOpenAI]:
 @pytest.fixture
 def admin(catalog: repolib.Catalog, fake: FakeOpenAI) -> repolib.Repository:
     r = catalog.create_repository("aitest")
-    r.add_llm("alpha", base_url=fake.url, api_key=LLM_API_KEY, models=["m1"],
-              aliases={"fast": "m1"}, timeout=0.5)
+    r.add_llm(
+        "alpha",
+        base_url=fake.url,
+        api_key=LLM_API_KEY,
+        models=["m1"],
+        aliases={"fast": "m1"},
+        timeout=0.5,
+    )
     return r
 
 
-def keyed(catalog: repolib.Catalog, admin: repolib.Repository, ai: Any = True,
-          name: str = "k") -> repolib.Repository:
-    return repolib.open("aitest", key=admin.create_key(name, "read", ai=ai).token,
-                        home=catalog.home)
+def keyed(
+    catalog: repolib.Catalog, admin: repolib.Repository, ai: Any = True, name: str = "k"
+) -> repolib.Repository:
+    return repolib.open(
+        "aitest", key=admin.create_key(name, "read", ai=ai).token, home=catalog.home
+    )
 
 
 def requests_counted(catalog: repolib.Catalog) -> float:
@@ -79,18 +87,21 @@ def ledger(catalog: repolib.Catalog, repo: repolib.Repository) -> float:
 
 
 def sse_data(lines: list[str]) -> list[Any]:
-    return [line[len("data: "):] if line.endswith("[DONE]") else json.loads(line[6:])
-            for line in lines if line.startswith("data: ")]
+    return [
+        line[len("data: ") :] if line.endswith("[DONE]") else json.loads(line[6:])
+        for line in lines
+        if line.startswith("data: ")
+    ]
 
 
 # -- with_raw_response ----------------------------------------------------------------------
 
 
 def test_with_raw_response_is_the_sdks_without_the_upstream_key(
-        catalog: repolib.Catalog, admin: repolib.Repository, fake: FakeOpenAI) -> None:
+    catalog: repolib.Catalog, admin: repolib.Repository, fake: FakeOpenAI
+) -> None:
     repo = keyed(catalog, admin)
-    raw = repo.ai.chat.completions.with_raw_response.create(model="fast", messages=HI,
-                                                            max_tokens=3)
+    raw = repo.ai.chat.completions.with_raw_response.create(model="fast", messages=HI, max_tokens=3)
     assert type(raw).__name__ == "LegacyAPIResponse"
     resp = raw.parse()
     assert type(resp) is ChatCompletion and raw.parse() is resp
@@ -101,7 +112,8 @@ def test_with_raw_response_is_the_sdks_without_the_upstream_key(
     assert fake.chat_requests()[-1].bearer == LLM_API_KEY  # the key was sent, then masked
 
     stream_raw = repo.ai.chat.completions.with_raw_response.create(
-        model="fast", messages=HI, max_tokens=3, stream=True)
+        model="fast", messages=HI, max_tokens=3, stream=True
+    )
     chunks = list(stream_raw.parse())
     assert all(type(c) is ChatCompletionChunk for c in chunks)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "w0 w1 w2"
@@ -113,16 +125,24 @@ def test_with_raw_response_is_the_sdks_without_the_upstream_key(
     assert [m.id for m in models.parse()] == ["fast", "m1"]
     assert json.loads(models.content)["data"][0]["id"] == "fast"
     assert models.http_request.url.host == "repolib.invalid"
-    assert repo.ai.with_raw_response.chat.completions.create(  # the client-level spelling
-        model="m1", messages=HI, max_tokens=1).parse().usage.completion_tokens == 1
+    assert (
+        repo.ai.with_raw_response.chat.completions.create(  # the client-level spelling
+            model="m1", messages=HI, max_tokens=1
+        )
+        .parse()
+        .usage.completion_tokens
+        == 1
+    )
     assert requests_counted(catalog) == 4  # billed once each, however often parsed
 
     async def run() -> None:
         araw = await repo.aio.chat.completions.with_raw_response.create(
-            model="fast", messages=HI, max_tokens=2)
+            model="fast", messages=HI, max_tokens=2
+        )
         assert araw.parse().choices[0].message.content == "w0 w1"
         astream = await repo.aio.chat.completions.with_raw_response.create(
-            model="fast", messages=HI, max_tokens=2, stream=True)
+            model="fast", messages=HI, max_tokens=2, stream=True
+        )
         got = [c async for c in astream.parse()]
         assert "".join(c.choices[0].delta.content or "" for c in got if c.choices) == "w0 w1"
         amodels = await repo.aio.models.with_raw_response.list()
@@ -136,10 +156,12 @@ def test_with_raw_response_is_the_sdks_without_the_upstream_key(
 
 
 def test_with_streaming_response_passes_the_events_on_and_bills_them(
-        catalog: repolib.Catalog, admin: repolib.Repository, fake: FakeOpenAI) -> None:
+    catalog: repolib.Catalog, admin: repolib.Repository, fake: FakeOpenAI
+) -> None:
     repo = keyed(catalog, admin, ai={"token_budget": 10_000})
     with repo.ai.chat.completions.with_streaming_response.create(
-            model="fast", messages=HI, max_tokens=3, stream=True) as resp:
+        model="fast", messages=HI, max_tokens=3, stream=True
+    ) as resp:
         assert resp.status_code == 200 and "event-stream" in resp.headers["content-type"]
         assert resp.http_request.headers["authorization"] == "Bearer ***"
         lines = list(resp.iter_lines())
@@ -147,18 +169,18 @@ def test_with_streaming_response_passes_the_events_on_and_bills_them(
     events = sse_data(lines)
     assert events[-1] == "[DONE]"
     assert all(e["choices"] for e in events[:-1])  # repolib's own usage chunk is not passed on
-    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events[:-1]) == \
-        "w0 w1 w2"
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events[:-1]) == "w0 w1 w2"
     assert fake.chat_requests()[-1].body["stream_options"] == {"include_usage": True}
 
     with repo.ai.chat.completions.with_streaming_response.create(
-            model="fast", messages=HI, max_tokens=3, stream=True,
-            stream_options={"include_usage": True}) as resp:
+        model="fast", messages=HI, max_tokens=3, stream=True, stream_options={"include_usage": True}
+    ) as resp:
         asked = sse_data(resp.read().decode().splitlines())
     assert asked[-2]["choices"] == [] and asked[-2]["usage"]["total_tokens"] == 5
 
     with repo.ai.chat.completions.with_streaming_response.create(
-            model="fast", messages=HI, max_tokens=3) as resp:
+        model="fast", messages=HI, max_tokens=3
+    ) as resp:
         parsed = resp.parse()
         assert type(parsed) is ChatCompletion and resp.json()["usage"]["total_tokens"] == 5
     with repo.ai.embeddings.with_streaming_response.create(model="m1", input="a b") as resp:
@@ -169,7 +191,8 @@ def test_with_streaming_response_passes_the_events_on_and_bills_them(
 
     async def run() -> list[str]:
         async with repo.aio.chat.completions.with_streaming_response.create(
-                model="fast", messages=HI, max_tokens=3, stream=True) as aresp:
+            model="fast", messages=HI, max_tokens=3, stream=True
+        ) as aresp:
             return [line async for line in aresp.iter_lines()]
 
     def content(events: list[Any]) -> list[Any]:
@@ -180,21 +203,28 @@ def test_with_streaming_response_passes_the_events_on_and_bills_them(
 
 
 def test_a_streamed_response_left_early_is_charged_its_reservation(
-        catalog: repolib.Catalog, admin: repolib.Repository, fake: FakeOpenAI) -> None:
+    catalog: repolib.Catalog, admin: repolib.Repository, fake: FakeOpenAI
+) -> None:
     repo = keyed(catalog, admin, ai={"token_budget": 10_000})
     with repo.ai.chat.completions.with_streaming_response.create(
-            model="fast", messages=HI, max_tokens=40, stream=True) as resp:
+        model="fast", messages=HI, max_tokens=40, stream=True
+    ) as resp:
         first = next(resp.iter_bytes())
         assert first.startswith(b"data: ")
     assert ledger(catalog, repo) == 6 + 40  # the reservation: prompt estimate + max_tokens
     with repo.ai.chat.completions.with_streaming_response.create(
-            model="fast", messages=HI, max_tokens=40, stream=True):
+        model="fast", messages=HI, max_tokens=40, stream=True
+    ):
         pass  # never read at all
     assert ledger(catalog, repo) == 2 * 46
 
     fake.push("stream_error")  # an error event mid-stream, echoing the upstream key
-    with pytest.raises(UpstreamError) as ei, repo.ai.chat.completions.with_streaming_response \
-            .create(model="fast", messages=HI, max_tokens=40, stream=True) as resp:
+    with (
+        pytest.raises(UpstreamError) as ei,
+        repo.ai.chat.completions.with_streaming_response.create(
+            model="fast", messages=HI, max_tokens=40, stream=True
+        ) as resp,
+    ):
         list(resp.iter_lines())
     assert isinstance(ei.value, openai.APIError) and LLM_API_KEY not in str(ei.value)
 
@@ -202,8 +232,9 @@ def test_a_streamed_response_left_early_is_charged_its_reservation(
 # -- the SDK's exception classes --------------------------------------------------------------
 
 
-def test_errors_are_also_the_sdk_classes(catalog: repolib.Catalog, admin: repolib.Repository,
-                                         fake: FakeOpenAI) -> None:
+def test_errors_are_also_the_sdk_classes(
+    catalog: repolib.Catalog, admin: repolib.Repository, fake: FakeOpenAI
+) -> None:
     ok = keyed(catalog, admin, name="ok")
     off = keyed(catalog, admin, ai=None, name="off")
     fast_only = keyed(catalog, admin, ai={"models": ["fast"]}, name="fast-only")
@@ -267,18 +298,27 @@ def test_errors_are_also_the_sdk_classes(catalog: repolib.Catalog, admin: repoli
 
 
 def test_langchain_chatopenai_with_repo_ai_as_its_client(
-        catalog: repolib.Catalog, admin: repolib.Repository, fake: FakeOpenAI) -> None:
+    catalog: repolib.Catalog, admin: repolib.Repository, fake: FakeOpenAI
+) -> None:
     pytest.importorskip("langchain_openai", reason="needs langchain-openai (test extra)")
     from langchain_openai import ChatOpenAI
 
     repo = keyed(catalog, admin, ai={"models": ["fast"]})
-    llm = ChatOpenAI(client=repo.ai.chat.completions, async_client=repo.aio.chat.completions,
-                     model="fast", max_tokens=3)
+    llm = ChatOpenAI(
+        client=repo.ai.chat.completions,
+        async_client=repo.aio.chat.completions,
+        model="fast",
+        max_tokens=3,
+    )
     assert llm.invoke("hi there").content == "w0 w1 w2"  # via with_raw_response
     assert "".join(str(c.content) for c in llm.stream("hi there")) == "w0 w1 w2"
-    with_headers = ChatOpenAI(client=repo.ai.chat.completions,
-                              async_client=repo.aio.chat.completions, model="fast",
-                              max_tokens=3, include_response_headers=True)
+    with_headers = ChatOpenAI(
+        client=repo.ai.chat.completions,
+        async_client=repo.aio.chat.completions,
+        model="fast",
+        max_tokens=3,
+        include_response_headers=True,
+    )
     assert "content-type" in with_headers.invoke("hi").response_metadata["headers"]
 
     async def run() -> tuple[str, str]:
@@ -288,26 +328,34 @@ def test_langchain_chatopenai_with_repo_ai_as_its_client(
 
     assert asyncio.run(run()) == ("w0 w1 w2", "w0 w1 w2")
     assert fake.chat_requests()[-1].body["model"] == "m1"
-    refused = ChatOpenAI(client=repo.ai.chat.completions,
-                         async_client=repo.aio.chat.completions, model="m1")
+    refused = ChatOpenAI(
+        client=repo.ai.chat.completions, async_client=repo.aio.chat.completions, model="m1"
+    )
     with pytest.raises(openai.PermissionDeniedError):
         refused.invoke("hi")
 
 
 def test_llama_index_openailike_with_repo_ai_as_its_client(
-        catalog: repolib.Catalog, admin: repolib.Repository, fake: FakeOpenAI) -> None:
+    catalog: repolib.Catalog, admin: repolib.Repository, fake: FakeOpenAI
+) -> None:
     pytest.importorskip(
         "llama_index.llms.openai_like",
         reason="llama-index-llms-openai-like is not in the test extra: its llama-index-llms-openai "
-               f"requires openai<3 and this environment has openai {openai.__version__}")
+        f"requires openai<3 and this environment has openai {openai.__version__}",
+    )
     from llama_index.core.llms import ChatMessage
     from llama_index.llms.openai_like import OpenAILike
 
     repo = keyed(catalog, admin)
-    llm = OpenAILike(model="fast", api_key="unused", is_chat_model=True, max_tokens=3,
-                     openai_client=repo.ai, async_openai_client=repo.aio)
-    assert llm.chat([ChatMessage(role="user", content="hi there")]).message.content == \
-        "w0 w1 w2"
+    llm = OpenAILike(
+        model="fast",
+        api_key="unused",
+        is_chat_model=True,
+        max_tokens=3,
+        openai_client=repo.ai,
+        async_openai_client=repo.aio,
+    )
+    assert llm.chat([ChatMessage(role="user", content="hi there")]).message.content == "w0 w1 w2"
     streamed = [r.delta for r in llm.stream_chat([ChatMessage(role="user", content="hi")])]
     assert "".join(d or "" for d in streamed) == "w0 w1 w2"
     assert fake.chat_requests()[-1].bearer == LLM_API_KEY

@@ -140,8 +140,9 @@ def test_repository_lifecycle(catalog: repolib.Catalog) -> None:
     assert "repository.deleted" in actions and actions.count("repository.created") == 2
 
 
-@pytest.mark.parametrize("name", ["ab", "A-bc", "1abc", "-abc", "ab_c", "a" * 64, "abc ", "",
-                                  "abç", "ab.c"])
+@pytest.mark.parametrize(
+    "name", ["ab", "A-bc", "1abc", "-abc", "ab_c", "a" * 64, "abc ", "", "abç", "ab.c"]
+)
 def test_bad_repository_names(catalog: repolib.Catalog, name: str) -> None:
     with pytest.raises(repolib.ConfigError, match="lowercase letters"):
         catalog.create_repository(name)
@@ -152,8 +153,7 @@ def test_good_repository_names(catalog: repolib.Catalog, name: str) -> None:
     assert catalog.create_repository(name).name == name
 
 
-def test_creating_a_repository_needs_the_admin_secret(catalog: repolib.Catalog,
-                                                      home: Path) -> None:
+def test_creating_a_repository_needs_the_admin_secret(catalog: repolib.Catalog, home: Path) -> None:
     (home / "admin.key").rename(home / "elsewhere.key")
     cat = repolib.Catalog(home)
     with pytest.raises(repolib.SecretError, match="admin secret"):
@@ -218,8 +218,9 @@ def test_admin_rotate_rewraps_everything(repo: repolib.Repository, home: Path) -
         del os.environ["REPOLIB_ADMIN_KEY"]
 
 
-def test_admin_rotate_from_env_returns_the_new_secret(home: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_admin_rotate_from_env_returns_the_new_secret(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("REPOLIB_ADMIN_KEY", "ab" * 32)
     cat = repolib.Catalog(home)
     cat.init()
@@ -233,33 +234,39 @@ def test_admin_rotate_from_env_returns_the_new_secret(home: Path,
 # -- resources ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("url", "canonical"), [
-    ("s3://bucket/prefix/", "s3://bucket/prefix"),
-    ("s3://bucket", "s3://bucket"),
-    ("gs://bucket/a/b", "gs://bucket/a/b"),
-    ("gcs://bucket", "gcs://bucket"),
-    ("az://container/p", "az://container/p"),
-    ("abfs://container", "abfs://container"),
-    ("file:///srv/data/../docs", "file:///srv/docs"),
-    ("/srv/data", "file:///srv/data"),
-    ("memory://scratch", "memory://scratch"),
-    ("http://example.invalid/files", "http://example.invalid/files"),
-])
+@pytest.mark.parametrize(
+    ("url", "canonical"),
+    [
+        ("s3://bucket/prefix/", "s3://bucket/prefix"),
+        ("s3://bucket", "s3://bucket"),
+        ("gs://bucket/a/b", "gs://bucket/a/b"),
+        ("gcs://bucket", "gcs://bucket"),
+        ("az://container/p", "az://container/p"),
+        ("abfs://container", "abfs://container"),
+        ("file:///srv/data/../docs", "file:///srv/docs"),
+        ("/srv/data", "file:///srv/data"),
+        ("memory://scratch", "memory://scratch"),
+        ("http://example.invalid/files", "http://example.invalid/files"),
+    ],
+)
 def test_storage_urls(catalog: repolib.Catalog, url: str, canonical: str) -> None:
     repo = catalog.create_repository("analytics")
     info = repo.add_storage("res", url, key="k", secret="s")
     assert info.url == canonical
 
 
-@pytest.mark.parametrize(("url", "message"), [
-    ("s3://", "needs a bucket"),
-    ("s3://bucket/../x", "'..'"),
-    ("file://relative/path", "absolute"),
-    ("relative/path", "no scheme"),
-    ("nosuchproto://x", "unknown storage protocol"),
-    ("s3://AKIA:secret@bucket", "credentials in the storage URL"),
-    ("sftp://user:pw@host/path", "credentials in the storage URL"),
-])
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("s3://", "needs a bucket"),
+        ("s3://bucket/../x", "'..'"),
+        ("file://relative/path", "absolute"),
+        ("relative/path", "no scheme"),
+        ("nosuchproto://x", "unknown storage protocol"),
+        ("s3://AKIA:secret@bucket", "credentials in the storage URL"),
+        ("sftp://user:pw@host/path", "credentials in the storage URL"),
+    ],
+)
 def test_bad_storage_urls(catalog: repolib.Catalog, url: str, message: str) -> None:
     repo = catalog.create_repository("analytics")
     with pytest.raises(repolib.ConfigError, match=message):
@@ -305,8 +312,9 @@ def test_adding_a_resource_contacts_no_network(catalog: repolib.Catalog) -> None
     assert len(repo.resources()) == 2
 
 
-def test_resource_without_credentials_is_anonymous(catalog: repolib.Catalog,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resource_without_credentials_is_anonymous(
+    catalog: repolib.Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAAMBIENT")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "ambient-secret")
     repo = catalog.create_repository("analytics")
@@ -317,35 +325,41 @@ def test_resource_without_credentials_is_anonymous(catalog: repolib.Catalog,
     assert "AKIAAMBIENT" not in repr(r)
 
 
-def test_edited_endpoint_makes_credentials_undecryptable(repo: repolib.Repository,
-                                                         home: Path) -> None:
+def test_edited_endpoint_makes_credentials_undecryptable(
+    repo: repolib.Repository, home: Path
+) -> None:
     conn = db(home)
-    conn.execute("UPDATE resources SET public = replace(public, '127.0.0.1:9', 'evil.example') "
-                 "WHERE name = 'raw'")
+    conn.execute(
+        "UPDATE resources SET public = replace(public, '127.0.0.1:9', 'evil.example') "
+        "WHERE name = 'raw'"
+    )
     with pytest.raises(repolib.SecretError, match="decryption failed"):
         repo.resolve("raw")
 
 
-def test_edited_base_url_makes_api_key_undecryptable(repo: repolib.Repository,
-                                                     home: Path) -> None:
-    db(home).execute("UPDATE resources SET public = replace(public, '127.0.0.1:9', "
-                     "'attacker.example') WHERE name = 'local'")
+def test_edited_base_url_makes_api_key_undecryptable(repo: repolib.Repository, home: Path) -> None:
+    db(home).execute(
+        "UPDATE resources SET public = replace(public, '127.0.0.1:9', "
+        "'attacker.example') WHERE name = 'local'"
+    )
     with pytest.raises(repolib.SecretError):
         repo.resolve("local")
 
 
-def test_ambient_flag_cannot_be_switched_on_in_the_catalog(catalog: repolib.Catalog,
-                                                           home: Path) -> None:
+def test_ambient_flag_cannot_be_switched_on_in_the_catalog(
+    catalog: repolib.Catalog, home: Path
+) -> None:
     repo = catalog.create_repository("analytics")
     repo.add_storage("raw", "s3://b", key="k", secret="s")
-    db(home).execute("""UPDATE resources SET public = '{"options":{"ambient_credentials":true},"""
-                     """"url":"s3://b"}' WHERE name = 'raw'""")
+    db(home).execute(
+        """UPDATE resources SET public = '{"options":{"ambient_credentials":true},"""
+        """"url":"s3://b"}' WHERE name = 'raw'"""
+    )
     with pytest.raises(repolib.SecretError):
         repo.resolve("raw")
 
 
-def test_tampered_ciphertext_and_wraps_fail_opaquely(repo: repolib.Repository,
-                                                     home: Path) -> None:
+def test_tampered_ciphertext_and_wraps_fail_opaquely(repo: repolib.Repository, home: Path) -> None:
     token = repo.create_key("app", "write").token
     conn = db(home)
     ct = conn.execute("SELECT ciphertext FROM resources WHERE name='raw'").fetchone()[0]
@@ -354,10 +368,15 @@ def test_tampered_ciphertext_and_wraps_fail_opaquely(repo: repolib.Repository,
     with pytest.raises(repolib.SecretError) as e1:
         repolib.open("analytics", key=token).resolve("raw")
     conn.execute("UPDATE resources SET ciphertext = ? WHERE name='raw'", (ct,))
-    w = conn.execute("SELECT sealed, key_id, generation, resource_id, which FROM key_wraps "
-                     "ORDER BY resource_id, which").fetchone()
-    conn.execute("UPDATE key_wraps SET sealed = ? WHERE key_id = ? AND generation = ? AND "
-                 "resource_id = ? AND which = ?", (w[0][:-1] + bytes([w[0][-1] ^ 1]), *w[1:]))
+    w = conn.execute(
+        "SELECT sealed, key_id, generation, resource_id, which FROM key_wraps "
+        "ORDER BY resource_id, which"
+    ).fetchone()
+    conn.execute(
+        "UPDATE key_wraps SET sealed = ? WHERE key_id = ? AND generation = ? AND "
+        "resource_id = ? AND which = ?",
+        (w[0][:-1] + bytes([w[0][-1] ^ 1]), *w[1:]),
+    )
     bad = 0
     for name in ("raw", "scratch", "local"):
         try:
@@ -367,8 +386,10 @@ def test_tampered_ciphertext_and_wraps_fail_opaquely(repo: repolib.Repository,
             bad += 1
     assert bad == 1
     admin_wrap = conn.execute("SELECT admin_wrap FROM resources WHERE name='scratch'").fetchone()[0]
-    conn.execute("UPDATE resources SET admin_wrap = ? WHERE name='scratch'",
-                 (admin_wrap[:40] + bytes([admin_wrap[40] ^ 1]) + admin_wrap[41:],))
+    conn.execute(
+        "UPDATE resources SET admin_wrap = ? WHERE name='scratch'",
+        (admin_wrap[:40] + bytes([admin_wrap[40] ^ 1]) + admin_wrap[41:],),
+    )
     with pytest.raises(repolib.SecretError):
         repolib.Catalog(home).repository("analytics").resolve("scratch")
 
@@ -376,9 +397,11 @@ def test_tampered_ciphertext_and_wraps_fail_opaquely(repo: repolib.Repository,
 def test_ciphertext_moved_to_another_resource_fails(repo: repolib.Repository, home: Path) -> None:
     conn = db(home)
     ct, wrap = conn.execute(
-        "SELECT ciphertext, admin_wrap FROM resources WHERE name='raw'").fetchone()
-    conn.execute("UPDATE resources SET ciphertext = ?, admin_wrap = ? WHERE name='scratch'",
-                 (ct, wrap))
+        "SELECT ciphertext, admin_wrap FROM resources WHERE name='raw'"
+    ).fetchone()
+    conn.execute(
+        "UPDATE resources SET ciphertext = ?, admin_wrap = ? WHERE name='scratch'", (ct, wrap)
+    )
     with pytest.raises(repolib.SecretError):
         repo.resolve("scratch")
 
@@ -396,22 +419,23 @@ def test_resource_kinds_come_from_entry_points() -> None:
 # -- audit ----------------------------------------------------------------------------------
 
 
-def test_audit_records_changes_in_a_chain(repo: repolib.Repository,
-                                          catalog: repolib.Catalog) -> None:
+def test_audit_records_changes_in_a_chain(
+    repo: repolib.Repository, catalog: repolib.Catalog
+) -> None:
     k = repo.create_key("app", "read")
     repo.rotate_key(k.key_id)
     repo.revoke_key(k.key_id)
     actions = [e.action for e in catalog.audit("analytics")]
-    for a in ("repository.created", "resource.added", "key.created", "key.rotated",
-              "key.revoked"):
+    for a in ("repository.created", "resource.added", "key.created", "key.rotated", "key.revoked"):
         assert a in actions
     v = catalog.verify_audit()
     assert v.ok and v.seal_checked and v.sealed_rows == v.rows
 
 
 @pytest.mark.parametrize("attack", ["edit", "delete", "truncate", "forge-seal", "reorder"])
-def test_audit_verify_finds_tampering(repo: repolib.Repository, catalog: repolib.Catalog,
-                                      home: Path, attack: str) -> None:
+def test_audit_verify_finds_tampering(
+    repo: repolib.Repository, catalog: repolib.Catalog, home: Path, attack: str
+) -> None:
     conn = db(home)
     n = conn.execute("SELECT count(*) FROM audit").fetchone()[0]
     assert n >= 4
@@ -422,8 +446,10 @@ def test_audit_verify_finds_tampering(repo: repolib.Repository, catalog: repolib
     elif attack == "truncate":
         conn.execute("DELETE FROM audit WHERE seq >= ?", (n - 1,))
     elif attack == "forge-seal":
-        conn.execute("UPDATE audit_seals SET row_count = row_count - 1 WHERE seq = "
-                     "(SELECT max(seq) FROM audit_seals)")
+        conn.execute(
+            "UPDATE audit_seals SET row_count = row_count - 1 WHERE seq = "
+            "(SELECT max(seq) FROM audit_seals)"
+        )
     else:
         conn.execute("UPDATE audit SET actor = 'key:xyz' WHERE seq = 2")
     v = repolib.Catalog(home).verify_audit()
@@ -432,7 +458,8 @@ def test_audit_verify_finds_tampering(repo: repolib.Repository, catalog: repolib
 
 
 def test_audit_truncation_rewriting_the_chain_is_caught_by_the_seal(
-        repo: repolib.Repository, home: Path) -> None:
+    repo: repolib.Repository, home: Path
+) -> None:
     # An attacker recomputes every hash after editing row 2: only the sealed head catches it.
     from repolib import audit as audit_mod
 
@@ -442,8 +469,9 @@ def test_audit_truncation_rewriting_the_chain_is_caught_by_the_seal(
         rows = tx.audit_rows()
     prev = b""
     for r in rows:
-        h = audit_mod._hash(prev, audit_mod._row_bytes(r.seq, r.ts, r.repo, r.actor,
-                                                       r.action, r.target, r.detail))
+        h = audit_mod._hash(
+            prev, audit_mod._row_bytes(r.seq, r.ts, r.repo, r.actor, r.action, r.target, r.detail)
+        )
         conn.execute("UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?", (prev, h, r.seq))
         prev = h
     v = repolib.Catalog(home).verify_audit()

@@ -51,11 +51,34 @@ def test_admin_workflow(cli: Cli, home: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("MY_S3_KEY", S3_KEY)
     monkeypatch.setenv("MY_S3_SECRET", S3_SECRET)
     monkeypatch.setenv("MY_LLM_KEY", LLM_API_KEY)
-    cli("resource", "add", "analytics", "raw", "s3://bucket/raw", "--endpoint-url",
-        "http://127.0.0.1:9", "--cred-env", "key=MY_S3_KEY", "--cred-env", "secret=MY_S3_SECRET")
+    cli(
+        "resource",
+        "add",
+        "analytics",
+        "raw",
+        "s3://bucket/raw",
+        "--endpoint-url",
+        "http://127.0.0.1:9",
+        "--cred-env",
+        "key=MY_S3_KEY",
+        "--cred-env",
+        "secret=MY_S3_SECRET",
+    )
     cli("resource", "add", "analytics", "docs", "memory://docs", "--read-only")
-    cli("llm", "add", "analytics", "local", "--base-url", "http://127.0.0.1:9/v1",
-        "--api-key-env", "MY_LLM_KEY", "--model", "smollm2", "--alias", "fast=smollm2")
+    cli(
+        "llm",
+        "add",
+        "analytics",
+        "local",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--api-key-env",
+        "MY_LLM_KEY",
+        "--model",
+        "smollm2",
+        "--alias",
+        "fast=smollm2",
+    )
     listing = json.loads(cli("resource", "list", "analytics", "--json").stdout)
     assert {r["name"] for r in listing} == {"raw", "docs", "local"}
     raw = next(r for r in listing if r["name"] == "raw")
@@ -63,8 +86,18 @@ def test_admin_workflow(cli: Cli, home: Path, monkeypatch: pytest.MonkeyPatch) -
     docs = next(r for r in listing if r["name"] == "docs")
     assert docs["definition"]["options"] == {"read_only": True}
 
-    created = cli("key", "create", "analytics", "ci", "--access", "read", "--resource", "raw",
-                  "--expires", "30d")
+    created = cli(
+        "key",
+        "create",
+        "analytics",
+        "ci",
+        "--access",
+        "read",
+        "--resource",
+        "raw",
+        "--expires",
+        "30d",
+    )
     token = created.stdout.strip()
     assert token.startswith("rpk_") and created.stdout.count("\n") == 1
     assert "will not be shown again" in created.stderr and token not in created.stderr
@@ -81,13 +114,29 @@ def test_admin_workflow(cli: Cli, home: Path, monkeypatch: pytest.MonkeyPatch) -
     assert who["resources"] == ["raw"]
     assert "expires" in cli("whoami", env={"REPOLIB_KEY": token}).stdout
 
-    ai = cli("key", "create", "analytics", "nb", "--access", "read", "--model", "fast",
-             "--max-tokens", "512", "--rpm", "60", "--token-budget", "100000",
-             "--budget-period", "month")
+    ai = cli(
+        "key",
+        "create",
+        "analytics",
+        "nb",
+        "--access",
+        "read",
+        "--model",
+        "fast",
+        "--max-tokens",
+        "512",
+        "--rpm",
+        "60",
+        "--token-budget",
+        "100000",
+        "--budget-period",
+        "month",
+    )
     nb = repolib.open("analytics", key=ai.stdout.strip())
     policy = nb.whoami().ai  # type: ignore[union-attr]
-    assert policy == repolib.AIPolicy(models=("fast",), max_tokens=512, rpm=60,
-                                      token_budget=100000, budget_period="month")
+    assert policy == repolib.AIPolicy(
+        models=("fast",), max_tokens=512, rpm=60, token_budget=100000, budget_period="month"
+    )
 
     rotated = cli("key", "rotate", "analytics", key_id, "--grace", "0").stdout.strip()
     assert rotated != token and rotated.startswith(f"rpk_{key_id}_")
@@ -117,17 +166,28 @@ def test_admin_workflow(cli: Cli, home: Path, monkeypatch: pytest.MonkeyPatch) -
     assert json.loads(cli("repo", "list", "--json").stdout) == []
 
 
-def test_audit_verify_exits_non_zero_when_broken(cli: Cli, repo: repolib.Repository,
-                                                 home: Path) -> None:
+def test_audit_verify_exits_non_zero_when_broken(
+    cli: Cli, repo: repolib.Repository, home: Path
+) -> None:
     sqlite3.connect(home / "catalog.db", isolation_level=None).execute(
-        "UPDATE audit SET target = 'x' WHERE seq = 2")
+        "UPDATE audit SET target = 'x' WHERE seq = 2"
+    )
     result = cli("audit", "--verify", ok=False)
     assert result.exit_code != 0 and "BROKEN" in result.stdout
 
 
 def test_secret_on_argv_warns(cli: Cli, repo: repolib.Repository) -> None:
-    result = cli("resource", "add", "analytics", "bucket2", "s3://b2", "--cred", "key=abc",
-                 "--cred", "secret=def")
+    result = cli(
+        "resource",
+        "add",
+        "analytics",
+        "bucket2",
+        "s3://b2",
+        "--cred",
+        "key=abc",
+        "--cred",
+        "secret=def",
+    )
     assert "visible to other users" in result.stderr
     token = repo.create_key("ops", "admin").token
     result = cli("key", "create", "analytics", "x", "--key", token)
@@ -136,30 +196,38 @@ def test_secret_on_argv_warns(cli: Cli, repo: repolib.Repository) -> None:
     assert "visible" not in result.stderr and result.stdout.startswith("rpk_")
 
 
-def test_admin_key_from_environment_manages_keys(cli: Cli, repo: repolib.Repository,
-                                                 home: Path) -> None:
+def test_admin_key_from_environment_manages_keys(
+    cli: Cli, repo: repolib.Repository, home: Path
+) -> None:
     token = repo.create_key("ops", "admin").token
     (home / "admin.key").unlink()
-    result = cli("key", "create", "analytics", "app", "--access", "write",
-                 env={"REPOLIB_KEY": token})
+    result = cli(
+        "key", "create", "analytics", "app", "--access", "write", env={"REPOLIB_KEY": token}
+    )
     assert result.stdout.startswith("rpk_")
     result = cli("key", "create", "analytics", "app2", "--access", "read", ok=False)
     assert result.exit_code == 1 and "admin secret or an ADMIN key" in result.stderr
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["repo", "create", "Bad_Name"], "invalid repository name"),
-    (["repo", "show", "nosuch"], "no repository named"),
-    (["key", "rotate", "analytics", "nope"], "not a key id"),
-    (["key", "create", "nosuch", "x"], "no repository named"),
-    (["resource", "add", "analytics", "x1x", "s3://"], "needs a bucket"),
-    (["resource", "add", "analytics", "x1x", "s3://b", "--cred-env", "key=NOPE_NOT_SET"],
-     "NOPE_NOT_SET is not set"),
-    (["whoami"], "no API key"),
-    (["key", "create", "analytics", "x", "--expires", "soon"], "not a duration"),
-])
-def test_errors_are_one_line_without_traceback(cli: Cli, repo: repolib.Repository,
-                                               args: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["repo", "create", "Bad_Name"], "invalid repository name"),
+        (["repo", "show", "nosuch"], "no repository named"),
+        (["key", "rotate", "analytics", "nope"], "not a key id"),
+        (["key", "create", "nosuch", "x"], "no repository named"),
+        (["resource", "add", "analytics", "x1x", "s3://"], "needs a bucket"),
+        (
+            ["resource", "add", "analytics", "x1x", "s3://b", "--cred-env", "key=NOPE_NOT_SET"],
+            "NOPE_NOT_SET is not set",
+        ),
+        (["whoami"], "no API key"),
+        (["key", "create", "analytics", "x", "--expires", "soon"], "not a duration"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(
+    cli: Cli, repo: repolib.Repository, args: list[str], message: str
+) -> None:
     result = cli(*args, ok=False)
     assert result.exit_code != 0
     assert message in result.stderr, result.stderr
@@ -169,10 +237,18 @@ def test_errors_are_one_line_without_traceback(cli: Cli, repo: repolib.Repositor
 
 
 def test_wrong_key_is_one_line_in_a_real_process(repo: repolib.Repository, home: Path) -> None:
-    env = {**os.environ, "REPOLIB_HOME": str(home),
-           "REPOLIB_KEY": "rpk_" + "A" * 12 + "_" + "b" * 43}
-    proc = subprocess.run([sys.executable, "-m", "repolib", "whoami"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "REPOLIB_HOME": str(home),
+        "REPOLIB_KEY": "rpk_" + "A" * 12 + "_" + "b" * 43,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "repolib", "whoami"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 1
     assert proc.stderr.startswith("Error: invalid API key")
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
@@ -180,21 +256,34 @@ def test_wrong_key_is_one_line_in_a_real_process(repo: repolib.Repository, home:
 
 def test_no_catalog_is_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "REPOLIB_HOME": str(tmp_path / "none")}
-    proc = subprocess.run([sys.executable, "-m", "repolib", "repo", "list"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "repolib", "repo", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 1 and "repolib init" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_key_with_whitespace_is_named_in_a_real_process(repo: repolib.Repository,
-                                                         home: Path) -> None:
+def test_key_with_whitespace_is_named_in_a_real_process(
+    repo: repolib.Repository, home: Path
+) -> None:
     token = repo.create_key("ci", "read").token
     env = {**os.environ, "REPOLIB_HOME": str(home), "REPOLIB_KEY": token + "\n"}
-    proc = subprocess.run([sys.executable, "-m", "repolib", "whoami"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "repolib", "whoami"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.startswith("Error: invalid API key: it has leading or trailing "
-                                  "whitespace") and len(proc.stderr.splitlines()) == 1
+    assert (
+        proc.stderr.startswith("Error: invalid API key: it has leading or trailing whitespace")
+        and len(proc.stderr.splitlines()) == 1
+    )
     assert token not in proc.stderr and token[4:16] not in proc.stderr
 
 
@@ -213,9 +302,11 @@ def test_key_show_and_resource_show_accept_json(cli: Cli, repo: repolib.Reposito
 
 
 def test_completion_scripts_complete_in_a_real_bash(cli: Cli, tmp_path: Path) -> None:
-    for shell, marker in (("bash", "complete -o nosort -F _repolib_completion repolib"),
-                          ("zsh", "#compdef repolib"),
-                          ("fish", "complete --no-files --command repolib")):
+    for shell, marker in (
+        ("bash", "complete -o nosort -F _repolib_completion repolib"),
+        ("zsh", "#compdef repolib"),
+        ("fish", "complete --no-files --command repolib"),
+    ):
         assert marker in cli("completion", shell).stdout
     result = cli("completion", "tcsh", ok=False)
     assert result.exit_code == 2 and "Traceback" not in result.stderr
@@ -226,10 +317,18 @@ def test_completion_scripts_complete_in_a_real_bash(cli: Cli, tmp_path: Path) ->
 
     def complete(*words: str) -> list[str]:
         line = f"COMP_WORDS=({' '.join(words)}); COMP_CWORD={len(words) - 1}"
-        proc = subprocess.run(["bash", "-c", f'. {script}; {line}; _repolib_completion repolib; '
-                               'printf "%s\\n" "${COMPREPLY[@]}"'],
-                              env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [
+                "bash",
+                "-c",
+                f". {script}; {line}; _repolib_completion repolib; "
+                'printf "%s\\n" "${COMPREPLY[@]}"',
+            ],
+            env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 0, proc.stderr
         return proc.stdout.split()
 

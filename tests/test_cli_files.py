@@ -34,7 +34,9 @@ def test_file_commands(cli: Cli, setup: tuple[str, Path], tmp_path: Path) -> Non
     token, data = setup
     env = {"REPOLIB_KEY": token}
     assert cli("ls", "repo://analytics", env=env).stdout.split() == [
-        "repo://analytics/out/", "repo://analytics/raw/"]
+        "repo://analytics/out/",
+        "repo://analytics/raw/",
+    ]
     long = cli("ls", "-l", "repo://analytics/raw", env=env).stdout
     assert "repo://analytics/raw/a.csv" in long and "8" in long
     listing = json.loads(cli("ls", "--json", "repo://analytics/raw", env=env).stdout)
@@ -83,27 +85,32 @@ def test_file_command_errors_are_one_line(cli: Cli, setup: tuple[str, Path]) -> 
     assert reader.key_id
 
 
-def test_resource_test_command(cli: Cli, setup: tuple[str, Path], catalog: repolib.Catalog,
-                               tmp_path: Path) -> None:
+def test_resource_test_command(
+    cli: Cli, setup: tuple[str, Path], catalog: repolib.Catalog, tmp_path: Path
+) -> None:
     out = cli("resource", "test", "analytics", "raw", "--write").stdout
     assert "list: ok" in out and "write: ok" in out and "delete: ok" in out
     catalog.repository("analytics").add_storage("gone", f"file://{tmp_path / 'missing'}")
     result = cli("resource", "test", "analytics", "gone", ok=False)
     assert result.exit_code == 1 and "not found" in result.stderr
     catalog.repository("analytics").add_storage(
-        "dead", "s3://bucket", endpoint_url="http://127.0.0.1:9", key="k", secret="s")
+        "dead", "s3://bucket", endpoint_url="http://127.0.0.1:9", key="k", secret="s"
+    )
     result = cli("resource", "test", "analytics", "dead", ok=False)
     assert result.exit_code == 1, result.stderr
     assert "unreachable" in result.stderr or "failed" in result.stderr
 
 
-def test_cat_streams_large_files_in_a_real_process(setup: tuple[str, Path],
-                                                   home: Path) -> None:
+def test_cat_streams_large_files_in_a_real_process(setup: tuple[str, Path], home: Path) -> None:
     token, data = setup
     (data / "raw" / "big.bin").write_bytes(os.urandom(3 * 2**20))
     env = {**os.environ, "REPOLIB_HOME": str(home), "REPOLIB_KEY": token}
-    proc = subprocess.run([sys.executable, "-m", "repolib", "cat", "repo://analytics/raw/big.bin"],
-                          env=env, capture_output=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "repolib", "cat", "repo://analytics/raw/big.bin"],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == (data / "raw" / "big.bin").read_bytes()
 
@@ -112,14 +119,18 @@ def test_cat_streams_large_files_in_a_real_process(setup: tuple[str, Path],
 
 
 @pytest.fixture(params=["local", "s3"])
-def two_resources(request: pytest.FixtureRequest, catalog: repolib.Catalog,
-                  tmp_path: Path) -> tuple[str, Callable[[], dict[str, bytes]], list[str]]:
+def two_resources(
+    request: pytest.FixtureRequest, catalog: repolib.Catalog, tmp_path: Path
+) -> tuple[str, Callable[[], dict[str, bytes]], list[str]]:
     """Repository 'analytics' with resources 'src' (a folder 'tree' of three files, 8 MiB) and
     'dst' on local folders or on one S3 server; a snapshot of every stored byte; the
     backend's own paths, which no message may show."""
     repo = catalog.create_repository("analytics")
-    files = {"tree/a.bin": os.urandom(5 * 2**20), "tree/sub/b.bin": os.urandom(2 * 2**20),
-             "tree/sub/c.txt": os.urandom(2**20)}
+    files = {
+        "tree/a.bin": os.urandom(5 * 2**20),
+        "tree/sub/b.bin": os.urandom(2 * 2**20),
+        "tree/sub/c.txt": os.urandom(2**20),
+    }
     if request.param == "local":
         root = tmp_path / "stores"
         for rel, data in files.items():
@@ -130,8 +141,10 @@ def two_resources(request: pytest.FixtureRequest, catalog: repolib.Catalog,
         repo.add_storage("dst", f"file://{root / 'dst'}")
 
         def snapshot() -> dict[str, bytes]:
-            return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else b"/"
-                    for p in sorted(root.rglob("*"))}
+            return {
+                str(p.relative_to(root)): p.read_bytes() if p.is_file() else b"/"
+                for p in sorted(root.rglob("*"))
+            }
 
         hidden = [str(root)]
     else:
@@ -161,8 +174,8 @@ def _one_error_line(result: Any, *expected: str) -> str:
 
 
 def test_a_folder_without_r_is_one_line_and_changes_nothing(
-        cli: Cli, two_resources: tuple[str, Callable[[], dict[str, bytes]], list[str]],
-        tmp_path: Path) -> None:
+    cli: Cli, two_resources: tuple[str, Callable[[], dict[str, bytes]], list[str]], tmp_path: Path
+) -> None:
     token, snapshot, hidden = two_resources
     env = {"REPOLIB_KEY": token}
     local = tmp_path / "local"
@@ -194,28 +207,38 @@ def test_a_folder_without_r_is_one_line_and_changes_nothing(
     cli("rm", "-r", "repo://analytics/src/tree", env=env)
     after = {k: v for k, v in snapshot().items() if v != b"/"}
     assert not any("src/tree" in p for p in after)
-    assert sorted(after.values()) == sorted(v for k, v in before.items()
-                                            if v != b"/" and not k.endswith("b.bin"))
+    assert sorted(after.values()) == sorted(
+        v for k, v in before.items() if v != b"/" and not k.endswith("b.bin")
+    )
 
 
 def test_a_missing_file_is_named_by_its_repo_path(
-        cli: Cli, two_resources: tuple[str, Callable[[], dict[str, bytes]], list[str]],
-        tmp_path: Path) -> None:
+    cli: Cli, two_resources: tuple[str, Callable[[], dict[str, bytes]], list[str]], tmp_path: Path
+) -> None:
     token, _, hidden = two_resources
     env = {"REPOLIB_KEY": token}
     missing = "repo://analytics/src/tree/nope.csv"
-    for args in (["get", missing, str(tmp_path / "x")], ["cat", missing], ["rm", missing],
-                 ["cp", missing, "repo://analytics/dst/x"], ["mv", missing, str(tmp_path / "x")],
-                 ["get", "-r", "repo://analytics/src/nope", str(tmp_path / "x")],
-                 ["get", "repo://analytics/src/tree/*.nope", str(tmp_path / "x")],
-                 ["rm", "repo://analytics/src/tree/*.nope"], ["ls", "repo://analytics/src/nope"],
-                 ["ls", "-R", "repo://analytics/src/nope"], ["du", "repo://analytics/src/nope"],
-                 ["du", "-s", "repo://analytics/src/nope"], ["find", "repo://analytics/src/nope"]):
+    for args in (
+        ["get", missing, str(tmp_path / "x")],
+        ["cat", missing],
+        ["rm", missing],
+        ["cp", missing, "repo://analytics/dst/x"],
+        ["mv", missing, str(tmp_path / "x")],
+        ["get", "-r", "repo://analytics/src/nope", str(tmp_path / "x")],
+        ["get", "repo://analytics/src/tree/*.nope", str(tmp_path / "x")],
+        ["rm", "repo://analytics/src/tree/*.nope"],
+        ["ls", "repo://analytics/src/nope"],
+        ["ls", "-R", "repo://analytics/src/nope"],
+        ["du", "repo://analytics/src/nope"],
+        ["du", "-s", "repo://analytics/src/nope"],
+        ["find", "repo://analytics/src/nope"],
+    ):
         line = _one_error_line(cli(*args, env=env, ok=False), "Error: No such file: repo://")
         assert line == f"Error: No such file: {next(a for a in args if 'repo://' in a)}"
         assert not any(h in line for h in hidden), line
-    line = _one_error_line(cli("put", str(tmp_path / "nope.txt"), "repo://analytics/dst/",
-                               env=env, ok=False))
+    line = _one_error_line(
+        cli("put", str(tmp_path / "nope.txt"), "repo://analytics/dst/", env=env, ok=False)
+    )
     assert line == f"Error: No such file: {tmp_path / 'nope.txt'}"
     # The library says the same without the backend's path, for the mount and Python callers.
     fs = fsspec.filesystem("repo", key=token)
@@ -232,8 +255,8 @@ def _last_bar(stderr: str) -> str:
 
 
 def test_progress_bars_count_bytes_in_every_direction(
-        cli: Cli, two_resources: tuple[str, Callable[[], dict[str, bytes]], list[str]],
-        tmp_path: Path) -> None:
+    cli: Cli, two_resources: tuple[str, Callable[[], dict[str, bytes]], list[str]], tmp_path: Path
+) -> None:
     token, _, _ = two_resources
     env = {"REPOLIB_KEY": token, "REPOLIB_PROGRESS": "1"}
     local = tmp_path / "local"
@@ -245,10 +268,8 @@ def test_progress_bars_count_bytes_in_every_direction(
         (["put", "-r", str(tmp_path / "down"), "repo://analytics/dst/up"], "put", "8.00M"),
         (["put", str(local / "big.bin"), "repo://analytics/dst/big.bin"], "put", "5.00M"),
         (["cp", "-r", "repo://analytics/src/tree", "repo://analytics/dst/tree"], "copy", "8.00M"),
-        (["cp", "-r", "repo://analytics/src/tree", "repo://analytics/src/tree2"], "copy",
-         "8.00M"),
-        (["cp", "repo://analytics/dst/big.bin", "repo://analytics/src/big.bin"], "copy",
-         "5.00M"),
+        (["cp", "-r", "repo://analytics/src/tree", "repo://analytics/src/tree2"], "copy", "8.00M"),
+        (["cp", "repo://analytics/dst/big.bin", "repo://analytics/src/big.bin"], "copy", "5.00M"),
         (["cp", str(local / "big.bin"), "repo://analytics/dst/big2.bin"], "put", "5.00M"),
         (["cp", "-r", "repo://analytics/src/tree", str(tmp_path / "down2")], "get", "8.00M"),
     ):
@@ -262,19 +283,35 @@ def test_progress_bars_count_bytes_in_every_direction(
 
 
 def test_progress_bar_in_a_real_process(
-        two_resources: tuple[str, Callable[[], dict[str, bytes]], list[str]], home: Path,
-        tmp_path: Path) -> None:
+    two_resources: tuple[str, Callable[[], dict[str, bytes]], list[str]], home: Path, tmp_path: Path
+) -> None:
     token, _, _ = two_resources
-    env = {**os.environ, "REPOLIB_HOME": str(home), "REPOLIB_KEY": token,
-           "REPOLIB_PROGRESS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "repolib", "cp", "-r",
-                           "repo://analytics/src/tree", "repo://analytics/dst/tree"],
-                          env=env, capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "REPOLIB_HOME": str(home), "REPOLIB_KEY": token, "REPOLIB_PROGRESS": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "repolib",
+            "cp",
+            "-r",
+            "repo://analytics/src/tree",
+            "repo://analytics/dst/tree",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     bar = _last_bar(proc.stderr)
     assert bar.startswith("copy: 100%") and "8.00M/8.00M [" in bar and "B/s]" in bar, bar
-    proc = subprocess.run([sys.executable, "-m", "repolib", "rm", "repo://analytics/dst/tree"],
-                          env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "repolib", "rm", "repo://analytics/dst/tree"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1 and proc.stderr == (
-        "Error: repo://analytics/dst/tree is a folder: use -r to delete it and everything "
-        "in it\n")
+        "Error: repo://analytics/dst/tree is a folder: use -r to delete it and everything in it\n"
+    )

@@ -61,10 +61,14 @@ print(json.dumps(report))
 def test_parallel_key_creation(catalog: repolib.Catalog, home: Path, tmp_path: Path) -> None:
     repo = catalog.create_repository("shared")
     repo.add_storage("scratch", "memory://shared-scratch")
-    repo.add_storage("raw", "s3://bucket/raw", endpoint_url="http://127.0.0.1:9",
-                     key="AKIACONCURRENCY00001", secret="concurrency-secret")
-    repo.add_llm("local", base_url="http://127.0.0.1:9/v1", api_key="sk-concurrency",
-                 models=["m"])
+    repo.add_storage(
+        "raw",
+        "s3://bucket/raw",
+        endpoint_url="http://127.0.0.1:9",
+        key="AKIACONCURRENCY00001",
+        secret="concurrency-secret",
+    )
+    repo.add_llm("local", base_url="http://127.0.0.1:9/v1", api_key="sk-concurrency", models=["m"])
     before = catalog.verify_audit()
     assert before.ok, before.problems
 
@@ -77,15 +81,33 @@ def test_parallel_key_creation(catalog: repolib.Catalog, home: Path, tmp_path: P
     procs = []
     for i in range(WORKERS):
         out = tmp_path / f"tokens-{i}"
-        procs.append((out, subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(home), str(i), str(KEYS_PER_WORKER), str(barrier),
-             str(out)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)))
+        procs.append(
+            (
+                out,
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-c",
+                        WORKER,
+                        str(home),
+                        str(i),
+                        str(KEYS_PER_WORKER),
+                        str(barrier),
+                        str(out),
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=env,
+                ),
+            )
+        )
     try:
         deadline = time.monotonic() + 60
         while len(list(barrier.glob("ready-*"))) < WORKERS:
-            assert all(p.poll() is None for _, p in procs), \
-                [p.communicate() for _, p in procs if p.poll() is not None]
+            assert all(p.poll() is None for _, p in procs), [
+                p.communicate() for _, p in procs if p.poll() is not None
+            ]
             assert time.monotonic() < deadline, "workers did not start"
             time.sleep(0.01)
         (barrier / "go").touch()
@@ -116,8 +138,9 @@ def test_parallel_key_creation(catalog: repolib.Catalog, home: Path, tmp_path: P
     ids = {k.key_id for k in infos}
     assert len(infos) == len(ids) == WORKERS * KEYS_PER_WORKER
     assert ids == {t[4:16] for t in tokens}
-    assert {k.name for k in infos} == {f"w{w}-k{i}" for w in range(WORKERS)
-                                       for i in range(KEYS_PER_WORKER)}
+    assert {k.name for k in infos} == {
+        f"w{w}-k{i}" for w in range(WORKERS) for i in range(KEYS_PER_WORKER)
+    }
 
     # Every token opens the repository as its own key, with the credentials of its scope.
     for t in tokens:
@@ -173,7 +196,8 @@ print(json.dumps(got))
 
 @pytest.mark.parametrize("limit", ["rpm", "budget"])
 def test_rate_and_budget_reservations_race_across_processes(
-        catalog: repolib.Catalog, home: Path, tmp_path: Path, limit: str) -> None:
+    catalog: repolib.Catalog, home: Path, tmp_path: Path, limit: str
+) -> None:
     """8 processes x 20 attempts at once: a limit of 50 requests a minute grants exactly 50, a
     budget of 300 tokens exactly 30 reservations of 10; nothing counted twice or lost."""
     from repolib.ai.policy import period_key
@@ -188,15 +212,33 @@ def test_rate_and_budget_reservations_race_across_processes(
     env["REPOLIB_HOME"] = str(home)
     if os.environ.get("REPOLIB_CATALOG_URL"):
         env["REPOLIB_CATALOG_URL"] = os.environ["REPOLIB_CATALOG_URL"]
-    procs = [subprocess.Popen([sys.executable, "-c", RESERVER, str(home), key_id, str(barrier),
-                               "20", str(now), str(i), json.dumps(policy)], env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for i in range(WORKERS)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                RESERVER,
+                str(home),
+                key_id,
+                str(barrier),
+                "20",
+                str(now),
+                str(i),
+                json.dumps(policy),
+            ],
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(WORKERS)
+    ]
     try:
         deadline = time.monotonic() + 60
         while len(list(barrier.glob("ready-*"))) < WORKERS:
-            assert all(p.poll() is None for p in procs), \
-                [p.communicate() for p in procs if p.poll() is not None]
+            assert all(p.poll() is None for p in procs), [
+                p.communicate() for p in procs if p.poll() is not None
+            ]
             assert time.monotonic() < deadline, "workers did not start"
             time.sleep(0.01)
         (barrier / "go").touch()

@@ -44,8 +44,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[distributed.Cl
             if name.startswith(("REPOLIB_", "PG")):
                 mp.delenv(name)
         mp.setenv("REPOLIB_HOME", str(worker_home))
-        lc = distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True,
-                                      dashboard_address=None, env={})
+        lc = distributed.LocalCluster(
+            n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None, env={}
+        )
     try:
         with distributed.Client(lc) as client:
             yield client
@@ -54,8 +55,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[distributed.Cl
 
 
 @pytest.fixture
-def bucket_repo(catalog: repolib.Catalog, s3_server: servers.S3Server
-                ) -> tuple[repolib.Repository, str]:
+def bucket_repo(
+    catalog: repolib.Catalog, s3_server: servers.S3Server
+) -> tuple[repolib.Repository, str]:
     """Repository 'analytics' with an S3 bucket 'data' (admin secret), and its name."""
     repo = catalog.create_repository("analytics")
     repo.add_storage("data", f"s3://{new_bucket(s3_server)}", **s3_options(s3_server))
@@ -76,7 +78,8 @@ def _ls(fs: Any, path: str) -> list[str]:
 
 @pytest.mark.stores("postgres")
 def test_repo_fs_on_workers_that_have_only_the_catalog_url_and_key(
-        cluster: distributed.Client, bucket_repo: tuple[repolib.Repository, str]) -> None:
+    cluster: distributed.Client, bucket_repo: tuple[repolib.Repository, str]
+) -> None:
     admin, _ = bucket_repo
     token = admin.create_key("dask", "write").token
     url = os.environ["REPOLIB_CATALOG_URL"]
@@ -85,20 +88,23 @@ def test_repo_fs_on_workers_that_have_only_the_catalog_url_and_key(
     for i in range(4):
         repo.fs.pipe_file(f"analytics/data/in/{i}.csv", f"a,b\n{i},{i * i}\n".encode())
     paths = [f"analytics/data/in/{i}.csv" for i in range(4)]
-    got = cluster.gather(cluster.map(_cat, [repo.fs] * 4, paths, pure=False),
-                         errors="raise")
+    got = cluster.gather(cluster.map(_cat, [repo.fs] * 4, paths, pure=False), errors="raise")
     assert got == [f"a,b\n{i},{i * i}\n".encode() for i in range(4)]
     # fsspec options only, as pandas and dask take them: the URL travels in storage_options
     import dask.dataframe as dd
 
-    df = dd.read_csv("repo://analytics/data/in/*.csv",
-                     storage_options={"key": token, "catalog_url": url})
+    df = dd.read_csv(
+        "repo://analytics/data/in/*.csv", storage_options={"key": token, "catalog_url": url}
+    )
     assert sorted(df["b"].compute().tolist()) == [0, 1, 4, 9]
     # the workers counted their reads in the shared catalog
     deadline = time.monotonic() + 10
     while True:
-        rows = [r for r in repolib.Catalog().usage_rows("analytics")
-                if r["key_id"] == repo.key_id and r["metric"] == "bytes_read"]
+        rows = [
+            r
+            for r in repolib.Catalog().usage_rows("analytics")
+            if r["key_id"] == repo.key_id and r["metric"] == "bytes_read"
+        ]
         if sum(r["value"] for r in rows) >= sum(len(g) for g in got) * 2:
             break
         assert time.monotonic() < deadline, rows
@@ -108,8 +114,11 @@ def test_repo_fs_on_workers_that_have_only_the_catalog_url_and_key(
 @pytest.mark.stores("postgres")
 @pytest.mark.parametrize("case", ["revoked", "rotated", "no-key"])
 def test_a_worker_that_cannot_open_the_repository_fails_its_task(
-        cluster: distributed.Client, bucket_repo: tuple[repolib.Repository, str],
-        monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    cluster: distributed.Client,
+    bucket_repo: tuple[repolib.Repository, str],
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+) -> None:
     admin, _ = bucket_repo
     issued = admin.create_key(f"k-{case}", "read")
     url = os.environ["REPOLIB_CATALOG_URL"]
@@ -119,8 +128,7 @@ def test_a_worker_that_cannot_open_the_repository_fails_its_task(
         expected: type[Exception] = repolib.InvalidKey
         words = "no API key"
     else:
-        fs = fsspec.filesystem("repo", key=issued.token, catalog_url=url,
-                               skip_instance_cache=True)
+        fs = fsspec.filesystem("repo", key=issued.token, catalog_url=url, skip_instance_cache=True)
         if case == "revoked":
             admin.revoke_key(issued.key_id)
         else:
@@ -137,7 +145,8 @@ def test_a_worker_that_cannot_open_the_repository_fails_its_task(
 
 
 def test_a_worker_without_the_catalog_fails_its_task(
-        cluster: distributed.Client, catalog: repolib.Catalog, home: Path) -> None:
+    cluster: distributed.Client, catalog: repolib.Catalog, home: Path
+) -> None:
     """A SQLite catalog named by this machine's REPOLIB_HOME: the workers have another home,
     with nothing in it."""
     admin = catalog.create_repository("analytics")
@@ -166,8 +175,11 @@ N_FILES = 12
 @pytest.mark.stores("postgres")
 @pytest.mark.parametrize("where", ["threads", "processes", "dask"])
 def test_ai_map_on_any_executor_with_one_budget(
-        cluster: distributed.Client, bucket_repo: tuple[repolib.Repository, str],
-        fake: FakeOpenAI, where: str) -> None:
+    cluster: distributed.Client,
+    bucket_repo: tuple[repolib.Repository, str],
+    fake: FakeOpenAI,
+    where: str,
+) -> None:
     admin, _ = bucket_repo
     admin.add_llm("alpha", base_url=fake.url, api_key=LLM_API_KEY, models=["m1"])
     for i in range(N_FILES):
@@ -180,16 +192,22 @@ def test_ai_map_on_any_executor_with_one_budget(
         executor = None
     elif where == "processes":
         pool = executor = concurrent.futures.ProcessPoolExecutor(
-            2, mp_context=multiprocessing.get_context("spawn"))
+            2, mp_context=multiprocessing.get_context("spawn")
+        )
     else:
         executor = cluster.get_executor()
     try:
-        result = repo.ai.map("Summarise.", "data/docs/*.txt", "data/answers/",
-                             executor=executor, progress=False, max_tokens=5)
+        result = repo.ai.map(
+            "Summarise.",
+            "data/docs/*.txt",
+            "data/answers/",
+            executor=executor,
+            progress=False,
+            max_tokens=5,
+        )
         assert result.failed == {} and len(result.written) == N_FILES, result.failed
         assert "data/answers/00.txt.txt" in result.written, result.written
-        assert repo.fs.cat_file("analytics/data/answers/00.txt.txt") == \
-            b"w0 w1 w2 w3 w4\n"
+        assert repo.fs.cat_file("analytics/data/answers/00.txt.txt") == b"w0 w1 w2 w3 w4\n"
         # a budget for half the files, shared by every worker: each call reserves exactly
         # what it then uses (the fake reports our estimate), so exactly half fit
         from repolib.ai.policy import estimate_prompt
@@ -200,8 +218,14 @@ def test_ai_map_on_any_executor_with_one_budget(
         budget = cost * (N_FILES // 2) + cost // 2
         capped = admin.create_key("capped", "write", ai={"token_budget": budget}).token
         capped_repo = repolib.open("analytics", key=capped)
-        result = capped_repo.ai.map("Summarise.", "data/docs/*.txt", "data/capped/",
-                                    executor=executor, progress=False, max_tokens=5)
+        result = capped_repo.ai.map(
+            "Summarise.",
+            "data/docs/*.txt",
+            "data/capped/",
+            executor=executor,
+            progress=False,
+            max_tokens=5,
+        )
     finally:
         if pool is not None:
             pool.shutdown(wait=True)
@@ -214,10 +238,12 @@ def test_ai_map_on_any_executor_with_one_budget(
         spent = tx.ledger_get(capped_repo.key_id or "", period_key("day", time.time())[0])
         rows = tx.ai_usage_rows()
     assert spent == cost * (N_FILES // 2) <= budget
-    requests = sum(v for _, _, k, _, _, m, v in rows if k == capped_repo.key_id
-                   and m == "requests")
-    tokens = sum(v for _, _, k, _, _, m, v in rows if k == capped_repo.key_id
-                 and m in ("prompt_tokens", "completion_tokens"))
+    requests = sum(v for _, _, k, _, _, m, v in rows if k == capped_repo.key_id and m == "requests")
+    tokens = sum(
+        v
+        for _, _, k, _, _, m, v in rows
+        if k == capped_repo.key_id and m in ("prompt_tokens", "completion_tokens")
+    )
     assert requests == len(result.written)  # every worker's usage reached the catalog
     assert tokens == spent  # settled to what the upstream reported, across processes
 
@@ -232,13 +258,22 @@ def test_map_refuses_what_is_not_an_executor(catalog: repolib.Catalog, fake: Fak
 # -- what crosses a process boundary --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("exc", [
-    repolib.InvalidKey(), repolib.AccessDenied("read analytics/raw denied: out of scope"),
-    repolib.CatalogError("cannot reach the catalog"), repolib.CatalogReadOnly("read-only"),
-    repolib.ConfigError("bad name"), repolib.SecretError("decryption failed"),
-    repolib.UpstreamError("upstream said no (HTTP 503)", 503), repolib.BudgetExceeded("spent"),
-    repolib.PolicyViolation("rate limit"), repolib.BackendUnavailable("pip install x"),
-], ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize(
+    "exc",
+    [
+        repolib.InvalidKey(),
+        repolib.AccessDenied("read analytics/raw denied: out of scope"),
+        repolib.CatalogError("cannot reach the catalog"),
+        repolib.CatalogReadOnly("read-only"),
+        repolib.ConfigError("bad name"),
+        repolib.SecretError("decryption failed"),
+        repolib.UpstreamError("upstream said no (HTTP 503)", 503),
+        repolib.BudgetExceeded("spent"),
+        repolib.PolicyViolation("rate limit"),
+        repolib.BackendUnavailable("pip install x"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
 def test_repolib_errors_reach_a_dask_client_as_they_were(exc: Exception) -> None:
     import pickle
 
@@ -248,8 +283,9 @@ def test_repolib_errors_reach_a_dask_client_as_they_were(exc: Exception) -> None
     assert getattr(back, "status", None) == getattr(exc, "status", None)
 
 
-def test_unpickling_a_filesystem_opens_nothing(catalog: repolib.Catalog, repo: repolib.Repository,
-                                               home: Path) -> None:
+def test_unpickling_a_filesystem_opens_nothing(
+    catalog: repolib.Catalog, repo: repolib.Repository, home: Path
+) -> None:
     """A scheduler that unpickles a task graph needs no catalog; the first use does. What is
     pickled is how to open the repository, never a decrypted credential."""
     import pickle

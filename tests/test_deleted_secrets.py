@@ -25,8 +25,12 @@ def _raw(home: Path) -> bytes:
     return out
 
 
-def _key_secrets(home: Path, key_id: str, generations: Iterable[int] | None = None,
-                 resource_ids: Iterable[int] | None = None) -> list[bytes]:
+def _key_secrets(
+    home: Path,
+    key_id: str,
+    generations: Iterable[int] | None = None,
+    resource_ids: Iterable[int] | None = None,
+) -> list[bytes]:
     """Verifiers, public keys and wraps of a key, as stored now."""
     store = SQLiteStore(str(home / "catalog.db"))
     gens = None if generations is None else set(generations)
@@ -34,11 +38,17 @@ def _key_secrets(home: Path, key_id: str, generations: Iterable[int] | None = No
     out = []
     with store.read() as tx:
         if rids is None:
-            out += [b for s in tx.secrets(key_id) if gens is None or s.generation in gens
-                    for b in (s.verifier, s.public_key)]
-        out += [w.sealed for w in tx.wraps(key_id=key_id)
-                if (gens is None or w.generation in gens)
-                and (rids is None or w.resource_id in rids)]
+            out += [
+                b
+                for s in tx.secrets(key_id)
+                if gens is None or s.generation in gens
+                for b in (s.verifier, s.public_key)
+            ]
+        out += [
+            w.sealed
+            for w in tx.wraps(key_id=key_id)
+            if (gens is None or w.generation in gens) and (rids is None or w.resource_id in rids)
+        ]
     store.close()
     assert out, "nothing to look for: the scenario deleted nothing"
     return out
@@ -49,8 +59,9 @@ def _resource_secrets(home: Path, name: str) -> tuple[int, list[bytes]]:
     with store.read() as tx:
         row = tx.resource_get(1, name)
         assert row is not None
-        out = [row.ciphertext, row.admin_wrap] + [b for b in (row.read_ciphertext,
-                                                              row.admin_read_wrap) if b]
+        out = [row.ciphertext, row.admin_wrap] + [
+            b for b in (row.read_ciphertext, row.admin_read_wrap) if b
+        ]
         out += [w.sealed for w in tx.wraps(resource_id=row.id)]
     store.close()
     return row.id, out
@@ -81,8 +92,9 @@ def test_narrowed_scope_leaves_no_old_wrap(repo: repolib.Repository, home: Path)
     assert [x.name for x in r.resources()] == ["raw"]
 
 
-def test_end_of_a_rotation_grace_leaves_no_old_generation(repo: repolib.Repository,
-                                                          home: Path) -> None:
+def test_end_of_a_rotation_grace_leaves_no_old_generation(
+    repo: repolib.Repository, home: Path
+) -> None:
     clock = Clock()
     cat = repolib.Catalog(home, clock=clock)
     admin = cat.repository("analytics")
@@ -95,8 +107,9 @@ def test_end_of_a_rotation_grace_leaves_no_old_generation(repo: repolib.Reposito
     cat.close()
 
 
-def test_removed_resource_and_replaced_credentials_leave_nothing(repo: repolib.Repository,
-                                                                 home: Path) -> None:
+def test_removed_resource_and_replaced_credentials_leave_nothing(
+    repo: repolib.Repository, home: Path
+) -> None:
     repo.create_key("ci", "read")
     _, scratch = _resource_secrets(home, "scratch")
     _, raw_before = _resource_secrets(home, "raw")

@@ -50,10 +50,15 @@ def fs_for(repo: repolib.Repository, access: str = "write", **kw: object) -> Rep
 def test_names_are_repository_resource_path(local_repo: repolib.Repository) -> None:
     fs = fs_for(local_repo)
     assert fs.ls("", detail=False) == ["analytics"]
-    assert fs.ls("repo://analytics", detail=False) == ["analytics/docs", "analytics/raw",
-                                                       "analytics/scratch"]
-    assert sorted(fs.ls("analytics/raw", detail=False)) == ["analytics/raw/a.csv",
-                                                            "analytics/raw/sub"]
+    assert fs.ls("repo://analytics", detail=False) == [
+        "analytics/docs",
+        "analytics/raw",
+        "analytics/scratch",
+    ]
+    assert sorted(fs.ls("analytics/raw", detail=False)) == [
+        "analytics/raw/a.csv",
+        "analytics/raw/sub",
+    ]
     assert fs.info("analytics/raw/a.csv")["name"] == "analytics/raw/a.csv"
     assert fs.info("analytics/raw/a.csv")["size"] == 12
     assert fs.info("analytics/raw")["type"] == "directory"
@@ -65,8 +70,10 @@ def test_names_are_repository_resource_path(local_repo: repolib.Repository) -> N
     assert fs.du("analytics/raw") == 15
     assert fs.cat("repo://analytics/raw/sub/b.txt") == b"bee"
     assert fs.cat_file("analytics/raw/a.csv", start=2, end=5) == b"y\n1"
-    assert fs.cat_ranges(["analytics/raw/a.csv", "analytics/raw/sub/b.txt"], [0, 1],
-                         [1, 3]) == [b"x", b"ee"]
+    assert fs.cat_ranges(["analytics/raw/a.csv", "analytics/raw/sub/b.txt"], [0, 1], [1, 3]) == [
+        b"x",
+        b"ee",
+    ]
     assert fs.modified("analytics/raw/a.csv").year >= 2024
     assert fs.checksum("analytics/raw/a.csv") == fs.checksum("analytics/raw/a.csv")
     assert fs.ukey("analytics/raw/a.csv")
@@ -87,12 +94,14 @@ def test_repo_fs_view_and_fsspec_open(local_repo: repolib.Repository, home: Path
     assert admin_fs.cat("analytics/docs/readme.md").startswith(b"# docs")
 
 
-def test_key_from_environment_and_file(local_repo: repolib.Repository, tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_key_from_environment_and_file(
+    local_repo: repolib.Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     token = local_repo.create_key("reader", "read").token
     monkeypatch.setenv("REPOLIB_KEY", token)
-    assert fsspec.filesystem("repo", skip_instance_cache=True).cat(
-        "analytics/raw/sub/b.txt") == b"bee"
+    assert (
+        fsspec.filesystem("repo", skip_instance_cache=True).cat("analytics/raw/sub/b.txt") == b"bee"
+    )
     monkeypatch.delenv("REPOLIB_KEY")
     f = tmp_path / "k"
     f.write_text(token + "\n")
@@ -149,8 +158,9 @@ def test_put_and_get(local_repo: repolib.Repository, tmp_path: Path) -> None:
     assert (out / "inner" / "two.txt").read_text() == "22"
 
 
-def test_rm_of_a_resource_root_empties_it_but_keeps_it(local_repo: repolib.Repository,
-                                                        data: Path) -> None:
+def test_rm_of_a_resource_root_empties_it_but_keeps_it(
+    local_repo: repolib.Repository, data: Path
+) -> None:
     fs = fs_for(local_repo)
     fs.rm("analytics/raw", recursive=True)
     assert (data / "raw").is_dir() and list((data / "raw").iterdir()) == []
@@ -184,8 +194,9 @@ WRITE_OPS = {
 @pytest.mark.parametrize("level", ["read", "write", "admin"])
 @pytest.mark.parametrize("op", sorted(READ_OPS) + sorted(WRITE_OPS))
 @pytest.mark.parametrize("in_scope", [True, False])
-def test_permission_matrix(local_repo: repolib.Repository, level: str, op: str,
-                           in_scope: bool) -> None:
+def test_permission_matrix(
+    local_repo: repolib.Repository, level: str, op: str, in_scope: bool
+) -> None:
     fs = fs_for(local_repo, level, resources=["scratch"])
     target = "analytics/scratch/f.txt" if in_scope else "analytics/raw/a.csv"
     # set up the file through an unrestricted key
@@ -220,8 +231,9 @@ def test_read_only_resource_refuses_writes_for_every_key(local_repo: repolib.Rep
     assert local_repo.fs.cat("analytics/docs/readme.md")
 
 
-def test_key_of_another_repository(local_repo: repolib.Repository,
-                                   catalog: repolib.Catalog) -> None:
+def test_key_of_another_repository(
+    local_repo: repolib.Repository, catalog: repolib.Catalog
+) -> None:
     other = catalog.create_repository("finance")
     other.add_storage("ledger", "memory://ledger")
     token = other.create_key("f", "admin").token
@@ -246,8 +258,9 @@ def test_revoked_key_stops_within_seconds(local_repo: repolib.Repository) -> Non
         fs.cat("analytics/raw/sub/b.txt")
 
 
-def test_rotated_key_file_is_reread(local_repo: repolib.Repository, tmp_path: Path,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rotated_key_file_is_reread(
+    local_repo: repolib.Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import repolib.fs as fsmod
 
     monkeypatch.setattr(fsmod, "REVALIDATE_S", 0.0)
@@ -262,8 +275,9 @@ def test_rotated_key_file_is_reread(local_repo: repolib.Repository, tmp_path: Pa
     assert fs.cat("analytics/raw/sub/b.txt") == b"bee"
 
 
-def test_updated_credentials_rebuild_the_backend(local_repo: repolib.Repository, data: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_updated_credentials_rebuild_the_backend(
+    local_repo: repolib.Repository, data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import repolib.fs as fsmod
 
     monkeypatch.setattr(fsmod, "REVALIDATE_S", 0.0)
@@ -280,12 +294,22 @@ def test_updated_credentials_rebuild_the_backend(local_repo: repolib.Repository,
 # -- paths cannot escape --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", [
-    "analytics/raw/../secret.txt", "analytics/raw/sub/../../secret.txt", "analytics/raw/./a.csv",
-    "analytics/raw//a.csv", "analytics/raw/a\\..\\..\\secret.txt", "analytics/raw/%2e%2e/x",
-    "analytics/raw/..%2fsecret.txt", "analytics/raw/a\x00b", "/etc/passwd",
-    "analytics/raw/%2E%2E/secret.txt", "analytics/../x",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "analytics/raw/../secret.txt",
+        "analytics/raw/sub/../../secret.txt",
+        "analytics/raw/./a.csv",
+        "analytics/raw//a.csv",
+        "analytics/raw/a\\..\\..\\secret.txt",
+        "analytics/raw/%2e%2e/x",
+        "analytics/raw/..%2fsecret.txt",
+        "analytics/raw/a\x00b",
+        "/etc/passwd",
+        "analytics/raw/%2E%2E/secret.txt",
+        "analytics/../x",
+    ],
+)
 def test_escaping_paths_are_refused(local_repo: repolib.Repository, bad: str) -> None:
     fs = fs_for(local_repo)
     for call in (fs.cat_file, fs.info, lambda p: fs.pipe_file(p, b"x")):
@@ -293,8 +317,9 @@ def test_escaping_paths_are_refused(local_repo: repolib.Repository, bad: str) ->
             call(bad)
 
 
-def test_symlink_out_of_a_local_folder_is_refused(local_repo: repolib.Repository,
-                                                  data: Path) -> None:
+def test_symlink_out_of_a_local_folder_is_refused(
+    local_repo: repolib.Repository, data: Path
+) -> None:
     (data / "raw" / "link").symlink_to(data / "secret.txt")
     (data / "raw" / "dirlink").symlink_to(data)
     fs = fs_for(local_repo)
@@ -308,17 +333,39 @@ def test_symlink_out_of_a_local_folder_is_refused(local_repo: repolib.Repository
 
 
 segment = st.one_of(
-    st.sampled_from(["..", ".", "", "%2e%2e", "%2E%2e", "..\\", "\\..", "a", "sub", "b.txt",
-                     "..%2f", "%2f", "\x00", "~", "...", "secret.txt", "a.csv", "%5c"]),
+    st.sampled_from(
+        [
+            "..",
+            ".",
+            "",
+            "%2e%2e",
+            "%2E%2e",
+            "..\\",
+            "\\..",
+            "a",
+            "sub",
+            "b.txt",
+            "..%2f",
+            "%2f",
+            "\x00",
+            "~",
+            "...",
+            "secret.txt",
+            "a.csv",
+            "%5c",
+        ]
+    ),
     st.text(min_size=1, max_size=6),
 )
 
 
-@settings(max_examples=300, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(parts=st.lists(segment, min_size=1, max_size=6), lead=st.sampled_from(["", "/", "//"]))
-def test_no_generated_path_reaches_outside(local_repo: repolib.Repository, data: Path,
-                                           parts: list[str], lead: str) -> None:
+def test_no_generated_path_reaches_outside(
+    local_repo: repolib.Repository, data: Path, parts: list[str], lead: str
+) -> None:
     fs = fs_for_cached(local_repo)
     path = lead + "analytics/raw/" + "/".join(parts)
     try:
@@ -350,14 +397,14 @@ def usage_of(catalog: repolib.Catalog, key_id: str) -> dict[str, dict[str, float
     out: dict[str, dict[str, float]] = {}
     for row in catalog.usage_rows("analytics"):
         if row["key_id"] == key_id:
-            out.setdefault(row["resource"], {})[row["metric"]] = \
+            out.setdefault(row["resource"], {})[row["metric"]] = (
                 out.setdefault(row["resource"], {}).get(row["metric"], 0) + row["value"]
+            )
     return out
 
 
 @pytest.mark.stores("sqlite", "postgres")
-def test_usage_counts_bytes_moved(local_repo: repolib.Repository,
-                                  catalog: repolib.Catalog) -> None:
+def test_usage_counts_bytes_moved(local_repo: repolib.Repository, catalog: repolib.Catalog) -> None:
     issued = local_repo.create_key("meter", "write")
     fs = fsspec.filesystem("repo", key=issued.token, skip_instance_cache=True)
     fs.pipe_file("analytics/scratch/u.bin", b"x" * 1000)
@@ -375,8 +422,9 @@ def test_usage_counts_bytes_moved(local_repo: repolib.Repository,
 
 
 @pytest.mark.stores("sqlite", "postgres")
-def test_usage_from_threads_and_processes(local_repo: repolib.Repository,
-                                          catalog: repolib.Catalog, home: Path) -> None:
+def test_usage_from_threads_and_processes(
+    local_repo: repolib.Repository, catalog: repolib.Catalog, home: Path
+) -> None:
     issued = local_repo.create_key("meter", "read")
     fs = fsspec.filesystem("repo", key=issued.token, skip_instance_cache=True)
     import concurrent.futures
@@ -397,10 +445,16 @@ def test_usage_from_threads_and_processes(local_repo: repolib.Repository,
         os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert status == 0
-    script = ("import fsspec,sys\nfs=fsspec.filesystem('repo', key=sys.argv[1])\n"
-              "[fs.cat_file('analytics/raw/a.csv') for _ in range(7)]\n")
-    subprocess.run([sys.executable, "-c", script, issued.token], check=True, timeout=120,
-                   env={**os.environ, "REPOLIB_HOME": str(home)})
+    script = (
+        "import fsspec,sys\nfs=fsspec.filesystem('repo', key=sys.argv[1])\n"
+        "[fs.cat_file('analytics/raw/a.csv') for _ in range(7)]\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script, issued.token],
+        check=True,
+        timeout=120,
+        env={**os.environ, "REPOLIB_HOME": str(home)},
+    )
     u = usage_of(catalog, issued.key_id)["raw"]
     assert u["bytes_read"] == 12 * (20 + 5 + 7)
 
@@ -437,8 +491,7 @@ def test_pandas_round_trip(local_repo: repolib.Repository) -> None:
     assert pd.read_csv("repo://analytics/raw/out.csv", storage_options=so).shape == (2, 3)
 
 
-def test_failed_local_write_keeps_the_old_file(local_repo: repolib.Repository,
-                                               data: Path) -> None:
+def test_failed_local_write_keeps_the_old_file(local_repo: repolib.Repository, data: Path) -> None:
     fs = fs_for(local_repo)
     old = (data / "raw" / "a.csv").read_bytes()
     with pytest.raises(RuntimeError), fs.open("analytics/raw/a.csv", "wb") as f:
@@ -458,8 +511,9 @@ def test_entries_carry_a_float_mtime(local_repo: repolib.Repository) -> None:
         assert isinstance(fs.info(path)["mtime"], float)
 
 
-def test_empty_resources_list_empty_and_missing_folders_say_so(catalog: repolib.Catalog,
-                                                               tmp_path: Path) -> None:
+def test_empty_resources_list_empty_and_missing_folders_say_so(
+    catalog: repolib.Catalog, tmp_path: Path
+) -> None:
     repo = catalog.create_repository("analytics")
     repo.add_storage("fresh", f"memory://fresh-{time.monotonic_ns()}")
     repo.add_storage("gone", f"file://{tmp_path / 'missing'}")
@@ -469,8 +523,9 @@ def test_empty_resources_list_empty_and_missing_folders_say_so(catalog: repolib.
         fs.ls("analytics/gone")
 
 
-def test_temp_files_of_atomic_writes_are_never_listed(local_repo: repolib.Repository,
-                                                      data: Path) -> None:
+def test_temp_files_of_atomic_writes_are_never_listed(
+    local_repo: repolib.Repository, data: Path
+) -> None:
     from repolib.fs import is_temp_name
 
     (data / "raw" / ".a.csv.repolib-0123abcd.tmp").write_text("half")
@@ -481,7 +536,8 @@ def test_temp_files_of_atomic_writes_are_never_listed(local_repo: repolib.Reposi
 
 
 def test_a_key_file_given_explicitly_is_followed_after_rotation(
-        local_repo: repolib.Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    local_repo: repolib.Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import repolib.fs as fsmod
 
     monkeypatch.setattr(fsmod, "REVALIDATE_S", 0.0)

@@ -49,8 +49,9 @@ class Target:
         return {k.lower(): v for k, v in md.items()}
 
 
-def _world(tmp_path: Path, kind: str, request: pytest.FixtureRequest,
-           allow_chown: bool = False) -> Target:
+def _world(
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest, allow_chown: bool = False
+) -> Target:
     cat = repolib.Catalog(tmp_path / "home")
     cat.init()
     repo = cat.create_repository("posix")
@@ -65,17 +66,25 @@ def _world(tmp_path: Path, kind: str, request: pytest.FixtureRequest,
     elif kind == "gcs":
         server = request.getfixturevalue("gcs_server")
         bucket = servers.make_bucket(server, f"p{os.getpid()}x{os.urandom(3).hex()}")
-        repo.add_storage("res", f"gs://{bucket}/data", endpoint_url=server.endpoint_url,
-                         project=server.project, token="anon")
+        repo.add_storage(
+            "res",
+            f"gs://{bucket}/data",
+            endpoint_url=server.endpoint_url,
+            project=server.project,
+            token="anon",
+        )
     else:
         server = request.getfixturevalue("azure_server")
         container = servers.make_bucket(server, f"p{os.getpid()}x{os.urandom(3).hex()}")
-        repo.add_storage("res", f"az://{container}/data",
-                         endpoint_url=server.blob_endpoint.rsplit("/", 1)[0],
-                         account_name=server.account_name, account_key=server.account_key)
+        repo.add_storage(
+            "res",
+            f"az://{container}/data",
+            endpoint_url=server.blob_endpoint.rsplit("/", 1)[0],
+            account_name=server.account_name,
+            account_key=server.account_key,
+        )
     token = repo.create_key("w", "write").token
-    fs = fsspec.filesystem("repo", key=token, home=str(tmp_path / "home"),
-                           skip_instance_cache=True)
+    fs = fsspec.filesystem("repo", key=token, home=str(tmp_path / "home"), skip_instance_cache=True)
     return Target(kind, fs, "posix/res", folder, server)
 
 
@@ -96,8 +105,7 @@ def s3t(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
 
 
 def test_attributes_given_with_a_write_are_kept(t: Target) -> None:
-    attrs = {"mode": stat.S_IFREG | 0o750, "uid": 123, "gid": 456, "mtime_ns": T1,
-             "atime_ns": T1}
+    attrs = {"mode": stat.S_IFREG | 0o750, "uid": 123, "gid": 456, "mtime_ns": T1, "atime_ns": T1}
     if t.kind == "local":
         attrs.pop("uid")  # a local file's owner changes only with allow_chown
         attrs.pop("gid")
@@ -140,8 +148,11 @@ def test_setattrs_changes_only_the_metadata(t: Target) -> None:
 
 def test_metadata_is_written_as_the_peers_write_it(objects: Target) -> None:
     t = objects
-    t.fs.pipe_file(t.p("peer.txt"), b"x",
-                   attrs={"mode": 0o100640, "uid": 0, "gid": 0, "mtime_ns": 978307200 * 10**9})
+    t.fs.pipe_file(
+        t.p("peer.txt"),
+        b"x",
+        attrs={"mode": 0o100640, "uid": 0, "gid": 0, "mtime_ns": 978307200 * 10**9},
+    )
     md = t.raw_metadata("peer.txt")
     assert (md["mode"], md["uid"], md["gid"]) == (str(0o100640), "0", "0")
     if t.kind in ("s3", "moto"):
@@ -157,13 +168,28 @@ def test_metadata_written_by_s3fs_fuse_is_read(s3t: Target) -> None:
     backend = t.fs._state.backend("res")
     bucket, key, _ = backend.fs.split_path(backend.path("by-s3fs.txt"))
     # what s3fs-fuse 1.90 wrote after chmod 750 and touch -d 2001-01-01 (INFRA.md)
-    backend.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=b"data",
-                       Metadata={"mode": "33256", "uid": "0", "gid": "0",
-                                 "atime": "978307200", "ctime": "978307200",
-                                 "mtime": "978307200"})
+    backend.fs.call_s3(
+        "put_object",
+        Bucket=bucket,
+        Key=key,
+        Body=b"data",
+        Metadata={
+            "mode": "33256",
+            "uid": "0",
+            "gid": "0",
+            "atime": "978307200",
+            "ctime": "978307200",
+            "mtime": "978307200",
+        },
+    )
     _, lkey, _ = backend.fs.split_path(backend.path("ln"))
-    backend.fs.call_s3("put_object", Bucket=bucket, Key=lkey, Body=b"by-s3fs.txt",
-                       Metadata={"mode": "41471", "mtime": "978307200"})
+    backend.fs.call_s3(
+        "put_object",
+        Bucket=bucket,
+        Key=lkey,
+        Body=b"by-s3fs.txt",
+        Metadata={"mode": "41471", "mtime": "978307200"},
+    )
     info = t.fs.info(t.p("by-s3fs.txt"))
     assert info["mode"] == 0o100750 and info["mtime"] == 978307200.0 and info["uid"] == 0
     assert t.fs.info(t.p("ln"))["type"] == "link"
@@ -268,8 +294,9 @@ def test_names_over_the_limits_are_refused_up_front(t: Target) -> None:
         assert e.value.errno == errno.ENAMETOOLONG
 
 
-def test_a_local_folder_changes_owners_only_when_allowed(tmp_path: Path,
-                                                         request: pytest.FixtureRequest) -> None:
+def test_a_local_folder_changes_owners_only_when_allowed(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     t = _world(tmp_path, "local", request)
     t.fs.pipe_file(t.p("f"), b"x")
     st = os.lstat(t.folder / "f")  # type: ignore[operator]
@@ -279,8 +306,13 @@ def test_a_local_folder_changes_owners_only_when_allowed(tmp_path: Path,
     assert e.value.errno == errno.EPERM
     with pytest.raises(repolib.ConfigError, match="local folders"):  # not for object stores
         repolib.Catalog(tmp_path / "home").repository("posix").add_storage(
-            "bad", "s3://bucket/x", endpoint_url="http://127.0.0.1:9", key="k", secret="s",
-            allow_chown=True)
+            "bad",
+            "s3://bucket/x",
+            endpoint_url="http://127.0.0.1:9",
+            key="k",
+            secret="s",
+            allow_chown=True,
+        )
     if os.getuid() != 0:
         return
     t2 = _world(tmp_path / "allowed", "local", request, allow_chown=True)
@@ -335,7 +367,10 @@ def test_metadata_formats_of_every_peer_are_read_and_written() -> None:
     assert md == {"mode": "33188", "uid": "0", "gid": "5", "mtime": "978307200.123456789"}
     # any case (servers capitalise headers), gsutil's mtime, s3fs-fuse's "mode 0" = unknown
     assert fsmeta.decode({"Mode": "33188", "UID": "7", "goog-reserved-file-mtime": "10"}) == {
-        "mode": 0o100644, "uid": 7, "mtime_ns": 10 * 10**9}
+        "mode": 0o100644,
+        "uid": 7,
+        "mtime_ns": 10 * 10**9,
+    }
     assert fsmeta.decode({"mode": "0", "gid": "x", "mtime": "garbage"}) == {}
     assert fsmeta.kind_of(0o120777, "file") == "link"
     assert fsmeta.kind_of(0o010644, "file") == "other" and fsmeta.kind_of(None, "file") == "file"

@@ -31,17 +31,35 @@ PLANTED_ENV_KEY = "AKIAPLANTEDFROMENV01"
 PLANTED_ENV_SECRET = "planted-env-secret-Qq7Ww3Ee9"
 PUBLIC_ENDPOINT = "https://52.216.8.8"  # a literal public address: checked without DNS
 S3_CREDS = {"key": "AKIAATTACKER00000001", "secret": "attacker-secret-Zx1"}
-SA = {"type": "service_account", "client_email": "a@p.iam.gserviceaccount.com",
-      "private_key": "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n",
-      "project_id": "p"}
+SA = {
+    "type": "service_account",
+    "client_email": "a@p.iam.gserviceaccount.com",
+    "private_key": "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n",
+    "project_id": "p",
+}
 BAD_ENDPOINTS = [
-    "http://169.254.169.254", "http://169.254.169.254:80/latest", "http://[fe80::1]",
-    "http://[::ffff:169.254.169.254]", "http://[64:ff9b::a9fe:a9fe]", "http://2852039166",
-    "http://0xa9fea9fe", "http://0251.0376.0251.0376", "http://[fd00:ec2::254]",
-    "http://127.0.0.1:9000", "http://localhost:9000", "http://127.1", "http://0.0.0.0",
-    "http://10.1.2.3", "http://192.168.1.1", "http://172.16.0.1", "http://100.64.0.1",
-    "http://[::1]", "http://metadata.google.internal", "http://169.254.169.254.nip.io",
-    "file:///etc", "ftp://52.216.8.8",
+    "http://169.254.169.254",
+    "http://169.254.169.254:80/latest",
+    "http://[fe80::1]",
+    "http://[::ffff:169.254.169.254]",
+    "http://[64:ff9b::a9fe:a9fe]",
+    "http://2852039166",
+    "http://0xa9fea9fe",
+    "http://0251.0376.0251.0376",
+    "http://[fd00:ec2::254]",
+    "http://127.0.0.1:9000",
+    "http://localhost:9000",
+    "http://127.1",
+    "http://0.0.0.0",
+    "http://10.1.2.3",
+    "http://192.168.1.1",
+    "http://172.16.0.1",
+    "http://100.64.0.1",
+    "http://[::1]",
+    "http://metadata.google.internal",
+    "http://169.254.169.254.nip.io",
+    "file:///etc",
+    "ftp://52.216.8.8",
 ]
 
 
@@ -67,20 +85,26 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Host]:
         d.mkdir(parents=True)
     secret = folder / "secret.txt"
     secret.write_text("HOST-SECRET\n")
-    (aws / "credentials").write_text("[default]\naws_access_key_id = AKIAPLANTEDFILE00001\n"
-                                     "aws_secret_access_key = planted-file-secret\n")
+    (aws / "credentials").write_text(
+        "[default]\naws_access_key_id = AKIAPLANTEDFILE00001\n"
+        "aws_secret_access_key = planted-file-secret\n"
+    )
     (aws / "config").write_text("[default]\nregion = us-east-1\n")
     (gcloud / "application_default_credentials.json").write_text(json.dumps(SA))
     (folder / "sa.json").write_text(json.dumps(SA))
     with metadata_server() as (seen, env):
-        for name, value in {**env, "HOME": str(folder),
-                            "AWS_SHARED_CREDENTIALS_FILE": str(aws / "credentials"),
-                            "AWS_CONFIG_FILE": str(aws / "config"),
-                            "GOOGLE_APPLICATION_CREDENTIALS": str(folder / "sa.json"),
-                            "AWS_ACCESS_KEY_ID": PLANTED_ENV_KEY,
-                            "AWS_SECRET_ACCESS_KEY": PLANTED_ENV_SECRET,
-                            "AZURE_CLIENT_ID": "planted", "AZURE_TENANT_ID": "planted",
-                            "AZURE_CLIENT_SECRET": PLANTED_ENV_SECRET}.items():
+        for name, value in {
+            **env,
+            "HOME": str(folder),
+            "AWS_SHARED_CREDENTIALS_FILE": str(aws / "credentials"),
+            "AWS_CONFIG_FILE": str(aws / "config"),
+            "GOOGLE_APPLICATION_CREDENTIALS": str(folder / "sa.json"),
+            "AWS_ACCESS_KEY_ID": PLANTED_ENV_KEY,
+            "AWS_SECRET_ACCESS_KEY": PLANTED_ENV_SECRET,
+            "AZURE_CLIENT_ID": "planted",
+            "AZURE_TENANT_ID": "planted",
+            "AZURE_CLIENT_SECRET": PLANTED_ENV_SECRET,
+        }.items():
             monkeypatch.setenv(name, value)
         watch = HostWatch([folder, aws, gcloud])
         try:
@@ -112,14 +136,24 @@ def _attempt(r: repolib.Repository, name: str, url: str, **kwargs: Any) -> bool:
 
 
 def test_every_fsspec_protocol_is_refused_unless_a_plain_bucket(
-        host: Host, admin_key: repolib.Repository) -> None:
+    host: Host, admin_key: repolib.Repository
+) -> None:
     target = str(host.secret)
-    wrappers = [{}, {"target_protocol": "file"}, {"fo": target}, {"remote_protocol": "file"},
-                {"target_protocol": "file", "target_options": {"auto_mkdir": True}}]
+    wrappers = [
+        {},
+        {"target_protocol": "file"},
+        {"fo": target},
+        {"remote_protocol": "file"},
+        {"target_protocol": "file", "target_options": {"auto_mkdir": True}},
+    ]
     accepted = []
     for proto in fsspec.available_protocols():
-        for url in (f"{proto}://{host.folder}", f"{proto}://{target}",
-                    f"{proto}::file://{host.folder}", f"{proto}://bucket::file://{target}"):
+        for url in (
+            f"{proto}://{host.folder}",
+            f"{proto}://{target}",
+            f"{proto}::file://{host.folder}",
+            f"{proto}://bucket::file://{target}",
+        ):
             for options in wrappers:
                 for creds in ({}, S3_CREDS):
                     if _attempt(admin_key, "attempt", url, **options, **creds):
@@ -131,17 +165,25 @@ def test_every_fsspec_protocol_is_refused_unless_a_plain_bucket(
 
 
 def test_endpoints_to_metadata_or_the_hosts_network_are_refused(
-        host: Host, admin_key: repolib.Repository) -> None:
+    host: Host, admin_key: repolib.Repository
+) -> None:
     sa = {**SA, "token_uri": f"{PUBLIC_ENDPOINT}/token"}  # a literal: no DNS in the tests
     for endpoint in BAD_ENDPOINTS:
         for url, kwargs in (
             ("s3://latest", {"endpoint_url": endpoint, **S3_CREDS}),
             ("s3://latest", {"endpoint_url": endpoint, "addressing_style": "path", **S3_CREDS}),
             ("gs://bucket", {"endpoint_url": endpoint, "token": SA}),
-            ("az://container", {"endpoint_url": endpoint, "account_name": "acct",
-                                "account_key": "a2V5"}),
-            ("az://container", {"connection_string": f"AccountName=acct;AccountKey=a2V5;"
-                                                     f"BlobEndpoint={endpoint}/acct"}),
+            (
+                "az://container",
+                {"endpoint_url": endpoint, "account_name": "acct", "account_key": "a2V5"},
+            ),
+            (
+                "az://container",
+                {
+                    "connection_string": f"AccountName=acct;AccountKey=a2V5;"
+                    f"BlobEndpoint={endpoint}/acct"
+                },
+            ),
             ("gs://bucket", {"token": {**sa, "token_uri": f"{endpoint}/token"}}),
         ):
             assert not _attempt(admin_key, "attempt", url, **kwargs), (url, kwargs)
@@ -151,22 +193,34 @@ def test_endpoints_to_metadata_or_the_hosts_network_are_refused(
     assert _attempt(admin_key, "accepted", "s3://bucket", endpoint_url=PUBLIC_ENDPOINT, **S3_CREDS)
     assert _attempt(admin_key, "accepted", "gs://bucket", token=sa)
     assert _attempt(admin_key, "accepted", "az://c", account_name="acct", sas_token="sv=1&sig=x")
-    admin_key.add_llm("model", base_url=f"{PUBLIC_ENDPOINT}/v1", api_key="sk-x", models=["m"],
-                      timeout=30)
+    admin_key.add_llm(
+        "model", base_url=f"{PUBLIC_ENDPOINT}/v1", api_key="sk-x", models=["m"], timeout=30
+    )
     with pytest.raises(repolib.AccessDenied, match="'headers'"):
         admin_key.update_resource("model", headers={"X": "y"})
     host.untouched()
 
 
 def test_ambient_credentials_need_the_admin_secret_and_the_flag(
-        host: Host, catalog: repolib.Catalog, admin_key: repolib.Repository) -> None:
+    host: Host, catalog: repolib.Catalog, admin_key: repolib.Repository
+) -> None:
     admin = catalog.repository("victim")
     ambient = [
-        ("gs://b", {"token": "google_default"}), ("gs://b", {"token": "cloud"}),
-        ("gs://b", {"token": str(host.folder / "sa.json")}), ("gs://b", {"token": "browser"}),
-        ("gs://b", {"token": {"type": "external_account", "credential_source": {
-            "file": str(host.secret)}}}),
-        ("s3://b", {"profile": "default"}), ("s3://b", {"profile": "default", **S3_CREDS}),
+        ("gs://b", {"token": "google_default"}),
+        ("gs://b", {"token": "cloud"}),
+        ("gs://b", {"token": str(host.folder / "sa.json")}),
+        ("gs://b", {"token": "browser"}),
+        (
+            "gs://b",
+            {
+                "token": {
+                    "type": "external_account",
+                    "credential_source": {"file": str(host.secret)},
+                }
+            },
+        ),
+        ("s3://b", {"profile": "default"}),
+        ("s3://b", {"profile": "default", **S3_CREDS}),
         ("az://c", {"account_name": "acct", "client_id": "planted"}),
     ]
     for url, kwargs in ambient:
@@ -180,26 +234,74 @@ def test_ambient_credentials_need_the_admin_secret_and_the_flag(
     host.untouched()
 
 
-OPTION_NAMES = sorted({n for opts in allowlist.STORAGE_OPTIONS.values() for n in opts}
-                      | {"target_protocol", "fo", "remote_protocol", "target_options",
-                         "profile", "config_kwargs", "client_kwargs", "anon", "account_host",
-                         "ambient_credentials", "session", "credential", "requester_pays",
-                         "use_ssl", "cache_storage", "token", "key", "secret"})
+OPTION_NAMES = sorted(
+    {n for opts in allowlist.STORAGE_OPTIONS.values() for n in opts}
+    | {
+        "target_protocol",
+        "fo",
+        "remote_protocol",
+        "target_options",
+        "profile",
+        "config_kwargs",
+        "client_kwargs",
+        "anon",
+        "account_host",
+        "ambient_credentials",
+        "session",
+        "credential",
+        "requester_pays",
+        "use_ssl",
+        "cache_storage",
+        "token",
+        "key",
+        "secret",
+    }
+)
 VALUES = st.one_of(
-    st.sampled_from([True, False, None, 0, 1, 30, 5 * 2**20, "path", "virtual", "file",
-                     "google_default", "cloud", "anon", "default", "when_required", "us-east-1",
-                     "/etc/passwd", "~/.aws/credentials", "file:///etc", "memory://x",
-                     PUBLIC_ENDPOINT, *BAD_ENDPOINTS[:6], {"file": "/etc/passwd"}, SA,
-                     {"type": "external_account"}, {"s3": {"addressing_style": "path"}}]),
-    st.text(max_size=12))
+    st.sampled_from(
+        [
+            True,
+            False,
+            None,
+            0,
+            1,
+            30,
+            5 * 2**20,
+            "path",
+            "virtual",
+            "file",
+            "google_default",
+            "cloud",
+            "anon",
+            "default",
+            "when_required",
+            "us-east-1",
+            "/etc/passwd",
+            "~/.aws/credentials",
+            "file:///etc",
+            "memory://x",
+            PUBLIC_ENDPOINT,
+            *BAD_ENDPOINTS[:6],
+            {"file": "/etc/passwd"},
+            SA,
+            {"type": "external_account"},
+            {"s3": {"addressing_style": "path"}},
+        ]
+    ),
+    st.text(max_size=12),
+)
 
 
-@settings(max_examples=250, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(url=st.sampled_from(["s3://b/p", "gs://b", "az://c", "s3a://b", "abfs://c/p"]),
-       options=st.dictionaries(st.sampled_from(OPTION_NAMES), VALUES, max_size=4))
+@settings(
+    max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    url=st.sampled_from(["s3://b/p", "gs://b", "az://c", "s3a://b", "abfs://c/p"]),
+    options=st.dictionaries(st.sampled_from(OPTION_NAMES), VALUES, max_size=4),
+)
 def test_generated_options_are_refused_or_allowlisted(
-        host: Host, admin_key: repolib.Repository, url: str, options: dict[str, Any]) -> None:
+    host: Host, admin_key: repolib.Repository, url: str, options: dict[str, Any]
+) -> None:
     try:
         admin_key.add_storage("gen", url, **options)
     except (repolib.AccessDenied, repolib.ConfigError, TypeError) as exc:
@@ -221,7 +323,8 @@ def test_generated_options_are_refused_or_allowlisted(
 
 
 def test_built_clients_never_load_the_hosts_identity(
-        host: Host, catalog: repolib.Catalog, admin_key: repolib.Repository) -> None:
+    host: Host, catalog: repolib.Catalog, admin_key: repolib.Repository
+) -> None:
     """Attached with the admin secret but without ambient_credentials: anonymous or its own."""
     admin = catalog.repository("victim")
     admin.add_storage("s3anon", "s3://b", endpoint_url=PUBLIC_ENDPOINT)
@@ -237,21 +340,19 @@ def test_built_clients_never_load_the_hosts_identity(
     host.untouched()
 
 
-def test_memory_resources_are_private_to_their_repository(
-        catalog: repolib.Catalog) -> None:
+def test_memory_resources_are_private_to_their_repository(catalog: repolib.Catalog) -> None:
     a = catalog.create_repository("alpha")
     b = catalog.create_repository("beta")
     a.add_storage("mem", "memory://shared")
     b.add_storage("mem", "memory://shared")
-    fa = fsspec.filesystem("repo", key=a.create_key("w", "write").token,
-                           skip_instance_cache=True)
-    fb = fsspec.filesystem("repo", key=b.create_key("w", "write").token,
-                           skip_instance_cache=True)
+    fa = fsspec.filesystem("repo", key=a.create_key("w", "write").token, skip_instance_cache=True)
+    fb = fsspec.filesystem("repo", key=b.create_key("w", "write").token, skip_instance_cache=True)
     fa.pipe_file("alpha/mem/private.txt", b"alpha's")
     assert fa.cat_file("alpha/mem/private.txt") == b"alpha's"
     assert fb.ls("beta/mem", detail=False) == []
     assert not fsspec.filesystem("memory").exists("/shared/private.txt")
     with pytest.raises(repolib.AccessDenied, match="only the admin secret"):
         repolib.open("beta", key=b.create_key("ops", "admin").token).add_storage(
-            "mem2", "memory://shared")
+            "mem2", "memory://shared"
+        )
     assert os.environ.get("REPOLIB_ADMIN_KEY") is None

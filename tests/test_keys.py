@@ -39,14 +39,22 @@ def test_missing_or_malformed_keys_are_invalid(repo: repolib.Repository, bad: ob
 def test_padded_or_case_folded_tokens_are_invalid(repo: repolib.Repository) -> None:
     token = repo.create_key("ci", "read").token
     assert repolib.open("analytics", key=token).access is repolib.Access.READ
-    for variant in (token + "\n", " " + token, token + " ", token.upper(),
-                    "RPK_" + token[4:], token[:-1], token + "A"):
+    for variant in (
+        token + "\n",
+        " " + token,
+        token + " ",
+        token.upper(),
+        "RPK_" + token[4:],
+        token[:-1],
+        token + "A",
+    ):
         with pytest.raises(repolib.InvalidKey):
             repolib.open("analytics", key=variant)
 
 
 def test_whitespace_around_a_token_is_named_without_showing_the_key(
-        repo: repolib.Repository, tmp_path: Path) -> None:
+    repo: repolib.Repository, tmp_path: Path
+) -> None:
     issued = repo.create_key("ci", "read")
     token = issued.token
     key_file = tmp_path / "key"
@@ -56,8 +64,14 @@ def test_whitespace_around_a_token_is_named_without_showing_the_key(
     repo.revoke_key(revoked.key_id)
     with key_file.open() as f:
         read = f.read()  # what a newcomer writes: the newline stays
-    for variant in (read, " " + token, token + "\r\n", "\t" + token + " ", revoked.token + "\n",
-                    "rpk_short\n"):
+    for variant in (
+        read,
+        " " + token,
+        token + "\r\n",
+        "\t" + token + " ",
+        revoked.token + "\n",
+        "rpk_short\n",
+    ):
         with pytest.raises(repolib.InvalidKey) as exc:
             repolib.open("analytics", key=variant)
         message = str(exc.value)
@@ -83,8 +97,9 @@ def test_wrong_secret_for_a_real_key_id_is_invalid(repo: repolib.Repository) -> 
     assert str(exc.value) == str(exc2.value)  # unknown and wrong look the same
 
 
-def test_never_falls_back_to_the_admin_secret(repo: repolib.Repository, home: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_never_falls_back_to_the_admin_secret(
+    repo: repolib.Repository, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("REPOLIB_ADMIN_KEY", (home / "admin.key").read_text().strip())
     with pytest.raises(repolib.InvalidKey, match="no API key"):
         repolib.open("analytics")
@@ -92,8 +107,9 @@ def test_never_falls_back_to_the_admin_secret(repo: repolib.Repository, home: Pa
         repolib.open("analytics", key="")
 
 
-def test_key_from_environment_and_file(repo: repolib.Repository, tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_key_from_environment_and_file(
+    repo: repolib.Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     token = repo.create_key("ci", "write").token
     monkeypatch.setenv("REPOLIB_KEY", token)
     assert repolib.open("analytics").access is repolib.Access.WRITE
@@ -121,8 +137,9 @@ def test_opened_repository_reports_access_scope_and_id(repo: repolib.Repository)
     assert "read" in repr(r) and issued.token not in repr(r)
 
 
-def test_key_of_one_repository_opens_nothing_of_another(repo: repolib.Repository,
-                                                        catalog: repolib.Catalog) -> None:
+def test_key_of_one_repository_opens_nothing_of_another(
+    repo: repolib.Repository, catalog: repolib.Catalog
+) -> None:
     other = catalog.create_repository("finance")
     other.add_storage("ledger", "memory://ledger")
     token = repo.create_key("ci", "admin").token
@@ -134,9 +151,14 @@ def test_key_of_one_repository_opens_nothing_of_another(repo: repolib.Repository
 
 def test_read_key_cannot_do_admin_things(repo: repolib.Repository) -> None:
     r = repolib.open("analytics", key=repo.create_key("ci", "read").token)
-    for call in (lambda: r.create_key("x"), lambda: r.add_storage("new", "memory://n"),
-                 lambda: r.keys(), lambda: r.remove_resource("raw"),
-                 lambda: r.update_resource("raw", region="x"), lambda: r.update("d")):
+    for call in (
+        lambda: r.create_key("x"),
+        lambda: r.add_storage("new", "memory://n"),
+        lambda: r.keys(),
+        lambda: r.remove_resource("raw"),
+        lambda: r.update_resource("raw", region="x"),
+        lambda: r.update("d"),
+    ):
         with pytest.raises(repolib.AccessDenied) as exc:
             call()
         assert isinstance(exc.value, PermissionError) and exc.value.errno == errno.EACCES
@@ -146,8 +168,9 @@ def test_read_key_cannot_do_admin_things(repo: repolib.Repository) -> None:
         w.create_key("x")
 
 
-def test_denials_are_audited_and_rate_limited(repo: repolib.Repository,
-                                              catalog: repolib.Catalog) -> None:
+def test_denials_are_audited_and_rate_limited(
+    repo: repolib.Repository, catalog: repolib.Catalog
+) -> None:
     r = repolib.open("analytics", key=repo.create_key("ci", "read").token)
     for _ in range(5):
         with pytest.raises(repolib.AccessDenied):
@@ -188,10 +211,18 @@ def test_revoked_key_fails_and_loses_its_wraps(repo: repolib.Repository, home: P
     with pytest.raises(repolib.InvalidKey):
         r.resolve("raw")  # an open handle notices too
     conn = raw_db(home)
-    assert conn.execute("SELECT count(*) FROM key_secrets WHERE key_id=?",
-                        (issued.key_id,)).fetchone()[0] == 0
-    assert conn.execute("SELECT count(*) FROM key_wraps WHERE key_id=?",
-                        (issued.key_id,)).fetchone()[0] == 0
+    assert (
+        conn.execute(
+            "SELECT count(*) FROM key_secrets WHERE key_id=?", (issued.key_id,)
+        ).fetchone()[0]
+        == 0
+    )
+    assert (
+        conn.execute("SELECT count(*) FROM key_wraps WHERE key_id=?", (issued.key_id,)).fetchone()[
+            0
+        ]
+        == 0
+    )
     info = repo.key(issued.key_id)
     assert info.status() == "revoked"  # soft delete: still listed
     with pytest.raises(repolib.ConfigError, match="cannot be rotated"):
@@ -223,15 +254,19 @@ def test_rotation_with_grace_then_purge(repo: repolib.Repository, home: Path) ->
         cat.open("analytics", old.token)
     admin.update("trigger a write")  # any write purges expired generations
     conn = raw_db(home)
-    gens = conn.execute("SELECT generation FROM key_secrets WHERE key_id=?",
-                        (old.key_id,)).fetchall()
+    gens = conn.execute(
+        "SELECT generation FROM key_secrets WHERE key_id=?", (old.key_id,)
+    ).fetchall()
     assert gens == [(2,)]
-    assert {g for (g,) in conn.execute("SELECT DISTINCT generation FROM key_wraps WHERE "
-                                       "key_id=?", (old.key_id,))} == {2}
+    assert {
+        g
+        for (g,) in conn.execute(
+            "SELECT DISTINCT generation FROM key_wraps WHERE key_id=?", (old.key_id,)
+        )
+    } == {2}
 
 
-def test_last_used_is_written_at_most_once_a_minute(repo: repolib.Repository,
-                                                    home: Path) -> None:
+def test_last_used_is_written_at_most_once_a_minute(repo: repolib.Repository, home: Path) -> None:
     clock = Clock()
     cat = repolib.Catalog(home, clock=clock)
     issued = repo.create_key("ci", "read")
@@ -252,7 +287,8 @@ def test_last_used_is_written_at_most_once_a_minute(repo: repolib.Repository,
 
 
 def test_scoped_key_cannot_decrypt_other_resources_even_from_the_catalog(
-        repo: repolib.Repository, home: Path) -> None:
+    repo: repolib.Repository, home: Path
+) -> None:
     issued = repo.create_key("ci", "write", resources=["scratch"])
     key_id, secret = keys.parse_token(issued.token)
     material = crypto.derive_key_material(secret, key_id)
@@ -313,8 +349,12 @@ def test_resource_added_later_reaches_keys_whose_scope_is_all(repo: repolib.Repo
 
 def test_update_key_changes_scope_expiry_and_policy(repo: repolib.Repository) -> None:
     issued = repo.create_key("ci", "read", resources=["raw"])
-    info = repo.update_key(issued.key_id, resources=["scratch"], expires_in=60,
-                           ai=repolib.AIPolicy(models=["fast"], max_tokens=64))
+    info = repo.update_key(
+        issued.key_id,
+        resources=["scratch"],
+        expires_in=60,
+        ai=repolib.AIPolicy(models=["fast"], max_tokens=64),
+    )
     assert info.resources == ("scratch",) and info.expires_at is not None
     assert info.ai is not None and info.ai.models == ("fast",)
     r = repolib.open("analytics", key=issued.token)
@@ -326,8 +366,9 @@ def test_update_key_changes_scope_expiry_and_policy(repo: repolib.Repository) ->
     assert repolib.open("analytics", key=issued.token).resolve("raw").credentials
 
 
-def test_update_resource_regrants_and_old_data_keys_open_nothing(repo: repolib.Repository,
-                                                                 home: Path) -> None:
+def test_update_resource_regrants_and_old_data_keys_open_nothing(
+    repo: repolib.Repository, home: Path
+) -> None:
     issued = repo.create_key("w", "write")
     store = repolib.Catalog(home)._ctx.store
     with store.read() as tx:
@@ -335,12 +376,14 @@ def test_update_resource_regrants_and_old_data_keys_open_nothing(repo: repolib.R
         old_wrap = tx.wrap_get(issued.key_id, 1, rid, "full")
     assert old_wrap is not None
     repo.update_resource("raw", key="ROTATED", secret="ROTATED-SECRET")
-    assert repolib.open("analytics", key=issued.token).resolve("raw").credentials["key"] == \
-        "ROTATED"
+    assert (
+        repolib.open("analytics", key=issued.token).resolve("raw").credentials["key"] == "ROTATED"
+    )
     # A copy of the old wrap (taken before rotation) no longer decrypts the new ciphertext.
     key_id, secret = keys.parse_token(issued.token)
     old_dk = crypto.derive_key_material(secret, key_id).unseal(
-        old_wrap.sealed, f"grant|{key_id}|1|{rid}|full".encode())
+        old_wrap.sealed, f"grant|{key_id}|1|{rid}|full".encode()
+    )
     with store.read() as tx:
         row = tx.resource_get(1, "raw")
     with pytest.raises(repolib.SecretError):
@@ -350,8 +393,9 @@ def test_update_resource_regrants_and_old_data_keys_open_nothing(repo: repolib.R
 # -- ADMIN keys -----------------------------------------------------------------------------
 
 
-def test_admin_key_manages_keys_without_the_admin_secret(repo: repolib.Repository,
-                                                        home: Path) -> None:
+def test_admin_key_manages_keys_without_the_admin_secret(
+    repo: repolib.Repository, home: Path
+) -> None:
     token = repo.create_key("ops", "admin").token
     (home / "admin.key").rename(home.parent / "offline-admin.key")  # app machine: no secret
     r = repolib.open("analytics", key=token)
@@ -369,14 +413,21 @@ def test_admin_key_manages_keys_without_the_admin_secret(repo: repolib.Repositor
 
 
 def test_admin_key_creates_nothing_stronger_than_itself(repo: repolib.Repository) -> None:
-    token = repo.create_key("ops", "admin", resources=["raw", "scratch"], expires_in=3600,
-                            ai=repolib.AIPolicy(models=["fast"], max_tokens=256)).token
+    token = repo.create_key(
+        "ops",
+        "admin",
+        resources=["raw", "scratch"],
+        expires_in=3600,
+        ai=repolib.AIPolicy(models=["fast"], max_tokens=256),
+    ).token
     r = repolib.open("analytics", key=token)
-    for kwargs in ({"resources": ["local"]},
-                   {"expires_in": 7200},
-                   {"ai": True},
-                   {"ai": repolib.AIPolicy(models=["smollm2"])},
-                   {"ai": repolib.AIPolicy(models=["fast"], max_tokens=1024)}):
+    for kwargs in (
+        {"resources": ["local"]},
+        {"expires_in": 7200},
+        {"ai": True},
+        {"ai": repolib.AIPolicy(models=["smollm2"])},
+        {"ai": repolib.AIPolicy(models=["fast"], max_tokens=1024)},
+    ):
         with pytest.raises(repolib.AccessDenied, match="beyond itself"):
             r.create_key("x", "read", **kwargs)
     ok = r.create_key("ok", "read", ai=repolib.AIPolicy(models=["fast"], max_tokens=128))
@@ -392,9 +443,13 @@ def test_admin_key_creates_nothing_stronger_than_itself(repo: repolib.Repository
 
 def test_admin_key_attach_rules(repo: repolib.Repository, catalog: repolib.Catalog) -> None:
     r = repolib.open("analytics", key=repo.create_key("ops", "admin").token)
-    for url, kwargs in (("file:///etc", {}), ("/etc", {}), ("simplecache::s3://b", {"key": "k"}),
-                        ("s3://b", {}), ("s3://b", {"key": "k", "secret": "s",
-                                                    "ambient_credentials": True})):
+    for url, kwargs in (
+        ("file:///etc", {}),
+        ("/etc", {}),
+        ("simplecache::s3://b", {"key": "k"}),
+        ("s3://b", {}),
+        ("s3://b", {"key": "k", "secret": "s", "ambient_credentials": True}),
+    ):
         with pytest.raises(repolib.AccessDenied, match="only the admin secret"):
             r.add_storage("new", url, **kwargs)
     with pytest.raises(repolib.AccessDenied):
@@ -416,14 +471,21 @@ def test_scoped_admin_key_keeps_what_it_attaches(repo: repolib.Repository) -> No
 
 
 def test_ai_policy_values() -> None:
-    p = repolib.AIPolicy(models=["a", "b"], max_tokens=100, rpm=10, token_budget=1000,
-                         budget_period="month")
+    p = repolib.AIPolicy(
+        models=["a", "b"], max_tokens=100, rpm=10, token_budget=1000, budget_period="month"
+    )
     assert repolib.AIPolicy.from_dict(p.to_dict()) == p
     assert repolib.AIPolicy(models=["a"], max_tokens=50).within(p) is False  # no budget
-    assert repolib.AIPolicy(models=["a"], max_tokens=50, rpm=5, token_budget=10,
-                            budget_period="month").within(p)
-    for bad in ({"max_tokens": 0}, {"rpm": -1}, {"budget_period": "week"},
-                {"token_budget": True}, {"models": [""]}):
+    assert repolib.AIPolicy(
+        models=["a"], max_tokens=50, rpm=5, token_budget=10, budget_period="month"
+    ).within(p)
+    for bad in (
+        {"max_tokens": 0},
+        {"rpm": -1},
+        {"budget_period": "week"},
+        {"token_budget": True},
+        {"models": [""]},
+    ):
         with pytest.raises(repolib.ConfigError):
             repolib.AIPolicy(**bad)  # type: ignore[arg-type]
     with pytest.raises(repolib.ConfigError):
@@ -433,8 +495,10 @@ def test_ai_policy_values() -> None:
 def _most_spent(budget: int, period: str, start: dt.date, days: int) -> int:
     """The most a budget lets a key spend in ``days`` whole UTC days from ``start``: its full
     budget in every one of its periods that overlaps the window."""
-    periods = {(d.year, d.month) if period == "month" else d
-               for d in (start + dt.timedelta(i) for i in range(days))}
+    periods = {
+        (d.year, d.month) if period == "month" else d
+        for d in (start + dt.timedelta(i) for i in range(days))
+    }
     return budget * len(periods)
 
 
@@ -442,10 +506,15 @@ budgets = st.tuples(st.integers(1, 50_000), st.sampled_from(["day", "month"]))
 
 
 @settings(max_examples=300, deadline=None)
-@given(child=budgets, parent=budgets, start=st.dates(dt.date(2026, 1, 1), dt.date(2027, 12, 1)),
-       days=st.integers(1, 70))
+@given(
+    child=budgets,
+    parent=budgets,
+    start=st.dates(dt.date(2026, 1, 1), dt.date(2027, 12, 1)),
+    days=st.integers(1, 70),
+)
 def test_a_child_budget_allows_no_more_than_its_creator_over_any_window(
-        child: tuple[int, str], parent: tuple[int, str], start: dt.date, days: int) -> None:
+    child: tuple[int, str], parent: tuple[int, str], start: dt.date, days: int
+) -> None:
     c = repolib.AIPolicy(token_budget=child[0], budget_period=child[1])
     p = repolib.AIPolicy(token_budget=parent[0], budget_period=parent[1])
     if c.within(p):
@@ -453,32 +522,48 @@ def test_a_child_budget_allows_no_more_than_its_creator_over_any_window(
 
 
 def test_an_admin_key_cannot_widen_a_budget_by_changing_its_period(
-        repo: repolib.Repository) -> None:
-    parent = repo.create_key("ops", "admin", ai={"token_budget": 10_000,
-                                                 "budget_period": "month"}).token
+    repo: repolib.Repository,
+) -> None:
+    parent = repo.create_key(
+        "ops", "admin", ai={"token_budget": 10_000, "budget_period": "month"}
+    ).token
     r = repolib.open("analytics", key=parent)
-    for ai in ({"token_budget": 10_000, "budget_period": "day"},
-               {"token_budget": 323, "budget_period": "day"},  # 31 days x 323 > 10,000
-               {"token_budget": 10_001, "budget_period": "month"}, True, {"rpm": 5}):
+    for ai in (
+        {"token_budget": 10_000, "budget_period": "day"},
+        {"token_budget": 323, "budget_period": "day"},  # 31 days x 323 > 10,000
+        {"token_budget": 10_001, "budget_period": "month"},
+        True,
+        {"rpm": 5},
+    ):
         with pytest.raises(repolib.AccessDenied, match="beyond itself"):
             r.create_key("child", "read", ai=ai)
     ok = r.create_key("child", "read", ai={"token_budget": 322, "budget_period": "day"})
     with pytest.raises(repolib.AccessDenied, match="beyond itself"):
         r.update_key(ok.key_id, ai={"token_budget": 10_000, "budget_period": "day"})
-    daily = repolib.open("analytics", key=repo.create_key(
-        "ops2", "admin", ai={"token_budget": 100, "budget_period": "day"}).token)
+    daily = repolib.open(
+        "analytics",
+        key=repo.create_key(
+            "ops2", "admin", ai={"token_budget": 100, "budget_period": "day"}
+        ).token,
+    )
     daily.create_key("m", "read", ai={"token_budget": 100, "budget_period": "month"})
     with pytest.raises(repolib.AccessDenied, match="beyond itself"):
         daily.create_key("m2", "read", ai={"token_budget": 101, "budget_period": "month"})
 
 
-def test_listings_render_as_html_tables_in_notebooks(repo: repolib.Repository,
-                                                     catalog: repolib.Catalog) -> None:
+def test_listings_render_as_html_tables_in_notebooks(
+    repo: repolib.Repository, catalog: repolib.Catalog
+) -> None:
     from IPython.core.formatters import DisplayFormatter
 
     issued = repo.create_key("<b>nb</b>", "read", resources=["raw"])
-    listings = (repo.keys(), repo.resources(), catalog.keys("analytics"),
-                catalog.resources("analytics"), repo.resources(kind="storage"))
+    listings = (
+        repo.keys(),
+        repo.resources(),
+        catalog.keys("analytics"),
+        catalog.resources("analytics"),
+        repo.resources(kind="storage"),
+    )
     for listing in listings:
         assert isinstance(listing, list)  # the API stays a list
         bundle, _ = DisplayFormatter().format(listing)  # what Jupyter shows

@@ -38,8 +38,13 @@ NEW_LLM_KEY = "sk-rotated-upstream-Gh5Jk8Lm2Np6Qr"
 ARGV_LLM_KEY = "sk-argv-upstream-Tt4Yy7Uu1Ii9Oo3P"
 ROTATED_CREDENTIALS = [NEW_S3_KEY, NEW_S3_SECRET, NEW_LLM_KEY, ARGV_LLM_KEY]
 
-CRED_ENV = {"LEAK_S3_KEY": S3_KEY, "LEAK_S3_SECRET": S3_SECRET, "LEAK_LLM_KEY": LLM_API_KEY,
-            "LEAK_NEW_KEY": NEW_S3_KEY, "LEAK_NEW_SECRET": NEW_S3_SECRET}
+CRED_ENV = {
+    "LEAK_S3_KEY": S3_KEY,
+    "LEAK_S3_SECRET": S3_SECRET,
+    "LEAK_LLM_KEY": LLM_API_KEY,
+    "LEAK_NEW_KEY": NEW_S3_KEY,
+    "LEAK_NEW_SECRET": NEW_S3_SECRET,
+}
 
 
 class Session:
@@ -66,8 +71,9 @@ class Session:
         self.tokens.append(key.token)
         return key.token
 
-    def printed_token(self, *args: str, env: dict[str, str] | None = None,
-                      as_json: bool = False) -> str:
+    def printed_token(
+        self, *args: str, env: dict[str, str] | None = None, as_json: bool = False
+    ) -> str:
         """Run `key create`/`key rotate`; the token is the only thing on stdout."""
         result = self.cli(*args, env=env)
         stdout_index = len(self.cli.outputs) - 2
@@ -80,8 +86,14 @@ class Session:
         self.printed[token] = stdout_index
         return token
 
-    def fails(self, where: str, exc_type: type[BaseException], fn: Callable[..., Any],
-              *args: Any, **kwargs: Any) -> BaseException:
+    def fails(
+        self,
+        where: str,
+        exc_type: type[BaseException],
+        fn: Callable[..., Any],
+        *args: Any,
+        **kwargs: Any,
+    ) -> BaseException:
         with pytest.raises(exc_type) as info:
             fn(*args, **kwargs)
         exc: BaseException | None = info.value
@@ -101,8 +113,9 @@ def _catalog_bytes(home: Path) -> dict[str, bytes]:
     return files
 
 
-def test_no_secret_leaks_anywhere(cli: Cli, home: Path, tmp_path: Path,
-                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_no_secret_leaks_anywhere(
+    cli: Cli, home: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     s = Session(cli)
     with warnings.catch_warnings(record=True) as caught:
@@ -118,7 +131,8 @@ def test_no_secret_leaks_anywhere(cli: Cli, home: Path, tmp_path: Path,
 
     # Logs, warnings, reprs and exception texts: nothing at all.
     logs = caplog.text + "\n".join(
-        f"{r.getMessage()} {r.exc_text or ''} {r.args!r}" for r in caplog.records)
+        f"{r.getMessage()} {r.exc_text or ''} {r.args!r}" for r in caplog.records
+    )
     warned = "\n".join(f"{w.category.__name__}: {w.message}" for w in caught)
     for secret in forbidden:
         assert secret not in logs, "secret in captured logs"
@@ -164,51 +178,122 @@ def _run_session(s: Session, cli: Cli, home: Path, tmp_path: Path) -> None:
     # -- set up through the CLI ---------------------------------------------------------------
     cli("init")
     cli("repo", "create", "analytics", "--description", "demo data")
-    cli("resource", "add", "analytics", "raw", "s3://bucket/raw",
-        "--endpoint-url", "http://127.0.0.1:9",
-        "--cred-env", "key=LEAK_S3_KEY", "--cred-env", "secret=LEAK_S3_SECRET", env=CRED_ENV)
+    cli(
+        "resource",
+        "add",
+        "analytics",
+        "raw",
+        "s3://bucket/raw",
+        "--endpoint-url",
+        "http://127.0.0.1:9",
+        "--cred-env",
+        "key=LEAK_S3_KEY",
+        "--cred-env",
+        "secret=LEAK_S3_SECRET",
+        env=CRED_ENV,
+    )
     creds_file = tmp_path / "creds.json"
     creds_file.write_text(json.dumps({"key": S3_KEY, "secret": S3_SECRET}))
     read_file = tmp_path / "read-creds.json"
     read_file.write_text(json.dumps({"key": S3_READ_KEY, "secret": S3_READ_SECRET}))
-    cli("resource", "add", "analytics", "archive", "s3://bucket/archive",
-        "--endpoint-url", "http://127.0.0.1:9", "--creds-file", str(creds_file),
-        "--read-creds-file", str(read_file))
-    cli("llm", "add", "analytics", "local", "--base-url", "http://127.0.0.1:9/v1",
-        "--model", "smollm2", "--alias", "fast=smollm2", "--api-key-env", "LEAK_LLM_KEY",
-        env=CRED_ENV)
-    argv = cli("llm", "add", "analytics", "remote", "--base-url", "http://127.0.0.1:9/v1",
-               "--model", "big", "--api-key", ARGV_LLM_KEY)
+    cli(
+        "resource",
+        "add",
+        "analytics",
+        "archive",
+        "s3://bucket/archive",
+        "--endpoint-url",
+        "http://127.0.0.1:9",
+        "--creds-file",
+        str(creds_file),
+        "--read-creds-file",
+        str(read_file),
+    )
+    cli(
+        "llm",
+        "add",
+        "analytics",
+        "local",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--model",
+        "smollm2",
+        "--alias",
+        "fast=smollm2",
+        "--api-key-env",
+        "LEAK_LLM_KEY",
+        env=CRED_ENV,
+    )
+    argv = cli(
+        "llm",
+        "add",
+        "analytics",
+        "remote",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--model",
+        "big",
+        "--api-key",
+        ARGV_LLM_KEY,
+    )
     assert "warning" in argv.stderr  # the argv path warns, without echoing the value
 
     # -- the library, with the admin secret ----------------------------------------------------
     cat = repolib.Catalog(home)
     repo = cat.repository("analytics")
     s.keep("admin objects", cat, repo)
-    s.keep("curated", repo.add_storage(
-        "curated", "s3://bucket/curated", endpoint_url="http://127.0.0.1:9", key=S3_KEY,
-        secret=S3_SECRET, read_credentials={"key": S3_READ_KEY, "secret": S3_READ_SECRET}))
+    s.keep(
+        "curated",
+        repo.add_storage(
+            "curated",
+            "s3://bucket/curated",
+            endpoint_url="http://127.0.0.1:9",
+            key=S3_KEY,
+            secret=S3_SECRET,
+            read_credentials={"key": S3_READ_KEY, "secret": S3_READ_SECRET},
+        ),
+    )
     s.keep("scratch", repo.add_storage("scratch", "memory://leaks-scratch"))
 
     reader = s.issued("reader", repo.create_key("reader", "read"))
-    writer = s.issued("writer", repo.create_key("writer", "write",
-                                                resources=["curated", "scratch"]))
+    writer = s.issued(
+        "writer", repo.create_key("writer", "write", resources=["curated", "scratch"])
+    )
     ops = s.issued("ops", repo.create_key("ops", "admin", ai=True))
     spare = s.issued("spare", repo.create_key("spare", "read", expires_in=3600))
 
     # -- keys through the CLI --------------------------------------------------------------------
-    cli_reader = s.printed_token("key", "create", "analytics", "cli-reader", "--access", "read",
-                                 "--resource", "curated")
-    cli_json = s.printed_token("key", "create", "analytics", "cli-json", "--access", "write",
-                               "--json", as_json=True)
+    cli_reader = s.printed_token(
+        "key", "create", "analytics", "cli-reader", "--access", "read", "--resource", "curated"
+    )
+    cli_json = s.printed_token(
+        "key", "create", "analytics", "cli-json", "--access", "write", "--json", as_json=True
+    )
     ops_file = tmp_path / "ops.key"
     ops_file.write_text(ops + "\n")
-    delegated = s.printed_token("key", "create", "analytics", "delegated", "--access", "read",
-                                "--resource", "scratch", "--key-file", str(ops_file))
+    delegated = s.printed_token(
+        "key",
+        "create",
+        "analytics",
+        "delegated",
+        "--access",
+        "read",
+        "--resource",
+        "scratch",
+        "--key-file",
+        str(ops_file),
+    )
 
     # -- listings: library -----------------------------------------------------------------------
-    s.keep("catalog listings", *cat.repositories(), *cat.resources("analytics"), *cat.keys(),
-           *cat.audit(), cat.usage_rows(), cat.verify_audit())
+    s.keep(
+        "catalog listings",
+        *cat.repositories(),
+        *cat.resources("analytics"),
+        *cat.keys(),
+        *cat.audit(),
+        cat.usage_rows(),
+        cat.verify_audit(),
+    )
     s.keep("repository listings", *repo.keys(), *repo.resources(), repo.key(parse_token(ops)[0]))
     for token in (reader, writer, ops, spare, cli_reader, cli_json, delegated):
         opened = repolib.open("analytics", key=token, home=home)
@@ -225,15 +310,25 @@ def _run_session(s: Session, cli: Cli, home: Path, tmp_path: Path) -> None:
     s.keep("resolved", full, read_set, llm, by_ops.resolve("raw"), by_ops.resolve("archive"))
 
     # -- listings: CLI -------------------------------------------------------------------------
-    for args in (["key", "list"], ["key", "list", "--json"], ["key", "list", "analytics",
-                                                              "--active"],
-                 ["key", "show", "analytics", parse_token(writer)[0]],
-                 ["repo", "list"], ["repo", "list", "--json"], ["repo", "show", "analytics"],
-                 ["repo", "show", "analytics", "--json"], ["resource", "list", "analytics"],
-                 ["resource", "list", "analytics", "--json"],
-                 ["resource", "show", "analytics", "curated"], ["overview"],
-                 ["overview", "--json"], ["audit"], ["audit", "--json"], ["audit", "--verify"],
-                 ["audit", "--verify", "--json"]):
+    for args in (
+        ["key", "list"],
+        ["key", "list", "--json"],
+        ["key", "list", "analytics", "--active"],
+        ["key", "show", "analytics", parse_token(writer)[0]],
+        ["repo", "list"],
+        ["repo", "list", "--json"],
+        ["repo", "show", "analytics"],
+        ["repo", "show", "analytics", "--json"],
+        ["resource", "list", "analytics"],
+        ["resource", "list", "analytics", "--json"],
+        ["resource", "show", "analytics", "curated"],
+        ["overview"],
+        ["overview", "--json"],
+        ["audit"],
+        ["audit", "--json"],
+        ["audit", "--verify"],
+        ["audit", "--verify", "--json"],
+    ):
         cli(*args)
     cli("whoami", env={"REPOLIB_KEY": reader})
     cli("whoami", "--json", "--key-file", str(ops_file))
@@ -246,8 +341,16 @@ def _run_session(s: Session, cli: Cli, home: Path, tmp_path: Path) -> None:
     writer = s.issued("rotated writer", repo.rotate_key(parse_token(writer)[0], grace=0))
     old_cli_reader = cli_reader
     cli_reader = s.printed_token("key", "rotate", "analytics", parse_token(cli_reader)[0])
-    graced = s.printed_token("key", "rotate", "analytics", parse_token(spare)[0],
-                             "--grace", "10m", "--key-file", str(ops_file))
+    graced = s.printed_token(
+        "key",
+        "rotate",
+        "analytics",
+        parse_token(spare)[0],
+        "--grace",
+        "10m",
+        "--key-file",
+        str(ops_file),
+    )
     assert repolib.open("analytics", key=spare, home=home).key_id == parse_token(spare)[0]
     assert repolib.open("analytics", key=graced, home=home).key_id == parse_token(spare)[0]
     cli("key", "revoke", "analytics", parse_token(cli_json)[0])
@@ -257,18 +360,32 @@ def _run_session(s: Session, cli: Cli, home: Path, tmp_path: Path) -> None:
     # -- provider credential rotation ----------------------------------------------------------
     s.keep("updated", repo.update_resource("raw", key=NEW_S3_KEY, secret=NEW_S3_SECRET))
     s.keep("updated", repo.update_resource("local", api_key=NEW_LLM_KEY))
-    cli("resource", "update", "analytics", "archive", "--cred-env", "key=LEAK_NEW_KEY",
-        "--cred-env", "secret=LEAK_NEW_SECRET", env=CRED_ENV)
+    cli(
+        "resource",
+        "update",
+        "analytics",
+        "archive",
+        "--cred-env",
+        "key=LEAK_NEW_KEY",
+        "--cred-env",
+        "secret=LEAK_NEW_SECRET",
+        env=CRED_ENV,
+    )
     assert by_ops.resolve("raw").credentials == {"key": NEW_S3_KEY, "secret": NEW_S3_SECRET}
 
     # -- failures with wrong keys, through the library ------------------------------------------
     mutated = reader[:-1] + ("A" if reader[-1] != "A" else "B")
-    for where, bad in (("mutated", mutated), ("revoked", cli_json), ("rotated", old_writer),
-                       ("rotated by cli", old_cli_reader), ("revoked delegated", delegated),
-                       ("padded", reader + "\n"), ("upper prefix", "RPK_" + reader[4:]),
-                       ("truncated", reader[:-3])):
-        s.fails(f"open {where}", repolib.InvalidKey, repolib.open, "analytics", key=bad,
-                home=home)
+    for where, bad in (
+        ("mutated", mutated),
+        ("revoked", cli_json),
+        ("rotated", old_writer),
+        ("rotated by cli", old_cli_reader),
+        ("revoked delegated", delegated),
+        ("padded", reader + "\n"),
+        ("upper prefix", "RPK_" + reader[4:]),
+        ("truncated", reader[:-3]),
+    ):
+        s.fails(f"open {where}", repolib.InvalidKey, repolib.open, "analytics", key=bad, home=home)
         s.fails(f"open_key {where}", repolib.InvalidKey, cat.open_key, bad)
     s.fails("no key", repolib.InvalidKey, repolib.open, "analytics", home=home)
     s.fails("wrong repository", repolib.ConfigError, repolib.open, "nope", key=reader, home=home)
@@ -276,44 +393,102 @@ def _run_session(s: Session, cli: Cli, home: Path, tmp_path: Path) -> None:
     s.fails("read revokes", repolib.AccessDenied, by_reader.revoke_key, parse_token(ops)[0])
     by_writer = repolib.open("analytics", key=writer, home=home)
     s.fails("out of scope", repolib.AccessDenied, by_writer.resolve, "raw")
-    s.fails("writer updates", repolib.AccessDenied, by_writer.update_resource, "curated",
-            key=NEW_S3_KEY, secret=NEW_S3_SECRET)
-    limited = s.issued("limited", by_ops.create_key("limited", "admin", resources=["scratch"],
-                                                    expires_in=3600))
+    s.fails(
+        "writer updates",
+        repolib.AccessDenied,
+        by_writer.update_resource,
+        "curated",
+        key=NEW_S3_KEY,
+        secret=NEW_S3_SECRET,
+    )
+    limited = s.issued(
+        "limited", by_ops.create_key("limited", "admin", resources=["scratch"], expires_in=3600)
+    )
     by_limited = repolib.open("analytics", key=limited, home=home)
-    s.fails("limited widens", repolib.AccessDenied, by_limited.create_key, "wider", "read",
-            resources=["raw"])
-    s.fails("limited outlives", repolib.AccessDenied, by_limited.create_key, "longer", "read",
-            expires_in=7200)
-    s.fails("ops attaches file", repolib.AccessDenied, by_ops.add_storage, "local-dir",
-            f"file://{tmp_path}")
-    s.fails("ops adds anonymous s3", repolib.AccessDenied, by_ops.add_storage, "anon",
-            "s3://bucket/anon")
+    s.fails(
+        "limited widens",
+        repolib.AccessDenied,
+        by_limited.create_key,
+        "wider",
+        "read",
+        resources=["raw"],
+    )
+    s.fails(
+        "limited outlives",
+        repolib.AccessDenied,
+        by_limited.create_key,
+        "longer",
+        "read",
+        expires_in=7200,
+    )
+    s.fails(
+        "ops attaches file",
+        repolib.AccessDenied,
+        by_ops.add_storage,
+        "local-dir",
+        f"file://{tmp_path}",
+    )
+    s.fails(
+        "ops adds anonymous s3",
+        repolib.AccessDenied,
+        by_ops.add_storage,
+        "anon",
+        "s3://bucket/anon",
+    )
     s.fails("revoked key id", repolib.ConfigError, repo.rotate_key, parse_token(cli_json)[0])
     s.fails("bad name", repolib.ConfigError, repo.add_storage, "Bad_Name", "memory://x")
-    s.fails("duplicate", repolib.ConfigError, repo.add_storage, "curated", "s3://bucket/dup",
-            key=S3_KEY, secret=S3_SECRET)
-    s.fails("credentials in url", repolib.ConfigError, repo.add_storage, "inurl",
-            f"s3://{S3_KEY}:{S3_SECRET}@bucket/x")
+    s.fails(
+        "duplicate",
+        repolib.ConfigError,
+        repo.add_storage,
+        "curated",
+        "s3://bucket/dup",
+        key=S3_KEY,
+        secret=S3_SECRET,
+    )
+    s.fails(
+        "credentials in url",
+        repolib.ConfigError,
+        repo.add_storage,
+        "inurl",
+        f"s3://{S3_KEY}:{S3_SECRET}@bucket/x",
+    )
 
     # -- failures with wrong keys, through the CLI ---------------------------------------------
     bad_file = tmp_path / "bad.key"
     bad_file.write_text(mutated)
     reader_file.write_text(reader + "\n")
-    for env in ({"REPOLIB_KEY": mutated}, {"REPOLIB_KEY": old_writer},
-                {"REPOLIB_KEY": cli_json}, {"REPOLIB_KEY_FILE": str(bad_file)},
-                {"REPOLIB_KEY": " " + reader}):
+    for env in (
+        {"REPOLIB_KEY": mutated},
+        {"REPOLIB_KEY": old_writer},
+        {"REPOLIB_KEY": cli_json},
+        {"REPOLIB_KEY_FILE": str(bad_file)},
+        {"REPOLIB_KEY": " " + reader},
+    ):
         r = cli("whoami", env=env, ok=False)
         assert r.exit_code == 1 and "invalid API key" in r.stderr
     r = cli("whoami", "--key", old_cli_reader, ok=False)
     assert r.exit_code == 1
     r = cli("key", "create", "analytics", "nope", "--key-file", str(reader_file), ok=False)
     assert r.exit_code == 1 and "denied" in r.stderr
-    r = cli("key", "rotate", "analytics", parse_token(ops)[0], "--key-file", str(reader_file),
-            ok=False)
+    r = cli(
+        "key", "rotate", "analytics", parse_token(ops)[0], "--key-file", str(reader_file), ok=False
+    )
     assert r.exit_code == 1 and "denied" in r.stderr
-    r = cli("resource", "update", "analytics", "raw", "--cred-env", "key=LEAK_S3_KEY",
-            "--cred-env", "secret=LEAK_S3_SECRET", "--key", writer, env=CRED_ENV, ok=False)
+    r = cli(
+        "resource",
+        "update",
+        "analytics",
+        "raw",
+        "--cred-env",
+        "key=LEAK_S3_KEY",
+        "--cred-env",
+        "secret=LEAK_S3_SECRET",
+        "--key",
+        writer,
+        env=CRED_ENV,
+        ok=False,
+    )
     assert r.exit_code == 1 and "denied" in r.stderr
     cli("audit", "--verify")
     s.keep("final", *cat.audit(), cat.verify_audit())
@@ -322,8 +497,13 @@ def _run_session(s: Session, cli: Cli, home: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("operation", ["revoke", "rotate", "update", "show"])
 def test_a_token_given_where_a_key_id_belongs_is_never_echoed(
-        catalog: repolib.Catalog, repo: repolib.Repository, home: Path, tmp_path: Path,
-        cli: Cli, operation: str) -> None:
+    catalog: repolib.Catalog,
+    repo: repolib.Repository,
+    home: Path,
+    tmp_path: Path,
+    cli: Cli,
+    operation: str,
+) -> None:
     """Pasting the whole token instead of the key id is a common slip: the token must not end
     up in the error message, the CLI's stderr or the (append-only) audit log."""
     victim = repo.create_key("victim", "read").token
@@ -344,10 +524,12 @@ def test_a_token_given_where_a_key_id_belongs_is_never_echoed(
         texts.append((f"{type(info.value).__name__} via {who!r}", str(info.value)))
     key_file = tmp_path / "reader.key"
     key_file.write_text(reader)
-    cli_args = {"revoke": ["key", "revoke", "analytics", victim],
-                "rotate": ["key", "rotate", "analytics", victim],
-                "update": ["key", "update", "analytics", victim, "--name", "x"],
-                "show": ["key", "show", "analytics", victim]}[operation]
+    cli_args = {
+        "revoke": ["key", "revoke", "analytics", victim],
+        "rotate": ["key", "rotate", "analytics", victim],
+        "update": ["key", "update", "analytics", victim, "--name", "x"],
+        "show": ["key", "show", "analytics", victim],
+    }[operation]
     r = cli(*cli_args, ok=False)
     assert r.exit_code != 0
     texts.append(("CLI with the admin secret", r.stdout + r.stderr))
@@ -367,9 +549,14 @@ def test_a_token_given_where_a_key_id_belongs_is_never_echoed(
 PG_PASSWORD = "pg-leak-Pw-3Kd8Vb1Nq6Zr"
 
 
-def test_the_postgresql_password_never_leaks(pg_server: Any, home: Path, tmp_path: Path,
-                                             cli: Cli, caplog: pytest.LogCaptureFixture,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_postgresql_password_never_leaks(
+    pg_server: Any,
+    home: Path,
+    tmp_path: Path,
+    cli: Cli,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The catalog URL's password (in the URL, or PGPASSWORD) is in no message, repr, log,
     audit row or CLI output: not on success, not on any failure."""
     import fsspec
@@ -400,8 +587,17 @@ def test_the_postgresql_password_never_leaks(pg_server: Any, home: Path, tmp_pat
         repo = cat.repository("analytics")
         repo.add_storage("scratch", "memory://pg-leaks")
         token = s.issued("key", repo.create_key("app", "write"))
-        keep("catalog", cat, cat._ctx, cat._ctx.store, repo, *cat.repositories(), *cat.keys(),
-             *cat.audit(), cat.verify_audit())
+        keep(
+            "catalog",
+            cat,
+            cat._ctx,
+            cat._ctx.store,
+            repo,
+            *cat.repositories(),
+            *cat.keys(),
+            *cat.audit(),
+            cat.verify_audit(),
+        )
         # an application machine: the password from PGPASSWORD, the URL without it
         monkeypatch.setenv("PGPASSWORD", PG_PASSWORD)
         bare = pg_server.url(name, user="leaky")
@@ -418,16 +614,30 @@ def test_the_postgresql_password_never_leaks(pg_server: Any, home: Path, tmp_pat
         wrong = url.replace(PG_PASSWORD, PG_PASSWORD[::-1])
         gone = f"postgresql://leaky:{PG_PASSWORD}@127.0.0.1:{free_port()}/{name}"
         missing = pg_server.url("no_such_db", user="leaky", password=PG_PASSWORD)
-        for where, bad in (("wrong", wrong), ("none", bare), ("gone", gone),
-                           ("missing", missing), ("garbled", url + "?sslmode=nonsense")):
-            s.fails(f"catalog {where}", repolib.CatalogError,
-                    lambda b=bad: repolib.Catalog(home, catalog_url=b).repositories())
-            s.fails(f"open {where}", repolib.CatalogError,
-                    lambda b=bad: repolib.open("analytics", key=token, catalog_url=b))
+        for where, bad in (
+            ("wrong", wrong),
+            ("none", bare),
+            ("gone", gone),
+            ("missing", missing),
+            ("garbled", url + "?sslmode=nonsense"),
+        ):
+            s.fails(
+                f"catalog {where}",
+                repolib.CatalogError,
+                lambda b=bad: repolib.Catalog(home, catalog_url=b).repositories(),
+            )
+            s.fails(
+                f"open {where}",
+                repolib.CatalogError,
+                lambda b=bad: repolib.open("analytics", key=token, catalog_url=b),
+            )
             r = cli("--catalog", bad, "repo", "list", ok=False)
             assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) <= 2
-        s.fails("bad scheme", repolib.ConfigError,
-                lambda: repolib.Catalog(home, catalog_url=f"mysql://u:{PG_PASSWORD}@h/db"))
+        s.fails(
+            "bad scheme",
+            repolib.ConfigError,
+            lambda: repolib.Catalog(home, catalog_url=f"mysql://u:{PG_PASSWORD}@h/db"),
+        )
         r = cli("catalog", "copy", url, f"sqlite://{tmp_path / 'copy.db'}")
         copied = repolib.Catalog(home, catalog_url=f"sqlite://{tmp_path / 'copy.db'}")
         keep("copy", *copied.audit())
@@ -435,12 +645,12 @@ def test_the_postgresql_password_never_leaks(pg_server: Any, home: Path, tmp_pat
         PostgresStore.close_shared()
 
     logs = caplog.text + "\n".join(
-        f"{rec.getMessage()} {rec.exc_text or ''} {rec.args!r}" for rec in caplog.records)
+        f"{rec.getMessage()} {rec.exc_text or ''} {rec.args!r}" for rec in caplog.records
+    )
     assert PG_PASSWORD not in logs, "the database password in the logs"
     for where, text in s.texts + texts:
         assert PG_PASSWORD not in text, f"the database password in {where}: {text}"
     for i, out in enumerate(cli.outputs):
         assert PG_PASSWORD not in out, f"the database password in CLI output #{i}: {out!r}"
-    rows = pg_server.execute("SELECT string_agg(target || detail, ' ') FROM audit",
-                             database=name)
+    rows = pg_server.execute("SELECT string_agg(target || detail, ' ') FROM audit", database=name)
     assert PG_PASSWORD not in str(rows)

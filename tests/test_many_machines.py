@@ -39,8 +39,13 @@ def pg_url(pg_server: pgserver.PGServer) -> Iterator[str]:
 
 def other_machine_env(tmp_path: Path, url: str, token: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REPOLIB_", "PG"))}
-    env.update({"REPOLIB_HOME": str(tmp_path / "other-machine"), "REPOLIB_CATALOG_URL": url,
-                "REPOLIB_KEY": token})
+    env.update(
+        {
+            "REPOLIB_HOME": str(tmp_path / "other-machine"),
+            "REPOLIB_CATALOG_URL": url,
+            "REPOLIB_KEY": token,
+        }
+    )
     return env
 
 
@@ -74,19 +79,23 @@ print(json.dumps({"stopped_at": None}), flush=True)
 @pytest.mark.parametrize("change", ["revoke", "rotate"])
 @pytest.mark.parametrize("mode", ["fs", "ai"])
 def test_revocation_and_rotation_reach_another_machine_within_2_s(
-        pg_url: str, home: Path, tmp_path: Path, change: str, mode: str) -> None:
+    pg_url: str, home: Path, tmp_path: Path, change: str, mode: str
+) -> None:
     cat = repolib.Catalog(home, catalog_url=pg_url)
     cat.init()
     admin = cat.create_repository("analytics")
     admin.add_storage("scratch", "memory://machines")
     issued = admin.create_key("notebook", "read", ai=True)
-    proc = subprocess.Popen([sys.executable, "-c", WATCHER, mode], text=True,
-                            env=other_machine_env(tmp_path, pg_url, issued.token),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WATCHER, mode],
+        text=True,
+        env=other_machine_env(tmp_path, pg_url, issued.token),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready", proc.stderr.read() \
-            if proc.stderr else ""
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read() if proc.stderr else ""
         time.sleep(0.7)  # well inside the other process's 2 s re-check window
         if change == "revoke":
             admin.revoke_key(issued.key_id)
@@ -135,9 +144,14 @@ def test_changes_moves_when_another_process_commits(pg_url: str, home: Path) -> 
 def _populate(cat: repolib.Catalog) -> dict[str, str]:
     """A catalog with everything in it; returns the tokens that must keep working."""
     repo = cat.create_repository("analytics", description="copied")
-    repo.add_storage("raw", "s3://bucket/raw", endpoint_url="http://127.0.0.1:9", key=S3_KEY,
-                     secret=S3_SECRET,
-                     read_credentials={"key": S3_READ_KEY, "secret": S3_READ_SECRET})
+    repo.add_storage(
+        "raw",
+        "s3://bucket/raw",
+        endpoint_url="http://127.0.0.1:9",
+        key=S3_KEY,
+        secret=S3_SECRET,
+        read_credentials={"key": S3_READ_KEY, "secret": S3_READ_SECRET},
+    )
     repo.add_storage("scratch", "memory://copied-scratch")
     repo.add_storage("gone", "memory://gone")
     repo.add_llm("local", base_url="http://127.0.0.1:9/v1", api_key="sk-copied", models=["m"])
@@ -158,23 +172,29 @@ def _populate(cat: repolib.Catalog) -> dict[str, str]:
     repo.remove_resource("gone")
     cat.create_repository("deleted")
     cat.delete_repository("deleted")
-    opened = repolib.open("analytics", key=tokens["writer"], home=cat.home,
-                          catalog_url=cat.catalog_url)
+    opened = repolib.open(
+        "analytics", key=tokens["writer"], home=cat.home, catalog_url=cat.catalog_url
+    )
     opened.fs.pipe_file("analytics/scratch/x.txt", b"counted")
-    ops = repolib.open("analytics", key=tokens["ops"], home=cat.home,
-                       catalog_url=cat.catalog_url)
+    ops = repolib.open("analytics", key=tokens["ops"], home=cat.home, catalog_url=cat.catalog_url)
     from repolib.ai.ledger import reserve
     from repolib.keys import AIPolicy
 
-    reserve(ops.catalog_store, ops.key_id or "", AIPolicy.from_dict({"token_budget": 1000}),
-            123, time.time())
+    reserve(
+        ops.catalog_store,
+        ops.key_id or "",
+        AIPolicy.from_dict({"token_budget": 1000}),
+        123,
+        time.time(),
+    )
     usage.flush_all()
     cat.seal_audit()
     return tokens
 
 
-def _check_copy(cat: repolib.Catalog, tokens: dict[str, str], source: repolib.Catalog,
-                new_name: str) -> None:
+def _check_copy(
+    cat: repolib.Catalog, tokens: dict[str, str], source: repolib.Catalog, new_name: str
+) -> None:
     url = cat.catalog_url
     for name in ("reader", "writer", "ops", "rotated", "rotated-old"):
         r = repolib.open("analytics", key=tokens[name], home=cat.home, catalog_url=url)
@@ -191,8 +211,9 @@ def _check_copy(cat: repolib.Catalog, tokens: dict[str, str], source: repolib.Ca
     assert [r.name for r in cat.repositories()] == [r.name for r in source.repositories()]
     assert "deleted" not in [r.name for r in cat.repositories()]
     assert {r.name for r in cat.resources("analytics")} == {"raw", "scratch", "local"}
-    assert [(k.key_id, k.status()) for k in cat.keys()] == \
-        [(k.key_id, k.status()) for k in source.keys()]
+    assert [(k.key_id, k.status()) for k in cat.keys()] == [
+        (k.key_id, k.status()) for k in source.keys()
+    ]
     assert sorted(map(str, cat.usage_rows())) == sorted(map(str, source.usage_rows()))
     v = cat.verify_audit()
     assert v.ok and v.seal_checked, v.problems
@@ -200,13 +221,15 @@ def _check_copy(cat: repolib.Catalog, tokens: dict[str, str], source: repolib.Ca
     # the copy lives on: new repositories, resources and keys get fresh ids
     more = cat.create_repository(new_name)
     more.add_storage("fresh", "memory://after-copy")
-    assert repolib.open(new_name, key=more.create_key("k", "read").token, home=cat.home,
-                        catalog_url=url).resolve("fresh")
+    assert repolib.open(
+        new_name, key=more.create_key("k", "read").token, home=cat.home, catalog_url=url
+    ).resolve("fresh")
     assert cat.verify_audit().ok
 
 
-def test_copy_sqlite_to_postgresql_and_back(pg_url: str, home: Path, tmp_path: Path,
-                                            cli: Cli) -> None:
+def test_copy_sqlite_to_postgresql_and_back(
+    pg_url: str, home: Path, tmp_path: Path, cli: Cli
+) -> None:
     laptop = repolib.Catalog(home)
     laptop.init()
     tokens = _populate(laptop)
@@ -226,8 +249,9 @@ def test_copy_sqlite_to_postgresql_and_back(pg_url: str, home: Path, tmp_path: P
     assert "intact" in cli("--catalog", f"sqlite://{back}", "audit", "--verify").stdout
 
 
-def test_copy_refuses_a_catalog_that_is_not_empty_or_missing(pg_url: str, home: Path,
-                                                             tmp_path: Path, cli: Cli) -> None:
+def test_copy_refuses_a_catalog_that_is_not_empty_or_missing(
+    pg_url: str, home: Path, tmp_path: Path, cli: Cli
+) -> None:
     laptop = repolib.Catalog(home)
     laptop.init()
     src = f"sqlite://{home / 'catalog.db'}"

@@ -56,8 +56,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     r.add_storage("local", f"file://{data}")
     r.add_storage("scratch", f"memory://scratch-{os.getpid()}")
     r.add_storage("other", f"file://{other}")
-    w = World(home, data, other, cache, r.create_key("writer", "write").token,
-              r.create_key("reader", "read", resources=["local"]).token, cat)
+    w = World(
+        home,
+        data,
+        other,
+        cache,
+        r.create_key("writer", "write").token,
+        r.create_key("reader", "read", resources=["local"]).token,
+        cat,
+    )
     yield w
     cat.close()
 
@@ -98,8 +105,9 @@ def test_shell_tools(mnt: Path, world: World, tmp_path: Path, resource: str) -> 
     sh(f"dd if=/dev/zero of={top}/dd.bin bs=64k count=4 status=none")
     sh(f"printf XYZ | dd of={top}/dd.bin bs=1 seek=1000 conv=notrunc status=none")
     data = (top / "dd.bin").read_bytes()
-    assert len(data) == 4 * 65536 and data[1000:1003] == b"XYZ" and data.count(b"\0") == len(
-        data) - 3
+    assert (
+        len(data) == 4 * 65536 and data[1000:1003] == b"XYZ" and data.count(b"\0") == len(data) - 3
+    )
     sh(f"rm -r {top}/copy {top}/moved {top}/tree && rmdir {top}/made/deeper")
     assert sorted(os.listdir(top)) == ["dd.bin", "made"]
     if resource == "local":  # what the mount shows is what the folder holds
@@ -173,7 +181,7 @@ def test_two_concurrent_readers_and_random_reads(mnt: Path, world: World) -> Non
         for _ in range(50):
             off = rng.randrange(len(blob) - 4096)
             f.seek(off)
-            assert f.read(4096) == blob[off:off + 4096]
+            assert f.read(4096) == blob[off : off + 4096]
     os.remove(world.data / "big.bin")
     assert isinstance(before, dict)
 
@@ -189,7 +197,7 @@ def test_random_reader_does_not_read_ahead(world: World, tmp_path: Path) -> None
                 for _ in range(40):
                     off = rng.randrange(len(blob) - 4096) // 4096 * 4096
                     f.seek(off)
-                    assert f.read(4096) == blob[off:off + 4096]
+                    assert f.read(4096) == blob[off : off + 4096]
             s = stats(m)
         assert s["cache"]["readahead_blocks"] == 0  # type: ignore[index]
         assert s["bytes_read"] <= 40 * 256 * 1024, s  # no block-sized fetches per 4 KiB read
@@ -290,8 +298,9 @@ def test_failed_upload_is_eio_and_the_old_file_stays(mnt: Path, world: World) ->
     (world.data / "fail").unlink()
     (world.data / "fail.bak").rename(folder)
     assert (folder / "f.txt").read_text() == "old content\n"
-    assert wait_for(lambda: (mnt / "local" / "fail" / "f.txt").read_text() == "old content\n",
-                    timeout=8)
+    assert wait_for(
+        lambda: (mnt / "local" / "fail" / "f.txt").read_text() == "old content\n", timeout=8
+    )
     assert stats(mnt)["upload_errors"] >= 1  # type: ignore[operator]
     shutil.rmtree(folder)
 
@@ -307,17 +316,20 @@ def test_the_daemon_never_follows_a_symlink_swapped_in(mnt: Path, world: World) 
     with swapping(world.data / "race", world.data.parent / "race-outside"):
         assert wait_for(lambda: (race / "d").exists(), timeout=8)
         while time.monotonic() < deadline:
-            for op in (lambda: (race / "f").read_bytes(),
-                       lambda: (race / "d" / "f").read_bytes(),
-                       lambda: "\n".join(os.listdir(race / "d")).encode(),
-                       lambda: shutil.copy(race / "d" / "f", race / "copy") and b"",
-                       lambda: (race / "copy").read_bytes(),
-                       lambda: os.rename(race / "d" / "f", race / "moved") or b"",
-                       lambda: (race / "d" / "planted").write_bytes(b"x") and b""):
+            for op in (
+                lambda: (race / "f").read_bytes(),
+                lambda: (race / "d" / "f").read_bytes(),
+                lambda: "\n".join(os.listdir(race / "d")).encode(),
+                lambda: shutil.copy(race / "d" / "f", race / "copy") and b"",
+                lambda: (race / "copy").read_bytes(),
+                lambda: os.rename(race / "d" / "f", race / "moved") or b"",
+                lambda: (race / "d" / "planted").write_bytes(b"x") and b"",
+            ):
                 with contextlib.suppress(OSError):
                     seen.append(op())
-        cat = subprocess.run(["cat", str(race / "f"), str(race / "d" / "f")],
-                             capture_output=True, check=False)
+        cat = subprocess.run(
+            ["cat", str(race / "f"), str(race / "d" / "f")], capture_output=True, check=False
+        )
         seen.append(cat.stdout)
     assert seen and not any(SECRET in s for s in seen)
     shutil.rmtree(world.data / "race")
@@ -328,13 +340,16 @@ def test_the_daemon_never_follows_a_symlink_swapped_in(mnt: Path, world: World) 
 
 
 def test_write_then_read_back_through_a_second_mount(world: World, tmp_path: Path) -> None:
-    with mounted(world, tmp_path / "a", world.write_key) as a, \
-            mounted(world, tmp_path / "b", world.write_key) as b:
+    with (
+        mounted(world, tmp_path / "a", world.write_key) as a,
+        mounted(world, tmp_path / "b", world.write_key) as b,
+    ):
         (a / "local" / "shared.txt").write_text("one\n")
         assert (b / "local" / "shared.txt").read_text() == "one\n"
         (a / "local" / "shared.txt").write_text("two, longer\n")
-        assert wait_for(lambda: (b / "local" / "shared.txt").read_text() == "two, longer\n",
-                        timeout=8)
+        assert wait_for(
+            lambda: (b / "local" / "shared.txt").read_text() == "two, longer\n", timeout=8
+        )
         os.remove(a / "local" / "shared.txt")
         assert wait_for(lambda: not (b / "local" / "shared.txt").exists(), timeout=8)
     # the daemons counted into the catalog's usage counters before they exited
@@ -343,8 +358,7 @@ def test_write_then_read_back_through_a_second_mount(world: World, tmp_path: Pat
     assert usage["local"].get("bytes_read", 0) >= 4 and usage["local"]["requests"] > 0
 
 
-def test_read_key_is_read_only_and_sees_only_its_resources(world: World,
-                                                           tmp_path: Path) -> None:
+def test_read_key_is_read_only_and_sees_only_its_resources(world: World, tmp_path: Path) -> None:
     with mounted(world, tmp_path / "r", world.read_key, key_file=True) as m:
         assert os.listdir(m) == ["local"]
         assert (m / "local" / "hello.txt").read_text() == "hello\n"
@@ -388,8 +402,7 @@ def test_revoked_key_stops_working_within_seconds(world: World, tmp_path: Path) 
             os.listdir(m)
 
 
-def test_a_rotated_key_file_is_followed_without_a_remount(world: World, tmp_path: Path
-                                                          ) -> None:
+def test_a_rotated_key_file_is_followed_without_a_remount(world: World, tmp_path: Path) -> None:
     repo = world.catalog.repository("analytics")
     issued = repo.create_key("rotating", "write")
     with mounted(world, tmp_path / "rot", issued.token, key_file=True) as m:
@@ -415,12 +428,17 @@ def test_a_rotated_key_file_is_followed_without_a_remount(world: World, tmp_path
         assert wait_for(denied, timeout=6)
 
 
-def test_no_secret_reaches_the_daemons_command_line_or_environment(world: World,
-                                                                   tmp_path: Path) -> None:
-    planted = {"REPOLIB_ADMIN_KEY": (world.home / "admin.key").read_text().strip(),
-               "REPOLIB_PASSPHRASE": "pass-Xq81", "REPOLIB_NEW_PASSPHRASE": "pass-Wz72",
-               "REPOLIB_SOMETHING_NEW": "new-Hk55", "OPENAI_API_KEY": "sk-planted-Jd03",
-               "GITHUB_TOKEN": "ghp-planted-Lm44"}
+def test_no_secret_reaches_the_daemons_command_line_or_environment(
+    world: World, tmp_path: Path
+) -> None:
+    planted = {
+        "REPOLIB_ADMIN_KEY": (world.home / "admin.key").read_text().strip(),
+        "REPOLIB_PASSPHRASE": "pass-Xq81",
+        "REPOLIB_NEW_PASSPHRASE": "pass-Wz72",
+        "REPOLIB_SOMETHING_NEW": "new-Hk55",
+        "OPENAI_API_KEY": "sk-planted-Jd03",
+        "GITHUB_TOKEN": "ghp-planted-Lm44",
+    }
     with mounted(world, tmp_path / "e", world.write_key, extra_env=planted) as m:
         pid = stats(m)["pid"]
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -464,8 +482,7 @@ def test_sigkill_leaves_a_stale_mount_that_mount_cleans(world: World, tmp_path: 
 def test_umount_command_and_one_line_errors(world: World, tmp_path: Path) -> None:
     mp = tmp_path / "u"
     mp.mkdir()
-    world.cli("mount", "analytics", str(mp), "--cache-dir", str(world.cache),
-              key=world.write_key)
+    world.cli("mount", "analytics", str(mp), "--cache-dir", str(world.cache), key=world.write_key)
     try:
         pid = stats(mp)["pid"]
         DAEMONS.append(pid)  # type: ignore[arg-type]
@@ -479,8 +496,7 @@ def test_umount_command_and_one_line_errors(world: World, tmp_path: Path) -> Non
     for args, key, message in [
         (("umount", str(mp)), None, "is not mounted"),
         (("mount", "analytics", str(tmp_path / "nope")), world.write_key, "does not exist"),
-        (("mount", "analytics", str(mp)), "rpk_" + "A" * 12 + "_" + "b" * 43,
-         "invalid API key"),
+        (("mount", "analytics", str(mp)), "rpk_" + "A" * 12 + "_" + "b" * 43, "invalid API key"),
         (("mount", "analytics", str(mp)), None, "no API key"),
         (("mount-stats", str(mp)), None, "not a working repolib mount"),
     ]:
@@ -498,13 +514,19 @@ def test_a_daemon_that_fails_reports_its_one_line_error(world: World, tmp_path: 
     mp.mkdir()
     options = MountOptions(cache_dir=str(world.cache))
     with pytest.raises(repolib.MountError, match="no repository named 'nosuch'"):
-        daemon.spawn("nosuch", str(mp), world.write_key, options, str(world.home),
-                     str(world.cache / "fail.log"), timeout=60)
+        daemon.spawn(
+            "nosuch",
+            str(mp),
+            world.write_key,
+            options,
+            str(world.home),
+            str(world.cache / "fail.log"),
+            timeout=60,
+        )
     assert not os.path.ismount(mp)
 
 
-def test_the_fuse_connection_is_tuned_where_the_daemon_may(world: World, tmp_path: Path
-                                                           ) -> None:
+def test_the_fuse_connection_is_tuned_where_the_daemon_may(world: World, tmp_path: Path) -> None:
     """max_background and congestion_threshold go through the connection's files in fusectl
     (systemd mounts it at boot; mounted here for the test when missing), the read-ahead
     through the mount's bdi: mount-stats says what is in effect."""
@@ -512,10 +534,15 @@ def test_the_fuse_connection_is_tuned_where_the_daemon_may(world: World, tmp_pat
         pytest.skip("the FUSE connection's settings are root's to write")
     conns = Path("/sys/fs/fuse/connections")
     mounted_here = False
-    if not any(line.split()[1] == str(conns) for line in Path("/proc/mounts").read_text()
-               .splitlines()):
-        res = subprocess.run(["mount", "-t", "fusectl", "none", str(conns)],
-                             capture_output=True, text=True, check=False)
+    if not any(
+        line.split()[1] == str(conns) for line in Path("/proc/mounts").read_text().splitlines()
+    ):
+        res = subprocess.run(
+            ["mount", "-t", "fusectl", "none", str(conns)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if res.returncode != 0:
             pytest.skip(f"fusectl cannot be mounted here: {res.stderr.strip()}")
         mounted_here = True
@@ -523,8 +550,11 @@ def test_the_fuse_connection_is_tuned_where_the_daemon_may(world: World, tmp_pat
         with mounted(world, tmp_path / "m", world.read_key) as mp:
             assert wait_for(lambda: stats(mp)["kernel"].get("max_background") is not None)  # type: ignore[union-attr]
             kernel = stats(mp)["kernel"]
-            assert kernel == {"read_ahead_kb": 4096, "max_background": 64,
-                              "congestion_threshold": 48}, kernel
+            assert kernel == {
+                "read_ahead_kb": 4096,
+                "max_background": 64,
+                "congestion_threshold": 48,
+            }, kernel
             minor = os.minor(os.stat(mp).st_dev)
             assert (conns / str(minor) / "max_background").read_text().strip() == "64"
     finally:

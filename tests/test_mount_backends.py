@@ -50,19 +50,30 @@ RESOURCES = ["bucket", "gcs", "azure"]
 
 
 @pytest.fixture(scope="module")
-def bworld(tmp_path_factory: pytest.TempPathFactory, rclone_server: servers.RcloneS3Server,
-           gcs_server: servers.GCSServer, azure_server: servers.AzuriteServer
-           ) -> Iterator[World]:
+def bworld(
+    tmp_path_factory: pytest.TempPathFactory,
+    rclone_server: servers.RcloneS3Server,
+    gcs_server: servers.GCSServer,
+    azure_server: servers.AzuriteServer,
+) -> Iterator[World]:
     w, r = new_world(tmp_path_factory.mktemp("backendsworld"))
     r.add_storage("bucket", f"s3://{new_bucket(rclone_server)}/data", **s3_options(rclone_server))
     gcs = servers.make_bucket(gcs_server, f"g{os.getpid()}x{os.urandom(3).hex()}")
-    r.add_storage("gcs", f"gs://{gcs}/data", endpoint_url=gcs_server.endpoint_url,
-                  project=gcs_server.project, token="anon")
+    r.add_storage(
+        "gcs",
+        f"gs://{gcs}/data",
+        endpoint_url=gcs_server.endpoint_url,
+        project=gcs_server.project,
+        token="anon",
+    )
     az = servers.make_bucket(azure_server, f"a{os.getpid()}x{os.urandom(3).hex()}")
-    r.add_storage("azure", f"az://{az}/data",
-                  endpoint_url=azure_server.blob_endpoint.rsplit("/", 1)[0],
-                  account_name=azure_server.account_name,
-                  account_key=azure_server.account_key)
+    r.add_storage(
+        "azure",
+        f"az://{az}/data",
+        endpoint_url=azure_server.blob_endpoint.rsplit("/", 1)[0],
+        account_name=azure_server.account_name,
+        account_key=azure_server.account_key,
+    )
     add_keys(w, r)
     yield w
     w.catalog.close()
@@ -95,14 +106,14 @@ def test_shell_tools(bmnt: Path, bworld: World, tmp_path: Path, resource: str) -
     # mv within the resource: a file, then a folder
     sh(f"mv {top}/a.bin {top}/b.bin && mv {top}/sub {top}/sub2")
     assert not (top / "a.bin").exists() and not (top / "sub").exists()
-    sh(f"cmp {src} {top}/b.bin && test \"$(cat {top}/sub2/note.txt)\" = inside")
+    sh(f'cmp {src} {top}/b.bin && test "$(cat {top}/sub2/note.txt)" = inside')
     # dd a 5 MiB file in, cmp it back (cold: a fresh open reads from the server)
     sh(f"dd if={big} of={top}/big.bin bs=1M status=none && cmp {big} {top}/big.bin")
     # Python open/seek/read at an offset
     data = big.read_bytes()
     with open(top / "big.bin", "rb") as f:
         f.seek(3 * MiB + 7)
-        assert f.read(10_000) == data[3 * MiB + 7:3 * MiB + 7 + 10_000]
+        assert f.read(10_000) == data[3 * MiB + 7 : 3 * MiB + 7 + 10_000]
         f.seek(123)
         assert f.read(5) == data[123:128]
     # a write through the mount reached the server: read it back through repo://
@@ -111,7 +122,8 @@ def test_shell_tools(bmnt: Path, bworld: World, tmp_path: Path, resource: str) -
     assert fs.cat_file(f"analytics/{resource}/shell/b.bin") == src.read_bytes()
     assert fs.cat_file(f"analytics/{resource}/shell/sub2/note.txt") == b"inside\n"
     assert sorted(fs.ls(f"analytics/{resource}/shell", detail=False)) == [
-        f"analytics/{resource}/shell/{n}" for n in ("b.bin", "big.bin", "sub2")]
+        f"analytics/{resource}/shell/{n}" for n in ("b.bin", "big.bin", "sub2")
+    ]
     # rm -r: gone from the mount and from the server
     sh(f"rm -r {top}")
     assert not top.exists()
@@ -121,7 +133,8 @@ def test_shell_tools(bmnt: Path, bworld: World, tmp_path: Path, resource: str) -
 
 @pytest.mark.parametrize("resource", RESOURCES)
 def test_a_big_file_written_front_to_back_is_sent_while_it_is_written(
-        bmnt: Path, bworld: World, resource: str) -> None:
+    bmnt: Path, bworld: World, resource: str
+) -> None:
     data = os.urandom(40 * MiB)
     target = bmnt / resource / "streamed.bin"
     fs = repo_fs(bworld)
@@ -129,7 +142,7 @@ def test_a_big_file_written_front_to_back_is_sent_while_it_is_written(
     before = stats(bmnt)
     with open(target, "wb") as f:
         for i in range(0, len(data), MiB):
-            f.write(data[i:i + MiB])
+            f.write(data[i : i + MiB])
         f.flush()
         sent = lambda: stats(bmnt)["streamed_bytes"] - before["streamed_bytes"]  # noqa: E731
         assert wait_for(lambda: sent() >= 32 * MiB, timeout=30)  # two parts before close
@@ -143,8 +156,9 @@ def test_a_big_file_written_front_to_back_is_sent_while_it_is_written(
     with open(target, "wb") as f:
         f.write(data)
         f.flush()
-        assert wait_for(lambda: stats(bmnt)["streamed_bytes"] - after["streamed_bytes"]
-                        >= 16 * MiB, timeout=30)
+        assert wait_for(
+            lambda: stats(bmnt)["streamed_bytes"] - after["streamed_bytes"] >= 16 * MiB, timeout=30
+        )
         f.seek(0)
         f.write(b"HEAD")
     assert stats(bmnt)["streamed_uploads"] == after["streamed_uploads"]
@@ -152,7 +166,7 @@ def test_a_big_file_written_front_to_back_is_sent_while_it_is_written(
     assert fs.cat_file(remote) == b"HEAD" + data[4:]
     # a file removed while it is being sent: nothing remains
     with open(bmnt / resource / "gone.bin", "wb") as f:
-        f.write(data[:20 * MiB])
+        f.write(data[: 20 * MiB])
         f.flush()
         os.remove(bmnt / resource / "gone.bin")
     fs.invalidate_cache()
@@ -160,18 +174,28 @@ def test_a_big_file_written_front_to_back_is_sent_while_it_is_written(
     os.remove(target)
 
 
-def test_disk_cache_answers_what_memory_evicted(bmnt: Path, bworld: World,
-                                                tmp_path: Path) -> None:
+def test_disk_cache_answers_what_memory_evicted(bmnt: Path, bworld: World, tmp_path: Path) -> None:
     blob = os.urandom(8 * MiB)
     (bmnt / "bucket" / "cached.bin").write_bytes(blob)
     cache_dir = tmp_path / "cache"
     try:
-        with mounted(bworld, tmp_path / "dc", bworld.read_key, "--cache-size", "2M",
-                     "--disk-cache-size", "64M", "--cache-dir", str(cache_dir)) as m:
+        with mounted(
+            bworld,
+            tmp_path / "dc",
+            bworld.read_key,
+            "--cache-size",
+            "2M",
+            "--disk-cache-size",
+            "64M",
+            "--cache-dir",
+            str(cache_dir),
+        ) as m:
             assert (m / "bucket" / "cached.bin").read_bytes() == blob
             # blocks are copied to disk in the background, after the reader got them
-            assert wait_for(lambda: stats(m)["cache"]["disk_bytes"] == len(blob),  # type: ignore[index]
-                            timeout=10)
+            assert wait_for(
+                lambda: stats(m)["cache"]["disk_bytes"] == len(blob),  # type: ignore[index]
+                timeout=10,
+            )
             first = stats(m)
             folders = [p for p in cache_dir.glob("blocks-*") if p.is_dir()]
             assert len(folders) == 1 and stat.S_IMODE(folders[0].stat().st_mode) == 0o700
@@ -226,18 +250,17 @@ def _put_on_disk(world: World, name: str, data: bytes) -> None:
 
 @pytest.mark.parametrize("mode", [[], ["--write-back", "1"]], ids=["default", "write-back"])
 def test_server_stopped_during_a_read_gives_eio_then_works_again(
-        fworld: World, fault_server: servers.RcloneS3Server, tmp_path: Path,
-        mode: list[str]) -> None:
+    fworld: World, fault_server: servers.RcloneS3Server, tmp_path: Path, mode: list[str]
+) -> None:
     data = os.urandom(64 * MiB)
     _put_on_disk(fworld, "large.bin", data)
     _put_on_disk(fworld, "small.txt", b"small\n")
-    with mounted(fworld, tmp_path / "m", fworld.write_key, "--cache-size", "8M",
-                 *mode) as mp:
+    with mounted(fworld, tmp_path / "m", fworld.write_key, "--cache-size", "8M", *mode) as mp:
         pid = stats(mp)["pid"]
         f = open(mp / "bucket" / "large.bin", "rb", buffering=0)
         try:
             got = f.read(MiB) + f.read(MiB)
-            assert got == data[:2 * MiB]
+            assert got == data[: 2 * MiB]
             fault_server.stop(kill=True)
             t0 = time.monotonic()
             with pytest.raises(OSError) as e:
@@ -258,7 +281,8 @@ def test_server_stopped_during_a_read_gives_eio_then_works_again(
 
 
 def test_server_stopped_during_an_upload_gives_eio_and_keeps_the_old_object(
-        fworld: World, fault_server: servers.RcloneS3Server, tmp_path: Path) -> None:
+    fworld: World, fault_server: servers.RcloneS3Server, tmp_path: Path
+) -> None:
     old = b"old content\n" * 1000
     _put_on_disk(fworld, "obj.bin", old)
     with mounted(fworld, tmp_path / "m", fworld.write_key) as mp:
@@ -292,7 +316,8 @@ def test_server_stopped_during_an_upload_gives_eio_and_keeps_the_old_object(
 
 
 def test_sigkill_during_an_upload_leaves_no_partial_object(
-        fworld: World, fault_server: servers.RcloneS3Server, tmp_path: Path) -> None:
+    fworld: World, fault_server: servers.RcloneS3Server, tmp_path: Path
+) -> None:
     old = b"old content\n" * 1000
     _put_on_disk(fworld, "old.bin", old)
     mp = tmp_path / "m"
@@ -323,8 +348,9 @@ def test_sigkill_during_an_upload_leaves_no_partial_object(
             except BaseException as exc:  # reported by the main thread
                 outcome[name] = exc
 
-        writers = [threading.Thread(target=write_and_close, args=(n,), daemon=True)
-                   for n in closing]
+        writers = [
+            threading.Thread(target=write_and_close, args=(n,), daemon=True) for n in closing
+        ]
         for t in writers:
             t.start()
         assert all(e.wait(timeout=30) for e in closing.values())
@@ -336,6 +362,7 @@ def test_sigkill_during_an_upload_leaves_no_partial_object(
             assert not t.is_alive()
         assert wait_for(lambda: not alive(pid))  # type: ignore[arg-type]
         assert all(isinstance(outcome[n], OSError) for n in ("old.bin", "new.bin")), outcome
+
         # no partial object: the new name is absent, the old one holds its old content (the
         # parts of a multipart upload cut off are kept by the server, invisible, as
         # .rclone_temp_multipart_* files, until someone aborts the upload: below)
@@ -346,8 +373,9 @@ def test_sigkill_during_an_upload_leaves_no_partial_object(
         assert (fworld.data / "old.bin").read_bytes() == old
         assert wait_for(lambda: stale(mp))
         # `repolib mount` on the same (stale) folder cleans it and mounts again
-        fworld.cli("mount", "analytics", str(mp), "--cache-dir", str(fworld.cache),
-                   key=fworld.write_key)
+        fworld.cli(
+            "mount", "analytics", str(mp), "--cache-dir", str(fworld.cache), key=fworld.write_key
+        )
         pid2 = None
         try:
             assert os.path.ismount(mp)
@@ -358,14 +386,16 @@ def test_sigkill_during_an_upload_leaves_no_partial_object(
             (mp / "bucket" / "new.bin").write_bytes(b"now complete\n")
             assert (fworld.data / "new.bin").read_bytes() == b"now complete\n"
             # the new daemon aborted what the killed one left unfinished (its journal)
-            assert wait_for(lambda: sorted(os.listdir(fworld.data)) == ["new.bin", "old.bin"],
-                            timeout=20), os.listdir(fworld.data)
+            assert wait_for(
+                lambda: sorted(os.listdir(fworld.data)) == ["new.bin", "old.bin"], timeout=20
+            ), os.listdir(fworld.data)
         finally:
             unmount(mp, pid2)  # type: ignore[arg-type]
 
 
 def test_a_multipart_upload_cut_by_sigkill_is_aborted_by_the_next_daemon(
-        fworld: World, fault_server: servers.RcloneS3Server, tmp_path: Path) -> None:
+    fworld: World, fault_server: servers.RcloneS3Server, tmp_path: Path
+) -> None:
     s3 = fault_server.filesystem()
     bucket = fworld.data.parent.name
 
@@ -390,8 +420,9 @@ def test_a_multipart_upload_cut_by_sigkill_is_aborted_by_the_next_daemon(
         assert len(unfinished()) == 1  # billed and never seen, until someone aborts it
         assert wait_for(lambda: stale(mp))
         # `repolib mount` on the same (dead) folder cleans it; the new daemon aborts the upload
-        fworld.cli("mount", "analytics", str(mp), "--cache-dir", str(fworld.cache),
-                   key=fworld.write_key)
+        fworld.cli(
+            "mount", "analytics", str(mp), "--cache-dir", str(fworld.cache), key=fworld.write_key
+        )
         pid2 = None
         try:
             pid2 = stats(mp)["pid"]
@@ -406,12 +437,14 @@ def test_a_multipart_upload_cut_by_sigkill_is_aborted_by_the_next_daemon(
 
 
 def test_write_back_keeps_an_upload_the_server_refuses_and_retries_it(
-        fworld: World, fault_server: servers.RcloneS3Server, tmp_path: Path) -> None:
+    fworld: World, fault_server: servers.RcloneS3Server, tmp_path: Path
+) -> None:
     old = b"old content\n" * 1000
     _put_on_disk(fworld, "obj.bin", old)
     new = os.urandom(3 * MiB)
-    with mounted(fworld, tmp_path / "m", fworld.write_key, "--write-back", "0.5",
-                 "--attr-timeout", "30") as mp:
+    with mounted(
+        fworld, tmp_path / "m", fworld.write_key, "--write-back", "0.5", "--attr-timeout", "30"
+    ) as mp:
         pid = stats(mp)["pid"]
         assert (mp / "bucket" / "obj.bin").read_bytes() == old  # its attributes: cached
         fault_server.stop(kill=True)
@@ -436,7 +469,8 @@ def test_write_back_keeps_an_upload_the_server_refuses_and_retries_it(
 
 
 def test_write_back_upload_cut_by_sigkill_is_finished_by_the_next_daemon(
-        fworld: World, fault_server: servers.RcloneS3Server, tmp_path: Path) -> None:
+    fworld: World, fault_server: servers.RcloneS3Server, tmp_path: Path
+) -> None:
     s3 = fault_server.filesystem()
     bucket = fworld.data.parent.name
 
@@ -454,19 +488,30 @@ def test_write_back_upload_cut_by_sigkill_is_finished_by_the_next_daemon(
         assert wait_for(lambda: not alive(pid))  # type: ignore[arg-type]
         assert wait_for(lambda: stale(mp))
     assert not (fworld.data / "big.bin").exists()  # nothing half-made is visible
-    again = fworld.cli("mount", "analytics", str(mp), "--cache-dir", str(fworld.cache),
-                       "--write-back", "0", key=fworld.write_key)
+    again = fworld.cli(
+        "mount",
+        "analytics",
+        str(mp),
+        "--cache-dir",
+        str(fworld.cache),
+        "--write-back",
+        "0",
+        key=fworld.write_key,
+    )
     pid2 = None
     try:
         pid2 = stats(mp)["pid"]
         DAEMONS.append(pid2)  # type: ignore[arg-type]
         assert "1 uploaded now" in again.stderr, again.stderr
-        assert hashlib.sha256((fworld.data / "big.bin").read_bytes()).digest() == \
-            hashlib.sha256(data).digest()
+        assert (
+            hashlib.sha256((fworld.data / "big.bin").read_bytes()).digest()
+            == hashlib.sha256(data).digest()
+        )
         # the cut multipart upload was aborted (the journal), the new one completed
         assert wait_for(lambda: not unfinished(), timeout=20)
-        assert wait_for(lambda: sorted(os.listdir(fworld.data)) == ["big.bin"], timeout=20), \
+        assert wait_for(lambda: sorted(os.listdir(fworld.data)) == ["big.bin"], timeout=20), (
             os.listdir(fworld.data)
+        )
         assert stats(mp)["stale_uploads_aborted"] >= 1
     finally:
         unmount(mp, pid2)  # type: ignore[arg-type]
@@ -476,7 +521,8 @@ def test_write_back_upload_cut_by_sigkill_is_finished_by_the_next_daemon(
 
 
 def test_a_failed_block_fetch_is_reported_not_refetched_for_a_moment(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A server that is down costs the client its whole retry budget per fetch (~10 s with
     botocore's defaults): the kernel's retry of a read that just failed gets EIO at once."""
     import collections

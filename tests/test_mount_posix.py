@@ -43,8 +43,9 @@ T1 = 978307200_123456789  # 2001-01-01 00:00:00.123456789
 
 
 @pytest.fixture(scope="module")
-def pworld(tmp_path_factory: pytest.TempPathFactory,
-           rclone_server: servers.RcloneS3Server) -> Iterator[World]:
+def pworld(
+    tmp_path_factory: pytest.TempPathFactory, rclone_server: servers.RcloneS3Server
+) -> Iterator[World]:
     top = tmp_path_factory.mktemp("posixworld")
     home, data, other, cache = (top / n for n in ("home", "data", "other", "cache"))
     for d in (data, other, cache):
@@ -56,8 +57,15 @@ def pworld(tmp_path_factory: pytest.TempPathFactory,
     r.add_storage("other", f"file://{other}")  # no allow_chown
     bucket = new_bucket(rclone_server, "posix")
     r.add_storage("bucket", f"s3://{bucket}/data", **s3_options(rclone_server))
-    w = World(home, data, other, cache, r.create_key("writer", "write").token,
-              r.create_key("reader", "read").token, cat)
+    w = World(
+        home,
+        data,
+        other,
+        cache,
+        r.create_key("writer", "write").token,
+        r.create_key("reader", "read").token,
+        cat,
+    )
     w.bucket = bucket  # type: ignore[attr-defined]
     w.s3 = rclone_server.filesystem()  # type: ignore[attr-defined]
     yield w
@@ -80,15 +88,26 @@ def pmnt(pworld: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
 
 def _s3_meta(world: World, rel: str) -> dict[str, str]:
     """An object's user metadata as any S3 client reads it (here: s3fs, not repolib)."""
-    head = world.s3.call_s3("head_object", Bucket=world.bucket,  # type: ignore[attr-defined]
-                            Key=f"data/{rel}")
+    head = world.s3.call_s3(
+        "head_object",
+        Bucket=world.bucket,  # type: ignore[attr-defined]
+        Key=f"data/{rel}",
+    )
     return {k.lower(): v for k, v in head["Metadata"].items()}
 
 
 def _as(uid: int, *cmd: str) -> subprocess.CompletedProcess[str]:
     """Run a command as another user (and their own group only)."""
-    return subprocess.run(list(cmd), user=uid, group=uid, extra_groups=[], capture_output=True,
-                          text=True, timeout=30, check=False)
+    return subprocess.run(
+        list(cmd),
+        user=uid,
+        group=uid,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 def _errno(fn: Any) -> int:
@@ -134,8 +153,10 @@ def test_names_over_the_limits_fail_up_front(pmnt: Path, res: str) -> None:
         for _ in range(5):
             deep = deep / ("d" * 200)
             deep.mkdir()
-        assert _errno(lambda: os.open(deep / ("f" * 20), os.O_CREAT | os.O_WRONLY)) == \
-            errno.ENAMETOOLONG
+        assert (
+            _errno(lambda: os.open(deep / ("f" * 20), os.O_CREAT | os.O_WRONLY))
+            == errno.ENAMETOOLONG
+        )
     sh(f"rm -r {top}")
 
 
@@ -180,9 +201,11 @@ def test_a_file_unlinked_or_replaced_while_open_is_still_read(pmnt: Path, res: s
 def test_two_appenders_lose_no_line(pmnt: Path, res: str) -> None:
     target = pmnt / res / "appended.log"
     lines = 40
-    script = f"for i in $(seq {lines}); do echo \"$1 $i\" >> {target}; done"
-    procs = [subprocess.Popen(["bash", "-c", script, "-", who], stderr=subprocess.PIPE,
-                              text=True) for who in ("A", "B")]
+    script = f'for i in $(seq {lines}); do echo "$1 $i" >> {target}; done'
+    procs = [
+        subprocess.Popen(["bash", "-c", script, "-", who], stderr=subprocess.PIPE, text=True)
+        for who in ("A", "B")
+    ]
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errors  # no EIO from the other's close
     got = target.read_text().splitlines()
@@ -191,18 +214,29 @@ def test_two_appenders_lose_no_line(pmnt: Path, res: str) -> None:
 
 
 @pytest.mark.parametrize("res", RESOURCES)
-def test_mknod_makes_files_fifos_and_sockets(pmnt: Path, pworld: World, res: str,
-                                             tmp_path: Path) -> None:
+def test_mknod_makes_files_fifos_and_sockets(
+    pmnt: Path, pworld: World, res: str, tmp_path: Path
+) -> None:
     top = pmnt / res / "nodes"
     top.mkdir()
     # in a process of its own: the library sets this process's umask for moments (catalog)
-    made = subprocess.run([sys.executable, "-c", f"""if True:
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"""if True:
         import os, socket, stat
         os.umask(0o022)
         os.mknod({str(top / "plain")!r}, stat.S_IFREG | 0o640)  # used to be ENOSYS
         os.mkfifo({str(top / "fifo")!r}, 0o600)
         socket.socket(socket.AF_UNIX).bind({str(top / "sock")!r})
-        """], capture_output=True, text=True, timeout=30, check=False)
+        """,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert made.returncode == 0, made.stderr
     assert stat.S_ISREG(os.lstat(top / "plain").st_mode)
     assert (top / "plain").read_bytes() == b""
@@ -219,8 +253,10 @@ def test_mknod_makes_files_fifos_and_sockets(pmnt: Path, pworld: World, res: str
     src = tmp_path / "src"
     src.mkdir()
     (src / "m.txt").write_text("member\n")
-    sh(f"tar --xattrs -cf {tmp_path}/x.tar -C {src} m.txt && "
-       f"tar --xattrs --no-same-owner -xf {tmp_path}/x.tar -C {top}")
+    sh(
+        f"tar --xattrs -cf {tmp_path}/x.tar -C {src} m.txt && "
+        f"tar --xattrs --no-same-owner -xf {tmp_path}/x.tar -C {top}"
+    )
     assert (top / "m.txt").read_text() == "member\n"
     if res == "bucket":
         assert _s3_meta(pworld, "nodes/fifo")["mode"] == str(stat.S_IFIFO | 0o600)
@@ -233,8 +269,9 @@ def test_mknod_makes_files_fifos_and_sockets(pmnt: Path, pworld: World, res: str
 
 
 @pytest.mark.parametrize("res", RESOURCES)
-def test_modes_owners_and_times_are_kept(pmnt: Path, pworld: World, res: str,
-                                         tmp_path: Path) -> None:
+def test_modes_owners_and_times_are_kept(
+    pmnt: Path, pworld: World, res: str, tmp_path: Path
+) -> None:
     f = pmnt / res / "kept.txt"
     f.write_text("payload\n")
     written = stats(pmnt)["bytes_written"]
@@ -272,8 +309,7 @@ def test_modes_owners_and_times_are_kept(pmnt: Path, pworld: World, res: str,
 
 
 @pytest.mark.parametrize("res", RESOURCES)
-def test_rsync_git_cp_and_tar_keep_modes_and_times(pmnt: Path, res: str,
-                                                   tmp_path: Path) -> None:
+def test_rsync_git_cp_and_tar_keep_modes_and_times(pmnt: Path, res: str, tmp_path: Path) -> None:
     src = tmp_path / "tree"
     (src / "bin").mkdir(parents=True)
     (src / "bin" / "run.sh").write_text("#!/bin/sh\necho run\n")
@@ -291,13 +327,17 @@ def test_rsync_git_cp_and_tar_keep_modes_and_times(pmnt: Path, res: str,
     sh(f"cp -p {src}/secret.txt {top}/cp.txt")
     st = os.stat(top / "cp.txt")
     assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_mtime_ns // 10**9 == T1 // 10**9
-    sh(f"tar -cf {tmp_path}/t.tar -C {src} . && mkdir {top}/untar && "
-       f"tar -xpf {tmp_path}/t.tar -C {top}/untar")
+    sh(
+        f"tar -cf {tmp_path}/t.tar -C {src} . && mkdir {top}/untar && "
+        f"tar -xpf {tmp_path}/t.tar -C {top}/untar"
+    )
     assert stat.S_IMODE(os.stat(top / "untar" / "bin" / "run.sh").st_mode) == 0o755
     assert os.stat(top / "untar" / "secret.txt").st_mtime == T1 // 10**9
     git = "git -c user.email=t@example.org -c user.name=t -c init.defaultBranch=main"
-    sh(f"cd {top} && {git} init -q repo && cp -p {src}/bin/run.sh repo/ && cd repo && "
-       f"{git} add run.sh && {git} commit -qm one && cd .. && {git} clone -q repo clone")
+    sh(
+        f"cd {top} && {git} init -q repo && cp -p {src}/bin/run.sh repo/ && cd repo && "
+        f"{git} add run.sh && {git} commit -qm one && cd .. && {git} clone -q repo clone"
+    )
     assert os.access(top / "clone" / "run.sh", os.X_OK)  # the executable bit survived
     assert sh(f"cd {top}/clone && {git} status --porcelain") == ""
     sh(f"rm -rf {top}")
@@ -351,8 +391,12 @@ def test_symlinks_are_kept_and_hard_links_refused(pmnt: Path, pworld: World, res
     if res == "bucket":
         md = _s3_meta(pworld, "links/ln")
         assert md["mode"] == "41471"  # s3fs-fuse's symlink object
-        assert pworld.s3.cat_file(  # type: ignore[attr-defined]
-            f"{pworld.bucket}/data/links/ln") == b"target.txt"  # type: ignore[attr-defined]
+        assert (
+            pworld.s3.cat_file(  # type: ignore[attr-defined]
+                f"{pworld.bucket}/data/links/ln"
+            )
+            == b"target.txt"
+        )  # type: ignore[attr-defined]
     else:
         assert os.readlink(pworld.data / "links" / "far") == "../../somewhere/else"
     fs = pworld.catalog.repository("analytics").fs
@@ -382,8 +426,11 @@ def test_link_counts_and_times_follow_changes(pmnt: Path, res: str) -> None:
     time.sleep(0.05)
     os.chmod(top / "f", 0o600)
     later("ctime after chmod", c0, lambda: os.stat(top / "f").st_ctime_ns)
-    for action in (lambda: (top / "g").write_text("g"), lambda: os.unlink(top / "g"),
-                   lambda: os.rename(top / "f", top / "a" / "f")):
+    for action in (
+        lambda: (top / "g").write_text("g"),
+        lambda: os.unlink(top / "g"),
+        lambda: os.rename(top / "f", top / "a" / "f"),
+    ):
         st = os.stat(top)
         time.sleep(0.05)
         action()

@@ -172,14 +172,24 @@ def test_block_cache_lru_by_bytes() -> None:
 
 
 def test_meta_from_fsspec_entries() -> None:
-    m = Meta.from_info({"name": "a/b", "type": "file", "size": 5, "mtime": 12.5,
-                        "ETag": '"abc"'})
+    m = Meta.from_info({"name": "a/b", "type": "file", "size": 5, "mtime": 12.5, "ETag": '"abc"'})
     assert m == Meta(False, 5, 12.5, "abc", mtime_ns=12_500_000_000)
     assert m.version == (5, 12.5, "abc")
     assert Meta.from_info({"name": "a", "type": "directory", "size": 4096}) == Meta(True, 0)
-    kept = Meta.from_info({"name": "l", "type": "link", "size": 3, "mode": 0o120777,
-                           "uid": 7, "gid": 8, "mtime": 1.0, "mtime_ns": 1_000_000_001,
-                           "destination": "t.x", "partial": False})
+    kept = Meta.from_info(
+        {
+            "name": "l",
+            "type": "link",
+            "size": 3,
+            "mode": 0o120777,
+            "uid": 7,
+            "gid": 8,
+            "mtime": 1.0,
+            "mtime_ns": 1_000_000_001,
+            "destination": "t.x",
+            "partial": False,
+        }
+    )
     assert kept.kind == stat.S_IFLNK and kept.target == "t.x" and kept.mtime_ns == 1_000_000_001
     assert kept.attrs() == {"mode": 0o120777, "uid": 7, "gid": 8}
     listed = Meta.from_info({"name": "f", "type": "file", "size": 1, "partial": True})
@@ -194,10 +204,18 @@ def test_upload_journal_recognises_what_dead_daemons_left(tmp_path: Path) -> Non
     live = UploadJournal(str(tmp_path))
     live.begin("r/res/mine.bin")  # our own, in flight: never swept
     dead = tmp_path / "uploads" / "999999999-0.jsonl"  # no such process
-    dead.write_text("\n".join(json.dumps(e) for e in [
-        {"begin": "r/res/a.bin", "t": 1000.0}, {"end": "r/res/a.bin"},
-        {"begin": "r/res/b.bin", "t": 2000.0}, {"begin": "r/res/c.bin", "t": 3000.0}])
-        + "\n{\"begin\": \"r/res/cut")  # a line cut by the crash
+    dead.write_text(
+        "\n".join(
+            json.dumps(e)
+            for e in [
+                {"begin": "r/res/a.bin", "t": 1000.0},
+                {"end": "r/res/a.bin"},
+                {"begin": "r/res/b.bin", "t": 2000.0},
+                {"begin": "r/res/c.bin", "t": 3000.0},
+            ]
+        )
+        + '\n{"begin": "r/res/cut'
+    )  # a line cut by the crash
     calls: list[tuple[str, float, float]] = []
 
     def abort(path: str, since: float, until: float) -> int:
@@ -207,8 +225,10 @@ def test_upload_journal_recognises_what_dead_daemons_left(tmp_path: Path) -> Non
         return 1
 
     assert live.sweep(abort) == 1
-    assert calls == [("r/res/b.bin", 2000.0 - WINDOW_S, 2000.0 + WINDOW_S),
-                     ("r/res/c.bin", 3000.0 - WINDOW_S, 3000.0 + WINDOW_S)]
+    assert calls == [
+        ("r/res/b.bin", 2000.0 - WINDOW_S, 2000.0 + WINDOW_S),
+        ("r/res/c.bin", 3000.0 - WINDOW_S, 3000.0 + WINDOW_S),
+    ]
     assert dead.exists()  # c.bin could not be aborted: tried again at the next start
     calls.clear()
     assert live.sweep(lambda p, s, u: 0) == 0 and not dead.exists()
@@ -320,8 +340,7 @@ def ops_factory(catalog: repolib.Catalog, tmp_path: Path) -> Any:
     def make(access: str = "write", **opts: Any) -> Any:
         token = r.create_key(f"k{len(made)}", access).token
         repo = repolib.open("analytics", key=token, home=catalog.home)
-        ops = RepositoryOperations(repo, MountOptions(cache_dir=str(tmp_path / "cache"),
-                                                      **opts))
+        ops = RepositoryOperations(repo, MountOptions(cache_dir=str(tmp_path / "cache"), **opts))
         made.append(ops)
         return ops
 
@@ -362,7 +381,8 @@ def test_a_listing_answers_every_lookup_in_it(ops_factory: Any) -> None:
 
 
 def test_new_names_in_a_small_listed_folder_cost_one_listing_not_two_requests_each(
-        ops_factory: Any) -> None:
+    ops_factory: Any,
+) -> None:
     import pyfuse3
 
     ops = ops_factory(dir_timeout=0.0, attr_timeout=0.0)  # every listing expires at once
@@ -387,8 +407,9 @@ def test_new_names_in_a_small_listed_folder_cost_one_listing_not_two_requests_ea
     _run(go)
 
 
-def _block_reader(blob: bytes, opts: MountOptions, memory: int, disk: Any = None
-                  ) -> tuple[Any, list[tuple[int, int]], Any]:
+def _block_reader(
+    blob: bytes, opts: MountOptions, memory: int, disk: Any = None
+) -> tuple[Any, list[tuple[int, int]], Any]:
     """A BlockReader over a fake fs (the one call it makes: read_range) that counts
     requests, and ``read_all()``: the whole file read front to back, in block-sized reads."""
     import collections
@@ -418,8 +439,7 @@ def _block_reader(blob: bytes, opts: MountOptions, memory: int, disk: Any = None
         async with trio.open_nursery() as nursery:
             reader.nursery = nursery
             while len(got) < len(blob):
-                got += bytes(await reader.read(h, "r/f", "repo/r/f", len(got),
-                                               opts.block_size))
+                got += bytes(await reader.read(h, "r/f", "repo/r/f", len(got), opts.block_size))
         return got
 
     return reader, calls, lambda: trio.run(read_all)
@@ -428,14 +448,16 @@ def _block_reader(blob: bytes, opts: MountOptions, memory: int, disk: Any = None
 def test_read_ahead_asks_for_whole_runs_of_blocks() -> None:
     bs = 4096
     blob = bytes(range(256)) * (bs * 64 // 256)
-    opts = MountOptions(block_size=bs, readahead_blocks=16, request_blocks=4,
-                        cache_dir="/nonexistent")
+    opts = MountOptions(
+        block_size=bs, readahead_blocks=16, request_blocks=4, cache_dir="/nonexistent"
+    )
     _, calls, read_all = _block_reader(blob, opts, 2**22)
     assert read_all() == blob
     sizes = [(end - start) // bs for start, end in calls]
     assert max(sizes) == 4 and sizes.count(4) >= 12  # full runs once the window has grown
     assert len(calls) <= 32  # not one request per block (64)
     assert all(start % bs == 0 for start, _ in calls)
+
 
 def _random_reader(blob: bytes, opts: MountOptions, memory: int) -> tuple[Any, list[Any], Any]:
     """A BlockReader over a fake fs (counting its ranged reads) and ``read(offsets)``: one
@@ -468,7 +490,7 @@ def _random_reader(blob: bytes, opts: MountOptions, memory: int) -> tuple[Any, l
             reader.nursery = nursery
             for off in offsets:
                 got = bytes(await reader.read(h, "r/f", "repo/r/f", off, 100))
-                assert got == blob[off:off + 100]
+                assert got == blob[off : off + 100]
                 await trio.testing.wait_all_tasks_blocked()  # background fetches finish
 
     return reader, calls, lambda offsets: trio.run(read, offsets)
@@ -479,8 +501,9 @@ def test_a_random_reader_that_keeps_missing_gets_its_file_or_neighbourhoods() ->
 
     bs = 4096
     blob = os.urandom(bs * 256)
-    opts = MountOptions(block_size=bs, readahead_blocks=32, request_blocks=8,
-                        cache_dir="/nonexistent")
+    opts = MountOptions(
+        block_size=bs, readahead_blocks=32, request_blocks=8, cache_dir="/nonexistent"
+    )
     offsets = [(i * 97 % 256) * bs + 5 for i in range(60)]  # scattered, every block once
     # a file within a quarter of the cache: fetched whole after the first misses
     reader, calls, read = _random_reader(blob, opts, len(blob) * 4)
@@ -571,7 +594,7 @@ def test_sequential_reads_read_ahead_and_random_reads_do_not(ops_factory: Any) -
             ahead = ops.counters["readahead_blocks"]
             fi = await ops.open(big.st_ino, os.O_RDONLY, None)
             for off in (3_000_000, 17, 2_000_000, 900_000):
-                assert await ops.read(fi.fh, off, 4096) == blob[off:off + 4096]
+                assert await ops.read(fi.fh, off, 4096) == blob[off : off + 4096]
             assert ops.counters["readahead_blocks"] == ahead
             assert ops.counters["random_reads"] == 4
             await ops.release(fi.fh)
@@ -598,7 +621,8 @@ def test_local_folder_files_are_read_directly(ops_factory: Any) -> None:
 
 
 def test_a_symlink_out_of_a_local_folder_is_not_read_through_the_mount(
-        ops_factory: Any, tmp_path: Path) -> None:
+    ops_factory: Any, tmp_path: Path
+) -> None:
     import pyfuse3
 
     ops = ops_factory()
@@ -626,9 +650,11 @@ def test_read_only_key_refuses_writes(ops_factory: Any) -> None:
     async def go() -> None:
         local = await ops.lookup(ROOT_INODE, b"local")
         assert stat.S_IMODE(local.st_mode) == 0o555
-        for attempt in (ops.create(local.st_ino, b"x", 0o644, os.O_WRONLY, None),
-                        ops.mkdir(local.st_ino, b"d", 0o755, None),
-                        ops.unlink(local.st_ino, b"big.bin", None)):
+        for attempt in (
+            ops.create(local.st_ino, b"x", 0o644, os.O_WRONLY, None),
+            ops.mkdir(local.st_ino, b"d", 0o755, None),
+            ops.unlink(local.st_ino, b"big.bin", None),
+        ):
             with pytest.raises(pyfuse3.FUSEError) as e:
                 await attempt
             assert e.value.errno == errno.EROFS
@@ -673,14 +699,14 @@ def test_disk_block_cache_bounds_ages_and_cleans_up(tmp_path: Path) -> None:
     assert not stale.exists()
 
 
-def test_read_ahead_fills_the_disk_tier_and_a_reread_is_served_from_it(
-        tmp_path: Path) -> None:
+def test_read_ahead_fills_the_disk_tier_and_a_reread_is_served_from_it(tmp_path: Path) -> None:
     from repolib_mount.diskcache import DiskBlockCache
 
     bs = 4096
     blob = os.urandom(bs * 32)
-    opts = MountOptions(block_size=bs, readahead_blocks=8, request_blocks=4,
-                        cache_dir=str(tmp_path))
+    opts = MountOptions(
+        block_size=bs, readahead_blocks=8, request_blocks=4, cache_dir=str(tmp_path)
+    )
     disk = DiskBlockCache(str(tmp_path / "blocks"), capacity=2**20)
     reader, calls, read_all = _block_reader(blob, opts, 2 * bs, disk)
     assert read_all() == blob
@@ -714,8 +740,9 @@ def test_staged_file_reports_whether_it_is_written_front_to_back(tmp_path: Path)
 # -- the command's first words to a newcomer --------------------------------------------------
 
 
-def test_mount_without_the_extra_names_it(repo: repolib.Repository, home: Path,
-                                          tmp_path: Path) -> None:
+def test_mount_without_the_extra_names_it(
+    repo: repolib.Repository, home: Path, tmp_path: Path
+) -> None:
     """A real `repolib mount` in a process where pyfuse3 (or trio) cannot be imported."""
     import subprocess
     import sys
@@ -725,24 +752,28 @@ def test_mount_without_the_extra_names_it(repo: repolib.Repository, home: Path,
     mp.mkdir()
     env = {**os.environ, "REPOLIB_HOME": str(home), "REPOLIB_KEY": token}
     for module in ("pyfuse3", "trio"):
-        code = (f"import sys; sys.modules[{module!r}] = None\n"
-                "from repolib.cli import main\n"
-                f"main(['mount', 'analytics', {str(mp)!r}], prog_name='repolib')")
-        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                              text=True, timeout=60)
+        code = (
+            f"import sys; sys.modules[{module!r}] = None\n"
+            "from repolib.cli import main\n"
+            f"main(['mount', 'analytics', {str(mp)!r}], prog_name='repolib')"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+        )
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-        assert proc.stderr == (f"Error: the mount needs {module}: "
-                               'pip install "repolib[mount]"\n')
+        assert proc.stderr == (f'Error: the mount needs {module}: pip install "repolib[mount]"\n')
         assert not os.path.ismount(mp)
 
 
-def test_mount_on_a_missing_mountpoint_says_to_create_it(cli: Cli, repo: repolib.Repository,
-                                                         tmp_path: Path) -> None:
+def test_mount_on_a_missing_mountpoint_says_to_create_it(
+    cli: Cli, repo: repolib.Repository, tmp_path: Path
+) -> None:
     pytest.importorskip("pyfuse3", reason="needs pyfuse3 (repolib[mount])")
     token = repo.create_key("m", "read").token
     missing = tmp_path / "my mnt"
     result = cli("mount", "analytics", str(missing), ok=False, env={"REPOLIB_KEY": token})
     assert result.exit_code == 1 and "Traceback" not in result.stderr
-    assert result.stderr == (f"Error: mountpoint {missing} does not exist: create it first "
-                             f"(mkdir -p '{missing}')\n")
+    assert result.stderr == (
+        f"Error: mountpoint {missing} does not exist: create it first (mkdir -p '{missing}')\n"
+    )
     assert not missing.exists()

@@ -54,8 +54,11 @@ def wb(catalog: repolib.Catalog, tmp_path: Path) -> Any:
 
     def make(delay: float = 1.0) -> Any:
         repo = repolib.open("analytics", key=token, home=catalog.home)
-        ops = RepositoryOperations(repo, MountOptions(cache_dir=str(tmp_path / "cache"),
-                                                      write_back=delay), str(tmp_path / "mnt"))
+        ops = RepositoryOperations(
+            repo,
+            MountOptions(cache_dir=str(tmp_path / "cache"), write_back=delay),
+            str(tmp_path / "mnt"),
+        )
         made.append(ops)
         return ops
 
@@ -185,8 +188,7 @@ def test_a_change_postpones_the_upload_and_fsync_waits_for_it(wb: Any) -> None:
     _run(go)
 
 
-def test_a_pending_file_deleted_or_renamed_is_never_uploaded_under_its_old_name(
-        wb: Any) -> None:
+def test_a_pending_file_deleted_or_renamed_is_never_uploaded_under_its_old_name(wb: Any) -> None:
     import trio
 
     ops = wb()
@@ -243,8 +245,9 @@ def test_the_next_daemon_of_the_mount_uploads_what_the_last_one_left(wb: Any) ->
             await nursery.start(second.writeback.run)
             assert second.adopt_pending() == 2
             local = await second.lookup(ROOT_INODE, b"local")
-            assert await _read(second, local.st_ino, b"left.txt") == \
-                b"written before the crash"  # readable before it is uploaded
+            assert (
+                await _read(second, local.st_ino, b"left.txt") == b"written before the crash"
+            )  # readable before it is uploaded
             assert await second.writeback.flush_all() == 0
             nursery.cancel_scope.cancel()
 
@@ -262,8 +265,9 @@ RESOURCES = ["local", "bucket", "gcs", "azure"]
 
 
 @pytest.fixture(scope="module")
-def mworld(tmp_path_factory: pytest.TempPathFactory, rclone_server: Any, gcs_server: Any,
-           azure_server: Any) -> Any:
+def mworld(
+    tmp_path_factory: pytest.TempPathFactory, rclone_server: Any, gcs_server: Any, azure_server: Any
+) -> Any:
     from . import servers
     from .helpers import new_bucket, s3_options
 
@@ -273,12 +277,21 @@ def mworld(tmp_path_factory: pytest.TempPathFactory, rclone_server: Any, gcs_ser
     r.add_storage("local", f"file://{top / 'folder'}")
     r.add_storage("bucket", f"s3://{new_bucket(rclone_server)}/data", **s3_options(rclone_server))
     gcs = servers.make_bucket(gcs_server, f"g{os.getpid()}w{os.urandom(3).hex()}")
-    r.add_storage("gcs", f"gs://{gcs}/data", endpoint_url=gcs_server.endpoint_url,
-                  project=gcs_server.project, token="anon")
+    r.add_storage(
+        "gcs",
+        f"gs://{gcs}/data",
+        endpoint_url=gcs_server.endpoint_url,
+        project=gcs_server.project,
+        token="anon",
+    )
     az = servers.make_bucket(azure_server, f"a{os.getpid()}w{os.urandom(3).hex()}")
-    r.add_storage("azure", f"az://{az}/data",
-                  endpoint_url=azure_server.blob_endpoint.rsplit("/", 1)[0],
-                  account_name=azure_server.account_name, account_key=azure_server.account_key)
+    r.add_storage(
+        "azure",
+        f"az://{az}/data",
+        endpoint_url=azure_server.blob_endpoint.rsplit("/", 1)[0],
+        account_name=azure_server.account_name,
+        account_key=azure_server.account_key,
+    )
     add_keys(w, r)
     yield w
     w.catalog.close()
@@ -292,7 +305,8 @@ def _server(world: Any) -> Any:
 
 @pytest.mark.parametrize("resource", RESOURCES)
 def test_a_write_back_mount_uploads_after_close_and_umount_waits(
-        mworld: Any, tmp_path: Path, resource: str) -> None:
+    mworld: Any, tmp_path: Path, resource: str
+) -> None:
     import tarfile
 
     files = {f"t{i}.txt": os.urandom(100 + i * 37) for i in range(20)}
@@ -306,8 +320,10 @@ def test_a_write_back_mount_uploads_after_close_and_umount_waits(
     fs = _server(mworld)
     assert not fs.exists(f"{remote}/t5.txt")  # (its client made before the clock starts)
     with mounted(mworld, tmp_path / "m", mworld.write_key, "--write-back", "4") as m:
-        sh(f"mkdir {m / resource / top} && tar -xf {tar} -C {m / resource / top} && "
-           f"chmod 600 {m / resource / top}/t0.txt")
+        sh(
+            f"mkdir {m / resource / top} && tar -xf {tar} -C {m / resource / top} && "
+            f"chmod 600 {m / resource / top}/t0.txt"
+        )
         fs.invalidate_cache()
         assert not fs.exists(f"{remote}/t5.txt")  # closed, staged, not uploaded yet
         st = stats(m)
@@ -340,14 +356,24 @@ def test_pending_files_survive_sigkill_and_umount_force(mworld: Any, tmp_path: P
         assert wait_for(lambda: not alive(pid)) and wait_for(lambda: stale(mp))
     assert not _server(mworld).exists(f"{remote}/a.txt")
     # the next mount of the repository at the same place uploads it first, and says so
-    again = mworld.cli("mount", "analytics", str(mp), "--cache-dir", str(mworld.cache),
-                       "--write-back", "30", key=mworld.write_key)
+    again = mworld.cli(
+        "mount",
+        "analytics",
+        str(mp),
+        "--cache-dir",
+        str(mworld.cache),
+        "--write-back",
+        "30",
+        key=mworld.write_key,
+    )
     pid2 = None
     try:
         pid2 = int(stats(mp)["pid"])  # type: ignore[arg-type]
         DAEMONS.append(pid2)
-        assert "1 file(s) written through this mount before its previous daemon stopped: " \
-            "1 uploaded now" in again.stderr, again.stderr
+        assert (
+            "1 file(s) written through this mount before its previous daemon stopped: "
+            "1 uploaded now" in again.stderr
+        ), again.stderr
         fs = _server(mworld)
         assert fs.cat_file(f"{remote}/a.txt") == b"before the kill\n"
         assert stat.S_IMODE(fs.info(f"{remote}/a.txt")["mode"]) == 0o604

@@ -23,20 +23,22 @@ from tests.servers import free_port
 from . import servers
 from .helpers import attach, unique
 
-pytestmark = pytest.mark.skipif(not objstore.AVAILABLE,
-                                reason="obstore is not installed (pip install 'repolib[s3]')")
+pytestmark = pytest.mark.skipif(
+    not objstore.AVAILABLE, reason="obstore is not installed (pip install 'repolib[s3]')"
+)
 PAYLOAD = bytes(range(256)) * 4096 + b"tail"
 
 
 def _fs(repo: repolib.Repository) -> fsspec.AbstractFileSystem:
-    return fsspec.filesystem("repo", key=repo.create_key("w", "write").token,
-                             skip_instance_cache=True)
+    return fsspec.filesystem(
+        "repo", key=repo.create_key("w", "write").token, skip_instance_cache=True
+    )
 
 
 @pytest.mark.parametrize("kind", ["s3", "azure", "gcs"])
-def test_reads_answer_the_same_through_either_client(kind: str, catalog: repolib.Catalog,
-                                                     request: pytest.FixtureRequest,
-                                                     tmp_path: Path) -> None:
+def test_reads_answer_the_same_through_either_client(
+    kind: str, catalog: repolib.Catalog, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     repo = catalog.create_repository("analytics")
     attach(kind, repo, "main", request, tmp_path)
     fs = _fs(repo)
@@ -62,18 +64,22 @@ def test_reads_answer_the_same_through_either_client(kind: str, catalog: repolib
     assert read == 4000 + 4 + len(PAYLOAD) + 10  # each read counted once, by its size
 
 
-def test_wrong_secret_and_a_server_that_ignores_ranges(catalog: repolib.Catalog,
-                                                       rclone_server: servers.RcloneS3Server
-                                                       ) -> None:
+def test_wrong_secret_and_a_server_that_ignores_ranges(
+    catalog: repolib.Catalog, rclone_server: servers.RcloneS3Server
+) -> None:
     """rclone serve s3 checks signatures, and answers a ranged GET with the whole object:
     obstore refuses that, and the resource's ranged reads fall back to the fsspec client for
     good (its writes, HEADs and whole reads stay on obstore)."""
     bucket = servers.make_bucket(rclone_server, unique())
     repo = catalog.create_repository("analytics")
-    common = {"endpoint_url": rclone_server.endpoint_url, "region": "us-east-1",
-              "response_checksum_validation": "when_required"}
-    repo.add_storage("good", f"s3://{bucket}", key=rclone_server.key,
-                     secret=rclone_server.secret, **common)
+    common = {
+        "endpoint_url": rclone_server.endpoint_url,
+        "region": "us-east-1",
+        "response_checksum_validation": "when_required",
+    }
+    repo.add_storage(
+        "good", f"s3://{bucket}", key=rclone_server.key, secret=rclone_server.secret, **common
+    )
     repo.add_storage("bad", f"s3://{bucket}", key=rclone_server.key, secret="wrong", **common)
     fs = _fs(repo)
     fs.pipe_file("analytics/good/f.bin", PAYLOAD)
@@ -85,8 +91,10 @@ def test_wrong_secret_and_a_server_that_ignores_ranges(catalog: repolib.Catalog,
     fs.pipe_file("analytics/good/g.bin", b"still obstore", attrs={"mode": 0o100600})
     assert fs.cat_file("analytics/good/g.bin") == b"still obstore"  # writes and HEADs too
     assert fs.info("analytics/good/g.bin")["mode"] == 0o100600
-    for read in (lambda: fs.cat_file("analytics/bad/f.bin"),
-                 lambda: fs.read_range("analytics/bad/f.bin", 0, 10)):
+    for read in (
+        lambda: fs.cat_file("analytics/bad/f.bin"),
+        lambda: fs.read_range("analytics/bad/f.bin", 0, 10),
+    ):
         with pytest.raises(PermissionError) as e:
             read()
         assert e.value.errno == errno.EACCES and "wrong" not in str(e.value)
@@ -94,8 +102,13 @@ def test_wrong_secret_and_a_server_that_ignores_ranges(catalog: repolib.Catalog,
 
 def test_a_dead_endpoint_is_an_error_within_seconds(catalog: repolib.Catalog) -> None:
     repo = catalog.create_repository("analytics")
-    repo.add_storage("gone", f"s3://{unique()}", endpoint_url=f"http://127.0.0.1:{free_port()}",
-                     key="k", secret="s")
+    repo.add_storage(
+        "gone",
+        f"s3://{unique()}",
+        endpoint_url=f"http://127.0.0.1:{free_port()}",
+        key="k",
+        secret="s",
+    )
     fs = _fs(repo)
     assert fs._state.backend("gone").fast is not None
     t0 = time.monotonic()
@@ -104,12 +117,12 @@ def test_a_dead_endpoint_is_an_error_within_seconds(catalog: repolib.Catalog) ->
     assert time.monotonic() - t0 < 20 and e.value.errno == errno.EIO
 
 
-def test_host_identities_and_raw_options_keep_the_fsspec_client(catalog: repolib.Catalog
-                                                                ) -> None:
+def test_host_identities_and_raw_options_keep_the_fsspec_client(catalog: repolib.Catalog) -> None:
     repo = catalog.create_repository("analytics")
     repo.add_storage("amb", "s3://b", ambient_credentials=True)
-    repo.add_storage("raw", "s3://b", key="k", secret="s",
-                     config_kwargs={"max_pool_connections": 4})
+    repo.add_storage(
+        "raw", "s3://b", key="k", secret="s", config_kwargs={"max_pool_connections": 4}
+    )
     repo.add_storage("anon", "s3://b", endpoint_url="http://127.0.0.1:9")
     assert backends.build(repo.resolve("amb")).fast is None
     assert backends.build(repo.resolve("raw")).fast is None
@@ -126,19 +139,32 @@ def seaweed() -> Iterator[servers.S3Server]:
         pytest.skip(str(exc))
 
 
-def test_a_server_that_checks_signatures_and_honours_ranges(catalog: repolib.Catalog,
-                                                            seaweed: servers.S3Server) -> None:
+def test_a_server_that_checks_signatures_and_honours_ranges(
+    catalog: repolib.Catalog, seaweed: servers.S3Server
+) -> None:
     bucket = servers.make_bucket(seaweed, unique())
     repo = catalog.create_repository("analytics")
-    repo.add_storage("good", f"s3://{bucket}", endpoint_url=seaweed.endpoint_url,
-                     key=seaweed.key, secret=seaweed.secret)
-    repo.add_storage("bad", f"s3://{bucket}", endpoint_url=seaweed.endpoint_url,
-                     key=seaweed.key, secret="wrong-secret")
+    repo.add_storage(
+        "good",
+        f"s3://{bucket}",
+        endpoint_url=seaweed.endpoint_url,
+        key=seaweed.key,
+        secret=seaweed.secret,
+    )
+    repo.add_storage(
+        "bad",
+        f"s3://{bucket}",
+        endpoint_url=seaweed.endpoint_url,
+        key=seaweed.key,
+        secret="wrong-secret",
+    )
     fs = _fs(repo)
     fs.pipe_file("analytics/good/f.bin", PAYLOAD)
     for start in (0, 4096, len(PAYLOAD) - 10):
-        assert bytes(fs.read_range("analytics/good/f.bin", start, start + 4096)) == \
-            PAYLOAD[start:start + 4096]
+        assert (
+            bytes(fs.read_range("analytics/good/f.bin", start, start + 4096))
+            == PAYLOAD[start : start + 4096]
+        )
     assert fs._state.backend("good").fast is not None  # ranges honoured: obstore stays
     with pytest.raises(PermissionError) as e:
         fs.read_range("analytics/bad/f.bin", 0, 10)

@@ -25,15 +25,22 @@ def test_exceptions_follow_the_documented_tree() -> None:
     assert issubclass(repolib.BackendUnavailable, ImportError)
     assert issubclass(repolib.AccessDenied, PermissionError)
     assert issubclass(repolib.InvalidKey, repolib.AuthError)
-    for exc in (repolib.PolicyViolation, repolib.BudgetExceeded, repolib.UpstreamError,
-                repolib.RateLimited, repolib.ModelNotFound):
+    for exc in (
+        repolib.PolicyViolation,
+        repolib.BudgetExceeded,
+        repolib.UpstreamError,
+        repolib.RateLimited,
+        repolib.ModelNotFound,
+    ):
         assert issubclass(exc, repolib.AIError)
     assert issubclass(repolib.RateLimited, repolib.PolicyViolation)
     assert issubclass(repolib.ModelNotFound, repolib.ConfigError)
     assert issubclass(repolib.MountError, repolib.RepolibError)
-    errors = [getattr(repolib, n) for n in repolib.__all__
-              if isinstance(getattr(repolib, n), type)
-              and issubclass(getattr(repolib, n), Exception)]
+    errors = [
+        getattr(repolib, n)
+        for n in repolib.__all__
+        if isinstance(getattr(repolib, n), type) and issubclass(getattr(repolib, n), Exception)
+    ]
     assert len(errors) == 16  # the tree in repolib/exceptions.py, MountError included
     assert all(issubclass(e, repolib.RepolibError) for e in errors)
 
@@ -66,8 +73,9 @@ def test_core_never_imports_the_daemon_cli_or_backends() -> None:
         "'pyfuse3', 'trio', 's3fs', 'gcsfs', 'adlfs', 'openai'))]\n"
         "print(','.join(bad))\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         check=True, timeout=120).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.strip()
     assert out == ""
 
 
@@ -86,8 +94,9 @@ def _imports_of(path: Path, module: str, known: set[str]) -> set[str]:
                 parts = module.split(".")[: len(module.split(".")) - node.level + is_pkg]
                 base = ".".join([*parts, *([node.module] if node.module else [])])
             # a submodule imported by name, else an attribute of ``base``
-            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base
-                     for a in node.names]
+            names = [
+                f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names
+            ]
         for name in names:
             while name and name not in known:
                 name = name.rpartition(".")[0]
@@ -116,7 +125,7 @@ def test_imports_point_one_way() -> None:
         seen[m] = 1
         for d in sorted(graph[m]):
             if seen.get(d) == 1:
-                cycle = [*path[path.index(d):], d] if d in path else [m, d]
+                cycle = [*path[path.index(d) :], d] if d in path else [m, d]
                 raise AssertionError("import circle: " + " -> ".join(cycle))
             if d not in seen:
                 visit(d, [*path, d])
@@ -125,8 +134,9 @@ def test_imports_point_one_way() -> None:
     for m in sorted(graph):
         if m not in seen:
             visit(m, [m])
-    assert graph["repolib.repocore"].isdisjoint({"repolib.fs", "repolib.ai", "repolib.api",
-                                                 "repolib.repository"})
+    assert graph["repolib.repocore"].isdisjoint(
+        {"repolib.fs", "repolib.ai", "repolib.api", "repolib.repository"}
+    )
 
 
 def test_no_test_module_imports_another() -> None:

@@ -63,8 +63,9 @@ def test_without_a_url_nothing_changes(home: Path) -> None:
     assert (home / "catalog.db").is_file()
 
 
-def test_a_sqlite_url_names_the_file(tmp_path: Path, home: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_sqlite_url_names_the_file(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "elsewhere" / "team.db"
     cat = repolib.Catalog(home, catalog_url=f"sqlite://{path}")
     cat.init()
@@ -85,9 +86,14 @@ def test_an_unknown_scheme_is_one_line(home: Path, url: str) -> None:
     assert "sqlite:///" in one_line(ei.value) and "postgresql://" in str(ei.value)
 
 
-def test_every_way_to_name_a_postgresql_catalog(pg: pgserver.PGServer, fresh_db: str,
-                                                home: Path, tmp_path: Path, cli: Cli,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_way_to_name_a_postgresql_catalog(
+    pg: pgserver.PGServer,
+    fresh_db: str,
+    home: Path,
+    tmp_path: Path,
+    cli: Cli,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import fsspec
 
     cat = repolib.Catalog(home, catalog_url=fresh_db)
@@ -102,11 +108,13 @@ def test_every_way_to_name_a_postgresql_catalog(pg: pgserver.PGServer, fresh_db:
     opened = repolib.open("analytics", key=token, home=app_home, catalog_url=fresh_db)
     assert opened.catalog_url == fresh_db and not app_home.exists()
     opened.fs.pipe_file("analytics/scratch/a.txt", b"via the library")
-    fs = fsspec.filesystem("repo", key=token, home=str(app_home), catalog_url=fresh_db,
-                           skip_instance_cache=True)
+    fs = fsspec.filesystem(
+        "repo", key=token, home=str(app_home), catalog_url=fresh_db, skip_instance_cache=True
+    )
     assert fs.cat_file("analytics/scratch/a.txt") == b"via the library"
-    with fsspec.open("repo://analytics/scratch/a.txt", "rb", key=token, catalog_url=fresh_db,
-                     home=str(app_home)) as f:
+    with fsspec.open(
+        "repo://analytics/scratch/a.txt", "rb", key=token, catalog_url=fresh_db, home=str(app_home)
+    ) as f:
         assert f.read() == b"via the library"
     r = cli("--catalog", fresh_db, "repo", "list", "--json")
     assert '"analytics"' in r.stdout
@@ -117,8 +125,7 @@ def test_every_way_to_name_a_postgresql_catalog(pg: pgserver.PGServer, fresh_db:
     assert '"analytics"' in cli("repo", "list", "--json").stdout
 
 
-def test_one_admin_secret_for_a_sqlite_and_a_postgresql_catalog(fresh_db: str,
-                                                                 home: Path) -> None:
+def test_one_admin_secret_for_a_sqlite_and_a_postgresql_catalog(fresh_db: str, home: Path) -> None:
     """`init` of a second catalog keeps the admin.key already in home (never overwrites it)."""
     laptop = repolib.Catalog(home)
     laptop.init()
@@ -131,8 +138,9 @@ def test_one_admin_secret_for_a_sqlite_and_a_postgresql_catalog(fresh_db: str,
     assert laptop.verify_audit().seal_checked and shared.verify_audit().seal_checked
 
 
-def test_location_and_reprs_never_show_the_password(pg: pgserver.PGServer, fresh_db: str,
-                                                    home: Path) -> None:
+def test_location_and_reprs_never_show_the_password(
+    pg: pgserver.PGServer, fresh_db: str, home: Path
+) -> None:
     name = fresh_db.rsplit("/", 1)[1]
     url = pg.url(name, user="shown", password=PASSWORD)
     assert redact(url) == pg.url(name, user="shown")
@@ -146,8 +154,9 @@ def test_location_and_reprs_never_show_the_password(pg: pgserver.PGServer, fresh
 
 
 @pytest.mark.stores("sqlite", "postgres")
-def test_both_stores_hold_exactly_the_copied_tables(catalog: repolib.Catalog,
-                                                    catalog_store: CatalogStore) -> None:
+def test_both_stores_hold_exactly_the_copied_tables(
+    catalog: repolib.Catalog, catalog_store: CatalogStore
+) -> None:
     """`catalog copy` moves TABLES column by column: no column may be left behind."""
     found: dict[str, list[str]] = {}
     if catalog_store.kind == "sqlite":
@@ -158,12 +167,14 @@ def test_both_stores_hold_exactly_the_copied_tables(catalog: repolib.Catalog,
     else:
         rows = catalog_store.execute(
             "SELECT table_name, column_name FROM information_schema.columns "
-            "WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position")
+            "WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position"
+        )
         for table, column in rows:
             if table != pgschema.VERSION_TABLE:
                 found.setdefault(str(table), []).append(str(column))
-    assert {t: tuple(cols) for t, cols in found.items()} == \
-        {t: cols for t, (cols, _) in TABLES.items()}
+    assert {t: tuple(cols) for t, cols in found.items()} == {
+        t: cols for t, (cols, _) in TABLES.items()
+    }
 
 
 def test_a_database_without_the_schema(fresh_db: str, home: Path, cli: Cli) -> None:
@@ -185,8 +196,11 @@ def test_a_database_without_the_schema(fresh_db: str, home: Path, cli: Cli) -> N
 def test_a_newer_schema_is_refused(pg: pgserver.PGServer, fresh_db: str, home: Path) -> None:
     repolib.Catalog(home, catalog_url=fresh_db).init()
     name = fresh_db.rsplit("/", 1)[1]
-    pg.execute(f"UPDATE {pgschema.VERSION_TABLE} SET version = %s",
-               (pgschema.SCHEMA_VERSION + 1,), database=name)
+    pg.execute(
+        f"UPDATE {pgschema.VERSION_TABLE} SET version = %s",
+        (pgschema.SCHEMA_VERSION + 1,),
+        database=name,
+    )
     store = PostgresStore(fresh_db)  # a process that starts after the upgrade
     try:
         with pytest.raises(repolib.CatalogError) as ei:
@@ -196,12 +210,16 @@ def test_a_newer_schema_is_refused(pg: pgserver.PGServer, fresh_db: str, home: P
         store.close()
 
 
-def test_an_older_schema_is_migrated_forward(pg: pgserver.PGServer, fresh_db: str,
-                                             home: Path) -> None:
+def test_an_older_schema_is_migrated_forward(
+    pg: pgserver.PGServer, fresh_db: str, home: Path
+) -> None:
     name = fresh_db.rsplit("/", 1)[1]
-    statements = [f"CREATE TABLE {pgschema.VERSION_TABLE} (version INTEGER NOT NULL)",
-                  f"INSERT INTO {pgschema.VERSION_TABLE} VALUES (1)", *pgschema.statements(0),
-                  "INSERT INTO meta(name, value) VALUES ('kept', 'x'::bytea)"]
+    statements = [
+        f"CREATE TABLE {pgschema.VERSION_TABLE} (version INTEGER NOT NULL)",
+        f"INSERT INTO {pgschema.VERSION_TABLE} VALUES (1)",
+        *pgschema.statements(0),
+        "INSERT INTO meta(name, value) VALUES ('kept', 'x'::bytea)",
+    ]
     for sql in statements:
         pg.execute(sql, database=name)
     store = PostgresStore(fresh_db)
@@ -211,8 +229,9 @@ def test_an_older_schema_is_migrated_forward(pg: pgserver.PGServer, fresh_db: st
             assert tx.ledger_get("k", "day:2026-01-01") == 0.0  # a version-2 table
     finally:
         store.close()
-    assert pg.execute(f"SELECT version FROM {pgschema.VERSION_TABLE}", database=name) == \
-        [(pgschema.SCHEMA_VERSION,)]
+    assert pg.execute(f"SELECT version FROM {pgschema.VERSION_TABLE}", database=name) == [
+        (pgschema.SCHEMA_VERSION,)
+    ]
 
 
 # -- bad servers and lost connections -----------------------------------------------------------
@@ -244,12 +263,14 @@ def test_login_failures_say_which(pg: pgserver.PGServer, fresh_db: str, home: Pa
     with pytest.raises(repolib.CatalogError, match="database does not exist"):
         repolib.Catalog(home, catalog_url=pg.url("no_such_db")).repositories()
     with pytest.raises(repolib.CatalogError, match="wrong or missing password"):  # no oracle
-        repolib.Catalog(home, catalog_url=pg.url(name, user="nobody_here",
-                                                 password="x")).repositories()
+        repolib.Catalog(
+            home, catalog_url=pg.url(name, user="nobody_here", password="x")
+        ).repositories()
 
 
-def test_a_connection_lost_mid_transaction_saves_nothing(pg: pgserver.PGServer, fresh_db: str,
-                                                         home: Path) -> None:
+def test_a_connection_lost_mid_transaction_saves_nothing(
+    pg: pgserver.PGServer, fresh_db: str, home: Path
+) -> None:
     name = fresh_db.rsplit("/", 1)[1]
     cat = repolib.Catalog(home, catalog_url=fresh_db)
     cat.init()
@@ -283,9 +304,12 @@ def test_a_stopped_server_fails_fast_and_recovers(home: Path, tmp_path: Path) ->
         repo = repolib.open("analytics", key=token, catalog_url=url)
         repo.check_valid()
         pg.stop()
-        for call in (repo.check_valid, cat.repositories,
-                     lambda: admin.create_key("during", "read"),
-                     lambda: repolib.open("analytics", key=token, catalog_url=url)):
+        for call in (
+            repo.check_valid,
+            cat.repositories,
+            lambda: admin.create_key("during", "read"),
+            lambda: repolib.open("analytics", key=token, catalog_url=url),
+        ):
             t0 = time.monotonic()
             with pytest.raises(repolib.CatalogError) as ei:
                 call()
@@ -293,8 +317,13 @@ def test_a_stopped_server_fails_fast_and_recovers(home: Path, tmp_path: Path) ->
             text = one_line(ei.value)
             assert "cannot reach" in text or "lost the connection" in text, text
         env = {**os.environ, "REPOLIB_HOME": str(home), "REPOLIB_CATALOG_URL": url}
-        out = subprocess.run([sys.executable, "-m", "repolib", "repo", "list"], env=env,
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "repolib", "repo", "list"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 1 and "Traceback" not in out.stderr
         assert "cannot reach" in out.stderr and len(out.stderr.strip().splitlines()) == 1
         pg.start()
@@ -315,8 +344,9 @@ def test_a_stopped_server_fails_fast_and_recovers(home: Path, tmp_path: Path) ->
         cm.__exit__(None, None, None)
 
 
-def test_a_user_that_may_only_read(pg: pgserver.PGServer, fresh_db: str, home: Path,
-                                   cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_user_that_may_only_read(
+    pg: pgserver.PGServer, fresh_db: str, home: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
     name = fresh_db.rsplit("/", 1)[1]
     cat = repolib.Catalog(home, catalog_url=fresh_db)
     cat.init()

@@ -44,7 +44,15 @@ TRICKY = [
     "\u00a0",  # NO-BREAK SPACE
     "\u200b",  # ZERO WIDTH SPACE
     "\ufeff",  # BOM
-    " ", "\t", "\n", "\r", "\x00", "_", "-", ".", "/",
+    " ",
+    "\t",
+    "\n",
+    "\r",
+    "\x00",
+    "_",
+    "-",
+    ".",
+    "/",
 ]
 
 
@@ -52,8 +60,12 @@ TRICKY = [
 
 
 def name_ok(name: object) -> bool:
-    return (isinstance(name, str) and 3 <= len(name) <= 63 and name[0] in LOWER
-            and all(c in NAME_CHARS for c in name))
+    return (
+        isinstance(name, str)
+        and 3 <= len(name) <= 63
+        and name[0] in LOWER
+        and all(c in NAME_CHARS for c in name)
+    )
 
 
 def token_ok(token: object) -> bool:
@@ -61,21 +73,28 @@ def token_ok(token: object) -> bool:
         return False
     if token[:4] != "rpk_" or token[4 + KEY_ID_LEN] != "_":
         return False
-    key_id, secret = token[4:4 + KEY_ID_LEN], token[4 + KEY_ID_LEN + 1:]
+    key_id, secret = token[4 : 4 + KEY_ID_LEN], token[4 + KEY_ID_LEN + 1 :]
     return all(c in BASE62 for c in key_id) and all(c in BASE62 for c in secret)
 
 
 # -- strategies -----------------------------------------------------------------------------
 
 ODD_OBJECTS = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.binary(),
-    st.lists(st.text(max_size=5), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(),
-                                                                max_size=2),
-    st.just(b"analytics"), st.just(bytearray(b"rpk_")), st.just(object()),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True),
+    st.binary(),
+    st.lists(st.text(max_size=5), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.just(b"analytics"),
+    st.just(bytearray(b"rpk_")),
+    st.just(object()),
 )
 
-near_name = st.text(alphabet=st.sampled_from(list(NAME_CHARS + "A_Z. ") + TRICKY),
-                    min_size=0, max_size=70)
+near_name = st.text(
+    alphabet=st.sampled_from(list(NAME_CHARS + "A_Z. ") + TRICKY), min_size=0, max_size=70
+)
 valid_name = st.builds(
     lambda first, rest: first + rest,
     st.sampled_from(LOWER),
@@ -94,29 +113,42 @@ valid_token = st.builds(keys.format_token, b62(KEY_ID_LEN), b62(SECRET_LEN))
 def damaged_token(draw: st.DrawFn) -> str:
     """A well-formed token with one plausible mistake applied."""
     token = draw(valid_token)
-    how = draw(st.sampled_from(["replace", "insert", "delete", "pad", "case", "prefix",
-                                "truncate", "extend"]))
+    how = draw(
+        st.sampled_from(
+            ["replace", "insert", "delete", "pad", "case", "prefix", "truncate", "extend"]
+        )
+    )
     if how == "pad":
         pad = draw(st.sampled_from([" ", "\n", "\r\n", "\t", "\u00a0", "\ufeff", "\x00"]))
         where = draw(st.sampled_from(["left", "right", "both"]))
         return (pad if where != "right" else "") + token + (pad if where != "left" else "")
     if how == "case":
-        return draw(st.sampled_from([token.upper(), token.lower(), token.swapcase(),
-                                     "RPK_" + token[4:], "Rpk_" + token[4:]]))
+        return draw(
+            st.sampled_from(
+                [
+                    token.upper(),
+                    token.lower(),
+                    token.swapcase(),
+                    "RPK_" + token[4:],
+                    "Rpk_" + token[4:],
+                ]
+            )
+        )
     if how == "prefix":
-        return draw(st.sampled_from(["rpk-", "rpk", "rp_", "rpkk_", "sk_", "", "rpk__"])) \
-            + token[4:]
+        return (
+            draw(st.sampled_from(["rpk-", "rpk", "rp_", "rpkk_", "sk_", "", "rpk__"])) + token[4:]
+        )
     if how == "truncate":
-        return token[:draw(st.integers(0, TOKEN_LEN - 1))]
+        return token[: draw(st.integers(0, TOKEN_LEN - 1))]
     if how == "extend":
         return token + draw(st.text(alphabet=BASE62 + "_", min_size=1, max_size=3))
     i = draw(st.integers(0, TOKEN_LEN - 1))
     if how == "delete":
-        return token[:i] + token[i + 1:]
+        return token[:i] + token[i + 1 :]
     c = draw(st.one_of(st.sampled_from(TRICKY), st.characters(), st.sampled_from(BASE62)))
     if how == "insert":
         return token[:i] + c + token[i:]
-    return token[:i] + c + token[i + 1:]
+    return token[:i] + c + token[i + 1 :]
 
 
 # -- (a) names ------------------------------------------------------------------------------
@@ -172,8 +204,15 @@ def _parse_agrees(token: object) -> None:
             keys.parse_token(token)
 
 
-@given(st.one_of(st.text(), st.text(alphabet=BASE62 + "_rpkRPK", min_size=55, max_size=65),
-                 valid_token, damaged_token(), ODD_OBJECTS))
+@given(
+    st.one_of(
+        st.text(),
+        st.text(alphabet=BASE62 + "_rpkRPK", min_size=55, max_size=65),
+        valid_token,
+        damaged_token(),
+        ODD_OBJECTS,
+    )
+)
 @settings(max_examples=500)
 def test_parse_token_accepts_exactly_the_grammar(token: object) -> None:
     _parse_agrees(token)
@@ -190,18 +229,46 @@ def test_damaged_tokens_are_rejected_unless_still_well_formed(token: str) -> Non
 GOOD = keys.format_token("A" * 12, "z" * 43)
 
 
-@pytest.mark.parametrize("bad", [
-    GOOD + "\n", GOOD + "\r\n", " " + GOOD, GOOD + " ", "\t" + GOOD, GOOD + "\x00",
-    "\ufeff" + GOOD, "RPK_" + GOOD[4:], "Rpk_" + GOOD[4:], GOOD.upper(),
-    GOOD[:-1], GOOD + "z", GOOD[:4] + GOOD[5:], GOOD[:16] + "-" + GOOD[17:],
-    GOOD[:16] + GOOD[17:], GOOD[:16] + "__" + GOOD[17:],
-    GOOD[:5] + "\u0663" + GOOD[6:], GOOD[:20] + "\u0663" + GOOD[21:],
-    GOOD[:5] + "\uff21" + GOOD[6:], GOOD[:20] + "\uff5a" + GOOD[21:],
-    GOOD[:20] + "\u212a" + GOOD[21:], GOOD[:20] + "\u0131" + GOOD[21:],
-    "rpk_" + "A" * 11 + "_" + "z" * 44, "rpk_" + "A" * 13 + "_" + "z" * 42,
-    "rpk_" + "A" * 12 + "_" + "z" * 42, "rpk_" + "A" * 12 + "_" + "z" * 44,
-    "", "rpk_", "rpk__", None, b"", GOOD.encode(), 0, ["rpk_"],
-], ids=repr)
+@pytest.mark.parametrize(
+    "bad",
+    [
+        GOOD + "\n",
+        GOOD + "\r\n",
+        " " + GOOD,
+        GOOD + " ",
+        "\t" + GOOD,
+        GOOD + "\x00",
+        "\ufeff" + GOOD,
+        "RPK_" + GOOD[4:],
+        "Rpk_" + GOOD[4:],
+        GOOD.upper(),
+        GOOD[:-1],
+        GOOD + "z",
+        GOOD[:4] + GOOD[5:],
+        GOOD[:16] + "-" + GOOD[17:],
+        GOOD[:16] + GOOD[17:],
+        GOOD[:16] + "__" + GOOD[17:],
+        GOOD[:5] + "\u0663" + GOOD[6:],
+        GOOD[:20] + "\u0663" + GOOD[21:],
+        GOOD[:5] + "\uff21" + GOOD[6:],
+        GOOD[:20] + "\uff5a" + GOOD[21:],
+        GOOD[:20] + "\u212a" + GOOD[21:],
+        GOOD[:20] + "\u0131" + GOOD[21:],
+        "rpk_" + "A" * 11 + "_" + "z" * 44,
+        "rpk_" + "A" * 13 + "_" + "z" * 42,
+        "rpk_" + "A" * 12 + "_" + "z" * 42,
+        "rpk_" + "A" * 12 + "_" + "z" * 44,
+        "",
+        "rpk_",
+        "rpk__",
+        None,
+        b"",
+        GOOD.encode(),
+        0,
+        ["rpk_"],
+    ],
+    ids=repr,
+)
 def test_parse_token_rejects_near_misses(bad: object) -> None:
     assert not token_ok(bad)
     with pytest.raises(repolib.InvalidKey):
@@ -230,7 +297,7 @@ def test_generated_tokens_round_trip() -> None:
         assert keys.parse_token(token) == (key_id, secret)
         seen.add(secret)
     assert len(seen) == 300
-    assert 62 ** SECRET_LEN > 2 ** 256  # the secret carries 256 bits
+    assert 62**SECRET_LEN > 2**256  # the secret carries 256 bits
 
 
 # -- (c) tampering with a real token --------------------------------------------------------
@@ -254,16 +321,20 @@ def issued(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str
     cat.close()
 
 
-@given(position=st.integers(0, TOKEN_LEN - 1),
-       replacement=st.one_of(st.sampled_from(BASE62), st.sampled_from(TRICKY), st.characters()))
-@settings(max_examples=50, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_any_single_character_change_is_rejected(issued: tuple[Path, str], position: int,
-                                                 replacement: str) -> None:
+@given(
+    position=st.integers(0, TOKEN_LEN - 1),
+    replacement=st.one_of(st.sampled_from(BASE62), st.sampled_from(TRICKY), st.characters()),
+)
+@settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_any_single_character_change_is_rejected(
+    issued: tuple[Path, str], position: int, replacement: str
+) -> None:
     home, token = issued
     if token[position] == replacement:
         replacement = "0" if token[position] != "0" else "1"
-    mutated = token[:position] + replacement + token[position + 1:]
+    mutated = token[:position] + replacement + token[position + 1 :]
     assert mutated != token and len(mutated) == len(token)
     with pytest.raises(repolib.InvalidKey):
         repolib.open("props", key=mutated, home=home)
@@ -274,10 +345,13 @@ def test_every_position_is_checked(issued: tuple[Path, str]) -> None:
     swapped, and a look-alike — all refused, while the original still opens."""
     home, token = issued
     for i, c in enumerate(token):
-        variants = {BASE62[(BASE62.index(c) + 1) % 62] if c in BASE62 else "0",
-                    c.swapcase(), "\uff10" if c in DIGITS else "\u0430"}
+        variants = {
+            BASE62[(BASE62.index(c) + 1) % 62] if c in BASE62 else "0",
+            c.swapcase(),
+            "\uff10" if c in DIGITS else "\u0430",
+        }
         variants.discard(c)
         for v in variants:
             with pytest.raises(repolib.InvalidKey):
-                repolib.open("props", key=token[:i] + v + token[i + 1:], home=home)
+                repolib.open("props", key=token[:i] + v + token[i + 1 :], home=home)
     assert repolib.open("props", key=token, home=home).access is repolib.Access.READ

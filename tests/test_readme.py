@@ -19,8 +19,9 @@ def blocks() -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", README.read_text(), re.S | re.M)
 
 
-def test_the_readme_snippets_run_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                            real_llm: str) -> None:
+def test_the_readme_snippets_run_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real_llm: str
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("REPOLIB_HOME", str(tmp_path / "home"))
     found = blocks()

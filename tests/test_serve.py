@@ -51,8 +51,9 @@ def upstream() -> Iterator[FakeOpenAI]:
 class Served:
     """The module's server, its catalog (admin secret) and a way to issue keys."""
 
-    def __init__(self, server: ServeProcess, catalog: repolib.Catalog,
-                 admin: repolib.Repository) -> None:
+    def __init__(
+        self, server: ServeProcess, catalog: repolib.Catalog, admin: repolib.Repository
+    ) -> None:
         self.server, self.catalog, self.admin = server, catalog, admin
 
     @property
@@ -79,8 +80,14 @@ def served(tmp_path_factory: pytest.TempPathFactory, upstream: FakeOpenAI) -> It
     catalog = repolib.Catalog(home)
     catalog.init()
     admin = catalog.create_repository("aitest")
-    admin.add_llm("alpha", base_url=upstream.url, api_key=LLM_API_KEY, models=["m1"],
-                  aliases={"fast": "m1"}, timeout=0.5)
+    admin.add_llm(
+        "alpha",
+        base_url=upstream.url,
+        api_key=LLM_API_KEY,
+        models=["m1"],
+        aliases={"fast": "m1"},
+        timeout=0.5,
+    )
     try:
         with repolib_serve(home) as server:
             yield Served(server, catalog, admin)
@@ -106,27 +113,37 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
 # -- the happy path, with the SDK ---------------------------------------------------------------
 
 
-def test_openai_sdk_gets_chat_streams_embeddings_and_models(served: Served,
-                                                            fake: FakeOpenAI) -> None:
+def test_openai_sdk_gets_chat_streams_embeddings_and_models(
+    served: Served, fake: FakeOpenAI
+) -> None:
     token = served.key("sdk", ai=repolib.AIPolicy(token_budget=10_000))
     c = served.sdk(token)
     resp = c.chat.completions.create(model="fast", messages=HI, max_tokens=3)
     assert resp.choices[0].message.content == "w0 w1 w2"
-    assert resp.usage is not None and (resp.usage.prompt_tokens, resp.usage.completion_tokens) \
-        == (2, 3)
+    assert resp.usage is not None and (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (
+        2,
+        3,
+    )
     sent = fake.chat_requests()[-1]
     assert sent.body["model"] == "m1" and sent.bearer == LLM_API_KEY  # the resource's key ...
     assert token not in json.dumps(sent.headers)  # ... never the caller's
 
-    chunks = list(c.chat.completions.create(model="fast", messages=HI, max_tokens=3,
-                                            stream=True))
-    assert [ch.choices[0].delta.content for ch in chunks if ch.choices and
-            ch.choices[0].delta.content] == ["w0", " w1", " w2"]
+    chunks = list(c.chat.completions.create(model="fast", messages=HI, max_tokens=3, stream=True))
+    assert [
+        ch.choices[0].delta.content for ch in chunks if ch.choices and ch.choices[0].delta.content
+    ] == ["w0", " w1", " w2"]
     assert all(ch.choices for ch in chunks)  # usage was asked upstream by repolib, not by us
     assert fake.chat_requests()[-1].body["stream_options"] == {"include_usage": True}
 
-    asked = list(c.chat.completions.create(model="fast", messages=HI, max_tokens=3, stream=True,
-                                           stream_options={"include_usage": True}))
+    asked = list(
+        c.chat.completions.create(
+            model="fast",
+            messages=HI,
+            max_tokens=3,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert asked[-1].choices == [] and asked[-1].usage is not None
     assert asked[-1].usage.total_tokens == 5
 
@@ -141,8 +158,9 @@ def test_openai_sdk_gets_chat_streams_embeddings_and_models(served: Served,
 def test_langchain_chatopenai_with_base_url(served: Served, fake: FakeOpenAI) -> None:
     from langchain_openai import ChatOpenAI
 
-    llm = ChatOpenAI(base_url=served.url, api_key=served.key("lc"), model="fast",
-                     max_tokens=3, max_retries=0)
+    llm = ChatOpenAI(
+        base_url=served.url, api_key=served.key("lc"), model="fast", max_tokens=3, max_retries=0
+    )
     msg = llm.invoke("hi there")
     assert msg.content == "w0 w1 w2"
     assert msg.usage_metadata is not None and msg.usage_metadata["output_tokens"] == 3
@@ -158,9 +176,9 @@ def test_parallel_streams(served: Served, fake: FakeOpenAI) -> None:
     def one() -> None:
         try:
             stream = served.sdk(token).chat.completions.create(
-                model="m1", messages=HI, max_tokens=20, stream=True)
-            texts.append("".join(ch.choices[0].delta.content or "" for ch in stream
-                                 if ch.choices))
+                model="m1", messages=HI, max_tokens=20, stream=True
+            )
+            texts.append("".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices))
         except BaseException as exc:
             errors.append(exc)
 
@@ -204,8 +222,7 @@ def test_errors_have_openai_shape_status_and_sdk_class(served: Served, fake: Fak
         ("not JSON", post(ok, None, raw=b"{nope"), 400, "invalid_json"),
         ("no messages", post(ok, {"model": "fast"}), 400, "invalid_messages"),
         ("bad n", post(ok, {**body, "n": 0}), 400, "invalid_request"),
-        ("SDK-only field", post(ok, {**body, "extra_headers": {"x": "y"}}), 400,
-         "invalid_field"),
+        ("SDK-only field", post(ok, {**body, "extra_headers": {"x": "y"}}), 400, "invalid_field"),
         ("budget", post(tiny, {**body, "max_tokens": 40}), 429, "token_budget_exceeded"),
     ]
     post(one_rpm, body)
@@ -238,12 +255,16 @@ def test_errors_have_openai_shape_status_and_sdk_class(served: Served, fake: Fak
             served.sdk(token or "").chat.completions.create(**kwargs)
 
 
-def test_a_stream_that_fails_upstream_ends_with_an_error_event(served: Served,
-                                                               fake: FakeOpenAI) -> None:
+def test_a_stream_that_fails_upstream_ends_with_an_error_event(
+    served: Served, fake: FakeOpenAI
+) -> None:
     fake.push("stream_error")  # one chunk, then an error event that echoes the upstream key
     with pytest.raises(openai.APIError) as ei:
-        list(served.sdk(served.key("se")).chat.completions.create(model="m1", messages=HI,
-                                                                   stream=True))
+        list(
+            served.sdk(served.key("se")).chat.completions.create(
+                model="m1", messages=HI, stream=True
+            )
+        )
     assert "upstream gave up" in str(ei.value) and LLM_API_KEY not in str(ei.value)
 
 
@@ -253,8 +274,14 @@ def test_upstream_key_never_in_an_answer(served: Served, fake: FakeOpenAI) -> No
     answers = []
     for behaviour, stream in ((401, False), (401, True), ("stream_error", True)):
         fake.push(behaviour)
-        answers.append(httpx.post(chat, json={"model": "m1", "messages": HI, "stream": stream},
-                                  headers={"authorization": f"Bearer {token}"}, timeout=20))
+        answers.append(
+            httpx.post(
+                chat,
+                json={"model": "m1", "messages": HI, "stream": stream},
+                headers={"authorization": f"Bearer {token}"},
+                timeout=20,
+            )
+        )
     assert fake.chat_requests()[0].bearer == LLM_API_KEY  # the key was really echoed to us
     for a in answers:
         shown = a.text + json.dumps(dict(a.headers))
@@ -264,15 +291,21 @@ def test_upstream_key_never_in_an_answer(served: Served, fake: FakeOpenAI) -> No
 # -- a client that leaves, keys that change -----------------------------------------------------
 
 
-def test_a_client_that_disconnects_cancels_the_upstream_stream(served: Served,
-                                                               fake: FakeOpenAI) -> None:
+def test_a_client_that_disconnects_cancels_the_upstream_stream(
+    served: Served, fake: FakeOpenAI
+) -> None:
     fake.chunk_delay = 0.1  # 100 tokens: 10 s, unless cancelled
     token = served.key("leaver", ai={"token_budget": 100_000})
     key_id = parse_token(token)[0]
-    with httpx.Client(timeout=20) as client, client.stream(
-            "POST", f"{served.url}/chat/completions",
+    with (
+        httpx.Client(timeout=20) as client,
+        client.stream(
+            "POST",
+            f"{served.url}/chat/completions",
             json={"model": "m1", "messages": HI, "max_tokens": 100, "stream": True},
-            headers={"authorization": f"Bearer {token}"}) as response:
+            headers={"authorization": f"Bearer {token}"},
+        ) as response,
+    ):
         lines = response.iter_lines()
         assert next(lines).startswith("data: ")
     # the server noticed, closed its upstream call, and kept the reservation as the charge
@@ -315,12 +348,14 @@ def test_metrics_and_healthz_need_no_key(served: Served, fake: FakeOpenAI) -> No
     assert httpx.get(f"{served.server.base}/healthz").json() == {"status": "ok"}
     text = httpx.get(f"{served.server.base}/metrics").text
     labels = f'key_id="{key_id}",model="fast"'
-    assert f'repolib_requests_total{{{labels},endpoint="/v1/chat/completions",status="200"}} 1' \
-        in text
+    assert (
+        f'repolib_requests_total{{{labels},endpoint="/v1/chat/completions",status="200"}} 1' in text
+    )
     assert f'repolib_tokens_total{{{labels},kind="completion"}} 3' in text
-    assert f'repolib_request_duration_seconds_count{{{labels}}} 1' in text
-    buckets = re.findall(rf'repolib_request_duration_seconds_bucket{{{labels},le="[^"]+"}} (\d+)',
-                         text)
+    assert f"repolib_request_duration_seconds_count{{{labels}}} 1" in text
+    buckets = re.findall(
+        rf'repolib_request_duration_seconds_bucket{{{labels},le="[^"]+"}} (\d+)', text
+    )
     assert len(buckets) == 15 and buckets[-1] == "1"
     assert all(line.startswith(("#", "repolib_")) for line in text.splitlines())
 
@@ -331,8 +366,11 @@ def test_access_log_has_one_line_per_request_and_no_secret(served: Served) -> No
     access = [line for line in log.splitlines() if "repolib.serve.access" in line]
     assert len(access) >= 30
     for line in access:
-        assert re.search(r" status=\d{3} key=\S+ model=\S* stream=(true|false) "
-                         r"prompt_tokens=\d+ completion_tokens=\d+ ms=[\d.]+", line), line
+        assert re.search(
+            r" status=\d{3} key=\S+ model=\S* stream=(true|false) "
+            r"prompt_tokens=\d+ completion_tokens=\d+ ms=[\d.]+",
+            line,
+        ), line
     for secret in [LLM_API_KEY, *(parse_token(t)[1] for t in ISSUED)]:
         assert secret not in log
     assert "authorization" not in log.lower() and "Traceback" not in log
@@ -350,7 +388,8 @@ def _own_catalog(home: Path, upstream: FakeOpenAI) -> tuple[repolib.Catalog, str
 
 
 def test_sigterm_lets_inflight_requests_finish_and_refuses_new_ones(
-        tmp_path: Path, fake: FakeOpenAI) -> None:
+    tmp_path: Path, fake: FakeOpenAI
+) -> None:
     catalog, token = _own_catalog(tmp_path / "home", fake)
     fake.chunk_delay = 0.05
     with repolib_serve(tmp_path / "home") as server:
@@ -371,8 +410,9 @@ def test_sigterm_lets_inflight_requests_finish_and_refuses_new_ones(
 def test_body_limit_client_timeout_and_unknown_routes(tmp_path: Path, fake: FakeOpenAI) -> None:
     catalog, token = _own_catalog(tmp_path / "home", fake)
     auth = {"authorization": f"Bearer {token}"}
-    with repolib_serve(tmp_path / "home", "--max-body-mb", "0.05",
-                       "--client-timeout", "1") as server:
+    with repolib_serve(
+        tmp_path / "home", "--max-body-mb", "0.05", "--client-timeout", "1"
+    ) as server:
         big = {"model": "m1", "messages": [{"role": "user", "content": "x" * 60_000}]}
         r = httpx.post(f"{server.url}/chat/completions", json=big, headers=auth, timeout=10)
         assert r.status_code == 413 and error_of(r)["code"] == "body_too_large"
@@ -380,9 +420,12 @@ def test_body_limit_client_timeout_and_unknown_routes(tmp_path: Path, fake: Fake
 
         host, port = server.base.removeprefix("http://").rsplit(":", 1)
         with socket.create_connection((host, int(port)), timeout=10) as s:
-            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                      b"application/json\r\nContent-Length: 100\r\nAuthorization: Bearer "
-                      + token.encode() + b"\r\n\r\n{\"model\":")  # and then nothing
+            s.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                b"application/json\r\nContent-Length: 100\r\nAuthorization: Bearer "
+                + token.encode()
+                + b'\r\n\r\n{"model":'
+            )  # and then nothing
             started = time.monotonic()
             answer = ""
             while "client_timeout" not in answer and (data := s.recv(65536)):
@@ -406,34 +449,46 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=1))
-            .not_valid_after(now + dt.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = folder / "cert.pem", folder / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return cert_path, key_path
 
 
-def test_tls_and_the_warning_for_a_public_address_without_it(tmp_path: Path,
-                                                             fake: FakeOpenAI) -> None:
+def test_tls_and_the_warning_for_a_public_address_without_it(
+    tmp_path: Path, fake: FakeOpenAI
+) -> None:
     catalog, token = _own_catalog(tmp_path / "home", fake)
     cert, key = _self_signed(tmp_path)
-    with repolib_serve(tmp_path / "home", "--tls-cert", str(cert), "--tls-key", str(key)) \
-            as server:
+    with repolib_serve(tmp_path / "home", "--tls-cert", str(cert), "--tls-key", str(key)) as server:
         assert server.url.startswith("https://127.0.0.1:")
         with httpx.Client(verify=ssl.create_default_context(cafile=str(cert)), timeout=10) as http:
-            r = http.post(f"{server.url}/chat/completions",
-                          json={"model": "m1", "messages": HI, "max_tokens": 2},
-                          headers={"authorization": f"Bearer {token}"})
-            assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == \
-                "w0 w1"
+            r = http.post(
+                f"{server.url}/chat/completions",
+                json={"model": "m1", "messages": HI, "max_tokens": 2},
+                headers={"authorization": f"Bearer {token}"},
+            )
+            assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "w0 w1"
     assert "without TLS" not in server.log()
     with repolib_serve(tmp_path / "home", "--host", "0.0.0.0") as server:
         assert server.wait_for_log("without TLS")
@@ -449,17 +504,23 @@ def test_real_model_through_the_server(tmp_path: Path, real_llm: str) -> None:
     admin = catalog.create_repository("real")
     admin.add_llm("local", base_url=real_llm, models=["smollm2"])
     token = admin.create_key("k", "read", ai={"max_tokens": 16}).token
-    ask = {"model": "smollm2", "messages": [{"role": "user", "content": "Say hello."}],
-           "temperature": 0, "max_tokens": 6}
+    ask = {
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "temperature": 0,
+        "max_tokens": 6,
+    }
     direct = openai.OpenAI(base_url=real_llm, api_key="unused", max_retries=0)
     want = direct.chat.completions.create(**ask).choices[0].message.content
     with repolib_serve(tmp_path / "home") as server:
         c = openai.OpenAI(base_url=server.url, api_key=token, max_retries=0, timeout=60)
         got = c.chat.completions.create(**ask)
         assert got.choices[0].message.content == want and want
-        streamed = "".join(ch.choices[0].delta.content or ""
-                           for ch in c.chat.completions.create(**ask, stream=True)
-                           if ch.choices)
+        streamed = "".join(
+            ch.choices[0].delta.content or ""
+            for ch in c.chat.completions.create(**ask, stream=True)
+            if ch.choices
+        )
         assert streamed == want
         with pytest.raises(openai.PermissionDeniedError):
             c.chat.completions.create(**{**ask, "max_tokens": 17})

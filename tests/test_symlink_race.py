@@ -22,8 +22,12 @@ RUN_S = 0.6
 
 
 @pytest.fixture(params=["openat2", "walk"])
-def race_fs(request: pytest.FixtureRequest, catalog: repolib.Catalog, tmp_path: Path,
-            monkeypatch: pytest.MonkeyPatch) -> fsspec.AbstractFileSystem:
+def race_fs(
+    request: pytest.FixtureRequest,
+    catalog: repolib.Catalog,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> fsspec.AbstractFileSystem:
     """Both ways of opening beneath the folder: openat2, and the component walk used where the
     kernel lacks it."""
     if request.param == "walk":
@@ -61,8 +65,9 @@ def _never_secret(results: list[object]) -> None:
         assert SECRET not in (r if isinstance(r, bytes) else repr(r).encode())
 
 
-def test_reads_never_follow_a_swapped_symlink(race_fs: fsspec.AbstractFileSystem,
-                                              tmp_path: Path) -> None:
+def test_reads_never_follow_a_swapped_symlink(
+    race_fs: fsspec.AbstractFileSystem, tmp_path: Path
+) -> None:
     folder, outside = tmp_path / "data" / "raw", tmp_path / "data" / "outside"
 
     def open_read() -> bytes:
@@ -77,8 +82,9 @@ def test_reads_never_follow_a_swapped_symlink(race_fs: fsspec.AbstractFileSystem
         _never_secret(_hammer(lambda: race_fs.find("analytics/raw", detail=True)))
 
 
-def test_writes_copies_and_moves_never_leave_the_folder(race_fs: fsspec.AbstractFileSystem,
-                                                        tmp_path: Path) -> None:
+def test_writes_copies_and_moves_never_leave_the_folder(
+    race_fs: fsspec.AbstractFileSystem, tmp_path: Path
+) -> None:
     folder, outside = tmp_path / "data" / "raw", tmp_path / "data" / "outside"
 
     def copy() -> bytes:
@@ -97,12 +103,14 @@ def test_writes_copies_and_moves_never_leave_the_folder(race_fs: fsspec.Abstract
         _hammer(lambda: race_fs.rm("analytics/raw/d", recursive=True))
 
 
-def test_long_names_fit_their_temp_names(race_fs: fsspec.AbstractFileSystem,
-                                         tmp_path: Path) -> None:
+def test_long_names_fit_their_temp_names(
+    race_fs: fsspec.AbstractFileSystem, tmp_path: Path
+) -> None:
     """An atomic write's temp file fits the 255-byte name limit whatever the name's length."""
     for name in ("a" * 255, "é" * 127, "b" * 240):
         race_fs.pipe_file(f"analytics/raw/{name}", b"kept")
         assert race_fs.cat_file(f"analytics/raw/{name}") == b"kept"
         assert (tmp_path / "data" / "raw" / name).read_bytes() == b"kept"
     assert sorted(p.name for p in (tmp_path / "data" / "raw").iterdir()) == sorted(
-        ["a" * 255, "é" * 127, "b" * 240])
+        ["a" * 255, "é" * 127, "b" * 240]
+    )

@@ -41,8 +41,12 @@ class AttrOperations(FileOperations):
         if self.inodes.is_detached(inode):
             return self._attr(inode, await self._unlinked_meta(inode), rel)
         meta = await self._meta(rel)
-        if meta.is_dir and meta.nlink is None and "/" in rel and \
-                self.dirs.get(rel, count=False) is None:
+        if (
+            meta.is_dir
+            and meta.nlink is None
+            and "/" in rel
+            and self.dirs.get(rel, count=False) is None
+        ):
             try:  # a folder's link count needs its listing (2 + subfolders)
                 await self._listing(rel)
             except (FileNotFoundError, pyfuse3.FUSEError):
@@ -56,17 +60,27 @@ class AttrOperations(FileOperations):
                 continue
             if h.fd >= 0:
                 st = os.fstat(h.fd)
-                return Meta(False, st.st_size, st.st_mtime, mode=st.st_mode, uid=st.st_uid,
-                            gid=st.st_gid, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns,
-                            ctime_ns=st.st_ctime_ns, nlink=st.st_nlink)
+                return Meta(
+                    False,
+                    st.st_size,
+                    st.st_mtime,
+                    mode=st.st_mode,
+                    uid=st.st_uid,
+                    gid=st.st_gid,
+                    atime_ns=st.st_atime_ns,
+                    mtime_ns=st.st_mtime_ns,
+                    ctime_ns=st.st_ctime_ns,
+                    nlink=st.st_nlink,
+                )
             if h.meta is not None:
                 gone: Meta = h.meta.with_(nlink=0)
                 return gone
         raise _fuse_error(errno.ENOENT)
 
     @fuse_handler()
-    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: Any,
-                      fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
+    async def setattr(
+        self, inode: int, attr: pyfuse3.EntryAttributes, fields: Any, fh: int | None, ctx: Any
+    ) -> pyfuse3.EntryAttributes:
         rel = self._path(inode)
         changes: dict[str, Any] = {}
         if fields.update_mode:
@@ -93,8 +107,9 @@ class AttrOperations(FileOperations):
         return await self.getattr(inode, ctx)
 
     async def _set_attrs(self, inode: int, rel: str, changes: dict[str, Any]) -> None:
-        if "/" not in rel or (self.inodes.is_detached(inode) and \
-                self.staging.by_inode(inode) is None):
+        if "/" not in rel or (
+            self.inodes.is_detached(inode) and self.staging.by_inode(inode) is None
+        ):
             raise _fuse_error(errno.EPERM if "/" not in rel else errno.ENOENT)
         staged = self.staging.by_inode(inode)
         if staged is not None and staged.dirty and not staged.unlinked:
@@ -145,8 +160,9 @@ class AttrOperations(FileOperations):
         self.dirs.set_entry(parent_of(rel), name_of(rel), new)
 
     @fuse_handler(write=True)
-    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any
-                      ) -> pyfuse3.EntryAttributes:
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: Any
+    ) -> pyfuse3.EntryAttributes:
         rel = self._child(parent_inode, name)
         self._check_new_name(rel)
         if len(target) > SYMLINK_MAX:
@@ -155,9 +171,18 @@ class AttrOperations(FileOperations):
         attrs = await self._new_attrs(rel, stat.S_IFLNK | 0o777, ctx)
         attrs.pop("mode")
         await self._run(self.fs.symlink, text, self._fs_path(rel), attrs=attrs)
-        meta = Meta(False, len(target), attrs["mtime_ns"] / 1e9, mode=stat.S_IFLNK | 0o777,
-                    uid=attrs["uid"], gid=attrs["gid"], atime_ns=attrs["atime_ns"],
-                    mtime_ns=attrs["mtime_ns"], ctime_ns=attrs["ctime_ns"], target=text)
+        meta = Meta(
+            False,
+            len(target),
+            attrs["mtime_ns"] / 1e9,
+            mode=stat.S_IFLNK | 0o777,
+            uid=attrs["uid"],
+            gid=attrs["gid"],
+            atime_ns=attrs["atime_ns"],
+            mtime_ns=attrs["mtime_ns"],
+            ctime_ns=attrs["ctime_ns"],
+            target=text,
+        )
         return self._made(rel, meta)
 
     def _made(self, rel: str, meta: Meta) -> pyfuse3.EntryAttributes:
@@ -182,8 +207,9 @@ class AttrOperations(FileOperations):
         return os.fsencode(meta.target or "")
 
     @fuse_handler(write=True)
-    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any
-                    ) -> pyfuse3.EntryAttributes:
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any
+    ) -> pyfuse3.EntryAttributes:
         rel = self._child(parent_inode, name)
         self._check_new_name(rel)
         kind = stat.S_IFMT(mode) or stat.S_IFREG
@@ -193,14 +219,24 @@ class AttrOperations(FileOperations):
         if kind not in (stat.S_IFCHR, stat.S_IFBLK):
             rdev = 0
         await self._run(self.fs.mknod, self._fs_path(rel), attrs["mode"], rdev, attrs=attrs)
-        meta = Meta(False, 0, attrs["mtime_ns"] / 1e9, mode=attrs["mode"], uid=attrs["uid"],
-                    gid=attrs["gid"], atime_ns=attrs["atime_ns"], mtime_ns=attrs["mtime_ns"],
-                    ctime_ns=attrs["ctime_ns"], rdev=rdev)
+        meta = Meta(
+            False,
+            0,
+            attrs["mtime_ns"] / 1e9,
+            mode=attrs["mode"],
+            uid=attrs["uid"],
+            gid=attrs["gid"],
+            atime_ns=attrs["atime_ns"],
+            mtime_ns=attrs["mtime_ns"],
+            ctime_ns=attrs["ctime_ns"],
+            rdev=rdev,
+        )
         return self._made(rel, meta)
 
     @fuse_handler()
-    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any
-                   ) -> pyfuse3.EntryAttributes:
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any
+    ) -> pyfuse3.EntryAttributes:
         # Hard links cannot be kept by object stores; EPERM is what filesystems without them
         # answer (and what cp -a, tar and git fall back from).
         self._check_new_name(join(self._path(new_parent_inode), os.fsdecode(new_name)))

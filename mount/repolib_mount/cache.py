@@ -65,22 +65,27 @@ class Meta:
             mtime_ns = int(mtime * 1e9)
         # size, ETag and the server's own modification time: the same in a listing and in
         # info() until the object (or its metadata: a copy in place) changes
-        changed: Any = info.get("LastModified") or info.get("last_modified") \
-            or info.get("updated")
+        changed: Any = info.get("LastModified") or info.get("last_modified") or info.get("updated")
         if isinstance(changed, dt.datetime):  # a listing has milliseconds, a HEAD seconds
             changed = int(changed.timestamp())
-        stamp = (info.get("size"), str(etag).strip('"'), str(changed)) if etag and changed \
-            else None
-        return cls(is_dir=is_dir, size=0 if is_dir else int(info.get("size") or 0),
-                   mtime=float(mtime) if isinstance(mtime, int | float) else None,
-                   etag=str(etag).strip('"') if etag else None,
-                   mode=mode if isinstance(mode, int) else None,
-                   uid=_int(info.get("uid")), gid=_int(info.get("gid")),
-                   atime_ns=_int(info.get("atime_ns")), mtime_ns=_int(mtime_ns),
-                   ctime_ns=_int(info.get("ctime_ns")), nlink=_int(info.get("nlink")),
-                   rdev=_int(info.get("rdev")) or 0,
-                   target=info.get("destination") if kind == "link" else None,
-                   partial=bool(info.get("partial")), stamp=stamp)
+        stamp = (info.get("size"), str(etag).strip('"'), str(changed)) if etag and changed else None
+        return cls(
+            is_dir=is_dir,
+            size=0 if is_dir else int(info.get("size") or 0),
+            mtime=float(mtime) if isinstance(mtime, int | float) else None,
+            etag=str(etag).strip('"') if etag else None,
+            mode=mode if isinstance(mode, int) else None,
+            uid=_int(info.get("uid")),
+            gid=_int(info.get("gid")),
+            atime_ns=_int(info.get("atime_ns")),
+            mtime_ns=_int(mtime_ns),
+            ctime_ns=_int(info.get("ctime_ns")),
+            nlink=_int(info.get("nlink")),
+            rdev=_int(info.get("rdev")) or 0,
+            target=info.get("destination") if kind == "link" else None,
+            partial=bool(info.get("partial")),
+            stamp=stamp,
+        )
 
     @classmethod
     def directory(cls, mtime: float | None = None) -> Meta:
@@ -120,8 +125,9 @@ _MISSING = object()
 class TTLCache:
     """path → value, each with the time it was learned and the TTL it was stored with."""
 
-    def __init__(self, ttl: float, max_entries: int = 200_000,
-                 clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, ttl: float, max_entries: int = 200_000, clock: Clock = time.monotonic
+    ) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
         self.clock = clock
@@ -174,8 +180,9 @@ class DirCache:
         self.ttl = ttl
         self.max_dirs = max_dirs
         self.clock = clock
-        self._items: collections.OrderedDict[str, tuple[float, dict[str, Meta]]] = \
+        self._items: collections.OrderedDict[str, tuple[float, dict[str, Meta]]] = (
             collections.OrderedDict()
+        )
         self._sizes: dict[str, int] = {}  # entries in the last listing, fresh or expired
         self.hits = 0
         self.misses = 0
@@ -192,8 +199,9 @@ class DirCache:
         while len(self._items) > self.max_dirs:
             self._items.popitem(last=False)
 
-    def get(self, path: str, max_age: float | None = None,
-            count: bool = True) -> dict[str, Meta] | None:
+    def get(
+        self, path: str, max_age: float | None = None, count: bool = True
+    ) -> dict[str, Meta] | None:
         item = self._items.get(path)
         limit = self.ttl if max_age is None else min(max_age, self.ttl)
         if item is not None and limit > 0 and self.clock() - item[0] <= limit:

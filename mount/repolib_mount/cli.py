@@ -39,8 +39,9 @@ def _positive(ctx: click.Context, param: click.Parameter, value: float) -> float
     return value
 
 
-def _optional_positive(ctx: click.Context, param: click.Parameter, value: float | None
-                       ) -> float | None:
+def _optional_positive(
+    ctx: click.Context, param: click.Parameter, value: float | None
+) -> float | None:
     return None if value is None else _positive(ctx, param, value)
 
 
@@ -48,37 +49,98 @@ def _optional_positive(ctx: click.Context, param: click.Parameter, value: float 
 @click.argument("repo_name", metavar="REPO")
 @click.argument("mountpoint", type=click.Path(file_okay=False))
 @key_options
-@click.option("--foreground", "-f", is_flag=True,
-              help="Serve in this process until unmounted or interrupted (default: detach).")
+@click.option(
+    "--foreground",
+    "-f",
+    is_flag=True,
+    help="Serve in this process until unmounted or interrupted (default: detach).",
+)
 @click.option("--read-only", is_flag=True, help="Refuse every change (EROFS).")
-@click.option("--cache-dir", type=click.Path(file_okay=False),
-              help="Staged writes and the daemon's log (default: the user cache folder).")
-@click.option("--cache-size", default="256M", show_default=True, callback=_size,
-              help="Memory for cached file blocks (K, M, G).")
-@click.option("--disk-cache-size", default="0", show_default=True, callback=_size,
-              help="Disk for cached file blocks under --cache-dir (K, M, G; 0: none).")
-@click.option("--disk-cache-age", type=float, default=3600.0, show_default=True,
-              callback=_positive, help="Seconds a block cached on disk is kept.")
-@click.option("--attr-timeout", type=float, default=1.0, show_default=True, callback=_positive,
-              help="Seconds file attributes and names are trusted.")
-@click.option("--dir-timeout", type=float, default=5.0, show_default=True, callback=_positive,
-              help="Seconds directory listings are trusted.")
-@click.option("--rename-limit", type=int, default=1000, show_default=True,
-              help="A folder rename moves at most this many objects (else EXDEV).")
-@click.option("--write-back", type=float, default=None, callback=_optional_positive,
-              metavar="SECONDS",
-              help="Let close return once the data is on local disk and upload it after "
-                   "SECONDS without change (default: upload at close).")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    help="Staged writes and the daemon's log (default: the user cache folder).",
+)
+@click.option(
+    "--cache-size",
+    default="256M",
+    show_default=True,
+    callback=_size,
+    help="Memory for cached file blocks (K, M, G).",
+)
+@click.option(
+    "--disk-cache-size",
+    default="0",
+    show_default=True,
+    callback=_size,
+    help="Disk for cached file blocks under --cache-dir (K, M, G; 0: none).",
+)
+@click.option(
+    "--disk-cache-age",
+    type=float,
+    default=3600.0,
+    show_default=True,
+    callback=_positive,
+    help="Seconds a block cached on disk is kept.",
+)
+@click.option(
+    "--attr-timeout",
+    type=float,
+    default=1.0,
+    show_default=True,
+    callback=_positive,
+    help="Seconds file attributes and names are trusted.",
+)
+@click.option(
+    "--dir-timeout",
+    type=float,
+    default=5.0,
+    show_default=True,
+    callback=_positive,
+    help="Seconds directory listings are trusted.",
+)
+@click.option(
+    "--rename-limit",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="A folder rename moves at most this many objects (else EXDEV).",
+)
+@click.option(
+    "--write-back",
+    type=float,
+    default=None,
+    callback=_optional_positive,
+    metavar="SECONDS",
+    help="Let close return once the data is on local disk and upload it after "
+    "SECONDS without change (default: upload at close).",
+)
 @click.option("--allow-other", is_flag=True, help="Let other users use the mount.")
 @click.option("--debug", is_flag=True, help="Log every request (and libfuse's trace).")
 @pass_state
-@command_example("REPOLIB_KEY_FILE=~/analytics.key repolib mount analytics ~/mnt && "
-                 "ls -l ~/mnt && repolib umount ~/mnt")
-def mount_cmd(state: State, repo_name: str, mountpoint: str, key: str | None,
-              key_file: str | None, foreground: bool, read_only: bool, cache_dir: str | None,
-              cache_size: int, disk_cache_size: int, disk_cache_age: float,
-              attr_timeout: float, dir_timeout: float, rename_limit: int,
-              write_back: float | None, allow_other: bool, debug: bool) -> None:
+@command_example(
+    "REPOLIB_KEY_FILE=~/analytics.key repolib mount analytics ~/mnt && "
+    "ls -l ~/mnt && repolib umount ~/mnt"
+)
+def mount_cmd(
+    state: State,
+    repo_name: str,
+    mountpoint: str,
+    key: str | None,
+    key_file: str | None,
+    foreground: bool,
+    read_only: bool,
+    cache_dir: str | None,
+    cache_size: int,
+    disk_cache_size: int,
+    disk_cache_age: float,
+    attr_timeout: float,
+    dir_timeout: float,
+    rename_limit: int,
+    write_back: float | None,
+    allow_other: bool,
+    debug: bool,
+) -> None:
     """Mount repository REPO at MOUNTPOINT, its storage resources as folders.
 
     The key comes from --key-file, REPOLIB_KEY or REPOLIB_KEY_FILE (or --key - on stdin).
@@ -97,17 +159,26 @@ def mount_cmd(state: State, repo_name: str, mountpoint: str, key: str | None,
     token, key_file = src.token, src.file
     cache_dir = os.path.abspath(os.path.expanduser(cache_dir or default_cache_dir()))
     try:
-        options = MountOptions(attr_timeout=attr_timeout, dir_timeout=dir_timeout,
-                               read_only=read_only, allow_other=allow_other, debug=debug,
-                               cache_dir=cache_dir, cache_size=cache_size,
-                               disk_cache_size=disk_cache_size, disk_cache_age=disk_cache_age,
-                               rename_limit=rename_limit, write_back=write_back)
+        options = MountOptions(
+            attr_timeout=attr_timeout,
+            dir_timeout=dir_timeout,
+            read_only=read_only,
+            allow_other=allow_other,
+            debug=debug,
+            cache_dir=cache_dir,
+            cache_size=cache_size,
+            disk_cache_size=disk_cache_size,
+            disk_cache_age=disk_cache_age,
+            rename_limit=rename_limit,
+            write_back=write_back,
+        )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     try:
         mp = mounttable.prepare_mountpoint(mountpoint)
         if foreground:
             daemon._setup_logging(debug)
+
             def ready(note: str) -> None:
                 if note:
                     click.echo(note, err=True)
@@ -116,36 +187,55 @@ def mount_cmd(state: State, repo_name: str, mountpoint: str, key: str | None,
             daemon.serve(repo, mp, options, ready=ready)
             return
         log_path = daemon.log_path_for(cache_dir, repo.name, mp)
-        pid = daemon.spawn(repo.name, mp, token, options, state.catalog.home, log_path,
-                           key_file=key_file, catalog_url=state.catalog_url,
-                           on_note=lambda note: click.echo(note, err=True))
+        pid = daemon.spawn(
+            repo.name,
+            mp,
+            token,
+            options,
+            state.catalog.home,
+            log_path,
+            key_file=key_file,
+            catalog_url=state.catalog_url,
+            on_note=lambda note: click.echo(note, err=True),
+        )
     except MountError as exc:
         raise click.ClickException(str(exc)) from None
     mode = "read-only" if (read_only or repo.access.value == "read") else "read-write"
-    click.echo(f"mounted repo://{repo.name} at {mp} ({mode}, daemon pid {pid}, log {log_path})",
-               err=True)
+    click.echo(
+        f"mounted repo://{repo.name} at {mp} ({mode}, daemon pid {pid}, log {log_path})", err=True
+    )
 
 
 @click.command("umount")
 @click.argument("mountpoint", type=click.Path(file_okay=False))
-@click.option("--lazy", "-z", is_flag=True,
-              help="Detach now even if files are open; finish when they are closed.")
-@click.option("--force", is_flag=True,
-              help="With --write-back: do not wait for pending uploads (they stay on local "
-                   "disk and the next mount of this repository here uploads them).")
+@click.option(
+    "--lazy",
+    "-z",
+    is_flag=True,
+    help="Detach now even if files are open; finish when they are closed.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="With --write-back: do not wait for pending uploads (they stay on local "
+    "disk and the next mount of this repository here uploads them).",
+)
 @command_example("repolib umount ~/mnt")
 def umount_cmd(mountpoint: str, lazy: bool, force: bool) -> None:
     """Unmount a repolib mount (waits for its daemon to finish, and for the uploads a
     --write-back mount has pending)."""
     try:
-        mounttable.unmount(mountpoint, lazy=lazy, force=force,
-                           progress=lambda line: click.echo(line, err=True))
+        mounttable.unmount(
+            mountpoint, lazy=lazy, force=force, progress=lambda line: click.echo(line, err=True)
+        )
     except MountError as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
-        raise click.ClickException(f"interrupted: {os.path.abspath(mountpoint)} is still "
-                                   "mounted (`repolib umount --force` leaves pending uploads "
-                                   "for the next mount)") from None
+        raise click.ClickException(
+            f"interrupted: {os.path.abspath(mountpoint)} is still "
+            "mounted (`repolib umount --force` leaves pending uploads "
+            "for the next mount)"
+        ) from None
     click.echo(f"unmounted {os.path.abspath(mountpoint)}", err=True)
 
 
@@ -158,8 +248,9 @@ def mount_stats_cmd(mountpoint: str, as_json: bool) -> None:
     try:
         stats = mounttable.read_stats(mountpoint)
     except (OSError, ValueError) as exc:
-        raise click.ClickException(f"{mountpoint} is not a working repolib mount: "
-                                   f"{getattr(exc, 'strerror', None) or exc}") from None
+        raise click.ClickException(
+            f"{mountpoint} is not a working repolib mount: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
     if as_json:
         print_json(stats)
         return

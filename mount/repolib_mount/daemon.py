@@ -47,8 +47,9 @@ CONGESTION_THRESHOLD = 48  # ... from which the kernel reports the connection co
 # -- serving ----------------------------------------------------------------------------------
 
 
-def serve(repo: Any, mountpoint: str, options: MountOptions,
-          ready: Callable[[str], None] | None = None) -> None:
+def serve(
+    repo: Any, mountpoint: str, options: MountOptions, ready: Callable[[str], None] | None = None
+) -> None:
     """Mount ``repo`` at ``mountpoint`` and serve until unmounted or signalled. ``ready`` is
     called once the mount works, with a note for the user ("" when there is none)."""
     import pyfuse3
@@ -74,17 +75,23 @@ def serve(repo: Any, mountpoint: str, options: MountOptions,
         pyfuse3.init(ops, mountpoint, fuse_options)
     except Exception as exc:
         ops.close()
-        raise MountError(f"cannot mount at {mountpoint}: {exc} (is it busy, or not empty "
-                         "and mounted over?)") from None
-    log.info("mounted repo://%s at %s (%s)", repo.name, mountpoint,
-             "read-only" if ops.read_only else "read-write")
+        raise MountError(
+            f"cannot mount at {mountpoint}: {exc} (is it busy, or not empty and mounted over?)"
+        ) from None
+    log.info(
+        "mounted repo://%s at %s (%s)",
+        repo.name,
+        mountpoint,
+        "read-only" if ops.read_only else "read-write",
+    )
     try:
         trio.run(_main, ops, ready)
     except BaseException:
         pyfuse3.close(unmount=False)
         with contextlib.suppress(OSError):
-            subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True,
-                           check=False)
+            subprocess.run(
+                ["fusermount3", "-u", "-z", mountpoint], capture_output=True, check=False
+            )
         ops.close()
         raise
     pyfuse3.close()
@@ -109,8 +116,10 @@ async def _main(ops: Any, ready: Callable[[str], None] | None) -> None:
                 with trio.move_on_after(LEFTOVERS_WAIT_S):
                     await ops.writeback.flush_all()
                 left = len(ops.writeback.pending())
-                note = (f"{found} file(s) written through this mount before its previous "
-                        f"daemon stopped: {found - left} uploaded now")
+                note = (
+                    f"{found} file(s) written through this mount before its previous "
+                    f"daemon stopped: {found - left} uploaded now"
+                )
                 note += f", {left} still pending (see mount-stats)" if left else ""
                 log.warning("%s", note)
         warmed = trio.Event()
@@ -134,8 +143,12 @@ async def _main(ops: Any, ready: Callable[[str], None] | None) -> None:
             with trio.move_on_after(FLUSH_ON_EXIT_TIMEOUT_S):
                 await wb.flush_all()
         if wb is not None and wb.pending():
-            log.warning("%d pending file(s) kept in %s: the next mount of this repository "
-                        "here uploads them", len(wb.pending()), ops.staging.folder)
+            log.warning(
+                "%d pending file(s) kept in %s: the next mount of this repository "
+                "here uploads them",
+                len(wb.pending()),
+                ops.staging.folder,
+            )
         nursery.cancel_scope.cancel()
 
 
@@ -143,8 +156,9 @@ async def _on_signals(ops: Any, task_status: Any) -> None:
     import pyfuse3
     import trio
 
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1,
-                                   signal.SIGUSR2) as signals:
+    with trio.open_signal_receiver(
+        signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2
+    ) as signals:
         task_status.started()
         async for signum in signals:
             if signum in (signal.SIGUSR1, signal.SIGUSR2):  # from `repolib umount`
@@ -154,8 +168,7 @@ async def _on_signals(ops: Any, task_status: Any) -> None:
                     else:
                         ops.writeback.forced = True  # leave it for the next mount
                 continue
-            log.info("%s: uploading pending changes, then unmounting",
-                     signal.Signals(signum).name)
+            log.info("%s: uploading pending changes, then unmounting", signal.Signals(signum).name)
             with trio.move_on_after(FLUSH_ON_EXIT_TIMEOUT_S):
                 await ops.flush_all()
             pyfuse3.terminate()
@@ -174,9 +187,11 @@ async def _tune_kernel(ops: Any) -> None:
     def tune() -> dict[str, int | None]:
         dev = os.stat(ops.mountpoint).st_dev
         conn = f"/sys/fs/fuse/connections/{os.minor(dev)}"
-        wanted = {f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb": READ_AHEAD_KB,
-                  f"{conn}/max_background": MAX_BACKGROUND,
-                  f"{conn}/congestion_threshold": CONGESTION_THRESHOLD}
+        wanted = {
+            f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb": READ_AHEAD_KB,
+            f"{conn}/max_background": MAX_BACKGROUND,
+            f"{conn}/congestion_threshold": CONGESTION_THRESHOLD,
+        }
         out: dict[str, int | None] = {}
         for path, value in wanted.items():
             try:
@@ -208,18 +223,33 @@ def log_path_for(cache_dir: str, repo_name: str, mountpoint: str) -> str:
     return os.path.join(cache_dir, f"mount-{repo_name}-{tag}.log")
 
 
-def spawn(repo_name: str, mountpoint: str, token: str, options: MountOptions,
-          home: str, log_path: str, timeout: float = READY_TIMEOUT_S,
-          key_file: str | None = None, catalog_url: str | None = None,
-          on_note: Callable[[str], None] | None = None) -> int:
+def spawn(
+    repo_name: str,
+    mountpoint: str,
+    token: str,
+    options: MountOptions,
+    home: str,
+    log_path: str,
+    timeout: float = READY_TIMEOUT_S,
+    key_file: str | None = None,
+    catalog_url: str | None = None,
+    on_note: Callable[[str], None] | None = None,
+) -> int:
     """Start the daemon in a new session; return its pid once the mount is ready (a note
     the daemon has for the user goes to ``on_note``).
 
     ``key_file``: where the key came from (a path, not a secret); the daemon re-reads it when
     the key stops working, so a rotation does not end the mount. ``catalog_url`` goes in the
     daemon's environment (it may hold a password), not on its command line."""
-    config = json.dumps({"repository": repo_name, "mountpoint": mountpoint, "home": home,
-                         "options": options.to_dict(), "key_file": key_file})
+    config = json.dumps(
+        {
+            "repository": repo_name,
+            "mountpoint": mountpoint,
+            "home": home,
+            "options": options.to_dict(),
+            "key_file": key_file,
+        }
+    )
     env = environ.for_children()  # no key, admin secret or passphrase reaches the daemon
     if catalog_url is not None:
         env["REPOLIB_CATALOG_URL"] = catalog_url
@@ -227,10 +257,24 @@ def spawn(repo_name: str, mountpoint: str, token: str, options: MountOptions,
     try:
         with open(log_path, "ab") as logf:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "repolib_mount.daemon", "--ready-fd", str(ready_w),
-                 "--config", config],
-                stdin=subprocess.PIPE, stdout=logf, stderr=logf, pass_fds=(ready_w,),
-                start_new_session=True, cwd="/", env=env, close_fds=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "repolib_mount.daemon",
+                    "--ready-fd",
+                    str(ready_w),
+                    "--config",
+                    config,
+                ],
+                stdin=subprocess.PIPE,
+                stdout=logf,
+                stderr=logf,
+                pass_fds=(ready_w,),
+                start_new_session=True,
+                cwd="/",
+                env=env,
+                close_fds=True,
+            )
     except BaseException:
         os.close(ready_r)
         raise
@@ -249,23 +293,23 @@ def spawn(repo_name: str, mountpoint: str, token: str, options: MountOptions,
     if word == "ready" or word.startswith("ready: "):
         proc.returncode = 0  # detached on purpose: no ResourceWarning for a "still running" child
         if word != "ready" and on_note is not None:
-            on_note(word[len("ready: "):])
+            on_note(word[len("ready: ") :])
         return proc.pid
     if word.startswith("error: "):
         _reap(proc)
-        raise MountError(word[len("error: "):])
+        raise MountError(word[len("error: ") :])
     if word == "":
         code = _reap(proc)
         tail = ""
         with contextlib.suppress(OSError):
             with open(log_path, encoding="utf-8", errors="replace") as f:
                 tail = last_line(f.read()[-2000:])
-        raise MountError(f"the mount daemon exited ({code}) before the mount was ready: "
-                         f"{tail} (log: {log_path})")
+        raise MountError(
+            f"the mount daemon exited ({code}) before the mount was ready: {tail} (log: {log_path})"
+        )
     proc.kill()
     _reap(proc)
-    raise MountError(f"the mount daemon did not get ready within {timeout:.0f} s "
-                     f"(log: {log_path})")
+    raise MountError(f"the mount daemon did not get ready within {timeout:.0f} s (log: {log_path})")
 
 
 def _reap(proc: subprocess.Popen[bytes]) -> int | None:
@@ -296,11 +340,23 @@ def _read_line(fd: int, timeout: float) -> str:
 
 
 def _setup_logging(debug: bool) -> None:
-    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+    )
     if not debug:
-        for noisy in ("pyfuse3", "fsspec", "s3fs", "botocore", "aiobotocore", "urllib3",
-                      "asyncio", "gcsfs", "azure"):
+        for noisy in (
+            "pyfuse3",
+            "fsspec",
+            "s3fs",
+            "botocore",
+            "aiobotocore",
+            "urllib3",
+            "asyncio",
+            "gcsfs",
+            "azure",
+        ):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -331,11 +387,16 @@ def child_main(argv: list[str] | None = None) -> int:
         os.close(devnull)
         from repolib import Catalog
 
-        repo = Catalog(config["home"]).open(config["repository"], token or None,
-                                            key_file=config.get("key_file"))
+        repo = Catalog(config["home"]).open(
+            config["repository"], token or None, key_file=config.get("key_file")
+        )
         del token
-        serve(repo, config["mountpoint"], options,
-              ready=lambda note: report(f"ready: {note}" if note else "ready"))
+        serve(
+            repo,
+            config["mountpoint"],
+            options,
+            ready=lambda note: report(f"ready: {note}" if note else "ready"),
+        )
         return 0
     except Exception as exc:
         message = str(exc) or type(exc).__name__

@@ -23,8 +23,9 @@ from .inodes import is_below
 class DiskBlockCache:
     """``BlockKey`` → bytes in files under ``root``."""
 
-    def __init__(self, root: str, capacity: int, max_age: float = 3600.0,
-                 clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, root: str, capacity: int, max_age: float = 3600.0, clock: Clock = time.monotonic
+    ) -> None:
         self.root = root
         self.capacity = capacity
         self.max_age = max_age
@@ -34,8 +35,9 @@ class DiskBlockCache:
         self.misses = 0
         self.evicted = 0
         # file name -> (size, stored at, path the block belongs to); order = least recent first
-        self._index: collections.OrderedDict[str, tuple[int, float, str]] = \
+        self._index: collections.OrderedDict[str, tuple[int, float, str]] = (
             collections.OrderedDict()
+        )
         shutil.rmtree(root, ignore_errors=True)
         os.makedirs(root, mode=0o700, exist_ok=True)
 
@@ -93,7 +95,7 @@ class DiskBlockCache:
             try:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
             finally:
                 os.close(fd)
             os.replace(tmp, self._file(name))

@@ -27,12 +27,12 @@ _logged: set[tuple[str, str]] = set()
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
-def errno_of(exc: BaseException, op: str = "", *, write: bool = False,
-             read_only: bool = False) -> int:
+def errno_of(
+    exc: BaseException, op: str = "", *, write: bool = False, read_only: bool = False
+) -> int:
     """The errno that reports ``exc`` (raised while handling ``op``) to the kernel."""
     code = getattr(exc, "errno", None)
-    if isinstance(exc, PermissionError) and code == errno.EPERM and not isinstance(exc,
-                                                                                 AuthError):
+    if isinstance(exc, PermissionError) and code == errno.EPERM and not isinstance(exc, AuthError):
         return errno.EPERM  # not allowed whoever asks (chown in a local folder), not denied
     if isinstance(exc, AuthError) or isinstance(exc, PermissionError):
         return errno.EROFS if write and read_only else errno.EACCES
@@ -55,12 +55,18 @@ def _log_once(op: str, exc: BaseException) -> None:
         log.debug("%s failed: %s: %s", op, type(exc).__name__, exc)
         return
     _logged.add(key)
-    log.error("%s failed (reported as EIO; logged once): %s: %s", op, type(exc).__name__, exc,
-              exc_info=exc)
+    log.error(
+        "%s failed (reported as EIO; logged once): %s: %s",
+        op,
+        type(exc).__name__,
+        exc,
+        exc_info=exc,
+    )
 
 
-def fuse_handler(op: str | None = None, *, write: bool = False,
-                 check_key: bool = True) -> Callable[[F], F]:
+def fuse_handler(
+    op: str | None = None, *, write: bool = False, check_key: bool = True
+) -> Callable[[F], F]:
     """Wrap an ``async`` Operations method: exceptions become ``FUSEError(errno)``.
 
     ``write``: the operation changes the repository (EROFS on a read-only mount, before any

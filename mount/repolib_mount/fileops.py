@@ -52,20 +52,26 @@ class FileOperations(OperationsBase):
         self.page_versions.pop(inode, None)
         now = time.time_ns()
         if size == 0:
-            await self._run(self.fs.pipe_file, self._fs_path(rel), b"",
-                            attrs={**meta.attrs(), "mtime_ns": now, "ctime_ns": now})
+            await self._run(
+                self.fs.pipe_file,
+                self._fs_path(rel),
+                b"",
+                attrs={**meta.attrs(), "mtime_ns": now, "ctime_ns": now},
+            )
         else:
             staged = self._new_staged(rel, inode)
             staged.attrs = meta.attrs()
             try:
-                self.counters["bytes_read"] += await self._run(self._download,
-                                                               self._fs_path(rel), staged)
+                self.counters["bytes_read"] += await self._run(
+                    self._download, self._fs_path(rel), staged
+                )
                 staged.truncate(size)
                 await self._upload(staged)
             finally:
                 self._discard(staged)
-        self._after_write(rel, meta.with_(size=size, mtime=now / 1e9, mtime_ns=now,
-                                          ctime_ns=now, etag=None))
+        self._after_write(
+            rel, meta.with_(size=size, mtime=now / 1e9, mtime_ns=now, ctime_ns=now, etag=None)
+        )
 
     def _new_staged(self, rel: str, inode: int) -> Staged:
         staged = self.staging.new(rel, inode)
@@ -147,8 +153,7 @@ class FileOperations(OperationsBase):
             return -1
         try:
             # opened beneath the folder with no symlink followed (repolib.localfs)
-            fd = await self._run(self.fs.local_open, self._fs_path(rel),
-                                 os.O_RDONLY | os.O_CLOEXEC)
+            fd = await self._run(self.fs.local_open, self._fs_path(rel), os.O_RDONLY | os.O_CLOEXEC)
         except PermissionError:
             raise  # refused (a symlink is never followed): not a reason to try another way
         except OSError as exc:
@@ -157,8 +162,9 @@ class FileOperations(OperationsBase):
         self._local_paths[rel.split("/", 1)[0]] = fd is not None
         return -1 if fd is None else fd
 
-    async def _open_write(self, inode: int, rel: str, flags: int, ctx: Any = None
-                          ) -> pyfuse3.FileInfo:
+    async def _open_write(
+        self, inode: int, rel: str, flags: int, ctx: Any = None
+    ) -> pyfuse3.FileInfo:
         if self.read_only:
             raise _fuse_error(errno.EROFS)
         if "/" not in rel or is_below(rel, VIRTUAL_DIR):
@@ -177,8 +183,7 @@ class FileOperations(OperationsBase):
                     if meta.is_dir:
                         raise _fuse_error(errno.EISDIR)
                     if not meta.is_file:
-                        raise _fuse_error(errno.ELOOP if meta.kind == stat.S_IFLNK else
-                                          errno.ENXIO)
+                        raise _fuse_error(errno.ELOOP if meta.kind == stat.S_IFLNK else errno.ENXIO)
                     staged.attrs = meta.attrs()  # an upload keeps mode, owner and atime
                     if flags & os.O_TRUNC:
                         staged.mark_dirty()
@@ -186,7 +191,8 @@ class FileOperations(OperationsBase):
                             self.uploads.watch(staged, self._fs_path(rel))
                     elif meta.size:
                         self.counters["bytes_read"] += await self._run(
-                            self._download, self._fs_path(rel), staged)
+                            self._download, self._fs_path(rel), staged
+                        )
                 except BaseException:
                     staged.refs -= 1
                     self._discard(staged)
@@ -204,14 +210,19 @@ class FileOperations(OperationsBase):
             if flags & os.O_TRUNC:
                 staged.truncate(0)
         self.page_versions.pop(inode, None)
-        h = WriteHandle(inode, staged, append=bool(flags & os.O_APPEND),
-                        readable=flags & os.O_ACCMODE == os.O_RDWR,
-                        kill_priv=getattr(ctx, "uid", 0) != 0)
+        h = WriteHandle(
+            inode,
+            staged,
+            append=bool(flags & os.O_APPEND),
+            readable=flags & os.O_ACCMODE == os.O_RDWR,
+            kill_priv=getattr(ctx, "uid", 0) != 0,
+        )
         return pyfuse3.FileInfo(fh=self.files.add(h), keep_cache=False)
 
     @fuse_handler(write=True)
-    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
-                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         rel = self._child(parent_inode, name)
         self._check_new_name(rel)
         await self._check_writable(rel)
@@ -229,15 +240,21 @@ class FileOperations(OperationsBase):
             self.uploads.watch(staged, self._fs_path(rel))
         staged.refs += 1
         self.page_versions.pop(ino, None)
-        h = WriteHandle(ino, staged, append=bool(flags & os.O_APPEND),
-                        readable=flags & os.O_ACCMODE == os.O_RDWR)
+        h = WriteHandle(
+            ino,
+            staged,
+            append=bool(flags & os.O_APPEND),
+            readable=flags & os.O_ACCMODE == os.O_RDWR,
+        )
         meta = self._staged_meta(staged)
         self.attrs.pop(rel)
         self.negative.pop(rel)
         self.dirs.set_entry(parent_of(rel), name_of(rel), meta)
         self._touch_dir(parent_of(rel))
-        return (pyfuse3.FileInfo(fh=self.files.add(h), keep_cache=False),
-                self._attr(ino, meta, rel))
+        return (
+            pyfuse3.FileInfo(fh=self.files.add(h), keep_cache=False),
+            self._attr(ino, meta, rel),
+        )
 
     async def _new_attrs(self, rel: str, mode: int, ctx: Any) -> dict[str, Any]:
         """The attributes of a new file or folder made by the caller ``ctx``: its mode less
@@ -255,15 +272,21 @@ class FileOperations(OperationsBase):
             if stat.S_ISDIR(mode):
                 mode |= stat.S_ISGID
         now = time.time_ns()
-        return {"mode": mode, "uid": uid, "gid": gid, "atime_ns": now, "mtime_ns": now,
-                "ctime_ns": now}
+        return {
+            "mode": mode,
+            "uid": uid,
+            "gid": gid,
+            "atime_ns": now,
+            "mtime_ns": now,
+            "ctime_ns": now,
+        }
 
     @fuse_handler()
     # pyfuse3 replies from any buffer; its stub says bytes: memoryviews spare a copy
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
         h = self.files.get(fh)
         if isinstance(h, VirtualHandle):
-            return h.data[off:off + size]
+            return h.data[off : off + size]
         if isinstance(h, WriteHandle):
             return h.staged.read(off, size)
         if h.keeper is not None:
@@ -314,8 +337,9 @@ class FileOperations(OperationsBase):
             fs_path = self._fs_path(staged.path)
             try:
                 if not await self.uploads.finish(staged):
-                    journal = size >= MULTIPART_MIN and \
-                        not self._local_paths.get(staged.path.split("/", 1)[0])
+                    journal = size >= MULTIPART_MIN and not self._local_paths.get(
+                        staged.path.split("/", 1)[0]
+                    )
                     if journal:
                         self.journal.begin(fs_path)
                     await self._run(self.fs.put_file, staged.local, fs_path, attrs=attrs)
@@ -329,8 +353,12 @@ class FileOperations(OperationsBase):
                 elif code not in _UPLOAD_ERRNOS:
                     code = errno.EIO
                 staged.error = f"{errno.errorcode.get(code, code)}: {exc}"[:300]
-                log.warning("upload of %s failed (%s): %s", staged.path,
-                            errno.errorcode.get(code, code), exc)
+                log.warning(
+                    "upload of %s failed (%s): %s",
+                    staged.path,
+                    errno.errorcode.get(code, code),
+                    exc,
+                )
                 raise _fuse_error(code) from None
             finally:
                 self.uploading -= 1
@@ -339,8 +367,12 @@ class FileOperations(OperationsBase):
             staged.remote = True
             if staged.version == version:
                 staged.dirty = False
-            self._after_write(staged.path, self._staged_meta(staged).with_(
-                size=size, mtime=attrs["mtime_ns"] / 1e9, nlink=None))
+            self._after_write(
+                staged.path,
+                self._staged_meta(staged).with_(
+                    size=size, mtime=attrs["mtime_ns"] / 1e9, nlink=None
+                ),
+            )
 
     @fuse_handler()
     async def flush(self, fh: int) -> None:
@@ -373,8 +405,9 @@ class FileOperations(OperationsBase):
             os.close(h.fd)
             h.fd = -1
             try:  # the same usage counters a read through repo:// records
-                self.fs.repository.record_usage(h.path.split("/", 1)[0], requests=1,
-                                                bytes_read=h.local_bytes)
+                self.fs.repository.record_usage(
+                    h.path.split("/", 1)[0], requests=1, bytes_read=h.local_bytes
+                )
             except Exception as exc:
                 log.debug("usage of %s not recorded: %s", h.path, exc)
         if not isinstance(h, WriteHandle):

@@ -140,8 +140,9 @@ class StagingArea:
         if persistent:
             os.chmod(folder, 0o700)
             self.folder = folder
-            taken = [int(n.split(".", 1)[0]) for n in os.listdir(folder)
-                     if n.split(".", 1)[0].isdigit()]
+            taken = [
+                int(n.split(".", 1)[0]) for n in os.listdir(folder) if n.split(".", 1)[0].isdigit()
+            ]
             self._names = itertools.count(max(taken, default=0) + 1)
         else:
             self.folder = tempfile.mkdtemp(prefix="staging-", dir=folder)  # private, 0700
@@ -179,9 +180,10 @@ class StagingArea:
     def move(self, old: str, new: str) -> None:
         for s in self.under(old):
             del self._by_path[s.path]
-        for s in [s for s in self._by_inode.values() if s.path == old or
-                  s.path.startswith(old + "/")]:
-            s.path = new + s.path[len(old):]
+        for s in [
+            s for s in self._by_inode.values() if s.path == old or s.path.startswith(old + "/")
+        ]:
+            s.path = new + s.path[len(old) :]
             self._by_path[s.path] = s
 
     def forget_path(self, path: str) -> None:

@@ -104,8 +104,7 @@ class InodeTable:
             self._held[inode] = left
             return
         self._held.pop(inode, None)
-        if inode in self._paths and self._lookups.get(inode, 0) <= 0 and \
-                inode not in self._pinned:
+        if inode in self._paths and self._lookups.get(inode, 0) <= 0 and inode not in self._pinned:
             self._drop(inode)
 
     def drop_if_unused(self, inode: int) -> bool:
@@ -153,7 +152,7 @@ class InodeTable:
         for p, _ in moved:
             del self._inodes[p]
         for p, ino in moved:
-            target = new + p[len(old):]
+            target = new + p[len(old) :]
             self._inodes[target] = ino
             self._paths[ino] = target
 

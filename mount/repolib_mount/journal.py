@@ -55,8 +55,9 @@ class UploadJournal:
     def _write(self, entry: dict[str, Any]) -> None:
         try:
             if self._file is None:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                             0o600)
+                fd = os.open(
+                    self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+                )
                 self._file = os.fdopen(fd, "a", encoding="utf-8")
             self._file.write(json.dumps(entry) + "\n")
             self._file.flush()
@@ -84,7 +85,7 @@ class UploadJournal:
             path = os.path.join(self.folder, name)
             if path == self.path or not name.endswith(".jsonl"):
                 continue
-            pid_s, _, start = name[:-len(".jsonl")].partition("-")
+            pid_s, _, start = name[: -len(".jsonl")].partition("-")
             if pid_s.isdigit() and _start_time(int(pid_s)) == start:
                 continue  # still running
             out.append((path, _unfinished(path)))
@@ -103,8 +104,7 @@ class UploadJournal:
                     pass  # the resource (or bucket) is gone: nothing left to abort
                 except Exception as exc:  # unreachable now: try again at the next start
                     ok = False
-                    log.warning("could not abort the unfinished upload of %s: %s", fs_path,
-                                exc)
+                    log.warning("could not abort the unfinished upload of %s: %s", fs_path, exc)
             if ok:
                 with contextlib.suppress(OSError):
                     os.remove(path)

@@ -24,9 +24,14 @@ log = logging.getLogger("repolib_mount")
 
 FSTYPE = "fuse.repolib"
 
+
 def _unescape(field: str) -> str:
-    return (field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
-            .replace("\\134", "\\"))
+    return (
+        field.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+    )
 
 
 def mount_entry(mountpoint: str) -> tuple[str, str] | None:
@@ -59,11 +64,14 @@ def is_stale(mountpoint: str) -> bool:
 
 def clean_stale(mountpoint: str) -> None:
     """Lazily unmount a dead FUSE mount (``fusermount3 -u -z``)."""
-    res = subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True,
-                         text=True, check=False)
+    res = subprocess.run(
+        ["fusermount3", "-u", "-z", mountpoint], capture_output=True, text=True, check=False
+    )
     if res.returncode != 0 and is_stale(mountpoint):
-        raise MountError(f"{mountpoint} is a dead mount and could not be cleaned: "
-                         f"{last_line(res.stderr)}; try `fusermount3 -u -z {mountpoint}`")
+        raise MountError(
+            f"{mountpoint} is a dead mount and could not be cleaned: "
+            f"{last_line(res.stderr)}; try `fusermount3 -u -z {mountpoint}`"
+        )
     log.warning("cleaned a stale mount at %s (its daemon had died)", mountpoint)
 
 
@@ -80,8 +88,9 @@ def prepare_mountpoint(mountpoint: str) -> str:
             clean_stale(mp)
             st = os.stat(mp)
         elif exc.errno == errno.ENOENT:
-            raise MountError(f"mountpoint {mp} does not exist: create it first "
-                             f"(mkdir -p {shlex.quote(mp)})") from None
+            raise MountError(
+                f"mountpoint {mp} does not exist: create it first (mkdir -p {shlex.quote(mp)})"
+            ) from None
         else:
             raise MountError(f"mountpoint {mp}: {exc.strerror}") from None
     import stat
@@ -101,8 +110,9 @@ def require_fuse() -> None:
         import pyfuse3  # noqa: F401
         import trio  # noqa: F401
     except ImportError as exc:
-        raise MountError(f"the mount needs {exc.name or 'pyfuse3'}: "
-                         'pip install "repolib[mount]"') from None
+        raise MountError(
+            f'the mount needs {exc.name or "pyfuse3"}: pip install "repolib[mount]"'
+        ) from None
 
 
 def last_line(text: str) -> str:
@@ -116,8 +126,13 @@ def read_stats(mountpoint: str) -> dict[str, Any]:
     return data
 
 
-def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0, force: bool = False,
-            progress: Callable[[str], None] | None = None) -> None:
+def unmount(
+    mountpoint: str,
+    lazy: bool = False,
+    timeout: float = 30.0,
+    force: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> None:
     """Unmount a repolib mount and wait for its daemon to finish (usage counters, cleanup).
 
     A ``--write-back`` mount first uploads what is pending, and this waits for it, telling
@@ -139,8 +154,7 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0, force: b
         pid = int(stats["pid"])
     pending = (stats.get("write_back") or {}).get("pending")
     if pid is not None and pending:
-        _upload_pending_first(mp, pid, stats["write_back"], force,
-                              progress or (lambda line: None))
+        _upload_pending_first(mp, pid, stats["write_back"], force, progress or (lambda line: None))
     cmd = ["fusermount3", "-u", *(["-z"] if lazy else []), mp]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
@@ -152,15 +166,17 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0, force: b
         _wait_gone(pid, timeout)
 
 
-def _upload_pending_first(mp: str, pid: int, wb: dict[str, Any], force: bool,
-                          progress: Callable[[str], None]) -> None:
+def _upload_pending_first(
+    mp: str, pid: int, wb: dict[str, Any], force: bool, progress: Callable[[str], None]
+) -> None:
     """Before unmounting a --write-back mount: have its daemon upload what is pending now
     (SIGUSR1) and wait for that, or with ``force`` tell it to leave them on disk (SIGUSR2)."""
     if force:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGUSR2)
-        progress(f"leaving {wb['pending']} pending upload(s) for the next mount of this "
-                 "repository here")
+        progress(
+            f"leaving {wb['pending']} pending upload(s) for the next mount of this repository here"
+        )
         return
     try:
         os.kill(pid, signal.SIGUSR1)
@@ -171,13 +187,17 @@ def _upload_pending_first(mp: str, pid: int, wb: dict[str, Any], force: bool,
         if not wb.get("pending"):
             return
         failing = wb.get("failing") or []
-        line = (f"waiting for {wb['pending']} pending upload(s), "
-                f"{_human(int(wb.get('pending_bytes') or 0))} (--force: leave them for the "
-                "next mount)")
+        line = (
+            f"waiting for {wb['pending']} pending upload(s), "
+            f"{_human(int(wb.get('pending_bytes') or 0))} (--force: leave them for the "
+            "next mount)"
+        )
         if failing:
             f0 = failing[0]
-            line += (f"; {len(failing)} failing, e.g. {f0['path']}: {f0['error']} "
-                     f"({f0['attempts']} tries)")
+            line += (
+                f"; {len(failing)} failing, e.g. {f0['path']}: {f0['error']} "
+                f"({f0['attempts']} tries)"
+            )
         if line != said or time.monotonic() - last > 10:
             progress(line)
             said, last = line, time.monotonic()

@@ -63,8 +63,9 @@ class RepositoryOperations(AttrOperations):
     """The FUSE request handlers of one mounted repository."""
 
     @fuse_handler()
-    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None
-                     ) -> pyfuse3.EntryAttributes:
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: Any = None
+    ) -> pyfuse3.EntryAttributes:
         if len(name) > RepositoryFileSystem.NAME_MAX:
             raise _fuse_error(errno.ENAMETOOLONG)
         rel = self._child(parent_inode, name)
@@ -79,8 +80,11 @@ class RepositoryOperations(AttrOperations):
     async def _learn_kind(self, resource: str) -> None:
         """Is ``resource`` a local folder (its files keep their own times)?"""
         if resource not in self._local_paths:
-            fd = await self._run(self.fs.local_open, self._fs_path(resource),
-                                 os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = await self._run(
+                self.fs.local_open,
+                self._fs_path(resource),
+                os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+            )
             if fd is not None:
                 os.close(fd)
             self._local_paths[resource] = fd is not None
@@ -112,15 +116,25 @@ class RepositoryOperations(AttrOperations):
         return None
 
     @fuse_handler(write=True)
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any
-                    ) -> pyfuse3.EntryAttributes:
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: Any
+    ) -> pyfuse3.EntryAttributes:
         rel = self._child(parent_inode, name)
         self._check_new_name(rel)  # (the kernel looked the name up first: it is free)
         attrs = await self._new_attrs(rel, stat.S_IFDIR | (mode & 0o7777), ctx)
         await self._run(self.fs.mkdir, self._fs_path(rel), create_parents=True, attrs=attrs)
-        meta = Meta(True, 0, attrs["mtime_ns"] / 1e9, mode=attrs["mode"], uid=attrs["uid"],
-                    gid=attrs["gid"], atime_ns=attrs["atime_ns"], mtime_ns=attrs["mtime_ns"],
-                    ctime_ns=attrs["ctime_ns"], nlink=None)
+        meta = Meta(
+            True,
+            0,
+            attrs["mtime_ns"] / 1e9,
+            mode=attrs["mode"],
+            uid=attrs["uid"],
+            gid=attrs["gid"],
+            atime_ns=attrs["atime_ns"],
+            mtime_ns=attrs["mtime_ns"],
+            ctime_ns=attrs["ctime_ns"],
+            nlink=None,
+        )
         if not self._local_paths.get(rel.split("/", 1)[0]):
             # an object store may show the folder only once a file is in it, and one without
             # folder markers keeps none of its attributes: this daemon keeps both meanwhile
@@ -199,16 +213,19 @@ class RepositoryOperations(AttrOperations):
         ino = self.inodes.inode(rel)
         if ino is None or self.staging.by_inode(ino) is not None:
             return
-        readers = [h for h in self.files.values()
-                   if isinstance(h, ReadHandle) and h.inode == ino and h.fd < 0 and
-                   h.keeper is None]
+        readers = [
+            h
+            for h in self.files.values()
+            if isinstance(h, ReadHandle) and h.inode == ino and h.fd < 0 and h.keeper is None
+        ]
         if not readers:
             return
         copy = self._new_staged(rel, ino)
         try:
             async with copy.lock:
-                self.counters["bytes_read"] += await self._run(self._download,
-                                                               self._fs_path(rel), copy)
+                self.counters["bytes_read"] += await self._run(
+                    self._download, self._fs_path(rel), copy
+                )
         except BaseException:
             self._discard(copy)
             raise
@@ -219,8 +236,15 @@ class RepositoryOperations(AttrOperations):
             h.keeper = copy
 
     @fuse_handler(write=True)
-    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
-                     name_new: bytes, flags: int, ctx: Any) -> None:
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: Any,
+    ) -> None:
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise _fuse_error(errno.EINVAL)
         src = self._child(parent_inode_old, name_old)
@@ -290,10 +314,14 @@ class RepositoryOperations(AttrOperations):
         if pending is not None and self.writeback is not None:
             self.writeback.moved(pending)
             self.writeback.changed(pending)
-        self.pending_dirs = {dst + d[len(src):] if is_below(d, src) else d
-                             for d in self.pending_dirs}
-        self.volatile = {(dst + k[len(src):] if is_below(k, src) else k): v
-                         for k, v in self.volatile.items() if not is_below(k, dst)}
+        self.pending_dirs = {
+            dst + d[len(src) :] if is_below(d, src) else d for d in self.pending_dirs
+        }
+        self.volatile = {
+            (dst + k[len(src) :] if is_below(k, src) else k): v
+            for k, v in self.volatile.items()
+            if not is_below(k, dst)
+        }
         for p in (src, dst):
             self._forget_known(p)
             self.attrs.pop_below(p)
@@ -314,12 +342,15 @@ class RepositoryOperations(AttrOperations):
         if not (res_src == res_dst and kind == "file"):  # else one local rename
             found = await self._run(self.fs.find, self._fs_path(src), withdirs=True)
             if len(found) > self.options.rename_limit:
-                log.warning("rename of %s refused: %d objects, over --rename-limit %d", src,
-                            len(found), self.options.rename_limit)
+                log.warning(
+                    "rename of %s refused: %d objects, over --rename-limit %d",
+                    src,
+                    len(found),
+                    self.options.rename_limit,
+                )
                 raise _fuse_error(errno.EXDEV)
         try:
-            await self._run(self.fs.mv, self._fs_path(src), self._fs_path(dst),
-                            recursive=True)
+            await self._run(self.fs.mv, self._fs_path(src), self._fs_path(dst), recursive=True)
         except FileNotFoundError:
             if src not in self.pending_dirs:
                 raise  # an empty folder made here has no object to move
@@ -418,8 +449,10 @@ class RepositoryOperations(AttrOperations):
                 await trio.to_thread.run_sync(self._check_key)
             except InvalidKey:
                 if not self.key_denied:
-                    log.warning("the API key is no longer valid (revoked or expired): "
-                                "every request now fails with EACCES")
+                    log.warning(
+                        "the API key is no longer valid (revoked or expired): "
+                        "every request now fails with EACCES"
+                    )
                     self.key_denied = True
                     self.clear_caches()
                 continue
@@ -438,8 +471,12 @@ class RepositoryOperations(AttrOperations):
                     self.writeback.mark(staged)  # still open: recorded, so it is not lost
             left = await self.writeback.flush_all()
             if left:
-                log.error("%d file(s) could not be uploaded; kept in %s for the next mount of "
-                          "this repository here", left, self.staging.folder)
+                log.error(
+                    "%d file(s) could not be uploaded; kept in %s for the next mount of "
+                    "this repository here",
+                    left,
+                    self.staging.folder,
+                )
             return
         for staged in self.staging.all():
             if staged.dirty and not staged.unlinked:

@@ -63,8 +63,9 @@ class OperationsBase(pyfuse3.Operations):
 
     enable_writeback_cache = False  # uploads happen on flush, so close can report them
 
-    def __init__(self, repo: Any, options: MountOptions, mountpoint: str = "",
-                 fs: Any = None) -> None:
+    def __init__(
+        self, repo: Any, options: MountOptions, mountpoint: str = "", fs: Any = None
+    ) -> None:
         super().__init__()
         self.repo = repo
         self.fs = fs if fs is not None else repo.fs
@@ -81,11 +82,16 @@ class OperationsBase(pyfuse3.Operations):
         self.dirs = DirCache(options.dir_timeout)
         self.blocks = BlockCache(options.cache_size)
         self.counters: collections.Counter[str] = collections.Counter()
-        self.disk = (DiskBlockCache(disk_folder_for(options.cache_dir), options.disk_cache_size,
-                                    options.disk_cache_age)
-                     if options.disk_cache_size > 0 else None)
-        self.reader = BlockReader(self.fs, self._run, options, self.blocks, self.counters,
-                                  self.disk)
+        self.disk = (
+            DiskBlockCache(
+                disk_folder_for(options.cache_dir), options.disk_cache_size, options.disk_cache_age
+            )
+            if options.disk_cache_size > 0
+            else None
+        )
+        self.reader = BlockReader(
+            self.fs, self._run, options, self.blocks, self.counters, self.disk
+        )
         self.journal = UploadJournal(options.cache_dir)
         self.uploads = Uploads(self.fs, self._run, self.counters, self.journal)
         self.files: HandleTable[Any] = HandleTable()
@@ -93,8 +99,8 @@ class OperationsBase(pyfuse3.Operations):
         self.writeback: WriteBack | None = None  # --write-back: uploads after close
         if options.write_back is not None and not self.read_only:
             self.staging = StagingArea(
-                writeback_folder(options.cache_dir, repo.name, mountpoint or "."),
-                persistent=True)
+                writeback_folder(options.cache_dir, repo.name, mountpoint or "."), persistent=True
+            )
             self.writeback = WriteBack(self.staging, options.write_back, self._upload_pending)
         else:
             self.staging = StagingArea(options.cache_dir)
@@ -136,8 +142,9 @@ class OperationsBase(pyfuse3.Operations):
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """One backend call in a worker thread."""
         self.counters["requests"] += 1
-        return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs),
-                                             limiter=self.limiter)
+        return await trio.to_thread.run_sync(
+            functools.partial(fn, *args, **kwargs), limiter=self.limiter
+        )
 
     def _fs_path(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root
@@ -197,8 +204,13 @@ class OperationsBase(pyfuse3.Operations):
         a.st_blksize = self.options.block_size
         a.st_rdev = meta.rdev
         started = int(self.started * 1e9)
-        mtime = meta.mtime_ns if meta.mtime_ns is not None else \
-            int(meta.mtime * 1e9) if meta.mtime is not None else started
+        mtime = (
+            meta.mtime_ns
+            if meta.mtime_ns is not None
+            else int(meta.mtime * 1e9)
+            if meta.mtime is not None
+            else started
+        )
         a.st_mtime_ns = mtime
         a.st_atime_ns = meta.atime_ns if meta.atime_ns is not None else mtime
         a.st_ctime_ns = meta.ctime_ns if meta.ctime_ns is not None else mtime
@@ -220,10 +232,18 @@ class OperationsBase(pyfuse3.Operations):
     def _staged_meta(self, staged: Any) -> Meta:
         """A file being written, as it is now (its attributes as they will be uploaded)."""
         at = staged.attrs
-        return Meta(False, staged.size(), staged.mtime, mode=at.get("mode"),
-                    uid=at.get("uid"), gid=at.get("gid"), atime_ns=at.get("atime_ns"),
-                    mtime_ns=staged.mtime_ns, ctime_ns=staged.ctime_ns,
-                    nlink=0 if staged.unlinked else 1)
+        return Meta(
+            False,
+            staged.size(),
+            staged.mtime,
+            mode=at.get("mode"),
+            uid=at.get("uid"),
+            gid=at.get("gid"),
+            atime_ns=at.get("atime_ns"),
+            mtime_ns=staged.mtime_ns,
+            ctime_ns=staged.ctime_ns,
+            nlink=0 if staged.unlinked else 1,
+        )
 
     def _with_volatile(self, rel: str, meta: Meta) -> Meta:
         """``meta`` with what only this daemon knows about ``rel`` (folders' attributes and
@@ -259,8 +279,7 @@ class OperationsBase(pyfuse3.Operations):
             return Meta(False, len(self.stats_json()), time.time())
         return None
 
-    async def _meta(self, rel: str, max_age: float | None = None,
-                    remote: bool = False) -> Meta:
+    async def _meta(self, rel: str, max_age: float | None = None, remote: bool = False) -> Meta:
         """What ``rel`` is; FileNotFoundError if nothing. Caches first, then one ``info``.
 
         ``remote``: what the repository holds, ignoring a file being written here.
@@ -291,8 +310,7 @@ class OperationsBase(pyfuse3.Operations):
             self.counters["metadata_hits"] += 1
             return listed
         self.counters["metadata_misses"] += 1
-        if listed is None and max_age is None and "/" in rel and \
-                self._relist_first(parent_of(rel)):
+        if listed is None and max_age is None and "/" in rel and self._relist_first(parent_of(rel)):
             try:
                 entries = await self._listing(parent_of(rel))
             except FileNotFoundError:
@@ -330,8 +348,11 @@ class OperationsBase(pyfuse3.Operations):
         self._recent_misses[folder] = now
         if known <= SMALL_LISTING:
             return True
-        return known <= RELIST_LIMIT and last is not None and \
-            now - last <= max(self.options.dir_timeout, 1.0)
+        return (
+            known <= RELIST_LIMIT
+            and last is not None
+            and now - last <= max(self.options.dir_timeout, 1.0)
+        )
 
     async def _listing(self, rel: str, max_age: float | None = None) -> dict[str, Meta]:
         """A folder's entries from one bulk listing (cached for the dir timeout)."""

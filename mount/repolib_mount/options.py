@@ -53,11 +53,16 @@ class MountOptions:
             raise ValueError("timeouts must be >= 0 seconds")
         if self.write_back is not None and self.write_back < 0:
             raise ValueError("--write-back must be >= 0 seconds")
-        if self.block_size < 4096 or min(self.cache_size, self.disk_cache_size) < 0 or \
-                self.disk_cache_age < 0:
+        if (
+            self.block_size < 4096
+            or min(self.cache_size, self.disk_cache_size) < 0
+            or self.disk_cache_age < 0
+        ):
             raise ValueError("block size must be >= 4096 bytes, cache sizes and age >= 0")
-        if min(self.readahead_blocks, self.rename_limit) < 0 or \
-                min(self.request_blocks, self.threads) < 1:
+        if (
+            min(self.readahead_blocks, self.rename_limit) < 0
+            or min(self.request_blocks, self.threads) < 1
+        ):
             raise ValueError("read-ahead, request size, threads and rename limit must be positive")
 
     def to_dict(self) -> dict[str, Any]:

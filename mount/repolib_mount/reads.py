@@ -46,9 +46,15 @@ WHOLE_FILE_SHARE = 4  # ... and a file within this share of the block cache is r
 class BlockReader:
     """The read path of one mount. Runs on the trio loop; backend calls go through ``run``."""
 
-    def __init__(self, fs: Any, run: Callable[..., Awaitable[Any]], options: MountOptions,
-                 blocks: BlockCache, counters: Counter[str],
-                 disk: DiskBlockCache | None = None) -> None:
+    def __init__(
+        self,
+        fs: Any,
+        run: Callable[..., Awaitable[Any]],
+        options: MountOptions,
+        blocks: BlockCache,
+        counters: Counter[str],
+        disk: DiskBlockCache | None = None,
+    ) -> None:
         self.fs = fs
         self.disk = disk  # a larger second tier on local disk (None: memory only)
         self.run = run  # run(fn, *args, **kwargs) in a worker thread
@@ -70,10 +76,10 @@ class BlockReader:
     def is_sequential(self, h: ReadHandle, off: int) -> bool:
         slack = max(1, self.readahead_blocks) * self.block_size
         return off == h.next_offset or (
-            h.streak > 0 and h.next_offset - slack <= off <= h.next_offset + self.block_size)
+            h.streak > 0 and h.next_offset - slack <= off <= h.next_offset + self.block_size
+        )
 
-    async def read(self, h: ReadHandle, rel: str, path: str, off: int, size: int
-                   ) -> Block:
+    async def read(self, h: ReadHandle, rel: str, path: str, off: int, size: int) -> Block:
         """``size`` bytes at ``off`` of the file ``h`` opened (``path`` in the fs)."""
         end = min(off + size, h.size)
         if off >= end:
@@ -104,22 +110,23 @@ class BlockReader:
         if self.readahead_blocks and self.nursery is not None:
             # one block ahead after a first read (a program that reads a header stops
             # there), then a run, doubling per read up to the whole window
-            window = 1 if h.streak == 1 else \
-                min(self.readahead_blocks, self.run_blocks << min(h.streak - 2, 16))
+            window = (
+                1
+                if h.streak == 1
+                else min(self.readahead_blocks, self.run_blocks << min(h.streak - 2, 16))
+            )
             stop = min(last + window, (h.size - 1) // bs)
             if stop > last:
                 self._prefetch(rel, path, h, last + 1, stop, min(self.run_blocks, window))
-        blocks: list[Block] = [await self._block(rel, path, h, b)
-                               for b in range(first, last + 1)]
+        blocks: list[Block] = [await self._block(rel, path, h, b) for b in range(first, last + 1)]
         return self._slice(blocks, first, off, end)
 
-    def _slice(self, parts: list[Block], first: int, off: int, end: int
-               ) -> Block:
+    def _slice(self, parts: list[Block], first: int, off: int, end: int) -> Block:
         """The bytes ``off..end`` of consecutive blocks from ``first``: a view, no copy, when
         one block holds them (pyfuse3 replies from any buffer)."""
         start = off - first * self.block_size
         if len(parts) == 1:
-            return memoryview(parts[0])[start:start + end - off]
+            return memoryview(parts[0])[start : start + end - off]
         stop = end - (first + len(parts) - 1) * self.block_size
         views = [memoryview(p) for p in parts]
         return b"".join([views[0][start:], *views[1:-1], views[-1][:stop]])
@@ -143,7 +150,8 @@ class BlockReader:
         if disk is None:
             return
         stored = await trio.to_thread.run_sync(
-            lambda: [disk.store(k, part) for k, part in zip(keys, parts, strict=False)])
+            lambda: [disk.store(k, part) for k, part in zip(keys, parts, strict=False)]
+        )
         for k, part, ok in zip(keys, parts, stored, strict=False):
             if ok:
                 disk.add(k, len(part))
@@ -178,8 +186,9 @@ class BlockReader:
         event = self.inflight[key] = trio.Event()
         try:
             bs = self.block_size
-            data = memoryview(await self.run(self.fs.read_range, path, b * bs,
-                                             min(h.size, (b + 1) * bs)))
+            data = memoryview(
+                await self.run(self.fs.read_range, path, b * bs, min(h.size, (b + 1) * bs))
+            )
             self.counters["bytes_read"] += len(data)
             self.blocks.put(key, data)
             self._succeeded()
@@ -229,9 +238,11 @@ class BlockReader:
         n = self.run_blocks << min(h.hood_hits, 3)  # larger as they pay off: 1, 2, 4, 8 runs
         first = block // n * n
         last = min(first + n - 1, (h.size - 1) // self.block_size)
-        wanted = [b for b in range(first, last + 1)
-                  if not self._cached((rel, h.version, b)) and
-                  (rel, h.version, b) not in self.inflight]
+        wanted = [
+            b
+            for b in range(first, last + 1)
+            if not self._cached((rel, h.version, b)) and (rel, h.version, b) not in self.inflight
+        ]
         if not wanted:
             return
         h.hood_fetches += 1
@@ -240,8 +251,9 @@ class BlockReader:
         h.hood.update(wanted)
         self._prefetch(rel, path, h, wanted[0], wanted[-1], self.run_blocks)
 
-    def _prefetch(self, rel: str, path: str, h: ReadHandle, first: int, stop: int,
-                  run_blocks: int) -> None:
+    def _prefetch(
+        self, rel: str, path: str, h: ReadHandle, first: int, stop: int, run_blocks: int
+    ) -> None:
         """Fetch blocks ``first..stop`` (rounded up to a run boundary) that are neither cached
         nor in flight, in runs of ``run_blocks`` aligned blocks, one ranged GET per run: a
         steady reader then issues one full-size request each time it enters a new run instead
@@ -271,11 +283,13 @@ class BlockReader:
         for k in keys:
             self.inflight[k] = event
         bs = self.block_size
-        self.nursery.start_soon(self._fetch_run, path, keys, run[0] * bs,
-                                min(h.size, (run[-1] + 1) * bs), event)
+        self.nursery.start_soon(
+            self._fetch_run, path, keys, run[0] * bs, min(h.size, (run[-1] + 1) * bs), event
+        )
 
-    async def _fetch_run(self, path: str, keys: list[BlockKey], start: int, end: int,
-                         event: trio.Event) -> None:
+    async def _fetch_run(
+        self, path: str, keys: list[BlockKey], start: int, end: int, event: trio.Event
+    ) -> None:
         error: BaseException | None = None
         parts: list[Block] = []
         try:
@@ -284,7 +298,7 @@ class BlockReader:
             self.counters["bytes_read"] += len(view)
             bs = self.block_size  # blocks share the request's buffer: copies are costly
             for i, k in enumerate(keys):
-                part = view[i * bs:(i + 1) * bs]
+                part = view[i * bs : (i + 1) * bs]
                 if not part:
                     break  # the object is shorter than its listing said: readers fetch
                 self.blocks.put(k, part)
@@ -302,4 +316,4 @@ class BlockReader:
                         self._failed(k, error)
             event.set()
         if error is None and self.disk is not None:
-            await self._spill(keys[:len(parts)], parts)
+            await self._spill(keys[: len(parts)], parts)

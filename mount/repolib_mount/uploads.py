@@ -49,8 +49,13 @@ class Stream:
 class Uploads:
     """Streams of the staged files of one mount."""
 
-    def __init__(self, fs: Any, run: Callable[..., Awaitable[Any]],
-                 counters: Counter[str], journal: Any = None) -> None:
+    def __init__(
+        self,
+        fs: Any,
+        run: Callable[..., Awaitable[Any]],
+        counters: Counter[str],
+        journal: Any = None,
+    ) -> None:
         self.fs = fs
         self.run = run
         self.counters = counters
@@ -59,8 +64,9 @@ class Uploads:
 
     def watch(self, staged: Staged, fs_path: str) -> None:
         """Stream ``staged`` (content starts empty) to ``fs_path`` once it is big enough."""
-        staged.on_change = lambda s, offset, sequential: self._changed(s, offset, sequential,
-                                                                       fs_path)
+        staged.on_change = lambda s, offset, sequential: self._changed(
+            s, offset, sequential, fs_path
+        )
         staged.streamable = staged.written_end == 0
 
     def _changed(self, staged: Staged, offset: int, sequential: bool, fs_path: str) -> None:
@@ -91,8 +97,9 @@ class Uploads:
                 st.attrs_version = staged.attrs_version
                 if self.journal is not None:
                     self.journal.begin(st.path)
-                st.file = await self.run(self.fs.open_upload, st.path, attrs=st.attrs,
-                                         part_size=PART)
+                st.file = await self.run(
+                    self.fs.open_upload, st.path, attrs=st.attrs, part_size=PART
+                )
             while not st.broken and staged.fd >= 0:
                 n = min(PART, staged.size() - st.claimed)
                 if n <= 0 or (n < PART and not final):
@@ -103,8 +110,9 @@ class Uploads:
                 self.counters["streamed_bytes"] += n
         except Exception as exc:
             st.broken = True
-            log.info("streaming upload of %s abandoned (the file is uploaded at close): %s",
-                     st.path, exc)
+            log.info(
+                "streaming upload of %s abandoned (the file is uploaded at close): %s", st.path, exc
+            )
         finally:
             st.idle.set()
 
@@ -126,8 +134,11 @@ class Uploads:
                 await self.run(st.file.close)
             except Exception as exc:
                 st.broken = True
-                log.info("committing the streamed upload of %s failed (uploading it in one "
-                         "piece): %s", st.path, exc)
+                log.info(
+                    "committing the streamed upload of %s failed (uploading it in one piece): %s",
+                    st.path,
+                    exc,
+                )
             else:
                 staged.stream = None
                 self.counters["streamed_uploads"] += 1

@@ -56,9 +56,13 @@ def folder_for(cache_dir: str, repository: str, mountpoint: str) -> str:
 class WriteBack:
     """The pending uploads of one mount (the ``staging`` area keeps the files themselves)."""
 
-    def __init__(self, staging: StagingArea, delay: float,
-                 upload: Callable[[Staged], Awaitable[None]],
-                 clock: Callable[[], float] = trio.current_time) -> None:
+    def __init__(
+        self,
+        staging: StagingArea,
+        delay: float,
+        upload: Callable[[Staged], Awaitable[None]],
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
         self.staging = staging
         self.folder = staging.folder
         self.delay = delay
@@ -77,15 +81,18 @@ class WriteBack:
         self._lock_fd = self._lock()
 
     def _lock(self) -> int:
-        fd = os.open(os.path.join(self.folder, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                     0o600)
+        fd = os.open(
+            os.path.join(self.folder, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise WriteBackBusy(f"another daemon of this mount still uses {self.folder} "
-                                "(uploading what was written before it was unmounted?); "
-                                "try again when it has exited") from None
+            raise WriteBackBusy(
+                f"another daemon of this mount still uses {self.folder} "
+                "(uploading what was written before it was unmounted?); "
+                "try again when it has exited"
+            ) from None
         return fd
 
     def close(self) -> None:
@@ -137,8 +144,13 @@ class WriteBack:
     def _write_record(self, staged: Staged) -> None:
         record = staged.record or os.path.splitext(staged.local)[0] + ".json"
         tmp = record + ".tmp"
-        body = {"path": staged.path, "attrs": staged.upload_attrs(), "remote": staged.remote,
-                "data": os.path.basename(staged.local), "written": time.time()}
+        body = {
+            "path": staged.path,
+            "attrs": staged.upload_attrs(),
+            "remote": staged.remote,
+            "data": os.path.basename(staged.local),
+            "written": time.time(),
+        }
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(body, f)
@@ -164,8 +176,9 @@ class WriteBack:
                     raise ValueError(f"a second record for {path}")
                 staged = self.staging.adopt(local, path, inode_for(path))
             except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.warning("write-back: could not take over %s (%s); left as %s.bad", name,
-                            exc, name)
+                log.warning(
+                    "write-back: could not take over %s (%s); left as %s.bad", name, exc, name
+                )
                 with contextlib.suppress(OSError):
                     os.replace(record, record + ".bad")
                 continue
@@ -224,11 +237,12 @@ class WriteBack:
             self._uploading.discard(staged)
             self._ended.set()
             self._ended = trio.Event()
-        if staged.record is not None and not staged.unlinked and \
-                (staged.failures or staged.dirty):
+        if staged.record is not None and not staged.unlinked and (staged.failures or staged.dirty):
             # failed (retried after a pause), or changed while it was sent
-            self._schedule(staged, staged.due if staged.failures else
-                           max(staged.due, self.clock() + self.delay))
+            self._schedule(
+                staged,
+                staged.due if staged.failures else max(staged.due, self.clock() + self.delay),
+            )
 
     def failed(self, staged: Staged, exc: BaseException) -> None:
         """Keep it, and try again after a pause that grows with each failure in a row."""
@@ -236,12 +250,18 @@ class WriteBack:
         if staged.failures == 1:
             staged.failing_since = time.time()
         if not staged.error:
-            staged.error = errno.errorcode.get(getattr(exc, "errno", 0) or 0, "") or \
-                type(exc).__name__
+            staged.error = (
+                errno.errorcode.get(getattr(exc, "errno", 0) or 0, "") or type(exc).__name__
+            )
         pause = min(RETRY_MAX_S, RETRY_MIN_S * 2 ** (staged.failures - 1))
         staged.due = self.clock() + pause  # _upload_one queues it again
-        log.warning("write-back: upload of %s failed (%d in a row: %s); kept, next try in "
-                    "%.0f s", staged.path, staged.failures, staged.error, pause)
+        log.warning(
+            "write-back: upload of %s failed (%d in a row: %s); kept, next try in %.0f s",
+            staged.path,
+            staged.failures,
+            staged.error,
+            pause,
+        )
 
     def now(self) -> None:
         """Make everything pending due at once (`repolib umount`, SIGUSR1)."""
@@ -267,13 +287,25 @@ class WriteBack:
     def stats(self) -> dict[str, Any]:
         pending = self.pending()
         now = time.time()
-        failing = [{"path": s.path, "error": s.error, "attempts": s.failures,
-                    "failing_for_s": round(now - s.failing_since, 1)}
-                   for s in pending if s.failures]
-        return {"delay_s": self.delay, "pending": len(pending),
-                "pending_bytes": sum(_size(s) for s in pending),
-                "uploading": len(self._uploading), "uploaded": self.uploaded,
-                "adopted_at_start": self.adopted, "failing": failing}
+        failing = [
+            {
+                "path": s.path,
+                "error": s.error,
+                "attempts": s.failures,
+                "failing_for_s": round(now - s.failing_since, 1),
+            }
+            for s in pending
+            if s.failures
+        ]
+        return {
+            "delay_s": self.delay,
+            "pending": len(pending),
+            "pending_bytes": sum(_size(s) for s in pending),
+            "uploading": len(self._uploading),
+            "uploaded": self.uploaded,
+            "adopted_at_start": self.adopted,
+            "failing": failing,
+        }
 
 
 def _number(name: str) -> int:

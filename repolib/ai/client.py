@@ -31,10 +31,15 @@ from .responses import (
 )
 
 
-def _chat_call_begin(core: Core, model: Any, messages: Any, stream: bool,
-                     params: dict[str, Any]) -> Any:
-    return core.begin(model, lambda up, pol: chat_plan(up, messages, params, pol, bool(stream),
-                                                       pol.token_budget is not None))
+def _chat_call_begin(
+    core: Core, model: Any, messages: Any, stream: bool, params: dict[str, Any]
+) -> Any:
+    return core.begin(
+        model,
+        lambda up, pol: chat_plan(
+            up, messages, params, pol, bool(stream), pol.token_budget is not None
+        ),
+    )
 
 
 def _embeddings_begin(core: Core, model: Any, input: Any, params: dict[str, Any]) -> Any:
@@ -50,15 +55,25 @@ class _Completions:
         self.with_raw_response = _RawCompletions(self)
         self.with_streaming_response = _StreamingCompletions(self)
 
-    def _call(self, model: Any, messages: Any, stream: Any, params: dict[str, Any],
-              passed_on: bool = False) -> Call:
+    def _call(
+        self,
+        model: Any,
+        messages: Any,
+        stream: Any,
+        params: dict[str, Any],
+        passed_on: bool = False,
+    ) -> Call:
         """``passed_on``: the bytes go on as they are, so no SDK request machinery is needed."""
         core = self._core
         routes, plans, res = _chat_call_begin(core, model, messages, stream, params)
         sender = direct.send(direct.CHAT, bool(stream)) if passed_on else send_chat
         raw, route, plan, started, secrets = run(core, model, routes, plans, res, sender)
-        return Call(raw, Outcome(core, route, model, plan, res, started, secrets),
-                    bool(stream), is_async=False)
+        return Call(
+            raw,
+            Outcome(core, route, model, plan, res, started, secrets),
+            bool(stream),
+            is_async=False,
+        )
 
     @sdk_errors
     def create(self, *, model: str, messages: Any, stream: bool = False, **params: Any) -> Any:
@@ -80,11 +95,15 @@ class _StreamingCompletions:
     def __init__(self, completions: _Completions) -> None:
         self._c = completions
 
-    def create(self, *, model: str, messages: Any, stream: bool = False,
-               **params: Any) -> ResponseContext:
+    def create(
+        self, *, model: str, messages: Any, stream: bool = False, **params: Any
+    ) -> ResponseContext:
         """``with ...create(...) as response:`` — the body is read as you iterate it."""
-        return ResponseContext(sdk_errors(
-            lambda: StreamedResponse(self._c._call(model, messages, stream, params, True))))
+        return ResponseContext(
+            sdk_errors(
+                lambda: StreamedResponse(self._c._call(model, messages, stream, params, True))
+            )
+        )
 
 
 class _AsyncCompletions:
@@ -93,8 +112,14 @@ class _AsyncCompletions:
         self.with_raw_response = _AsyncRawCompletions(self)
         self.with_streaming_response = _AsyncStreamingCompletions(self)
 
-    async def _call(self, model: Any, messages: Any, stream: Any, params: dict[str, Any],
-                    passed_on: bool = False) -> Call:
+    async def _call(
+        self,
+        model: Any,
+        messages: Any,
+        stream: Any,
+        params: dict[str, Any],
+        passed_on: bool = False,
+    ) -> Call:
         core = self._core
         routes, plans, res = _chat_call_begin(core, model, messages, stream, params)
 
@@ -103,12 +128,17 @@ class _AsyncCompletions:
 
         sender = direct.asend(direct.CHAT, bool(stream)) if passed_on else send
         raw, route, plan, started, secrets = await arun(core, model, routes, plans, res, sender)
-        return Call(raw, Outcome(core, route, model, plan, res, started, secrets),
-                    bool(stream), is_async=True)
+        return Call(
+            raw,
+            Outcome(core, route, model, plan, res, started, secrets),
+            bool(stream),
+            is_async=True,
+        )
 
     @async_sdk_errors
-    async def create(self, *, model: str, messages: Any, stream: bool = False,
-                     **params: Any) -> Any:
+    async def create(
+        self, *, model: str, messages: Any, stream: bool = False, **params: Any
+    ) -> Any:
         return (await self._call(model, messages, stream, params)).parsed()
 
 
@@ -117,8 +147,9 @@ class _AsyncRawCompletions:
         self._c = completions
 
     @async_sdk_errors
-    async def create(self, *, model: str, messages: Any, stream: bool = False,
-                     **params: Any) -> Any:
+    async def create(
+        self, *, model: str, messages: Any, stream: bool = False, **params: Any
+    ) -> Any:
         return (await self._c._call(model, messages, stream, params)).raw_response()
 
 
@@ -126,11 +157,11 @@ class _AsyncStreamingCompletions:
     def __init__(self, completions: _AsyncCompletions) -> None:
         self._c = completions
 
-    def create(self, *, model: str, messages: Any, stream: bool = False,
-               **params: Any) -> AsyncResponseContext:
+    def create(
+        self, *, model: str, messages: Any, stream: bool = False, **params: Any
+    ) -> AsyncResponseContext:
         async def start() -> AsyncStreamedResponse:
-            return AsyncStreamedResponse(await self._c._call(model, messages, stream, params,
-                                                             True))
+            return AsyncStreamedResponse(await self._c._call(model, messages, stream, params, True))
 
         return AsyncResponseContext(async_sdk_errors(start))
 
@@ -149,14 +180,16 @@ class _Embeddings:
         self.with_raw_response = _RawEmbeddings(self)
         self.with_streaming_response = _StreamingEmbeddings(self)
 
-    def _call(self, model: Any, input: Any, params: dict[str, Any],
-              passed_on: bool = False) -> Call:
+    def _call(
+        self, model: Any, input: Any, params: dict[str, Any], passed_on: bool = False
+    ) -> Call:
         core = self._core
         routes, plans, res = _embeddings_begin(core, model, input, params)
         sender = direct.send(direct.EMBEDDINGS, False) if passed_on else send_embeddings
         raw, route, plan, started, secrets = run(core, model, routes, plans, res, sender)
-        return Call(raw, Outcome(core, route, model, plan, res, started, secrets), False,
-                    is_async=False)
+        return Call(
+            raw, Outcome(core, route, model, plan, res, started, secrets), False, is_async=False
+        )
 
     @sdk_errors
     def create(self, *, model: str, input: Any, **params: Any) -> Any:
@@ -177,8 +210,9 @@ class _StreamingEmbeddings:
         self._e = embeddings
 
     def create(self, *, model: str, input: Any, **params: Any) -> ResponseContext:
-        return ResponseContext(sdk_errors(
-            lambda: StreamedResponse(self._e._call(model, input, params, True))))
+        return ResponseContext(
+            sdk_errors(lambda: StreamedResponse(self._e._call(model, input, params, True)))
+        )
 
 
 class _AsyncEmbeddings:
@@ -187,8 +221,9 @@ class _AsyncEmbeddings:
         self.with_raw_response = _AsyncRawEmbeddings(self)
         self.with_streaming_response = _AsyncStreamingEmbeddings(self)
 
-    async def _call(self, model: Any, input: Any, params: dict[str, Any],
-                    passed_on: bool = False) -> Call:
+    async def _call(
+        self, model: Any, input: Any, params: dict[str, Any], passed_on: bool = False
+    ) -> Call:
         core = self._core
         routes, plans, res = _embeddings_begin(core, model, input, params)
 
@@ -197,8 +232,9 @@ class _AsyncEmbeddings:
 
         sender = direct.asend(direct.EMBEDDINGS, False) if passed_on else send
         raw, route, plan, started, secrets = await arun(core, model, routes, plans, res, sender)
-        return Call(raw, Outcome(core, route, model, plan, res, started, secrets), False,
-                    is_async=True)
+        return Call(
+            raw, Outcome(core, route, model, plan, res, started, secrets), False, is_async=True
+        )
 
     @async_sdk_errors
     async def create(self, *, model: str, input: Any, **params: Any) -> Any:
@@ -229,16 +265,19 @@ class _AsyncStreamingEmbeddings:
 
 
 def _model_objects(core: Core) -> list[Any]:
-    return [Model(id=name, created=0, object="model", owned_by=f"{core.repo.name}/{res}")
-            for name, res in core.model_names()]
+    return [
+        Model(id=name, created=0, object="model", owned_by=f"{core.repo.name}/{res}")
+        for name, res in core.model_names()
+    ]
 
 
 def _one_model(core: Core, model: str) -> Any:
     for m in _model_objects(core):
         if m.id == model:
             return m
-    raise ModelNotFound(f"no model {model!r} available to this key in repository "
-                        f"{core.repo.name!r}")
+    raise ModelNotFound(
+        f"no model {model!r} available to this key in repository {core.repo.name!r}"
+    )
 
 
 class _Models:
@@ -276,8 +315,9 @@ class _StreamingModels:
         return ResponseContext(lambda: StreamedLocalResponse(self._m.list(), "models"))
 
     def retrieve(self, model: str) -> ResponseContext:
-        return ResponseContext(lambda: StreamedLocalResponse(self._m.retrieve(model),
-                                                             f"models/{model}"))
+        return ResponseContext(
+            lambda: StreamedLocalResponse(self._m.retrieve(model), f"models/{model}")
+        )
 
 
 class _AsyncModels:
@@ -349,8 +389,16 @@ class AI:
     def __repr__(self) -> str:
         return f"<repolib AI for repository {self._core.repo.name!r}>"
 
-    def map(self, prompt: str, files: str | list[str], out: str, model: str | None = None,
-            concurrency: int = 4, executor: Any = None, **params: Any) -> Any:
+    def map(
+        self,
+        prompt: str,
+        files: str | list[str],
+        out: str,
+        model: str | None = None,
+        concurrency: int = 4,
+        executor: Any = None,
+        **params: Any,
+    ) -> Any:
         """Run ``prompt`` over each file and write each answer under ``out`` (skips done ones).
 
         ``executor``: any ``concurrent.futures.Executor`` to run the calls on (a process pool,
@@ -358,14 +406,24 @@ class AI:
         """
         from .mapping import map_files
 
-        return map_files(self._core.repo, ai_for, prompt, files=files, out=out, model=model,
-                         concurrency=concurrency, executor=executor, **params)
+        return map_files(
+            self._core.repo,
+            ai_for,
+            prompt,
+            files=files,
+            out=out,
+            model=model,
+            concurrency=concurrency,
+            executor=executor,
+            **params,
+        )
 
     def default_model(self) -> str:
         names = self._core.model_names()
         if not names:
-            raise PolicyViolation("no model is available to this key in repository "
-                                  f"{self._core.repo.name!r}")
+            raise PolicyViolation(
+                f"no model is available to this key in repository {self._core.repo.name!r}"
+            )
         return names[0][0]
 
 

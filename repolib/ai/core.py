@@ -31,8 +31,9 @@ try:
     from openai.pagination import AsyncPage, SyncPage
     from openai.types import Model
 except ImportError as exc:  # pragma: no cover - exercised without the extra
-    raise BackendUnavailable('the AI side needs the openai SDK: pip install "repolib[llm]"') \
-        from exc
+    raise BackendUnavailable(
+        'the AI side needs the openai SDK: pip install "repolib[llm]"'
+    ) from exc
 
 from ..procstate import ProcessLocal
 from .openai_errors import _http
@@ -83,8 +84,11 @@ class Upstream:
         return self._http
 
     def headers(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self.api_key}", "content-type": "application/json",
-                "accept": "application/json"}
+        return {
+            "authorization": f"Bearer {self.api_key}",
+            "content-type": "application/json",
+            "accept": "application/json",
+        }
 
     def body(self, plan: Plan) -> bytes:
         """``plan``'s final body, as JSON."""
@@ -96,8 +100,13 @@ class Upstream:
     def request(self, path: str, plan: Plan) -> Any:
         """The HTTP request of ``plan``: its final body as JSON, the resource's key."""
         timeout = plan.timeout if plan.timeout is not None else self.timeout
-        return self.http.build_request("POST", self.base_url + path, content=self.body(plan),
-                                       timeout=timeout, headers=self.headers())
+        return self.http.build_request(
+            "POST",
+            self.base_url + path,
+            content=self.body(plan),
+            timeout=timeout,
+            headers=self.headers(),
+        )
 
 
 def _jsonable(obj: Any) -> Any:
@@ -140,9 +149,11 @@ class Core:
     def routes(self, model: str) -> list[Route]:
         found = [Route(res, up) for name, res, up in self.catalogue() if name == model]
         if not found:
-            raise ModelNotFound(f"no LLM resource of repository {self.repo.name!r} serves "
-                                f"model {model!r}; `repolib ai models {self.repo.name}` lists "
-                                "them")
+            raise ModelNotFound(
+                f"no LLM resource of repository {self.repo.name!r} serves "
+                f"model {model!r}; `repolib ai models {self.repo.name}` lists "
+                "them"
+            )
         now = self.repo.monotonic()
         fresh = [r for r in found if (_cooldowns.get(self._cool_key(r)) or 0) <= now]
         cooling = [r for r in found if r not in fresh]
@@ -172,8 +183,9 @@ class Core:
         assert policy is not None
         return policy
 
-    def begin(self, model: Any, make_plan: Callable[[str, AIPolicy], Plan]
-              ) -> tuple[list[Route], list[Plan], ledger.Reservation | None]:
+    def begin(
+        self, model: Any, make_plan: Callable[[str, AIPolicy], Plan]
+    ) -> tuple[list[Route], list[Plan], ledger.Reservation | None]:
         if not isinstance(model, str) or not model:
             raise ConfigError("model must be a model name or alias")
         policy = self.policy()
@@ -181,8 +193,9 @@ class Core:
         routes = self.routes(model)
         plans = [make_plan(r.upstream, policy) for r in routes]
         reserve = max(p.reserve for p in plans)
-        res = ledger.reserve(self.repo.catalog_store, self.repo.key_id or "admin", policy,
-                             reserve, self.repo.now())
+        res = ledger.reserve(
+            self.repo.catalog_store, self.repo.key_id or "admin", policy, reserve, self.repo.now()
+        )
         return routes, plans, res
 
     # -- clients ----------------------------------------------------------------------------
@@ -211,10 +224,25 @@ class Core:
         timeout = float(options.get("timeout", DEFAULT_TIMEOUT_S))
         base_url = resolved.info.definition["base_url"]
         cls = openai.AsyncOpenAI if is_async else openai.OpenAI
-        sdk = cls(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout,
-                  organization=None, project=None)
-        up = Upstream(sdk, base_url, api_key, (api_key,) if api_key != "no-key" else (),
-                      timeout, is_async, loop, info.updated_at, now)
+        sdk = cls(
+            base_url=base_url,
+            api_key=api_key,
+            max_retries=0,
+            timeout=timeout,
+            organization=None,
+            project=None,
+        )
+        up = Upstream(
+            sdk,
+            base_url,
+            api_key,
+            (api_key,) if api_key != "no-key" else (),
+            timeout,
+            is_async,
+            loop,
+            info.updated_at,
+            now,
+        )
         with self._lock:
             self._clients[key] = up
         return up
@@ -226,13 +254,27 @@ class Core:
 
     # -- outcomes ---------------------------------------------------------------------------
 
-    def record(self, route: Route, model: str, started: float, *, prompt: int = 0,
-               completion: int = 0, estimated: bool = False, error: bool = False) -> None:
-        self.repo.record_usage(route.resource, model=model, requests=1,
-                               prompt_tokens=prompt, completion_tokens=completion,
-                               errors=1 if error else 0,
-                               latency_ms=(time.monotonic() - started) * 1000,
-                               estimated=1 if estimated else 0)
+    def record(
+        self,
+        route: Route,
+        model: str,
+        started: float,
+        *,
+        prompt: int = 0,
+        completion: int = 0,
+        estimated: bool = False,
+        error: bool = False,
+    ) -> None:
+        self.repo.record_usage(
+            route.resource,
+            model=model,
+            requests=1,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            errors=1 if error else 0,
+            latency_ms=(time.monotonic() - started) * 1000,
+            estimated=1 if estimated else 0,
+        )
 
     def settle(self, res: ledger.Reservation | None, actual: int | None) -> None:
         ledger.settle(self.repo.catalog_store, res, actual)
@@ -257,13 +299,17 @@ def upstream_error(exc: BaseException, secrets: tuple[str, ...], where: str) -> 
     elif timed_out:
         msg = "request timed out"
     elif isinstance(exc, openai.APIConnectionError | _http.TransportError):
-        msg = "cannot reach the endpoint" if isinstance(exc, openai.APIConnectionError) \
+        msg = (
+            "cannot reach the endpoint"
+            if isinstance(exc, openai.APIConnectionError)
             else f"connection lost ({type(exc).__name__})"
+        )
     else:
         msg = str(exc) or type(exc).__name__
     msg = errors.scrub(str(msg), secrets).splitlines()[0][:500] if msg else "error"
-    return UpstreamError(f"{where}: {msg}" + (f" (HTTP {status})" if status else ""), status,
-                         timed_out=timed_out)
+    return UpstreamError(
+        f"{where}: {msg}" + (f" (HTTP {status})" if status else ""), status, timed_out=timed_out
+    )
 
 
 def field(obj: Any, name: str) -> Any:
@@ -294,9 +340,16 @@ def content_of(resp: Any) -> str:
 class Outcome:
     """Charges one finished call, once: usage counters and the budget ledger."""
 
-    def __init__(self, core: Core, route: Route, model: str, plan: Plan,
-                 res: ledger.Reservation | None, started: float,
-                 secrets: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        core: Core,
+        route: Route,
+        model: str,
+        plan: Plan,
+        res: ledger.Reservation | None,
+        started: float,
+        secrets: tuple[str, ...] = (),
+    ) -> None:
         self.core, self.route, self.model, self.plan = core, route, model, plan
         self.res, self.started, self.secrets = res, started, secrets
         self.billed: tuple[int, int] | None = None  # (prompt, completion) once charged
@@ -311,8 +364,14 @@ class Outcome:
         else:
             estimated = False
         self.billed = numbers
-        self.core.record(self.route, self.model, self.started, prompt=numbers[0],
-                         completion=numbers[1], estimated=estimated)
+        self.core.record(
+            self.route,
+            self.model,
+            self.started,
+            prompt=numbers[0],
+            completion=numbers[1],
+            estimated=estimated,
+        )
         self.core.settle(self.res, sum(numbers))
 
     def cut(self) -> None:
@@ -322,8 +381,15 @@ class Outcome:
         prompt = self.plan.prompt_estimate
         completion = max(0, (self.res.tokens if self.res else 0) - prompt)
         self.billed = (prompt, completion)
-        self.core.record(self.route, self.model, self.started, prompt=prompt,
-                         completion=completion, estimated=True, error=True)
+        self.core.record(
+            self.route,
+            self.model,
+            self.started,
+            prompt=prompt,
+            completion=completion,
+            estimated=True,
+            error=True,
+        )
         self.core.settle(self.res, None)
 
 
@@ -375,19 +441,32 @@ def hide_key(result: Any) -> Any:
 Sent = tuple[Any, Route, Plan, float, tuple[str, ...]]
 
 
-def _attempts(core: Core, routes: list[Route], plans: list[Plan], is_async: bool
-              ) -> Iterator[tuple[Route, Plan, Upstream, tuple[str, ...], float | None]]:
+def _attempts(
+    core: Core, routes: list[Route], plans: list[Plan], is_async: bool
+) -> Iterator[tuple[Route, Plan, Upstream, tuple[str, ...], float | None]]:
     """Every (pair, try) in order, with the pause after a failure; cools a pair when done."""
     for route, plan in zip(routes, plans, strict=True):
         up = core.upstream(route.resource, is_async)
         for attempt in range(RETRIES + 1):
-            yield route, plan, up, up.secrets, (BACKOFF_S * 2**attempt
-                                                if attempt < RETRIES else None)
+            yield (
+                route,
+                plan,
+                up,
+                up.secrets,
+                (BACKOFF_S * 2**attempt if attempt < RETRIES else None),
+            )
         core.cool(route)
 
 
-def _failed(core: Core, exc: Exception, route: Route, model: str, started: float,
-            res: ledger.Reservation | None, secrets: tuple[str, ...]) -> BaseException | None:
+def _failed(
+    core: Core,
+    exc: Exception,
+    route: Route,
+    model: str,
+    started: float,
+    res: ledger.Reservation | None,
+    secrets: tuple[str, ...],
+) -> BaseException | None:
     """Count a failed try; return what to raise at once (no retry or other endpoint helps)."""
     core.record(route, model, started, error=True)
     if retryable(exc):
@@ -398,15 +477,25 @@ def _failed(core: Core, exc: Exception, route: Route, model: str, started: float
     return exc
 
 
-def _exhausted(core: Core, model: str, res: ledger.Reservation | None,
-               last: tuple[Exception, tuple[str, ...]] | None) -> UpstreamError:
+def _exhausted(
+    core: Core,
+    model: str,
+    res: ledger.Reservation | None,
+    last: tuple[Exception, tuple[str, ...]] | None,
+) -> UpstreamError:
     core.settle(res, 0)
     assert last is not None
     return upstream_error(last[0], last[1], f"every endpoint serving {model!r} failed; last")
 
 
-def run(core: Core, model: str, routes: list[Route], plans: list[Plan],
-        res: ledger.Reservation | None, send: Callable[[Any, Plan], Any]) -> Sent:
+def run(
+    core: Core,
+    model: str,
+    routes: list[Route],
+    plans: list[Plan],
+    res: ledger.Reservation | None,
+    send: Callable[[Any, Plan], Any],
+) -> Sent:
     last = None
     for route, plan, up, secrets, pause in _attempts(core, routes, plans, False):
         started = time.monotonic()
@@ -427,9 +516,14 @@ def run(core: Core, model: str, routes: list[Route], plans: list[Plan],
     raise _exhausted(core, model, res, last) from None
 
 
-async def arun(core: Core, model: str, routes: list[Route], plans: list[Plan],
-               res: ledger.Reservation | None, send: Callable[[Any, Plan], Awaitable[Any]]
-               ) -> Sent:
+async def arun(
+    core: Core,
+    model: str,
+    routes: list[Route],
+    plans: list[Plan],
+    res: ledger.Reservation | None,
+    send: Callable[[Any, Plan], Awaitable[Any]],
+) -> Sent:
     last = None
     for route, plan, up, secrets, pause in _attempts(core, routes, plans, True):
         started = time.monotonic()
@@ -456,12 +550,20 @@ def send_chat(up: Upstream, plan: Plan) -> Any:
     """The SDK's raw response (``LegacyAPIResponse``; awaitable for an async client)."""
     body = dict(plan.body)
     return up.sdk.chat.completions.with_raw_response.create(
-        model=body.pop("model"), messages=body.pop("messages"),
-        stream=bool(body.pop("stream", False)), extra_body=body, **_timeout(plan))
+        model=body.pop("model"),
+        messages=body.pop("messages"),
+        stream=bool(body.pop("stream", False)),
+        extra_body=body,
+        **_timeout(plan),
+    )
 
 
 def send_embeddings(up: Upstream, plan: Plan) -> Any:
     body = dict(plan.body)
     return up.sdk.embeddings.with_raw_response.create(
-        model=body.pop("model"), input=body.pop("input"),
-        encoding_format=body.pop("encoding_format"), extra_body=body, **_timeout(plan))
+        model=body.pop("model"),
+        input=body.pop("input"),
+        encoding_format=body.pop("encoding_format"),
+        extra_body=body,
+        **_timeout(plan),
+    )

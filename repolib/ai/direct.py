@@ -35,8 +35,7 @@ EMBEDDINGS = ("/embeddings", CreateEmbeddingResponse, None)
 class DirectRaw:
     """An upstream response like the SDK's raw one: ``http_response`` and ``parse()``."""
 
-    def __init__(self, response: Any, up: Upstream, cast_to: Any, chunk: Any,
-                 stream: bool) -> None:
+    def __init__(self, response: Any, up: Upstream, cast_to: Any, chunk: Any, stream: bool) -> None:
         self.http_response = response
         self._up, self._cast_to, self._chunk, self._stream = up, cast_to, chunk, stream
         self._parsed: Any = None
@@ -67,11 +66,15 @@ def _status_error(response: Any) -> openai.APIStatusError:
         body = None
     err = body.get("error", body) if isinstance(body, dict) else body
     message = err.get("message") if isinstance(err, dict) else None
-    message = message if isinstance(message, str) and message else \
-        f"HTTP {response.status_code}: {response.text[:200]}"
+    message = (
+        message
+        if isinstance(message, str) and message
+        else f"HTTP {response.status_code}: {response.text[:200]}"
+    )
     status = response.status_code
-    cls = _SDK_BY_STATUS.get(status, openai.InternalServerError if status >= 500
-                             else openai.APIStatusError)
+    cls = _SDK_BY_STATUS.get(
+        status, openai.InternalServerError if status >= 500 else openai.APIStatusError
+    )
     return cls(message, response=response, body=err)
 
 
@@ -155,7 +158,8 @@ def _session(up: Upstream) -> Any:
         # ~/.netrc, in a thread on every call).
         up.state["proxy"] = _proxy_for(up.base_url)
         session = _aiohttp.ClientSession(
-            trust_env=False, connector=_aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True))
+            trust_env=False, connector=_aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
+        )
         up.state["aiohttp"] = session
         _sessions.append(session)
     return session
@@ -242,31 +246,40 @@ class _AioResponse:
             self._r.close()  # mid-body: drop the connection, which ends the upstream's work
 
 
-async def _aiohttp_call(up: Upstream, plan: Plan, path: str, cast_to: Any, chunk: Any,
-                        stream: bool) -> DirectRaw:
+async def _aiohttp_call(
+    up: Upstream, plan: Plan, path: str, cast_to: Any, chunk: Any, stream: bool
+) -> DirectRaw:
     url = up.base_url + path
     request = up.state.get(path)  # what the response shows as its request: never the key
     if request is None:
-        request = up.state[path] = _http.Request("POST", url,
-                                                 headers={"authorization": "Bearer ***"})
+        request = up.state[path] = _http.Request(
+            "POST", url, headers={"authorization": "Bearer ***"}
+        )
     seconds = plan.timeout if isinstance(plan.timeout, int | float) else up.timeout
     timeout = _aiohttp.ClientTimeout(total=None, connect=seconds, sock_read=seconds)
     started = time.monotonic()
     try:
         session = _session(up)
-        response = await session.post(url, data=up.body(plan), headers=up.headers(),
-                                      timeout=timeout, allow_redirects=False,
-                                      proxy=up.state.get("proxy"))
+        response = await session.post(
+            url,
+            data=up.body(plan),
+            headers=up.headers(),
+            timeout=timeout,
+            allow_redirects=False,
+            proxy=up.state.get("proxy"),
+        )
     except asyncio.TimeoutError:
         raise openai.APITimeoutError(request=request) from None
     except _aiohttp.ClientError:
         raise openai.APIConnectionError(request=request) from None
-    return await _received(_AioResponse(response, request, started), request, up, cast_to,
-                           chunk, stream)
+    return await _received(
+        _AioResponse(response, request, started), request, up, cast_to, chunk, stream
+    )
 
 
-async def _received(response: Any, request: Any, up: Upstream, cast_to: Any, chunk: Any,
-                    stream: bool) -> DirectRaw:
+async def _received(
+    response: Any, request: Any, up: Upstream, cast_to: Any, chunk: Any, stream: bool
+) -> DirectRaw:
     """An async response whose headers arrived (httpx's, or aiohttp's in httpx's shape): read
     the body unless it streams, and turn an error status or a broken read into the SDK's
     error, as the SDK itself does."""

@@ -26,8 +26,9 @@ class Reservation:
     settled: bool = False
 
 
-def reserve(store: Store, key_id: str, policy: AIPolicy, tokens: int, now: float
-            ) -> Reservation | None:
+def reserve(
+    store: Store, key_id: str, policy: AIPolicy, tokens: int, now: float
+) -> Reservation | None:
     """Take one request from the rate limit and ``tokens`` from the budget, or refuse."""
     if policy.rpm is None and policy.token_budget is None:
         return None
@@ -37,7 +38,9 @@ def reserve(store: Store, key_id: str, policy: AIPolicy, tokens: int, now: float
             if not tx.rate_take(key_id, minute, policy.rpm):
                 raise RateLimited(
                     f"rate limit reached: {policy.rpm} requests per minute for this key; "
-                    f"resets in {60 - int(now % 60)} s", retry_after=60 - now % 60)
+                    f"resets in {60 - int(now % 60)} s",
+                    retry_after=60 - now % 60,
+                )
         if policy.token_budget is None:
             return Reservation(key_id, None, 0)
         period, resets = period_key(policy.budget_period, now)
@@ -46,7 +49,9 @@ def reserve(store: Store, key_id: str, policy: AIPolicy, tokens: int, now: float
             raise BudgetExceeded(
                 f"token budget exhausted: {policy.token_budget} tokens per "
                 f"{policy.budget_period}, {used:.0f} used, this request may need {tokens}; "
-                f"resets at {iso(resets)}", retry_after=max(0.0, resets - now))
+                f"resets at {iso(resets)}",
+                retry_after=max(0.0, resets - now),
+            )
     return Reservation(key_id, period, tokens)
 
 

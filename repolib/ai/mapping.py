@@ -47,8 +47,15 @@ class MapTask:
     """One prompt for one file; picklable (carries how to open the repository and make its
     AI client in another process — a function reference — not the repository itself)."""
 
-    def __init__(self, repo: RepositoryCore, ai_factory: AIFactory, prompt: str, model: str,
-                 params: dict[str, Any], context: int) -> None:
+    def __init__(
+        self,
+        repo: RepositoryCore,
+        ai_factory: AIFactory,
+        prompt: str,
+        model: str,
+        params: dict[str, Any],
+        context: int,
+    ) -> None:
         opts = repo.fs_options()
         self.name, self.home, self.catalog_url = repo.name, repo.home, repo.catalog_url
         self.token: str | None = opts.get("key")  # None: the admin secret
@@ -97,16 +104,25 @@ class MapTask:
             raise ConfigError("not a text file")
         # one retry policy: the client's own (retries, backoff, fallback), nothing on top
         resp = self.ai_factory(repo).chat.completions.create(
-            model=self.model, messages=[{"role": "user", "content": message}], **self.params)
+            model=self.model, messages=[{"role": "user", "content": message}], **self.params
+        )
         text = (resp.choices[0].message.content or "") if resp.choices else ""
         filesystem_for(repo).pipe_file(target, text.strip().encode() + b"\n")
         return target
 
 
-def map_files(repo: RepositoryCore, ai_factory: AIFactory, prompt: str,
-              files: str | list[str], out: str, model: str | None = None, concurrency: int = 4,
-              progress: bool = True, executor: concurrent.futures.Executor | None = None,
-              **params: Any) -> MapResult:
+def map_files(
+    repo: RepositoryCore,
+    ai_factory: AIFactory,
+    prompt: str,
+    files: str | list[str],
+    out: str,
+    model: str | None = None,
+    concurrency: int = 4,
+    progress: bool = True,
+    executor: concurrent.futures.Executor | None = None,
+    **params: Any,
+) -> MapResult:
     """Run ``prompt`` over each file; write each answer to ``<out>/<input name>.txt``.
 
     ``ai_factory(repo)`` gives the AI client (``repolib.ai.client.ai_for``; a function, so it
@@ -121,8 +137,10 @@ def map_files(repo: RepositoryCore, ai_factory: AIFactory, prompt: str,
     if concurrency < 1:
         raise ConfigError("concurrency must be at least 1")
     if executor is not None and not isinstance(executor, concurrent.futures.Executor):
-        raise ConfigError("executor must be a concurrent.futures.Executor (a thread or process "
-                          "pool, or a Dask client's get_executor())")
+        raise ConfigError(
+            "executor must be a concurrent.futures.Executor (a thread or process "
+            "pool, or a Dask client's get_executor())"
+        )
     ai = ai_factory(repo)
     model = model or ai.default_model()
     params.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
@@ -135,7 +153,7 @@ def map_files(repo: RepositoryCore, ai_factory: AIFactory, prompt: str,
 
     def target(path: str) -> str:
         base = next((b for b in bases if path.startswith(b + "/")), repo.name)
-        return f"{out_dir}/{path[len(base) + 1:]}.txt"
+        return f"{out_dir}/{path[len(base) + 1 :]}.txt"
 
     todo: list[str] = []
     skipped: list[str] = []

@@ -55,8 +55,10 @@ class MapResult:
     failed: dict[str, str]
 
     def __repr__(self) -> str:
-        return (f"MapResult(written={len(self.written)}, skipped={len(self.skipped)}, "
-                f"failed={len(self.failed)})")
+        return (
+            f"MapResult(written={len(self.written)}, skipped={len(self.skipped)}, "
+            f"failed={len(self.failed)})"
+        )
 
 
 def _glob(repo: RepositoryCore, files: str | list[str] | None) -> list[str]:
@@ -79,7 +81,7 @@ def _glob(repo: RepositoryCore, files: str | list[str] | None) -> list[str]:
 
 
 def _rel(repo: RepositoryCore, path: str) -> str:
-    return path[len(repo.name) + 1:] if path.startswith(repo.name + "/") else path
+    return path[len(repo.name) + 1 :] if path.startswith(repo.name + "/") else path
 
 
 def _read_text(repo: RepositoryCore, path: str) -> str | None:
@@ -101,8 +103,9 @@ def _context_window(ai: Any, model: str) -> int:
     return int(value) if isinstance(value, int) and value > 0 else DEFAULT_CONTEXT
 
 
-def build_prompt(repo: RepositoryCore, question: str, paths: list[str], context: int,
-                 max_tokens: int) -> tuple[str, list[str], list[str], list[str], list[str]]:
+def build_prompt(
+    repo: RepositoryCore, question: str, paths: list[str], context: int, max_tokens: int
+) -> tuple[str, list[str], list[str], list[str], list[str]]:
     """The user message, and which files were used, truncated, left out, skipped."""
     texts: list[tuple[str, str]] = []
     skipped: list[str] = []
@@ -112,8 +115,7 @@ def build_prompt(repo: RepositoryCore, question: str, paths: list[str], context:
             skipped.append(_rel(repo, p))
         else:
             texts.append((_rel(repo, p), text))
-    budget = (context - max_tokens - estimate_tokens(question) - OVERHEAD_TOKENS) \
-        * CHARS_PER_TOKEN
+    budget = (context - max_tokens - estimate_tokens(question) - OVERHEAD_TOKENS) * CHARS_PER_TOKEN
     keep = len(texts)
     while keep and budget // keep < MIN_SHARE_CHARS:
         keep -= 1
@@ -131,13 +133,22 @@ def build_prompt(repo: RepositoryCore, question: str, paths: list[str], context:
     if skipped:
         notes.append("Skipped (not text): " + ", ".join(skipped))
     body = "\n\n".join(parts)
-    message = (f"Use these files from repository {repo.name!r} to answer.\n\n{body}\n\n"
-               + ("\n".join(notes) + "\n\n" if notes else "") + f"Question: {question}")
+    message = (
+        f"Use these files from repository {repo.name!r} to answer.\n\n{body}\n\n"
+        + ("\n".join(notes) + "\n\n" if notes else "")
+        + f"Question: {question}"
+    )
     return message, [n for n, _ in used], truncated, left_out, skipped
 
 
-def ask(repo: RepositoryCore, ai: Any, question: str, files: str | list[str] | None = None,
-        model: str | None = None, **params: Any) -> Answer:
+def ask(
+    repo: RepositoryCore,
+    ai: Any,
+    question: str,
+    files: str | list[str] | None = None,
+    model: str | None = None,
+    **params: Any,
+) -> Answer:
     """``repo.ask``: the matching files in the prompt, fitted to the model's context; ``ai``
     is the repository's ``repo.ai``."""
     if not isinstance(question, str) or not question.strip():
@@ -146,9 +157,11 @@ def ask(repo: RepositoryCore, ai: Any, question: str, files: str | list[str] | N
     max_tokens = params.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
     paths = _glob(repo, files)
     message, used, truncated, left_out, skipped = build_prompt(
-        repo, question, paths, _context_window(ai, model), int(max_tokens or 0))
-    resp = ai.chat.completions.create(model=model,
-                                      messages=[{"role": "user", "content": message}], **params)
+        repo, question, paths, _context_window(ai, model), int(max_tokens or 0)
+    )
+    resp = ai.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": message}], **params
+    )
     text = resp.choices[0].message.content or "" if resp.choices else ""
     return Answer(text.strip(), used, model, truncated, left_out, skipped, resp.usage)
 
@@ -166,15 +179,19 @@ def _static_base(pattern: str) -> str:
 def _progress(total: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="map", unit="file", disable=not enabled or total == 0,
-                file=sys.stderr)
+    return tqdm(
+        total=total, desc="map", unit="file", disable=not enabled or total == 0, file=sys.stderr
+    )
 
 
 def repository_html(repo: RepositoryCore, list_models: Callable[[], list[str]]) -> str:
     """A Jupyter summary: resources, access, models (``list_models()``), this key's usage."""
     esc = html.escape
-    rows = "".join(f"<tr><td>{esc(r.name)}</td><td>{esc(r.kind)}</td>"
-                   f"<td><code>{esc(r.summary)}</code></td></tr>" for r in repo.resources())
+    rows = "".join(
+        f"<tr><td>{esc(r.name)}</td><td>{esc(r.kind)}</td>"
+        f"<td><code>{esc(r.summary)}</code></td></tr>"
+        for r in repo.resources()
+    )
     who = f"key <code>{esc(repo.key_id)}</code>" if repo.key_id else "the admin secret"
     policy = repo.ai_policy
     models = "AI off for this key"
@@ -184,14 +201,22 @@ def repository_html(repo: RepositoryCore, list_models: Callable[[], list[str]]) 
             models = ", ".join(esc(n) for n in names) or "none"
         except Exception as exc:  # the summary must render even without the llm extra
             models = esc(f"unavailable: {exc}")
-    return (f"<div><b>repository {esc(repo.name)}</b> — {esc(repo.access.value)} access via "
-            f"{who}<br><i>{esc(repo.description)}</i>"
-            f"<table><tr><th>resource</th><th>kind</th><th>target</th></tr>{rows}</table>"
-            f"<div>models: {models}</div><div>usage: {esc(_usage_line(repo))}</div></div>")
+    return (
+        f"<div><b>repository {esc(repo.name)}</b> — {esc(repo.access.value)} access via "
+        f"{who}<br><i>{esc(repo.description)}</i>"
+        f"<table><tr><th>resource</th><th>kind</th><th>target</th></tr>{rows}</table>"
+        f"<div>models: {models}</div><div>usage: {esc(_usage_line(repo))}</div></div>"
+    )
 
 
-_SHOWN = ("requests", "bytes_read", "bytes_written", "ai requests", "prompt_tokens",
-          "completion_tokens")
+_SHOWN = (
+    "requests",
+    "bytes_read",
+    "bytes_written",
+    "ai requests",
+    "prompt_tokens",
+    "completion_tokens",
+)
 
 
 def _usage_line(repo: RepositoryCore) -> str:

@@ -47,9 +47,13 @@ _http: Any = vars(openai._exceptions).get("httpx2") or vars(openai._exceptions)[
 
 _PASSED_THROUGH = {400, 413, 422, 429}  # upstream statuses that are the request's own fault
 _SDK_BY_STATUS: dict[int, type[openai.APIStatusError]] = {
-    400: openai.BadRequestError, 401: openai.AuthenticationError,
-    403: openai.PermissionDeniedError, 404: openai.NotFoundError, 409: openai.ConflictError,
-    422: openai.UnprocessableEntityError, 429: openai.RateLimitError,
+    400: openai.BadRequestError,
+    401: openai.AuthenticationError,
+    403: openai.PermissionDeniedError,
+    404: openai.NotFoundError,
+    409: openai.ConflictError,
+    422: openai.UnprocessableEntityError,
+    429: openai.RateLimitError,
 }
 
 
@@ -64,8 +68,9 @@ class Described:
     retry_after: float | None = None
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "code": self.code,
-                          "param": None}}
+        return {
+            "error": {"message": self.message, "type": self.type, "code": self.code, "param": None}
+        }
 
     def headers(self) -> dict[str, str]:
         if self.retry_after is None:
@@ -128,14 +133,18 @@ def twin_class(base: type[RepolibError], sdk: type[openai.OpenAIError]) -> type[
     """The class deriving from ``base`` and ``sdk`` (one per pair, named as ``base``)."""
     cls = _twins.get((base, sdk))
     if cls is None:
-        cls = type(base.__name__, (base, sdk), {
-            "__module__": __name__,
-            "__qualname__": base.__name__,
-            "__doc__": f"{base.__name__}, also openai.{sdk.__name__} for code written for the SDK.",
-            "__init__": _twin_init,
-            "__reduce__": _twin_reduce,
-            "__str__": _twin_str,
-        })
+        cls = type(
+            base.__name__,
+            (base, sdk),
+            {
+                "__module__": __name__,
+                "__qualname__": base.__name__,
+                "__doc__": f"{base.__name__}, also openai.{sdk.__name__} for SDK code.",
+                "__init__": _twin_init,
+                "__reduce__": _twin_reduce,
+                "__str__": _twin_str,
+            },
+        )
         _twins[(base, sdk)] = cls
     return cls
 
@@ -143,10 +152,12 @@ def twin_class(base: type[RepolibError], sdk: type[openai.OpenAIError]) -> type[
 def _twin_init(self: Any, message: str, described: Described, state: dict[str, Any]) -> None:
     request = _http.Request("POST", "https://repolib.invalid/v1")
     if isinstance(self, openai.APIStatusError):
-        response = _http.Response(described.status, headers=described.headers(),
-                                  json=described.body(), request=request)
-        openai.APIStatusError.__init__(self, message, response=response,
-                                       body=described.body()["error"])
+        response = _http.Response(
+            described.status, headers=described.headers(), json=described.body(), request=request
+        )
+        openai.APIStatusError.__init__(
+            self, message, response=response, body=described.body()["error"]
+        )
     elif isinstance(self, openai.APIConnectionError):
         openai.APIConnectionError.__init__(self, message=message, request=request)
     self.__dict__.update(state)
@@ -160,14 +171,33 @@ def _twin_str(self: Any) -> str:
 def _twin_reduce(self: Any) -> tuple[Any, ...]:
     base = next(c for c in type(self).__mro__[1:] if issubclass(c, RepolibError))
     sdk = next(c for c in type(self).__mro__[1:] if issubclass(c, openai.OpenAIError))
-    state = {k: v for k, v in self.__dict__.items()
-             if k not in ("request", "response", "body", "message", "described", "code",
-                          "param", "type", "status_code", "request_id")}
+    state = {
+        k: v
+        for k, v in self.__dict__.items()
+        if k
+        not in (
+            "request",
+            "response",
+            "body",
+            "message",
+            "described",
+            "code",
+            "param",
+            "type",
+            "status_code",
+            "request_id",
+        )
+    }
     return _rebuild, (base, sdk, self.message, self.described, state)
 
 
-def _rebuild(base: type[RepolibError], sdk: type[openai.OpenAIError], message: str,
-             described: Described, state: dict[str, Any]) -> BaseException:
+def _rebuild(
+    base: type[RepolibError],
+    sdk: type[openai.OpenAIError],
+    message: str,
+    described: Described,
+    state: dict[str, Any],
+) -> BaseException:
     cls = twin_class(base, sdk)
     obj: BaseException = cast(BaseException, cls.__new__(cls, message))
     _twin_init(obj, message, described, state)

@@ -19,8 +19,13 @@ from typing import Any
 from ..exceptions import ConfigError, PolicyViolation
 from ..keys import AIPolicy
 
-MAX_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "n_predict", "max_new_tokens",
-                    "num_predict")
+MAX_TOKEN_FIELDS = (
+    "max_tokens",
+    "max_completion_tokens",
+    "n_predict",
+    "max_new_tokens",
+    "num_predict",
+)
 DEFAULT_RESERVE = 1024  # completion tokens reserved when a budgeted key asks for no limit
 CHARS_PER_TOKEN = 4
 _CALLER_ONLY = {"timeout"}
@@ -30,12 +35,34 @@ _REFUSED = {"extra_headers", "extra_query"}
 IMAGE_TOKENS = 1536  # reserved per image part: what the upstream bills depends on its size
 # Chat body fields that steer sampling or delivery and are not billed as prompt; every other
 # field of the final body (tools, functions, tool_choice, response_format, grammars, ...) is.
-_NOT_PROMPT = frozenset({
-    "messages", "model", "stream", "stream_options", "n", *MAX_TOKEN_FIELDS, "temperature",
-    "top_p", "top_k", "min_p", "seed", "stop", "user", "logprobs", "top_logprobs",
-    "presence_penalty", "frequency_penalty", "repeat_penalty", "logit_bias",
-    "parallel_tool_calls", "store", "metadata", "service_tier", "options",
-})
+_NOT_PROMPT = frozenset(
+    {
+        "messages",
+        "model",
+        "stream",
+        "stream_options",
+        "n",
+        *MAX_TOKEN_FIELDS,
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "seed",
+        "stop",
+        "user",
+        "logprobs",
+        "top_logprobs",
+        "presence_penalty",
+        "frequency_penalty",
+        "repeat_penalty",
+        "logit_bias",
+        "parallel_tool_calls",
+        "store",
+        "metadata",
+        "service_tier",
+        "options",
+    }
+)
 
 
 def estimate_tokens(text: str) -> int:
@@ -53,8 +80,11 @@ def _estimate_content(content: Any) -> int:
     if isinstance(content, list):
         total = 0
         for part in content:
-            if isinstance(part, Mapping) and isinstance(part.get("text"), str) \
-                    and set(part) <= {"type", "text"}:
+            if (
+                isinstance(part, Mapping)
+                and isinstance(part.get("text"), str)
+                and set(part) <= {"type", "text"}
+            ):
                 total += estimate_tokens(part["text"])
             elif isinstance(part, Mapping) and part.get("type") in ("image_url", "image"):
                 total += IMAGE_TOKENS + _estimate_json(part)
@@ -95,11 +125,14 @@ def estimate_body_prompt(body: Mapping[str, Any]) -> int:
 
 def check_model(requested: str, policy: AIPolicy | None) -> None:
     if policy is None:
-        raise PolicyViolation("AI use is off for this key; ask the repository's admin for a key "
-                              "with an AI policy (repolib key update --ai)")
+        raise PolicyViolation(
+            "AI use is off for this key; ask the repository's admin for a key "
+            "with an AI policy (repolib key update --ai)"
+        )
     if policy.models is not None and requested not in policy.models:
-        raise PolicyViolation(f"model {requested!r} is not allowed for this key (allowed: "
-                              f"{', '.join(policy.models)})")
+        raise PolicyViolation(
+            f"model {requested!r} is not allowed for this key (allowed: {', '.join(policy.models)})"
+        )
 
 
 @dataclasses.dataclass
@@ -117,8 +150,10 @@ def split_params(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, A
     params = dict(params)
     refused = _REFUSED & set(params)
     if refused:
-        raise ConfigError(f"{', '.join(sorted(refused))} cannot be passed through repo.ai: "
-                          "headers and query strings to the endpoint are set by the resource")
+        raise ConfigError(
+            f"{', '.join(sorted(refused))} cannot be passed through repo.ai: "
+            "headers and query strings to the endpoint are set by the resource"
+        )
     extra = params.pop("extra_body", None) or {}
     if not isinstance(extra, Mapping):
         raise ConfigError("extra_body must be a dict")
@@ -126,8 +161,14 @@ def split_params(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, A
     return params, dict(extra), timeout
 
 
-def chat_plan(upstream_model: str, messages: Any, params: Mapping[str, Any],
-              policy: AIPolicy, stream: bool, budgeted: bool) -> Plan:
+def chat_plan(
+    upstream_model: str,
+    messages: Any,
+    params: Mapping[str, Any],
+    policy: AIPolicy,
+    stream: bool,
+    budgeted: bool,
+) -> Plan:
     params, extra, timeout = split_params(params)
     body: dict[str, Any] = {**extra, **{k: v for k, v in params.items() if v is not None}}
     body["messages"] = messages
@@ -137,8 +178,10 @@ def chat_plan(upstream_model: str, messages: Any, params: Mapping[str, Any],
         body["stream"] = True
         opts = body.get("stream_options") or {}
         wants_usage = bool(isinstance(opts, Mapping) and opts.get("include_usage"))
-        body["stream_options"] = {**(opts if isinstance(opts, Mapping) else {}),
-                                  "include_usage": True}
+        body["stream_options"] = {
+            **(opts if isinstance(opts, Mapping) else {}),
+            "include_usage": True,
+        }
     else:
         body.pop("stream", None)
         body.pop("stream_options", None)
@@ -152,8 +195,12 @@ def chat_plan(upstream_model: str, messages: Any, params: Mapping[str, Any],
 
 def embeddings_plan(upstream_model: str, input: Any, params: Mapping[str, Any]) -> Plan:
     params, extra, timeout = split_params(params)
-    body = {**extra, **{k: v for k, v in params.items() if v is not None}, "input": input,
-            "model": upstream_model}
+    body = {
+        **extra,
+        **{k: v for k, v in params.items() if v is not None},
+        "input": input,
+        "model": upstream_model,
+    }
     body.setdefault("encoding_format", "float")
     prompt = _estimate_input(input)
     return Plan(body, prompt, prompt, False, timeout)
@@ -178,8 +225,9 @@ def _requested(body: dict[str, Any]) -> list[tuple[dict[str, Any], str, Any]]:
     return found
 
 
-def _apply_max_tokens(body: dict[str, Any], policy: AIPolicy, budgeted: bool,
-                      n: int = 1) -> int | None:
+def _apply_max_tokens(
+    body: dict[str, Any], policy: AIPolicy, budgeted: bool, n: int = 1
+) -> int | None:
     """Enforce max tokens on every spelling in the body; return the effective limit per
     choice. The key's cap bounds the whole request: ``n`` choices share it."""
     found = _requested(body)
@@ -191,8 +239,9 @@ def _apply_max_tokens(body: dict[str, Any], policy: AIPolicy, budgeted: bool,
     asked: int | None = None if unlimited or not values else max(values)
     limit = None if policy.max_tokens is None else policy.max_tokens // n
     if limit is not None and limit < 1:
-        raise PolicyViolation(f"n={n} choices do not fit this key's limit of "
-                              f"{policy.max_tokens} tokens per request")
+        raise PolicyViolation(
+            f"n={n} choices do not fit this key's limit of {policy.max_tokens} tokens per request"
+        )
     limit_for_unbounded: int | None = limit
     if limit is None and budgeted:
         limit_for_unbounded = DEFAULT_RESERVE  # a budget needs a bound to reserve against
@@ -204,15 +253,17 @@ def _apply_max_tokens(body: dict[str, Any], policy: AIPolicy, budgeted: bool,
     if limit is not None and asked > limit:
         if not policy.clamp:
             total = f"{asked} x {n} choices = {asked * n}" if n > 1 else str(asked)
-            raise PolicyViolation(f"max tokens {total} is above this key's limit of "
-                                  f"{policy.max_tokens} per request")
+            raise PolicyViolation(
+                f"max tokens {total} is above this key's limit of {policy.max_tokens} per request"
+            )
         _set_all(body, found, limit)
         return limit
     return asked
 
 
-def _set_all(body: dict[str, Any], found: list[tuple[dict[str, Any], str, Any]],
-             value: int) -> None:
+def _set_all(
+    body: dict[str, Any], found: list[tuple[dict[str, Any], str, Any]], value: int
+) -> None:
     for holder, field, _ in found:
         holder[field] = value
     body["max_tokens"] = value

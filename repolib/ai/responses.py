@@ -114,7 +114,7 @@ class EventFilter:
             end = buf.find(b"\n\n", start)
             if end < 0:
                 break
-            event = buf[start:end + 2]
+            event = buf[start : end + 2]
             if self._keep(event):
                 out.append(event)
             start = end + 2
@@ -126,8 +126,9 @@ class EventFilter:
         return rest if rest.strip() and self._keep(rest) else b""
 
     def _keep(self, event: bytes) -> bool:
-        data = [line[5:].removeprefix(b" ") for line in event.split(b"\n")
-                if line.startswith(b"data:")]
+        data = [
+            line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")
+        ]
         if not data:
             return True  # a comment or keep-alive
         payload = b"\n".join(data)
@@ -224,7 +225,7 @@ class _Common:
     def _chunks(self, data: bytes, size: int | None) -> list[bytes]:
         if not size:
             return [data] if data else []
-        return [data[i:i + size] for i in range(0, len(data), size)]
+        return [data[i : i + size] for i in range(0, len(data), size)]
 
     def _failure(self, exc: Exception) -> BaseException:
         assert self._tally is not None
@@ -244,8 +245,9 @@ class StreamedResponse(_Common):
 
     def read(self) -> bytes:
         if self._content is None:
-            self._content = self.http_response.content if not self._call.stream \
-                else b"".join(self.iter_bytes())
+            self._content = (
+                self.http_response.content if not self._call.stream else b"".join(self.iter_bytes())
+            )
         return self._content
 
     def text(self) -> str:
@@ -424,8 +426,11 @@ class LocalResponse:
         self._parsed = parsed
         body = json.dumps(parsed.model_dump(mode="json")).encode()
         self.http_response = _http.Response(
-            200, headers={"content-type": "application/json"}, content=body,
-            request=_http.Request("GET", f"https://repolib.invalid/v1/{path}"))
+            200,
+            headers={"content-type": "application/json"},
+            content=body,
+            request=_http.Request("GET", f"https://repolib.invalid/v1/{path}"),
+        )
 
     def __repr__(self) -> str:
         return "<repolib local response [200]>"
@@ -492,8 +497,7 @@ class AsyncLocalResponse(LocalResponse):
     async def json(self) -> Any:
         return json.loads(self.content)
 
-    async def iter_bytes(self, chunk_size: int | None = None  # type: ignore[override]
-                         ) -> AsyncIterator[bytes]:
+    async def iter_bytes(self, chunk_size: int | None = None) -> AsyncIterator[bytes]:  # type: ignore[override]
         yield self.content
 
     async def iter_lines(self) -> AsyncIterator[str]:  # type: ignore[override]

@@ -15,6 +15,19 @@ from .store import (
 )
 from .url import ENV_CATALOG_URL, catalog_url, open_store
 
-__all__ = ["ENV_CATALOG_URL", "TABLES", "AuditRow", "KeyRow", "RepoRow", "ResourceRow",
-           "SQLiteStore", "SealRow", "SecretRow", "Store", "Tx", "WrapRow", "catalog_url",
-           "open_store"]
+__all__ = [
+    "ENV_CATALOG_URL",
+    "TABLES",
+    "AuditRow",
+    "KeyRow",
+    "RepoRow",
+    "ResourceRow",
+    "SQLiteStore",
+    "SealRow",
+    "SecretRow",
+    "Store",
+    "Tx",
+    "WrapRow",
+    "catalog_url",
+    "open_store",
+]

@@ -51,12 +51,13 @@ class PostgresTx(SqlTx):
     def _lock_audit(self) -> None:
         """One audit writer at a time (held until commit or rollback)."""
         if self.write and not self._audit_locked:
-            self._x("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))",
-                    (AUDIT_LOCK,))
+            self._x("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (AUDIT_LOCK,))
             self._audit_locked = True
 
     def table_load(self, table: str, rows: Sequence[Sequence[Any]]) -> None:
         super().table_load(table, rows)
         if table in pgschema.SERIAL_TABLES:  # the next id comes after the copied ones
-            self._x(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                    f"COALESCE(MAX(id), 1), MAX(id) IS NOT NULL) FROM {table}")
+            self._x(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                f"COALESCE(MAX(id), 1), MAX(id) IS NOT NULL) FROM {table}"
+            )

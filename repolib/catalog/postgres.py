@@ -41,8 +41,9 @@ try:
     import psycopg_pool
     from psycopg.rows import dict_row
 except ImportError as exc:  # pragma: no cover - exercised without the extra
-    raise BackendUnavailable('a PostgreSQL catalog needs psycopg: pip install '
-                             '"repolib[postgres]"') from exc
+    raise BackendUnavailable(
+        'a PostgreSQL catalog needs psycopg: pip install "repolib[postgres]"'
+    ) from exc
 
 from .pgtx import PostgresTx
 
@@ -68,8 +69,13 @@ def redact(url: str) -> str:
             user = userinfo.split(":", 1)[0]
             netloc = f"{user}@{hostport}" if user else hostport
         query = urllib.parse.urlencode(
-            [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-             if k.lower() != "password"], safe="/:=")
+            [
+                (k, v)
+                for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+                if k.lower() != "password"
+            ],
+            safe="/:=",
+        )
         return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
     except ValueError:
         return UNPARSABLE
@@ -142,12 +148,16 @@ class PostgresStore(Store):
             params = psycopg.conninfo.conninfo_to_dict(url)
         except psycopg.Error:
             shown = "" if redact(url) == UNPARSABLE else f" {redact(url)}"
-            raise ConfigError(f"the catalog URL{shown} is not a valid PostgreSQL URL "
-                              "(postgresql://user@host:port/database)") from None
+            raise ConfigError(
+                f"the catalog URL{shown} is not a valid PostgreSQL URL "
+                "(postgresql://user@host:port/database)"
+            ) from None
         self._url = url
-        self._kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row,
-                                        "application_name": params.get("application_name",
-                                                                       "repolib")}
+        self._kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "row_factory": dict_row,
+            "application_name": params.get("application_name", "repolib"),
+        }
         if "connect_timeout" not in params:
             self._kwargs["connect_timeout"] = CONNECT_TIMEOUT_S
         self.location = redact(url)
@@ -194,52 +204,90 @@ class PostgresStore(Store):
         low = text.lower()
         where = f"the PostgreSQL catalog at {self.location}"
         if "password authentication failed" in low or "no password supplied" in low:
-            return CatalogError(f"{where} refused the login: wrong or missing password (give it "
-                                "in PGPASSWORD or a .pgpass file, never on the command line)")
+            return CatalogError(
+                f"{where} refused the login: wrong or missing password (give it "
+                "in PGPASSWORD or a .pgpass file, never on the command line)"
+            )
         if "does not exist" in low and "database" in low:
-            return CatalogError(f"{where}: the database does not exist; create it (createdb) "
-                                "or fix the catalog URL")
+            return CatalogError(
+                f"{where}: the database does not exist; create it (createdb) or fix the catalog URL"
+            )
         if "does not exist" in low and "role" in low:
-            return CatalogError(f"{where}: the user does not exist on that server; fix the "
-                                "catalog URL or create the role")
-        if any(s in low for s in ("connection refused", "could not connect", "timeout expired",
-                                  "no such file or directory", "could not translate host",
-                                  "name or service not known", "network is unreachable",
-                                  "the database system is", "server closed the connection",
-                                  "no route to host")):
-            return CatalogError(f"cannot reach {where} ({text}): is the server running? "
-                                "repolib reconnects by itself once it is back")
+            return CatalogError(
+                f"{where}: the user does not exist on that server; fix the "
+                "catalog URL or create the role"
+            )
+        if any(
+            s in low
+            for s in (
+                "connection refused",
+                "could not connect",
+                "timeout expired",
+                "no such file or directory",
+                "could not translate host",
+                "name or service not known",
+                "network is unreachable",
+                "the database system is",
+                "server closed the connection",
+                "no route to host",
+            )
+        ):
+            return CatalogError(
+                f"cannot reach {where} ({text}): is the server running? "
+                "repolib reconnects by itself once it is back"
+            )
         return CatalogError(f"cannot connect to {where}: {text}")
 
-    def _error(self, exc: psycopg.Error, committing: bool = False, writing: bool = True
-               ) -> CatalogError:
+    def _error(
+        self, exc: psycopg.Error, committing: bool = False, writing: bool = True
+    ) -> CatalogError:
         """A psycopg error met inside a transaction, as one line."""
         where = f"the PostgreSQL catalog at {self.location}"
         if isinstance(exc, psycopg.OperationalError) and (
-                isinstance(exc, psycopg.errors.AdminShutdown | psycopg.errors.CrashShutdown)
-                or exc.sqlstate is None or exc.sqlstate.startswith("08")):
+            isinstance(exc, psycopg.errors.AdminShutdown | psycopg.errors.CrashShutdown)
+            or exc.sqlstate is None
+            or exc.sqlstate.startswith("08")
+        ):
             if committing:
-                return CatalogError(f"lost the connection to {where} while committing: the change "
-                                    "may or may not have been saved; check before repeating it")
+                return CatalogError(
+                    f"lost the connection to {where} while committing: the change "
+                    "may or may not have been saved; check before repeating it"
+                )
             if not writing:
-                return CatalogError(f"lost the connection to {where}; try again (repolib "
-                                    "reconnects once the server is back)")
-            return CatalogError(f"lost the connection to {where}: nothing of this change was "
-                                "saved; try again (repolib reconnects once the server is back)")
+                return CatalogError(
+                    f"lost the connection to {where}; try again (repolib "
+                    "reconnects once the server is back)"
+                )
+            return CatalogError(
+                f"lost the connection to {where}: nothing of this change was "
+                "saved; try again (repolib reconnects once the server is back)"
+            )
         if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
-            return CatalogError(f"{where} has no repolib catalog, or an incomplete one: run "
-                                "`repolib --catalog URL init` there (as the admin)")
-        if isinstance(exc, psycopg.errors.InsufficientPrivilege |
-                      psycopg.errors.ReadOnlySqlTransaction):
-            return CatalogReadOnly(f"{where} is read-only for this user; changes need a user "
-                                   "that may write its tables (ask whoever manages the catalog)")
-        if isinstance(exc, psycopg.errors.UniqueViolation | psycopg.errors.DeadlockDetected |
-                      psycopg.errors.SerializationFailure):
-            return CatalogError(f"another process changed {where} at the same time; nothing was "
-                                "saved, try again")
+            return CatalogError(
+                f"{where} has no repolib catalog, or an incomplete one: run "
+                "`repolib --catalog URL init` there (as the admin)"
+            )
+        if isinstance(
+            exc, psycopg.errors.InsufficientPrivilege | psycopg.errors.ReadOnlySqlTransaction
+        ):
+            return CatalogReadOnly(
+                f"{where} is read-only for this user; changes need a user "
+                "that may write its tables (ask whoever manages the catalog)"
+            )
+        if isinstance(
+            exc,
+            psycopg.errors.UniqueViolation
+            | psycopg.errors.DeadlockDetected
+            | psycopg.errors.SerializationFailure,
+        ):
+            return CatalogError(
+                f"another process changed {where} at the same time; nothing was saved, try again"
+            )
         if isinstance(exc, psycopg.errors.LockNotAvailable):
-            return CatalogError(f"{where} stayed locked by another process for "
-                                f"{LOCK_TIMEOUT_MS // 1000} s; try again")
+            return CatalogError(
+                f"{where} stayed locked by another process for "
+                f"{LOCK_TIMEOUT_MS // 1000} s; try again"
+            )
         return CatalogError(f"{where} failed: {_one_line(str(exc))}")
 
     def _pool_now(self) -> psycopg_pool.ConnectionPool[Any]:
@@ -260,9 +308,17 @@ class PostgresStore(Store):
             finally:
                 conn.close()
             pool = psycopg_pool.ConnectionPool(
-                self._url, kwargs=self._kwargs, min_size=1, max_size=POOL_MAX, open=False,
-                configure=self._configure, name="repolib-catalog", timeout=POOL_WAIT_S,
-                reconnect_timeout=2.0, max_idle=300.0)
+                self._url,
+                kwargs=self._kwargs,
+                min_size=1,
+                max_size=POOL_MAX,
+                open=False,
+                configure=self._configure,
+                name="repolib-catalog",
+                timeout=POOL_WAIT_S,
+                reconnect_timeout=2.0,
+                max_idle=300.0,
+            )
             pool.open(wait=False)
             self._pool, self._pid = pool, pid
             return pool
@@ -277,14 +333,18 @@ class PostgresStore(Store):
             return
         self._exists = True
         if version > pgschema.SCHEMA_VERSION:
-            raise CatalogError(f"the catalog at {self.location} has schema {version}, newer than "
-                               f"this repolib understands ({pgschema.SCHEMA_VERSION}): upgrade "
-                               "repolib")
+            raise CatalogError(
+                f"the catalog at {self.location} has schema {version}, newer than "
+                f"this repolib understands ({pgschema.SCHEMA_VERSION}): upgrade "
+                "repolib"
+            )
         if version < pgschema.SCHEMA_VERSION:
             if self.read_only:
-                raise CatalogReadOnly(f"the catalog at {self.location} needs a schema upgrade, "
-                                      "but it is opened read-only here: open it once with write "
-                                      "access")
+                raise CatalogReadOnly(
+                    f"the catalog at {self.location} needs a schema upgrade, "
+                    "but it is opened read-only here: open it once with write "
+                    "access"
+                )
             self._migrate(conn)
         if not self.read_only and not self._may_write(conn):
             self.read_only = True
@@ -300,32 +360,43 @@ class PostgresStore(Store):
 
     @staticmethod
     def _may_write(conn: psycopg.Connection[Any]) -> bool:
-        row = conn.execute("SELECT has_table_privilege('usage', 'INSERT') AND "
-                           "has_table_privilege('keys', 'UPDATE') AS ok").fetchone()
+        row = conn.execute(
+            "SELECT has_table_privilege('usage', 'INSERT') AND "
+            "has_table_privilege('keys', 'UPDATE') AS ok"
+        ).fetchone()
         return bool(row and row["ok"])
 
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
         """Create or upgrade the schema in one transaction, one process at a time."""
         try:
             with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))",
-                             (MIGRATE_LOCK,))
-                conn.execute(f"CREATE TABLE IF NOT EXISTS {pgschema.VERSION_TABLE} "
-                             "(version INTEGER NOT NULL)")
+                conn.execute(
+                    "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (MIGRATE_LOCK,)
+                )
+                conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {pgschema.VERSION_TABLE} "
+                    "(version INTEGER NOT NULL)"
+                )
                 version = self._version(conn) or 0
                 if version > pgschema.SCHEMA_VERSION:
-                    raise CatalogError(f"the catalog at {self.location} has schema {version}, "
-                                       "newer than this repolib understands: upgrade repolib")
+                    raise CatalogError(
+                        f"the catalog at {self.location} has schema {version}, "
+                        "newer than this repolib understands: upgrade repolib"
+                    )
                 for step in range(version, pgschema.SCHEMA_VERSION):
                     for statement in pgschema.statements(step):
                         conn.execute(statement)
                 conn.execute(f"DELETE FROM {pgschema.VERSION_TABLE}")
-                conn.execute(f"INSERT INTO {pgschema.VERSION_TABLE}(version) VALUES (%s)",
-                             (pgschema.SCHEMA_VERSION,))
+                conn.execute(
+                    f"INSERT INTO {pgschema.VERSION_TABLE}(version) VALUES (%s)",
+                    (pgschema.SCHEMA_VERSION,),
+                )
         except psycopg.errors.InsufficientPrivilege:
-            raise CatalogReadOnly(f"the user in the catalog URL may not create tables in "
-                                  f"{self.location}: the admin creates or upgrades the catalog "
-                                  "(`repolib --catalog URL init`)") from None
+            raise CatalogReadOnly(
+                f"the user in the catalog URL may not create tables in "
+                f"{self.location}: the admin creates or upgrades the catalog "
+                "(`repolib --catalog URL init`)"
+            ) from None
         except psycopg.Error as exc:
             raise self._error(exc) from None
         self._exists = True
@@ -334,8 +405,10 @@ class PostgresStore(Store):
         """A connection with ``begin`` run on it; True when it is a one-off (not pooled)."""
         pool = self._pool_now()
         if not self._exists:
-            raise CatalogError(f"no repolib catalog in {self.location}: run `repolib --catalog "
-                               "URL init` there (as the admin, once)")
+            raise CatalogError(
+                f"no repolib catalog in {self.location}: run `repolib --catalog "
+                "URL init` there (as the admin, once)"
+            )
         for _ in range(POOL_MAX + 1):
             try:
                 conn = pool.getconn()
@@ -365,8 +438,11 @@ class PostgresStore(Store):
 
     @contextlib.contextmanager
     def _transaction(self, write: bool) -> Iterator[Tx]:
-        begin = ("BEGIN ISOLATION LEVEL READ COMMITTED" if write else
-                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        begin = (
+            "BEGIN ISOLATION LEVEL READ COMMITTED"
+            if write
+            else "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+        )
         conn, own = self._acquire(begin)
         tx = PostgresTx(conn, write)
         self._local.tx = tx
@@ -438,8 +514,10 @@ class PostgresStore(Store):
     def write(self) -> Iterator[Tx]:
         if self.read_only:
             self._pool_now()
-            raise CatalogReadOnly(f"the catalog at {self.location} is read-only here; changes "
-                                  "need a user that may write it (ask whoever manages it)")
+            raise CatalogReadOnly(
+                f"the catalog at {self.location} is read-only here; changes "
+                "need a user that may write it (ask whoever manages it)"
+            )
         current = self._current()
         if current is not None:
             if not current.write:
@@ -507,4 +585,3 @@ class PostgresStore(Store):
             self._changes += 1
             closed.wait(delay)
             delay = min(delay * 2, 5.0)
-

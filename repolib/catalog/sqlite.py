@@ -246,8 +246,9 @@ class SQLiteStore(Store):
     def _connect(self) -> sqlite3.Connection:
         uri = f"file:{self.path}" + ("?mode=ro" if self.read_only else "")
         try:
-            conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(
+                uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
             conn.row_factory = sqlite3.Row
             if not self.read_only:
                 conn.execute("PRAGMA journal_mode=WAL")
@@ -258,8 +259,12 @@ class SQLiteStore(Store):
         except sqlite3.OperationalError as exc:
             if self.read_only and "immutable" not in uri:
                 # A WAL catalog we may not write, without its -shm file: read it as immutable.
-                conn = sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True,
-                                       isolation_level=None, check_same_thread=False)
+                conn = sqlite3.connect(
+                    f"file:{self.path}?mode=ro&immutable=1",
+                    uri=True,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
                 conn.row_factory = sqlite3.Row
                 return conn
             if _is_readonly(exc):
@@ -273,12 +278,16 @@ class SQLiteStore(Store):
     def _migrate(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise CatalogError(f"the catalog at {self.path} has schema {version}, newer than "
-                               f"this repolib understands ({SCHEMA_VERSION}): upgrade repolib")
+            raise CatalogError(
+                f"the catalog at {self.path} has schema {version}, newer than "
+                f"this repolib understands ({SCHEMA_VERSION}): upgrade repolib"
+            )
         if version < SCHEMA_VERSION:
             if self.read_only:
-                raise CatalogReadOnly(f"the catalog at {self.path} needs a schema upgrade, "
-                                      "but it is read-only here: open it once with write access")
+                raise CatalogReadOnly(
+                    f"the catalog at {self.path} needs a schema upgrade, "
+                    "but it is read-only here: open it once with write access"
+                )
             self._begin(conn)
             try:
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -303,8 +312,10 @@ class SQLiteStore(Store):
                 return
             except sqlite3.OperationalError as exc:
                 if not _is_locked(exc) or time.monotonic() > deadline:
-                    raise CatalogError("the catalog stayed locked by another process for "
-                                       f"{BUSY_TIMEOUT_S:.0f} s; try again") from exc
+                    raise CatalogError(
+                        "the catalog stayed locked by another process for "
+                        f"{BUSY_TIMEOUT_S:.0f} s; try again"
+                    ) from exc
                 time.sleep(delay)
                 delay = min(delay * 2, 0.2)
 
@@ -324,8 +335,10 @@ class SQLiteStore(Store):
     def write(self) -> Iterator[Tx]:
         conn = self._conn()
         if self.read_only:
-            raise CatalogReadOnly(f"the catalog at {self.path} is read-only here; changes need "
-                                  "write access to it (ask whoever manages the catalog)")
+            raise CatalogReadOnly(
+                f"the catalog at {self.path} is read-only here; changes need "
+                "write access to it (ask whoever manages the catalog)"
+            )
         if conn.in_transaction:
             yield SQLiteTx(conn)
             return

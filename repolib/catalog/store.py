@@ -21,26 +21,65 @@ from typing import Any
 # them), so a copied catalog opens every existing key.
 TABLES: dict[str, tuple[tuple[str, ...], str]] = {
     "meta": (("name", "value"), "name"),
-    "repositories": (("id", "name", "description", "created_at", "updated_at", "deleted_at"),
-                     "id"),
-    "resources": (("id", "repo_id", "name", "kind", "public", "credential_fields",
-                   "read_credential_fields", "ciphertext", "read_ciphertext", "admin_wrap",
-                   "admin_read_wrap", "created_at", "updated_at", "deleted_at"), "id"),
-    "keys": (("key_id", "repo_id", "name", "access", "scope", "expires_at", "ai", "created_at",
-              "created_by", "last_used_at", "revoked_at"), "key_id"),
-    "key_secrets": (("key_id", "generation", "verifier", "public_key", "valid_until"),
-                    "key_id, generation"),
-    "key_wraps": (("key_id", "generation", "resource_id", "which", "sealed"),
-                  "key_id, generation, resource_id, which"),
-    "usage": (("day", "repo_id", "key_id", "resource", "metric", "value"),
-              "day, repo_id, key_id, resource, metric"),
-    "audit": (("seq", "ts", "repo", "actor", "action", "target", "detail", "prev_hash", "hash"),
-              "seq"),
+    "repositories": (("id", "name", "description", "created_at", "updated_at", "deleted_at"), "id"),
+    "resources": (
+        (
+            "id",
+            "repo_id",
+            "name",
+            "kind",
+            "public",
+            "credential_fields",
+            "read_credential_fields",
+            "ciphertext",
+            "read_ciphertext",
+            "admin_wrap",
+            "admin_read_wrap",
+            "created_at",
+            "updated_at",
+            "deleted_at",
+        ),
+        "id",
+    ),
+    "keys": (
+        (
+            "key_id",
+            "repo_id",
+            "name",
+            "access",
+            "scope",
+            "expires_at",
+            "ai",
+            "created_at",
+            "created_by",
+            "last_used_at",
+            "revoked_at",
+        ),
+        "key_id",
+    ),
+    "key_secrets": (
+        ("key_id", "generation", "verifier", "public_key", "valid_until"),
+        "key_id, generation",
+    ),
+    "key_wraps": (
+        ("key_id", "generation", "resource_id", "which", "sealed"),
+        "key_id, generation, resource_id, which",
+    ),
+    "usage": (
+        ("day", "repo_id", "key_id", "resource", "metric", "value"),
+        "day, repo_id, key_id, resource, metric",
+    ),
+    "audit": (
+        ("seq", "ts", "repo", "actor", "action", "target", "detail", "prev_hash", "hash"),
+        "seq",
+    ),
     "audit_seals": (("seq", "ts", "row_count", "head_hash", "mac"), "seq"),
     "ai_ledger": (("key_id", "period", "tokens"), "key_id, period"),
     "ai_rate": (("key_id", "minute", "requests"), "key_id, minute"),
-    "ai_usage": (("day", "repo_id", "key_id", "resource", "model", "metric", "value"),
-                 "day, repo_id, key_id, resource, model, metric"),
+    "ai_usage": (
+        ("day", "repo_id", "key_id", "resource", "model", "metric", "value"),
+        "day, repo_id, key_id, resource, model, metric",
+    ),
 }
 
 
@@ -184,47 +223,63 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     def secrets_delete(self, key_id: str, generations: Sequence[int] | None = None) -> None:
         """Delete verifiers and their wraps (all generations when None)."""
+
     @abc.abstractmethod
     def secrets_expired(self, now: float) -> list[SecretRow]: ...
     @abc.abstractmethod
     def wrap_put(self, row: WrapRow) -> None: ...
     @abc.abstractmethod
-    def wrap_get(self, key_id: str, generation: int, resource_id: int, which: str
-                 ) -> WrapRow | None: ...
+    def wrap_get(
+        self, key_id: str, generation: int, resource_id: int, which: str
+    ) -> WrapRow | None: ...
     @abc.abstractmethod
-    def wraps(self, *, key_id: str | None = None, resource_id: int | None = None
-              ) -> list[WrapRow]: ...
+    def wraps(
+        self, *, key_id: str | None = None, resource_id: int | None = None
+    ) -> list[WrapRow]: ...
     @abc.abstractmethod
-    def wraps_delete(self, *, key_id: str | None = None, resource_id: int | None = None,
-                     which: str | None = None) -> None: ...
+    def wraps_delete(
+        self, *, key_id: str | None = None, resource_id: int | None = None, which: str | None = None
+    ) -> None: ...
 
     # usage counters
     @abc.abstractmethod
-    def usage_add(self, day: str, repo_id: int, key_id: str, resource: str,
-                  counters: dict[str, float]) -> None: ...
+    def usage_add(
+        self, day: str, repo_id: int, key_id: str, resource: str, counters: dict[str, float]
+    ) -> None: ...
     @abc.abstractmethod
-    def usage_rows(self, repo_id: int | None = None, since_day: str | None = None
-                   ) -> list[tuple[str, int, str, str, str, float]]:
+    def usage_rows(
+        self, repo_id: int | None = None, since_day: str | None = None
+    ) -> list[tuple[str, int, str, str, str, float]]:
         """(day, repo_id, key_id, resource, metric, value) rows."""
 
     # the AI side
     @abc.abstractmethod
-    def ai_usage_add(self, day: str, repo_id: int, key_id: str, resource: str, model: str,
-                     counters: dict[str, float]) -> None: ...
+    def ai_usage_add(
+        self,
+        day: str,
+        repo_id: int,
+        key_id: str,
+        resource: str,
+        model: str,
+        counters: dict[str, float],
+    ) -> None: ...
     @abc.abstractmethod
-    def ai_usage_rows(self, repo_id: int | None = None
-                      ) -> list[tuple[str, int, str, str, str, str, float]]:
+    def ai_usage_rows(
+        self, repo_id: int | None = None
+    ) -> list[tuple[str, int, str, str, str, str, float]]:
         """(day, repo_id, key_id, resource, model, metric, value) rows."""
+
     @abc.abstractmethod
     def ledger_get(self, key_id: str, period: str) -> float:
         """Tokens charged (reserved or settled) to a key in a budget period."""
+
     @abc.abstractmethod
     def ledger_add(self, key_id: str, period: str, tokens: float) -> None: ...
     @abc.abstractmethod
-    def ledger_reserve(self, key_id: str, period: str, tokens: float, limit: float
-                       ) -> bool:
+    def ledger_reserve(self, key_id: str, period: str, tokens: float, limit: float) -> bool:
         """Add ``tokens`` to the period's ledger if the total stays within ``limit``, checked
         and added in one step (no other process can slip between); False: nothing added."""
+
     @abc.abstractmethod
     def rate_get(self, key_id: str, minute: int) -> int: ...
     @abc.abstractmethod
@@ -248,6 +303,7 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     def seal_last(self) -> SealRow | None:
         """The newest checkpoint (sealing reads only this one, not the whole history)."""
+
     @abc.abstractmethod
     def seal_replace_mac(self, seq: int, mac: bytes) -> None: ...
 
@@ -255,6 +311,7 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     def table_rows(self, table: str) -> list[tuple[Any, ...]]:
         """Every row of one of ``TABLES``, its columns in ``TABLES`` order."""
+
     @abc.abstractmethod
     def table_load(self, table: str, rows: Sequence[Sequence[Any]]) -> None:
         """Insert rows as ``table_rows`` returns them (ids kept) into an empty table."""
@@ -291,5 +348,3 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
-
-

@@ -22,8 +22,10 @@ def catalog_url(explicit: str | os.PathLike[str] | None = None) -> str | None:
     """``explicit``, else ``$REPOLIB_CATALOG_URL``, else None (the SQLite file in home)."""
     if explicit is not None:
         if not isinstance(explicit, str) or not explicit:
-            raise ConfigError("catalog_url must be a URL: sqlite:///path/catalog.db or "
-                              "postgresql://user@host:port/database")
+            raise ConfigError(
+                "catalog_url must be a URL: sqlite:///path/catalog.db or "
+                "postgresql://user@host:port/database"
+            )
         return explicit
     return os.environ.get(ENV_CATALOG_URL) or None
 
@@ -47,8 +49,7 @@ def sqlite_path(url: str) -> str:
     """``sqlite:///abs/path/catalog.db`` → ``/abs/path/catalog.db``."""
     parts = urllib.parse.urlsplit(url)
     if parts.netloc not in ("", "localhost") or not parts.path or parts.path == "/":
-        raise ConfigError(f"a SQLite catalog URL looks like sqlite:///path/catalog.db, not "
-                          f"{url!r}")
+        raise ConfigError(f"a SQLite catalog URL looks like sqlite:///path/catalog.db, not {url!r}")
     return os.path.abspath("/" + urllib.parse.unquote(parts.path).lstrip("/"))
 
 
@@ -63,6 +64,8 @@ def open_store(url: str | None, home: str, read_only: bool = False) -> Store:
         from .postgres import PostgresStore  # psycopg only when a PostgreSQL catalog is used
 
         return PostgresStore.shared(url, read_only=read_only)
-    raise ConfigError("a catalog URL starts with sqlite:/// or postgresql:// "
-                      f"(got {kind + '://' if kind else 'no scheme'}); set it with "
-                      f"--catalog, catalog_url= or {ENV_CATALOG_URL}")
+    raise ConfigError(
+        "a catalog URL starts with sqlite:/// or postgresql:// "
+        f"(got {kind + '://' if kind else 'no scheme'}); set it with "
+        f"--catalog, catalog_url= or {ENV_CATALOG_URL}"
+    )

@@ -85,12 +85,20 @@ def _os_message(exc: OSError) -> str:
 
 @click.group(cls=RepolibGroup, context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, "--version", prog_name="repolib")
-@click.option("--home", envvar="REPOLIB_HOME", type=click.Path(file_okay=False),
-              help="Catalog folder (default: $REPOLIB_HOME, else the user data folder).")
-@click.option("--catalog", "catalog_url", metavar="URL",
-              help="Catalog URL: postgresql://user@host:port/db (shared by many machines) or "
-                   "sqlite:///path/catalog.db (default: $REPOLIB_CATALOG_URL, else catalog.db "
-                   "in the home folder).")
+@click.option(
+    "--home",
+    envvar="REPOLIB_HOME",
+    type=click.Path(file_okay=False),
+    help="Catalog folder (default: $REPOLIB_HOME, else the user data folder).",
+)
+@click.option(
+    "--catalog",
+    "catalog_url",
+    metavar="URL",
+    help="Catalog URL: postgresql://user@host:port/db (shared by many machines) or "
+    "sqlite:///path/catalog.db (default: $REPOLIB_CATALOG_URL, else catalog.db "
+    "in the home folder).",
+)
 @click.pass_context
 def main(ctx: click.Context, home: str | None, catalog_url: str | None) -> None:
     """repolib: one repository over many buckets and LLM endpoints, with scoped API keys.
@@ -102,10 +110,24 @@ def main(ctx: click.Context, home: str | None, catalog_url: str | None) -> None:
     ctx.obj = State(home, catalog_url)
 
 
-for command in (init_cmd, overview_cmd, whoami_cmd, audit_cmd, usage_cmd, repo_group,
-                admin_group, resource_group, llm_group, key_group, ai_group, catalog_group,
-                serve_cmd,
-                *FILE_COMMANDS, *TRANSFER_COMMANDS, completion_cmd):
+for command in (
+    init_cmd,
+    overview_cmd,
+    whoami_cmd,
+    audit_cmd,
+    usage_cmd,
+    repo_group,
+    admin_group,
+    resource_group,
+    llm_group,
+    key_group,
+    ai_group,
+    catalog_group,
+    serve_cmd,
+    *FILE_COMMANDS,
+    *TRANSFER_COMMANDS,
+    completion_cmd,
+):
     main.add_command(command)
 resource_group.add_command(resource_test)
 

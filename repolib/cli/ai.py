@@ -39,8 +39,9 @@ def ai_group() -> None:
 @key_options
 @pass_state
 @command_example("repolib ai models analytics")
-def ai_models(state: State, repository: str, as_json: bool, key: str | None,
-              key_file: str | None) -> None:
+def ai_models(
+    state: State, repository: str, as_json: bool, key: str | None, key_file: str | None
+) -> None:
     """List the models and aliases this key may use."""
     repo = _open(state, repository, key, key_file)
     models = list(repo.ai.models.list())
@@ -60,20 +61,29 @@ def ai_models(state: State, repository: str, as_json: bool, key: str | None,
 @key_options
 @pass_state
 @command_example("echo 'Hello' | repolib ai chat analytics - --model fast")
-def ai_chat(state: State, repository: str, prompt: str, model: str | None,
-            max_tokens: int | None, temperature: float | None, system: str | None,
-            key: str | None, key_file: str | None) -> None:
+def ai_chat(
+    state: State,
+    repository: str,
+    prompt: str,
+    model: str | None,
+    max_tokens: int | None,
+    temperature: float | None,
+    system: str | None,
+    key: str | None,
+    key_file: str | None,
+) -> None:
     """Ask one question and stream the answer as it comes (PROMPT '-' reads stdin)."""
     if prompt == "-":
         prompt = sys.stdin.read()
     repo = _open(state, repository, key, key_file)
     model = model or repo.ai.default_model()
-    messages = ([{"role": "system", "content": system}] if system else []) + \
-        [{"role": "user", "content": prompt}]
-    params = {k: v for k, v in (("max_tokens", max_tokens), ("temperature", temperature))
-              if v is not None}
-    stream = repo.ai.chat.completions.create(model=model, messages=messages, stream=True,
-                                             **params)
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": prompt}
+    ]
+    params = {
+        k: v for k, v in (("max_tokens", max_tokens), ("temperature", temperature)) if v is not None
+    }
+    stream = repo.ai.chat.completions.create(model=model, messages=messages, stream=True, **params)
     for chunk in stream:
         for choice in chunk.choices:
             if choice.delta and choice.delta.content:
@@ -85,8 +95,13 @@ def ai_chat(state: State, repository: str, prompt: str, model: str | None,
 @ai_group.command("ask")
 @click.argument("repository")
 @click.argument("question")
-@click.option("--files", "files", multiple=True, required=True,
-              help="Repository glob, e.g. 'raw/*.md' (repeatable).")
+@click.option(
+    "--files",
+    "files",
+    multiple=True,
+    required=True,
+    help="Repository glob, e.g. 'raw/*.md' (repeatable).",
+)
 @click.option("--model", help="Model or alias.")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option("--temperature", type=float, help="Sampling temperature.")
@@ -94,9 +109,18 @@ def ai_chat(state: State, repository: str, prompt: str, model: str | None,
 @key_options
 @pass_state
 @command_example("repolib ai ask analytics 'Which city had most visitors?' --files 'docs/*.md'")
-def ai_ask(state: State, repository: str, question: str, files: tuple[str, ...],
-           model: str | None, max_tokens: int, temperature: float | None, as_json: bool,
-           key: str | None, key_file: str | None) -> None:
+def ai_ask(
+    state: State,
+    repository: str,
+    question: str,
+    files: tuple[str, ...],
+    model: str | None,
+    max_tokens: int,
+    temperature: float | None,
+    as_json: bool,
+    key: str | None,
+    key_file: str | None,
+) -> None:
     """Ask about repository files: they go into the prompt, fitted to the context."""
     repo = _open(state, repository, key, key_file)
     params: dict[str, float] = {"max_tokens": max_tokens}
@@ -104,9 +128,16 @@ def ai_ask(state: State, repository: str, question: str, files: tuple[str, ...],
         params["temperature"] = temperature
     answer = repo.ask(question, files=list(files), model=model, **params)
     if as_json:
-        print_json({"text": answer.text, "files": answer.files, "model": answer.model,
-                    "truncated": answer.truncated, "left_out": answer.left_out,
-                    "skipped": answer.skipped})
+        print_json(
+            {
+                "text": answer.text,
+                "files": answer.files,
+                "model": answer.model,
+                "truncated": answer.truncated,
+                "left_out": answer.left_out,
+                "skipped": answer.skipped,
+            }
+        )
         return
     click.echo(answer.text)
     notes = [f"files: {', '.join(answer.files) or 'none'}"]
@@ -117,4 +148,3 @@ def ai_ask(state: State, repository: str, question: str, files: tuple[str, ...],
     if answer.skipped:
         notes.append(f"skipped: {', '.join(answer.skipped)}")
     click.echo(f"({answer.model}; {'; '.join(notes)})", err=True)
-

@@ -23,8 +23,10 @@ def catalog_group() -> None:
 @click.argument("source_url", metavar="SRC_URL")
 @click.argument("target_url", metavar="DST_URL")
 @pass_state
-@command_example("PGPASSWORD=... repolib catalog copy sqlite:///srv/repolib/catalog.db "
-                 "postgresql://repolib@db.internal:5432/repolib")
+@command_example(
+    "PGPASSWORD=... repolib catalog copy sqlite:///srv/repolib/catalog.db "
+    "postgresql://repolib@db.internal:5432/repolib"
+)
 def catalog_copy(state: State, source_url: str, target_url: str) -> None:
     """Copy every repository, resource, key, grant, usage counter and the audit chain into an
     empty catalog (SQLite to PostgreSQL or back). Existing keys keep working on the copy.

@@ -19,8 +19,10 @@ from ..info import iso
 from ..keysource import KeySource, find_key
 from ..repository import Repository
 
-ARGV_SECRET_WARNING = ("warning: a secret on the command line is visible to other users (ps) "
-                       "and in shell history; prefer {alt}")
+ARGV_SECRET_WARNING = (
+    "warning: a secret on the command line is visible to other users (ps) "
+    "and in shell history; prefer {alt}"
+)
 
 
 class State:
@@ -47,8 +49,11 @@ class State:
             from ..catalog.postgres import has_password
 
             if has_password(url):
-                warn(ARGV_SECRET_WARNING.format(alt="PGPASSWORD or a .pgpass file")
-                     .replace("a secret", f"a password in {where}"))
+                warn(
+                    ARGV_SECRET_WARNING.format(alt="PGPASSWORD or a .pgpass file").replace(
+                        "a secret", f"a password in {where}"
+                    )
+                )
 
 
 pass_state = click.make_pass_decorator(State)
@@ -64,10 +69,17 @@ def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def key_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """``--key`` / ``--key-file``: an API key instead of the admin secret or REPOLIB_KEY."""
-    f = click.option("--key-file", type=click.Path(dir_okay=False),
-                     help="Read the API key from this file (or set REPOLIB_KEY_FILE).")(f)
-    f = click.option("--key", "key", metavar="TOKEN|-",
-                     help="API key; '-' reads it from stdin. Prefer REPOLIB_KEY or --key-file.")(f)
+    f = click.option(
+        "--key-file",
+        type=click.Path(dir_okay=False),
+        help="Read the API key from this file (or set REPOLIB_KEY_FILE).",
+    )(f)
+    f = click.option(
+        "--key",
+        "key",
+        metavar="TOKEN|-",
+        help="API key; '-' reads it from stdin. Prefer REPOLIB_KEY or --key-file.",
+    )(f)
     return f
 
 
@@ -102,8 +114,7 @@ def read_stdin_secret(what: str) -> str:
     return text[:-1] if text.endswith("\n") else text
 
 
-def open_for_admin(state: State, name: str, key: str | None, key_file: str | None
-                   ) -> Repository:
+def open_for_admin(state: State, name: str, key: str | None, key_file: str | None) -> Repository:
     """A repository to manage: an explicit key, else the admin secret, else REPOLIB_KEY."""
     cat = state.catalog
     if key is not None or key_file is not None:
@@ -111,13 +122,14 @@ def open_for_admin(state: State, name: str, key: str | None, key_file: str | Non
     if cat.has_admin_secret():
         return cat.repository(name)
     if find_key() is None:
-        raise SecretError("this needs the admin secret or an ADMIN key: set REPOLIB_ADMIN_KEY, "
-                          "put admin.key in the catalog folder, or pass --key-file")
+        raise SecretError(
+            "this needs the admin secret or an ADMIN key: set REPOLIB_ADMIN_KEY, "
+            "put admin.key in the catalog folder, or pass --key-file"
+        )
     return cat.open(name)
 
 
-def open_with_key(state: State, name: str, key: str | None, key_file: str | None
-                  ) -> Repository:
+def open_with_key(state: State, name: str, key: str | None, key_file: str | None) -> Repository:
     """``--key`` / ``--key-file`` (the CLI's forms of them), else the environment."""
     src = require_cli_key(key, key_file)
     return state.catalog.open(name, src.token, key_file=src.file)

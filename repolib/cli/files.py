@@ -36,8 +36,12 @@ def filesystem(state: State, path: str, key: str | None, key_file: str | None) -
     rp = split_path(path)
     if not rp.repository:
         raise ConfigError("give a repository: repo://NAME[/RESOURCE/PATH]")
-    return RepositoryFileSystem(repo=rp.repository, key=explicit_key(key, key_file),
-                                home=state.home, catalog_url=state.catalog_url)
+    return RepositoryFileSystem(
+        repo=rp.repository,
+        key=explicit_key(key, key_file),
+        home=state.home,
+        catalog_url=state.catalog_url,
+    )
 
 
 def no_such_file(path: str) -> click.ClickException:
@@ -76,8 +80,13 @@ def remote_matches(fs: Any, path: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _entry_row(e: dict[str, Any]) -> tuple[Any, ...]:
-    mtime = e.get("mtime") or e.get("LastModified") or e.get("last_modified") or \
-        e.get("updated") or e.get("created")
+    mtime = (
+        e.get("mtime")
+        or e.get("LastModified")
+        or e.get("last_modified")
+        or e.get("updated")
+        or e.get("created")
+    )
     if isinstance(mtime, dt.datetime):
         mtime = mtime.timestamp()
     shown = when(float(mtime)) if isinstance(mtime, int | float) else (mtime or "-")
@@ -93,8 +102,15 @@ def _entry_row(e: dict[str, Any]) -> tuple[Any, ...]:
 @key_options
 @pass_state
 @command_example("repolib ls -l repo://analytics/raw")
-def ls_cmd(state: State, path: str, long: bool, recursive: bool, as_json: bool,
-           key: str | None, key_file: str | None) -> None:
+def ls_cmd(
+    state: State,
+    path: str,
+    long: bool,
+    recursive: bool,
+    as_json: bool,
+    key: str | None,
+    key_file: str | None,
+) -> None:
     """List a repository, a resource or a folder."""
     if path == "repo://":
         raise ConfigError("give a repository: repo://NAME")
@@ -140,8 +156,9 @@ def cat_cmd(state: State, paths: tuple[str, ...], key: str | None, key_file: str
 @key_options
 @pass_state
 @command_example("repolib rm -r repo://analytics/raw/tmp")
-def rm_cmd(state: State, paths: tuple[str, ...], recursive: bool, key: str | None,
-           key_file: str | None) -> None:
+def rm_cmd(
+    state: State, paths: tuple[str, ...], recursive: bool, key: str | None, key_file: str | None
+) -> None:
     """Delete files (and folders with -r)."""
     fs = filesystem(state, paths[0], key, key_file)
     targets = []
@@ -160,8 +177,9 @@ def rm_cmd(state: State, paths: tuple[str, ...], recursive: bool, key: str | Non
 @key_options
 @pass_state
 @command_example("repolib du -s repo://analytics")
-def du_cmd(state: State, path: str, summary: bool, as_json: bool, key: str | None,
-           key_file: str | None) -> None:
+def du_cmd(
+    state: State, path: str, summary: bool, as_json: bool, key: str | None, key_file: str | None
+) -> None:
     """Disk usage: bytes under PATH (per entry, or the total with -s)."""
     fs = filesystem(state, path, key, key_file)
     if summary:
@@ -190,8 +208,15 @@ def du_cmd(state: State, path: str, summary: bool, as_json: bool, key: str | Non
 @key_options
 @pass_state
 @command_example("repolib find repo://analytics --name '*.csv'")
-def find_cmd(state: State, path: str, pattern: str | None, maxdepth: int | None, as_json: bool,
-             key: str | None, key_file: str | None) -> None:
+def find_cmd(
+    state: State,
+    path: str,
+    pattern: str | None,
+    maxdepth: int | None,
+    as_json: bool,
+    key: str | None,
+    key_file: str | None,
+) -> None:
     """List every file below PATH."""
     import fnmatch
 
@@ -200,8 +225,11 @@ def find_cmd(state: State, path: str, pattern: str | None, maxdepth: int | None,
         found = fs.find(path, maxdepth=maxdepth, detail=True)
     if not found:
         remote_info(fs, path)
-    entries = [e for n, e in found.items()
-               if pattern is None or fnmatch.fnmatch(n.rsplit("/", 1)[-1], pattern)]
+    entries = [
+        e
+        for n, e in found.items()
+        if pattern is None or fnmatch.fnmatch(n.rsplit("/", 1)[-1], pattern)
+    ]
     if as_json:
         print_json(entries)
         return

@@ -26,27 +26,51 @@ SHOWN_ONCE = "this key will not be shown again: store it now (e.g. in a secrets 
 
 
 def ai_options(f: Any) -> Any:
-    for deco in reversed([
-        click.option("--ai/--no-ai", "ai", default=None,
-                     help="Allow AI use (off unless given; any limit below implies --ai)."),
-        click.option("--model", "models", multiple=True, help="Allowed model or alias."),
-        click.option("--max-tokens", type=click.IntRange(min=1),
-                     help="Most completion tokens per request."),
-        click.option("--clamp", is_flag=True, default=None,
-                     help="Lower larger max_tokens requests to --max-tokens instead of refusing."),
-        click.option("--rpm", type=click.IntRange(min=1), help="Requests per minute."),
-        click.option("--token-budget", type=click.IntRange(min=1),
-                     help="Tokens per budget period."),
-        click.option("--budget-period", type=click.Choice(["day", "month"]), default=None,
-                     help="Period of --token-budget (default day)."),
-    ]):
+    for deco in reversed(
+        [
+            click.option(
+                "--ai/--no-ai",
+                "ai",
+                default=None,
+                help="Allow AI use (off unless given; any limit below implies --ai).",
+            ),
+            click.option("--model", "models", multiple=True, help="Allowed model or alias."),
+            click.option(
+                "--max-tokens",
+                type=click.IntRange(min=1),
+                help="Most completion tokens per request.",
+            ),
+            click.option(
+                "--clamp",
+                is_flag=True,
+                default=None,
+                help="Lower larger max_tokens requests to --max-tokens instead of refusing.",
+            ),
+            click.option("--rpm", type=click.IntRange(min=1), help="Requests per minute."),
+            click.option(
+                "--token-budget", type=click.IntRange(min=1), help="Tokens per budget period."
+            ),
+            click.option(
+                "--budget-period",
+                type=click.Choice(["day", "month"]),
+                default=None,
+                help="Period of --token-budget (default day).",
+            ),
+        ]
+    ):
         f = deco(f)
     return f
 
 
-def _policy(ai: bool | None, models: tuple[str, ...], max_tokens: int | None, clamp: bool | None,
-            rpm: int | None, token_budget: int | None, budget_period: str | None
-            ) -> Any:
+def _policy(
+    ai: bool | None,
+    models: tuple[str, ...],
+    max_tokens: int | None,
+    clamp: bool | None,
+    rpm: int | None,
+    token_budget: int | None,
+    budget_period: str | None,
+) -> Any:
     limits = bool(models or max_tokens or rpm or token_budget or clamp or budget_period)
     if ai is False:
         if limits:
@@ -54,22 +78,47 @@ def _policy(ai: bool | None, models: tuple[str, ...], max_tokens: int | None, cl
         return False
     if not limits:
         return True if ai else None
-    return AIPolicy(models=models or None, max_tokens=max_tokens, rpm=rpm,
-                    token_budget=token_budget, budget_period=budget_period or "day",
-                    clamp=bool(clamp))
+    return AIPolicy(
+        models=models or None,
+        max_tokens=max_tokens,
+        rpm=rpm,
+        token_budget=token_budget,
+        budget_period=budget_period or "day",
+        clamp=bool(clamp),
+    )
 
 
 def _print_keys(keys: list[Any], as_json: bool) -> None:
     if as_json:
         print_json([k.to_dict() for k in keys])
         return
-    print_table([(k.repository, k.key_id, k.name, k.access.value,
-                  "all" if k.resources is None else ",".join(k.resources) or "none",
-                  when(k.expires_at), "off" if k.ai is None else k.ai.describe(),
-                  when(k.last_used_at), k.status())
-                 for k in keys],
-                ["repository", "key", "name", "access", "resources", "expires", "ai",
-                 "last used", "status"])
+    print_table(
+        [
+            (
+                k.repository,
+                k.key_id,
+                k.name,
+                k.access.value,
+                "all" if k.resources is None else ",".join(k.resources) or "none",
+                when(k.expires_at),
+                "off" if k.ai is None else k.ai.describe(),
+                when(k.last_used_at),
+                k.status(),
+            )
+            for k in keys
+        ],
+        [
+            "repository",
+            "key",
+            "name",
+            "access",
+            "resources",
+            "expires",
+            "ai",
+            "last used",
+            "status",
+        ],
+    )
 
 
 @click.group("key", context_settings={"help_option_names": ["-h", "--help"]})
@@ -85,31 +134,56 @@ def key_group() -> None:
 @key_group.command("create")
 @click.argument("repository")
 @click.argument("name")
-@click.option("--access", type=click.Choice(["read", "write", "admin"]), default="read",
-              show_default=True, help="Access level.")
-@click.option("--resource", "resources", multiple=True,
-              help="Limit the key to this resource (repeatable; default: all).")
+@click.option(
+    "--access",
+    type=click.Choice(["read", "write", "admin"]),
+    default="read",
+    show_default=True,
+    help="Access level.",
+)
+@click.option(
+    "--resource",
+    "resources",
+    multiple=True,
+    help="Limit the key to this resource (repeatable; default: all).",
+)
 @click.option("--expires", help="Lifetime, e.g. 3600, 90m, 12h, 30d.")
 @ai_options
 @json_option
 @key_options
 @pass_state
-@command_example("repolib key create analytics notebook --access read --ai --model fast "
-                 "--max-tokens 512 --token-budget 100000 --budget-period day")
-def key_create(state: State, repository: str, name: str, access: str,
-               resources: tuple[str, ...], expires: str | None, as_json: bool,
-               key: str | None, key_file: str | None, **ai_kw: Any) -> None:
+@command_example(
+    "repolib key create analytics notebook --access read --ai --model fast "
+    "--max-tokens 512 --token-budget 100000 --budget-period day"
+)
+def key_create(
+    state: State,
+    repository: str,
+    name: str,
+    access: str,
+    resources: tuple[str, ...],
+    expires: str | None,
+    as_json: bool,
+    key: str | None,
+    key_file: str | None,
+    **ai_kw: Any,
+) -> None:
     """Issue a key. The token is printed once, to stdout, and never again."""
     repo = open_for_admin(state, repository, key, key_file)
-    issued = repo.create_key(name, access, resources=list(resources) or None,
-                             expires_in=None if expires is None else parse_duration(expires),
-                             ai=_policy(**ai_kw))
+    issued = repo.create_key(
+        name,
+        access,
+        resources=list(resources) or None,
+        expires_in=None if expires is None else parse_duration(expires),
+        ai=_policy(**ai_kw),
+    )
     if as_json:
         print_json({**issued.info.to_dict(), "token": issued.token})
     else:
         click.echo(issued.token)
-    click.echo(f"created {issued.access.value} key {issued.key_id} ({name}); {SHOWN_ONCE}",
-               err=True)
+    click.echo(
+        f"created {issued.access.value} key {issued.key_id} ({name}); {SHOWN_ONCE}", err=True
+    )
 
 
 @key_group.command("list")
@@ -148,13 +222,18 @@ def key_show(state: State, repository: str, key_id: str, as_json: bool) -> None:
 @key_group.command("rotate")
 @click.argument("repository")
 @click.argument("key_id")
-@click.option("--grace", default="0", show_default=True,
-              help="How long the old secret keeps working, e.g. 0, 60, 10m, 1d.")
+@click.option(
+    "--grace",
+    default="0",
+    show_default=True,
+    help="How long the old secret keeps working, e.g. 0, 60, 10m, 1d.",
+)
 @key_options
 @pass_state
 @command_example("repolib key rotate analytics Ab12Cd34Ef56 --grace 10m")
-def key_rotate(state: State, repository: str, key_id: str, grace: str, key: str | None,
-               key_file: str | None) -> None:
+def key_rotate(
+    state: State, repository: str, key_id: str, grace: str, key: str | None, key_file: str | None
+) -> None:
     """Issue a new secret for the same key id; prints the new token once."""
     repo = open_for_admin(state, repository, key, key_file)
     issued = repo.rotate_key(key_id, grace=parse_duration(grace))
@@ -168,8 +247,9 @@ def key_rotate(state: State, repository: str, key_id: str, grace: str, key: str 
 @key_options
 @pass_state
 @command_example("repolib key revoke analytics Ab12Cd34Ef56")
-def key_revoke(state: State, repository: str, key_id: str, key: str | None,
-               key_file: str | None) -> None:
+def key_revoke(
+    state: State, repository: str, key_id: str, key: str | None, key_file: str | None
+) -> None:
     """Revoke a key now (kept in listings and the audit trail)."""
     open_for_admin(state, repository, key, key_file).revoke_key(key_id)
     click.echo(f"revoked key {key_id}")
@@ -187,9 +267,19 @@ def key_revoke(state: State, repository: str, key_id: str, key: str | None,
 @key_options
 @pass_state
 @command_example("repolib key update analytics Ab12Cd34Ef56 --resource raw --expires 7d")
-def key_update(state: State, repository: str, key_id: str, name: str | None,
-               resources: tuple[str, ...], all_resources: bool, expires: str | None,
-               no_expiry: bool, key: str | None, key_file: str | None, **ai_kw: Any) -> None:
+def key_update(
+    state: State,
+    repository: str,
+    key_id: str,
+    name: str | None,
+    resources: tuple[str, ...],
+    all_resources: bool,
+    expires: str | None,
+    no_expiry: bool,
+    key: str | None,
+    key_file: str | None,
+    **ai_kw: Any,
+) -> None:
     """Edit a key's scope, expiry, AI policy or name."""
     changes: dict[str, Any] = {}
     if name is not None:

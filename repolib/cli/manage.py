@@ -32,15 +32,19 @@ def init_cmd(state: State) -> None:
     where = cat.location if cat.catalog_url else cat.home
     if created:
         click.echo(f"initialised the catalog at {where}")
-        click.echo("back up admin.key (or your passphrase): without it, repositories and "
-                   "resources can no longer be managed", err=True)
+        click.echo(
+            "back up admin.key (or your passphrase): without it, repositories and "
+            "resources can no longer be managed",
+            err=True,
+        )
     else:
         click.echo(f"catalog already initialised at {where}")
 
 
 def _usage_totals(cat: Any, ai: bool = False) -> dict[str, dict[str, float]]:
     totals: dict[str, dict[str, float]] = collections.defaultdict(
-        lambda: collections.defaultdict(float))
+        lambda: collections.defaultdict(float)
+    )
     for u in cat.usage(by="repository", ai=ai):
         for metric, value in u.items():
             if metric not in ("repository", "model") and isinstance(value, int | float):
@@ -62,11 +66,19 @@ def overview_cmd(state: State, as_json: bool) -> None:
         keys = cat.keys(info.name)
         status = collections.Counter(k.status() for k in keys)
         resources = [r.to_dict() for r in cat.resources(info.name)]
-        data.append({"repository": info.name, "description": info.description,
-                     "resources": [{"name": r["name"], "kind": r["kind"],
-                                    "summary": r["summary"]} for r in resources],
-                     "keys": dict(status), "usage": dict(usage.get(info.name, {})),
-                     "ai_usage": dict(ai_usage.get(info.name, {}))})
+        data.append(
+            {
+                "repository": info.name,
+                "description": info.description,
+                "resources": [
+                    {"name": r["name"], "kind": r["kind"], "summary": r["summary"]}
+                    for r in resources
+                ],
+                "keys": dict(status),
+                "usage": dict(usage.get(info.name, {})),
+                "ai_usage": dict(ai_usage.get(info.name, {})),
+            }
+        )
     if as_json:
         print_json(data)
         return
@@ -102,11 +114,15 @@ def whoami_cmd(state: State, key: str | None, key_file: str | None, as_json: boo
     if as_json:
         print_json(info.to_dict())
         return
-    rows = [("repository", info.repository), ("key", f"{info.key_id} ({info.name})"),
-            ("masked", info.masked), ("access", info.access.value),
-            ("resources", "all" if info.resources is None else ", ".join(info.resources)),
-            ("expires", when(info.expires_at)),
-            ("ai", "off" if info.ai is None else info.ai.describe())]
+    rows = [
+        ("repository", info.repository),
+        ("key", f"{info.key_id} ({info.name})"),
+        ("masked", info.masked),
+        ("access", info.access.value),
+        ("resources", "all" if info.resources is None else ", ".join(info.resources)),
+        ("expires", when(info.expires_at)),
+        ("ai", "off" if info.ai is None else info.ai.describe()),
+    ]
     for k, v in rows:
         click.echo(f"{k + ':':<12}{v}")
 
@@ -119,8 +135,9 @@ def whoami_cmd(state: State, key: str | None, key_file: str | None, as_json: boo
 @json_option
 @pass_state
 @command_example("repolib audit --verify && repolib audit analytics --limit 20")
-def audit_cmd(state: State, repository: str | None, verify: bool, seal: bool, limit: int,
-              as_json: bool) -> None:
+def audit_cmd(
+    state: State, repository: str | None, verify: bool, seal: bool, limit: int, as_json: bool
+) -> None:
     """Show the audit trail; --verify exits non-zero when the chain is broken."""
     cat = state.catalog
     if seal:
@@ -129,8 +146,15 @@ def audit_cmd(state: State, repository: str | None, verify: bool, seal: bool, li
     if verify:
         result = cat.verify_audit()
         if as_json:
-            print_json({"ok": result.ok, "rows": result.rows, "sealed_rows": result.sealed_rows,
-                        "seal_checked": result.seal_checked, "problems": result.problems})
+            print_json(
+                {
+                    "ok": result.ok,
+                    "rows": result.rows,
+                    "sealed_rows": result.sealed_rows,
+                    "seal_checked": result.seal_checked,
+                    "problems": result.problems,
+                }
+            )
         else:
             click.echo(result.summary())
         if not result.ok:
@@ -142,8 +166,10 @@ def audit_cmd(state: State, repository: str | None, verify: bool, seal: bool, li
     if as_json:
         print_json([e.to_dict() for e in events])
         return
-    print_table([(e.seq, when(e.ts), e.repository, e.actor, e.action, e.target) for e in events],
-                ["seq", "time", "repository", "actor", "action", "target"])
+    print_table(
+        [(e.seq, when(e.ts), e.repository, e.actor, e.action, e.target) for e in events],
+        ["seq", "time", "repository", "actor", "action", "target"],
+    )
 
 
 @click.group("repo", context_settings={"help_option_names": ["-h", "--help"]})
@@ -177,8 +203,10 @@ def repo_list(state: State, as_json: bool) -> None:
     if as_json:
         print_json([r.to_dict() for r in repos])
         return
-    print_table([(r.name, r.resources, r.keys, when(r.created_at), r.description) for r in repos],
-                ["name", "resources", "keys", "created", "description"])
+    print_table(
+        [(r.name, r.resources, r.keys, when(r.created_at), r.description) for r in repos],
+        ["name", "resources", "keys", "created", "description"],
+    )
 
 
 @repo_group.command("show")
@@ -195,16 +223,25 @@ def repo_show(state: State, name: str, as_json: bool) -> None:
     resources = cat.resources(name)
     keys = cat.keys(name)
     if as_json:
-        print_json({**info.to_dict(), "resources": [r.to_dict() for r in resources],
-                    "keys": [k.to_dict() for k in keys]})
+        print_json(
+            {
+                **info.to_dict(),
+                "resources": [r.to_dict() for r in resources],
+                "keys": [k.to_dict() for k in keys],
+            }
+        )
         return
     click.echo(f"repository {info.name}: {info.description or '(no description)'}")
     click.echo(f"created {when(info.created_at)}\n")
-    print_table([(r.name, r.kind, r.summary, ",".join(r.credentials) or "none")
-                 for r in resources], ["resource", "kind", "target", "credentials set"])
+    print_table(
+        [(r.name, r.kind, r.summary, ",".join(r.credentials) or "none") for r in resources],
+        ["resource", "kind", "target", "credentials set"],
+    )
     click.echo()
-    print_table([(k.key_id, k.name, k.access.value, k.status()) for k in keys],
-                ["key", "name", "access", "status"])
+    print_table(
+        [(k.key_id, k.name, k.access.value, k.status()) for k in keys],
+        ["key", "name", "access", "status"],
+    )
 
 
 @repo_group.command("update")
@@ -213,8 +250,9 @@ def repo_show(state: State, name: str, as_json: bool) -> None:
 @key_options
 @pass_state
 @command_example("repolib repo update analytics --description 'raw and curated data'")
-def repo_update(state: State, name: str, description: str, key: str | None,
-                key_file: str | None) -> None:
+def repo_update(
+    state: State, name: str, description: str, key: str | None, key_file: str | None
+) -> None:
     """Change a repository's description."""
     open_for_admin(state, name, key, key_file).update(description)
     click.echo(f"updated repository {name}")
@@ -251,7 +289,8 @@ def admin_rotate(state: State) -> None:
     new = state.catalog.rotate_admin()
     if new is not None:
         click.echo(new)
-        click.echo("this is the new REPOLIB_ADMIN_KEY; store it now, it will not be shown again",
-                   err=True)
+        click.echo(
+            "this is the new REPOLIB_ADMIN_KEY; store it now, it will not be shown again", err=True
+        )
     else:
         click.echo("admin secret rotated; back up the new one", err=True)

@@ -19,5 +19,12 @@ from .common import (
     require_cli_key,
 )
 
-__all__ = ["State", "command_example", "key_options", "pass_state", "print_json", "print_table",
-           "require_cli_key"]
+__all__ = [
+    "State",
+    "command_example",
+    "key_options",
+    "pass_state",
+    "print_json",
+    "print_table",
+    "require_cli_key",
+]

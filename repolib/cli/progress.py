@@ -31,8 +31,15 @@ class ByteBar(Callback):
         from tqdm import tqdm
 
         super().__init__(size=total)
-        self.bar = tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024,
-                        file=sys.stderr, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total,
+            desc=label,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
 
     def set_size(self, size: Any) -> None:
         """A file count: the bar's total is in bytes."""

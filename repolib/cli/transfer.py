@@ -22,8 +22,9 @@ from .files import filesystem, folder_needs_r, is_remote, no_such_file, remote_m
 COPY_VERB = "copy it with everything in it"
 
 
-def check_remote(fs: Any, sources: tuple[str, ...], recursive: bool, sized: bool,
-                 verb: str = COPY_VERB) -> int | None:
+def check_remote(
+    fs: Any, sources: tuple[str, ...], recursive: bool, sized: bool, verb: str = COPY_VERB
+) -> int | None:
     """Check ``repo://`` sources; their bytes in total when ``sized`` (a bar will show)."""
     total = 0
     for src in sources:
@@ -55,8 +56,12 @@ def check_local(sources: tuple[str, ...], recursive: bool, verb: str = COPY_VERB
             if os.path.isfile(path):
                 total += os.path.getsize(path)
             elif recursive and os.path.isdir(path):
-                total += sum(os.path.getsize(f) for d, _, names in os.walk(path)
-                             for f in (os.path.join(d, n) for n in names) if os.path.isfile(f))
+                total += sum(
+                    os.path.getsize(f)
+                    for d, _, names in os.walk(path)
+                    for f in (os.path.join(d, n) for n in names)
+                    if os.path.isfile(f)
+                )
     return total
 
 
@@ -64,20 +69,24 @@ def _one_or_list(sources: tuple[str, ...]) -> str | list[str]:
     return list(sources) if len(sources) > 1 else sources[0]
 
 
-def put_files(fs: Any, sources: tuple[str, ...], target: str, recursive: bool,
-              verb: str = COPY_VERB) -> None:
+def put_files(
+    fs: Any, sources: tuple[str, ...], target: str, recursive: bool, verb: str = COPY_VERB
+) -> None:
     total = check_local(sources, recursive, verb)
     with progress.byte_bar(total, "put") as bar:
-        fs.put(_one_or_list(sources), target, recursive=recursive,
-               callback=progress.for_transfer(bar))
+        fs.put(
+            _one_or_list(sources), target, recursive=recursive, callback=progress.for_transfer(bar)
+        )
 
 
-def get_files(fs: Any, sources: tuple[str, ...], target: str, recursive: bool,
-              verb: str = COPY_VERB) -> None:
+def get_files(
+    fs: Any, sources: tuple[str, ...], target: str, recursive: bool, verb: str = COPY_VERB
+) -> None:
     total = check_remote(fs, sources, recursive, sized=progress.shown(), verb=verb)
     with progress.byte_bar(total, "get") as bar:
-        fs.get(_one_or_list(sources), target, recursive=recursive,
-               callback=progress.for_transfer(bar))
+        fs.get(
+            _one_or_list(sources), target, recursive=recursive, callback=progress.for_transfer(bar)
+        )
 
 
 @click.command("put")
@@ -87,8 +96,14 @@ def get_files(fs: Any, sources: tuple[str, ...], target: str, recursive: bool,
 @key_options
 @pass_state
 @command_example("repolib put -r ./reports repo://analytics/raw/reports")
-def put_cmd(state: State, sources: tuple[str, ...], target: str, recursive: bool,
-            key: str | None, key_file: str | None) -> None:
+def put_cmd(
+    state: State,
+    sources: tuple[str, ...],
+    target: str,
+    recursive: bool,
+    key: str | None,
+    key_file: str | None,
+) -> None:
     """Upload local files or folders into the repository."""
     if not is_remote(target) or any(is_remote(s) for s in sources):
         raise ConfigError("put copies local paths to a repo:// path")
@@ -102,16 +117,29 @@ def put_cmd(state: State, sources: tuple[str, ...], target: str, recursive: bool
 @key_options
 @pass_state
 @command_example("repolib get -r repo://analytics/raw/reports ./reports")
-def get_cmd(state: State, sources: tuple[str, ...], target: str, recursive: bool,
-            key: str | None, key_file: str | None) -> None:
+def get_cmd(
+    state: State,
+    sources: tuple[str, ...],
+    target: str,
+    recursive: bool,
+    key: str | None,
+    key_file: str | None,
+) -> None:
     """Download files or folders from the repository."""
     if not all(is_remote(s) for s in sources) or is_remote(target):
         raise ConfigError("get copies repo:// paths to a local path")
     get_files(filesystem(state, sources[0], key, key_file), sources, target, recursive)
 
 
-def _transfer(state: State, src: str, dst: str, recursive: bool, key: str | None,
-              key_file: str | None, move: bool) -> None:
+def _transfer(
+    state: State,
+    src: str,
+    dst: str,
+    recursive: bool,
+    key: str | None,
+    key_file: str | None,
+    move: bool,
+) -> None:
     verb = "move it with everything in it" if move else COPY_VERB
     if is_remote(src) and is_remote(dst):
         fs = filesystem(state, src, key, key_file)
@@ -144,8 +172,9 @@ def _transfer(state: State, src: str, dst: str, recursive: bool, key: str | None
 @key_options
 @pass_state
 @command_example("repolib cp repo://analytics/raw/2024.csv repo://analytics/curated/")
-def cp_cmd(state: State, source: str, target: str, recursive: bool, key: str | None,
-           key_file: str | None) -> None:
+def cp_cmd(
+    state: State, source: str, target: str, recursive: bool, key: str | None, key_file: str | None
+) -> None:
     """Copy within the repository (server-side inside one resource) or to/from local paths."""
     _transfer(state, source, target, recursive, key, key_file, move=False)
 
@@ -157,8 +186,9 @@ def cp_cmd(state: State, source: str, target: str, recursive: bool, key: str | N
 @key_options
 @pass_state
 @command_example("repolib mv repo://analytics/raw/tmp.csv repo://analytics/raw/2024.csv")
-def mv_cmd(state: State, source: str, target: str, recursive: bool, key: str | None,
-           key_file: str | None) -> None:
+def mv_cmd(
+    state: State, source: str, target: str, recursive: bool, key: str | None, key_file: str | None
+) -> None:
     """Move or rename (copy then delete across resources)."""
     _transfer(state, source, target, recursive, key, key_file, move=True)
 

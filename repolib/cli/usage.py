@@ -17,21 +17,26 @@ from .common import (
 )
 
 METRICS = ("requests", "bytes_read", "bytes_written", "errors")
-AI_METRICS = ("requests", "prompt_tokens", "completion_tokens", "errors", "latency_ms",
-              "estimated")
+AI_METRICS = ("requests", "prompt_tokens", "completion_tokens", "errors", "latency_ms", "estimated")
 
 
 @click.command("usage")
 @click.argument("repository", required=False)
-@click.option("--by", type=click.Choice(list(USAGE_GROUPS)), default="resource",
-              show_default=True, help="How to group the totals.")
+@click.option(
+    "--by",
+    type=click.Choice(list(USAGE_GROUPS)),
+    default="resource",
+    show_default=True,
+    help="How to group the totals.",
+)
 @click.option("--since", metavar="YYYY-MM-DD", help="Only days from this one on.")
 @click.option("--ai", "ai", is_flag=True, help="LLM usage: requests, tokens, errors, latency.")
 @json_option
 @pass_state
 @command_example("repolib usage analytics --by key --json")
-def usage_cmd(state: State, repository: str | None, by: str, since: str | None, ai: bool,
-              as_json: bool) -> None:
+def usage_cmd(
+    state: State, repository: str | None, by: str, since: str | None, ai: bool, as_json: bool
+) -> None:
     """Bytes read and written and requests, per repository, key, resource or day.
 
     With --ai: requests, prompt and completion tokens, errors and latency of the LLMs
@@ -63,15 +68,19 @@ def _fmt(v: object) -> object:
 @key_options
 @pass_state
 @command_example("repolib resource test analytics raw --write")
-def resource_test(state: State, repository: str, name: str, write: bool, key: str | None,
-                  key_file: str | None) -> None:
+def resource_test(
+    state: State, repository: str, name: str, write: bool, key: str | None, key_file: str | None
+) -> None:
     """Reach a storage resource for real: list it (and with --write, write/read/delete)."""
     from ..probe import probe_llm, probe_storage
     from .common import open_for_admin
 
     token = explicit_key(key, key_file)
-    repo = state.catalog.open(repository, token) if token else \
-        open_for_admin(state, repository, None, None)
+    repo = (
+        state.catalog.open(repository, token)
+        if token
+        else open_for_admin(state, repository, None, None)
+    )
     report = lambda line: click.echo(f"{name}: {line}")  # noqa: E731
     if repo.resource(name).kind == "llm":
         probe_llm(repo, name, report=report)

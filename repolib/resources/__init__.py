@@ -39,5 +39,12 @@ def get_kind(name: str) -> ResourceKind:
         raise ConfigError(f"unknown resource kind {name!r}; known kinds: {known}") from None
 
 
-__all__ = ["Definition", "LLMKind", "ResolvedResource", "ResourceKind", "StorageKind", "get_kind",
-           "kinds"]
+__all__ = [
+    "Definition",
+    "LLMKind",
+    "ResolvedResource",
+    "ResourceKind",
+    "StorageKind",
+    "get_kind",
+    "kinds",
+]

@@ -63,22 +63,42 @@ _MIB = 2**20
 # Options an ADMIN key may set, per storage kind, with what each value may be. Each is mapped to
 # its client by repolib.backends; none can point a client at another service or at the host.
 STORAGE_OPTIONS: dict[str, dict[str, Callable[[Any], bool]]] = {
-    "s3": {"endpoint_url": _url, "region": _name, "read_only": _bool,
-           "addressing_style": _enum("auto", "path", "virtual"),
-           "request_checksum_calculation": _CHECKSUM, "response_checksum_validation": _CHECKSUM,
-           "connect_timeout": _number(0.1, 600), "read_timeout": _number(0.1, 3600),
-           "default_block_size": _integer(5 * _MIB, 5 * 1024 * _MIB)},
-    "gcs": {"endpoint_url": _url, "project": _name, "read_only": _bool,
-            "consistency": _enum("none", "size", "md5", "crc32c"),
-            "timeout": _number(0.1, 3600), "block_size": _integer(256 * 1024, 5 * 1024 * _MIB)},
-    "az": {"endpoint_url": _url, "account_name": lambda v: isinstance(v, str) and
-           re.fullmatch(r"[a-z0-9]{3,24}", v) is not None, "read_only": _bool,
-           "timeout": _number(0.1, 3600), "connection_timeout": _number(0.1, 600),
-           "read_timeout": _number(0.1, 3600), "max_concurrency": _integer(1, 64),
-           "blocksize": _integer(256 * 1024, 4000 * _MIB)},
+    "s3": {
+        "endpoint_url": _url,
+        "region": _name,
+        "read_only": _bool,
+        "addressing_style": _enum("auto", "path", "virtual"),
+        "request_checksum_calculation": _CHECKSUM,
+        "response_checksum_validation": _CHECKSUM,
+        "connect_timeout": _number(0.1, 600),
+        "read_timeout": _number(0.1, 3600),
+        "default_block_size": _integer(5 * _MIB, 5 * 1024 * _MIB),
+    },
+    "gcs": {
+        "endpoint_url": _url,
+        "project": _name,
+        "read_only": _bool,
+        "consistency": _enum("none", "size", "md5", "crc32c"),
+        "timeout": _number(0.1, 3600),
+        "block_size": _integer(256 * 1024, 5 * 1024 * _MIB),
+    },
+    "az": {
+        "endpoint_url": _url,
+        "account_name": lambda v: (
+            isinstance(v, str) and re.fullmatch(r"[a-z0-9]{3,24}", v) is not None
+        ),
+        "read_only": _bool,
+        "timeout": _number(0.1, 3600),
+        "connection_timeout": _number(0.1, 600),
+        "read_timeout": _number(0.1, 3600),
+        "max_concurrency": _integer(1, 64),
+        "blocksize": _integer(256 * 1024, 4000 * _MIB),
+    },
 }
 LLM_OPTIONS: dict[str, Callable[[Any], bool]] = {
-    "timeout": _number(0.1, 3600), "context_window": _integer(256, 10_000_000)}
+    "timeout": _number(0.1, 3600),
+    "context_window": _integer(256, 10_000_000),
+}
 
 # -- credentials -------------------------------------------------------------------------------
 
@@ -86,15 +106,37 @@ S3_KEY_FIELDS = ("key", "access_key_id", "aws_access_key_id")
 S3_SECRET_FIELDS = ("secret", "secret_access_key", "aws_secret_access_key")
 S3_TOKEN_FIELDS = ("token", "session_token", "aws_session_token")
 GCS_TOKEN_FIELDS = ("token", "service_account_json")
-SERVICE_ACCOUNT_FIELDS = frozenset({
-    "type", "project_id", "private_key_id", "private_key", "client_email", "client_id",
-    "auth_uri", "token_uri", "auth_provider_x509_cert_url", "client_x509_cert_url",
-    "universe_domain"})
+SERVICE_ACCOUNT_FIELDS = frozenset(
+    {
+        "type",
+        "project_id",
+        "private_key_id",
+        "private_key",
+        "client_email",
+        "client_id",
+        "auth_uri",
+        "token_uri",
+        "auth_provider_x509_cert_url",
+        "client_x509_cert_url",
+        "universe_domain",
+    }
+)
 AZURE_FIELDS = ("account_key", "sas_token", "connection_string")
-_SCHEMAS = {"s3": (*S3_KEY_FIELDS, *S3_SECRET_FIELDS, *S3_TOKEN_FIELDS),
-            "gcs": GCS_TOKEN_FIELDS, "az": AZURE_FIELDS}
-_CONNECTION_PARTS = frozenset({"DefaultEndpointsProtocol", "AccountName", "AccountKey",
-                               "SharedAccessSignature", "EndpointSuffix", "BlobEndpoint"})
+_SCHEMAS = {
+    "s3": (*S3_KEY_FIELDS, *S3_SECRET_FIELDS, *S3_TOKEN_FIELDS),
+    "gcs": GCS_TOKEN_FIELDS,
+    "az": AZURE_FIELDS,
+}
+_CONNECTION_PARTS = frozenset(
+    {
+        "DefaultEndpointsProtocol",
+        "AccountName",
+        "AccountKey",
+        "SharedAccessSignature",
+        "EndpointSuffix",
+        "BlobEndpoint",
+    }
+)
 
 
 def _plain(v: Any) -> bool:
@@ -132,8 +174,10 @@ def _s3_credentials(creds: Mapping[str, Any]) -> str | None:
     for field in (*S3_KEY_FIELDS, *S3_SECRET_FIELDS, *S3_TOKEN_FIELDS):
         if field in creds and not _plain(creds[field]):
             return f"S3 credential field {field!r} must be a non-empty string"
-    for fields, what in ((S3_KEY_FIELDS, "the access key id"),
-                         (S3_SECRET_FIELDS, "the secret access key")):
+    for fields, what in (
+        (S3_KEY_FIELDS, "the access key id"),
+        (S3_SECRET_FIELDS, "the secret access key"),
+    ):
         if _one_of(creds, fields, what) is None:
             return f"an S3 resource needs {what} ({fields[0]}=...)"
     return None
@@ -145,8 +189,10 @@ def _gcs_credentials(creds: Mapping[str, Any]) -> str | None:
         return "a GCS resource needs a service-account JSON object (token={...})"
     sa = service_account(creds[field])
     if sa is None or sa.get("type") != "service_account":
-        return (f"GCS credential {field!r} must be a service-account JSON object (not a path, "
-                "a sentinel such as 'google_default' or 'anon', or another credential type)")
+        return (
+            f"GCS credential {field!r} must be a service-account JSON object (not a path, "
+            "a sentinel such as 'google_default' or 'anon', or another credential type)"
+        )
     extra = sorted(set(sa) - SERVICE_ACCOUNT_FIELDS)
     if extra:
         return f"service-account field {extra[0]!r} is not allowed"
@@ -174,8 +220,10 @@ def _azure_credentials(creds: Mapping[str, Any], options: Mapping[str, Any]) -> 
     parts = parse_connection_string(creds[field])
     unknown = sorted(set(parts) - _CONNECTION_PARTS)
     if unknown:
-        return (f"connection string part {unknown[0]!r} is not allowed (development storage "
-                "and proxies need the admin secret)")
+        return (
+            f"connection string part {unknown[0]!r} is not allowed (development storage "
+            "and proxies need the admin secret)"
+        )
     if parts.get("DefaultEndpointsProtocol", "https") not in ("http", "https"):
         return "connection string DefaultEndpointsProtocol must be http or https"
     account = parts.get("AccountName", "")
@@ -187,8 +235,9 @@ def _azure_credentials(creds: Mapping[str, Any], options: Mapping[str, Any]) -> 
         suffix = parts["EndpointSuffix"]
         if not re.fullmatch(r"[A-Za-z0-9.-]{1,200}", suffix):
             return "connection string EndpointSuffix must be a host name"
-        return check_endpoint(f"https://{account}.blob.{suffix}",
-                              "the connection string's EndpointSuffix")
+        return check_endpoint(
+            f"https://{account}.blob.{suffix}", "the connection string's EndpointSuffix"
+        )
     return None
 
 
@@ -197,11 +246,15 @@ def _azure_credentials(creds: Mapping[str, Any], options: Mapping[str, Any]) -> 
 _GCS_EXPLICIT_TYPES = ("service_account", "authorized_user")
 
 
-def ambient_reason(kind: str, options: Mapping[str, Any], creds: Mapping[str, Any]
-                   ) -> str | None:
+def ambient_reason(kind: str, options: Mapping[str, Any], creds: Mapping[str, Any]) -> str | None:
     """A credential value (or option) that makes the backend read the host's own identity."""
-    for field in ("profile", "profile_name", "credential_process", "shared_credentials_file",
-                  "config_file"):
+    for field in (
+        "profile",
+        "profile_name",
+        "credential_process",
+        "shared_credentials_file",
+        "config_file",
+    ):
         if field in options or field in creds:
             return f"{field!r} reads the host's credentials"
     if kind == "gcs":
@@ -211,12 +264,17 @@ def ambient_reason(kind: str, options: Mapping[str, Any], creds: Mapping[str, An
             value = creds[field]
             sa = service_account(value)
             if sa is None and value != "anon":
-                return (f"GCS credential {field}={value!r} is a path or sentinel that loads "
-                        "the host's identity" if isinstance(value, str) else
-                        f"GCS credential {field!r} of an unknown form")
+                return (
+                    f"GCS credential {field}={value!r} is a path or sentinel that loads "
+                    "the host's identity"
+                    if isinstance(value, str)
+                    else f"GCS credential {field!r} of an unknown form"
+                )
             if sa is not None and sa.get("type") not in _GCS_EXPLICIT_TYPES:
-                return (f"GCS credential of type {sa.get('type')!r} can read host files, "
-                        "programs or metadata")
+                return (
+                    f"GCS credential of type {sa.get('type')!r} can read host files, "
+                    "programs or metadata"
+                )
     if kind == "az":
         if "client_id" in creds and not creds.get("client_secret"):
             return "Azure client_id without client_secret is a managed identity of the host"
@@ -228,13 +286,17 @@ def ambient_reason(kind: str, options: Mapping[str, Any], creds: Mapping[str, An
 
 # -- endpoints -----------------------------------------------------------------------------------
 
-_METADATA = (ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fe80::/10"),
-             ipaddress.ip_network("fd00:ec2::254/128"))
+_METADATA = (
+    ipaddress.ip_network("169.254.0.0/16"),
+    ipaddress.ip_network("fe80::/10"),
+    ipaddress.ip_network("fd00:ec2::254/128"),
+)
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
-def _unwrap(ip: ipaddress.IPv4Address | ipaddress.IPv6Address
-            ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+def _unwrap(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """The IPv4 address inside an IPv4-mapped, NAT64 or 6to4 IPv6 address."""
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
@@ -283,14 +345,22 @@ def check_endpoint(url: Any, what: str) -> str | None:
 
 # -- the whole check for an ADMIN key ----------------------------------------------------------
 
-def storage_reason(kind: str | None, url: str, path: str, options: Mapping[str, Any],
-                   creds: Mapping[str, Any], read_creds: Mapping[str, Any] | None
-                   ) -> str | None:
+
+def storage_reason(
+    kind: str | None,
+    url: str,
+    path: str,
+    options: Mapping[str, Any],
+    creds: Mapping[str, Any],
+    read_creds: Mapping[str, Any] | None,
+) -> str | None:
     """Why an ADMIN key may not attach this storage resource (None: it may)."""
     if kind not in STORAGE_OPTIONS:
-        return (f"storage URL {url!r}: an ADMIN key may attach only s3://, gs:// and az:// "
-                "buckets (local folders, memory, chained URLs and other fsspec protocols need "
-                "the admin secret)")
+        return (
+            f"storage URL {url!r}: an ADMIN key may attach only s3://, gs:// and az:// "
+            "buckets (local folders, memory, chained URLs and other fsspec protocols need "
+            "the admin secret)"
+        )
     if re.search(r"::|://|[?#\\\x00-\x1f]", path):
         return f"storage URL {url!r} names another protocol or a query in its path"
     allowed = STORAGE_OPTIONS[kind]
@@ -298,8 +368,7 @@ def storage_reason(kind: str | None, url: str, path: str, options: Mapping[str, 
         if name == "ambient_credentials":
             return "ambient_credentials=True"
         if name not in allowed:
-            return (f"option {name!r} (an ADMIN key may set only "
-                    f"{', '.join(sorted(allowed))})")
+            return f"option {name!r} (an ADMIN key may set only {', '.join(sorted(allowed))})"
         if not allowed[name](value):
             return f"option {name}={value!r} (not an allowed value)"
     for which, c in (("credentials", creds), ("read_credentials", read_creds)):
@@ -310,8 +379,13 @@ def storage_reason(kind: str | None, url: str, path: str, options: Mapping[str, 
         extra = sorted(set(c) - set(_SCHEMAS[kind]))
         if extra:
             return f"{which} field {extra[0]!r} is not part of the {kind} credential schema"
-        reason = _s3_credentials(c) if kind == "s3" else _gcs_credentials(c) \
-            if kind == "gcs" else _azure_credentials(c, options)
+        reason = (
+            _s3_credentials(c)
+            if kind == "s3"
+            else _gcs_credentials(c)
+            if kind == "gcs"
+            else _azure_credentials(c, options)
+        )
         if reason is not None:
             return reason
     if "endpoint_url" in options:
@@ -337,15 +411,15 @@ def _virtual_host_reason(endpoint: str, bucket: str) -> str | None:
     return None
 
 
-def llm_reason(base_url: str, options: Mapping[str, Any], creds: Mapping[str, Any]
-               ) -> str | None:
+def llm_reason(base_url: str, options: Mapping[str, Any], creds: Mapping[str, Any]) -> str | None:
     """Why an ADMIN key may not attach this LLM endpoint (None: it may)."""
     if not creds.get("api_key"):
         return "LLM endpoints without an api_key"
     for name, value in options.items():
         if name not in LLM_OPTIONS:
-            return (f"LLM option {name!r} (an ADMIN key may set only "
-                    f"{', '.join(sorted(LLM_OPTIONS))})")
+            return (
+                f"LLM option {name!r} (an ADMIN key may set only {', '.join(sorted(LLM_OPTIONS))})"
+            )
         if not LLM_OPTIONS[name](value):
             return f"LLM option {name}={value!r} (not an allowed value)"
     return check_endpoint(base_url, "base_url")

@@ -20,8 +20,10 @@ class LLMKind(ResourceKind):
         spec = dict(spec)
         base_url = spec.pop("base_url", None)
         if not isinstance(base_url, str) or not _HTTP.match(base_url):
-            raise ConfigError("base_url must be an http:// or https:// URL without credentials, "
-                              "e.g. http://127.0.0.1:8080/v1")
+            raise ConfigError(
+                "base_url must be an http:// or https:// URL without credentials, "
+                "e.g. http://127.0.0.1:8080/v1"
+            )
         base_url = base_url.rstrip("/")
         api_key = spec.pop("api_key", None)
         if api_key is not None and (not isinstance(api_key, str) or not api_key):
@@ -62,8 +64,9 @@ class LLMKind(ResourceKind):
         return self.define(spec)
 
     def admin_secret_only(self, definition: Definition) -> str | None:
-        return allowlist.llm_reason(definition.public["base_url"], definition.public["options"],
-                                    definition.credentials)
+        return allowlist.llm_reason(
+            definition.public["base_url"], definition.public["options"], definition.credentials
+        )
 
     def summary(self, public: Mapping[str, Any]) -> str:
         models = ",".join(public["models"] + list(public["aliases"])) or "-"

@@ -17,18 +17,43 @@ from . import allowlist
 from .base import Credentials, Definition, ResourceKind, check_json
 
 # Fields that are secrets whatever the backend: stored only encrypted, never listed by value.
-CREDENTIAL_FIELDS = frozenset({
-    "key", "secret", "token", "session_token", "password", "api_key",
-    "access_key_id", "secret_access_key",
-    "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
-    "account_key", "sas_token", "connection_string", "client_id", "client_secret", "tenant_id",
-    "service_account_json", "credential",
-})
+CREDENTIAL_FIELDS = frozenset(
+    {
+        "key",
+        "secret",
+        "token",
+        "session_token",
+        "password",
+        "api_key",
+        "access_key_id",
+        "secret_access_key",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "account_key",
+        "sas_token",
+        "connection_string",
+        "client_id",
+        "client_secret",
+        "tenant_id",
+        "service_account_json",
+        "credential",
+    }
+)
 # Options repolib itself understands; anything else is passed to the backend as-is.
-KNOWN_OPTIONS = frozenset({"endpoint_url", "region", "read_only", "ambient_credentials",
-                           "account_name", "allow_chown"})
-BUCKET_PROTOCOLS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs",
-                    "az": "az", "abfs": "az", "abfss": "az", "adl": "az"}
+KNOWN_OPTIONS = frozenset(
+    {"endpoint_url", "region", "read_only", "ambient_credentials", "account_name", "allow_chown"}
+)
+BUCKET_PROTOCOLS = {
+    "s3": "s3",
+    "s3a": "s3",
+    "gs": "gcs",
+    "gcs": "gcs",
+    "az": "az",
+    "abfs": "az",
+    "abfss": "az",
+    "adl": "az",
+}
 LOCAL_PROTOCOLS = ("file", "local")
 _USERINFO = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@]*:[^/@]*@")
 
@@ -40,9 +65,11 @@ def split_url(url: str) -> tuple[str, str]:
         return proto.lower(), rest
     if url.startswith("/"):
         return "file", url
-    raise ConfigError(f"storage URL {url!r} has no scheme: use s3://bucket/prefix, "
-                      "gs://bucket, az://container, file:///folder, memory://name or another "
-                      "fsspec URL")
+    raise ConfigError(
+        f"storage URL {url!r} has no scheme: use s3://bucket/prefix, "
+        "gs://bucket, az://container, file:///folder, memory://name or another "
+        "fsspec URL"
+    )
 
 
 def normalize_url(url: object) -> tuple[str, str, str]:
@@ -50,8 +77,10 @@ def normalize_url(url: object) -> tuple[str, str, str]:
     if not isinstance(url, str) or not url or "\x00" in url:
         raise ConfigError("storage URL must be a non-empty string")
     if _USERINFO.match(url):
-        raise ConfigError("do not put credentials in the storage URL; pass them as options "
-                          "(key=..., secret=..., password=...) so they are stored encrypted")
+        raise ConfigError(
+            "do not put credentials in the storage URL; pass them as options "
+            "(key=..., secret=..., password=...) so they are stored encrypted"
+        )
     if "::" in url:
         first = url.split("::", 1)[0]
         proto = first.split("://", 1)[0].lower()
@@ -91,8 +120,9 @@ class StorageKind(ResourceKind):
         read_credentials = spec.pop("read_credentials", None)
         if read_credentials is not None:
             if not isinstance(read_credentials, Mapping) or not read_credentials:
-                raise ConfigError("read_credentials must be a non-empty dict, e.g. "
-                                  "{'key': ..., 'secret': ...}")
+                raise ConfigError(
+                    "read_credentials must be a non-empty dict, e.g. {'key': ..., 'secret': ...}"
+                )
             read_credentials = dict(read_credentials)
         options: dict[str, Any] = {}
         for name, value in spec.items():
@@ -108,8 +138,10 @@ class StorageKind(ResourceKind):
             if options.get(flag) is False:
                 del options[flag]
         if options.get("allow_chown") and proto not in LOCAL_PROTOCOLS:
-            raise ConfigError("allow_chown applies to local folders (file://) only: object "
-                              "stores keep owners as metadata without it")
+            raise ConfigError(
+                "allow_chown applies to local folders (file://) only: object "
+                "stores keep owners as metadata without it"
+            )
         if "endpoint_url" in options:
             ep = options["endpoint_url"]
             if not isinstance(ep, str) or not re.match(r"^https?://[^\s]+$", ep):
@@ -122,8 +154,10 @@ class StorageKind(ResourceKind):
         for creds in (credentials, read_credentials or {}):
             reason = allowlist.ambient_reason(kind or proto, options, creds)
             if reason is not None and not options.get("ambient_credentials"):
-                raise ConfigError(f"{reason}: the host's own identity is used only with "
-                                  "ambient_credentials=True, which needs the admin secret")
+                raise ConfigError(
+                    f"{reason}: the host's own identity is used only with "
+                    "ambient_credentials=True, which needs the admin secret"
+                )
         public = {"url": url, "options": check_json(options, "storage options")}
         check_json(credentials, "credentials")
         if read_credentials is not None:
@@ -148,9 +182,14 @@ class StorageKind(ResourceKind):
     def admin_secret_only(self, definition: Definition) -> str | None:
         url: str = definition.public["url"]
         proto, rest = ("", url) if "::" in url else split_url(url)
-        return allowlist.storage_reason(BUCKET_PROTOCOLS.get(proto), url, rest,
-                                        definition.public["options"], definition.credentials,
-                                        definition.read_credentials)
+        return allowlist.storage_reason(
+            BUCKET_PROTOCOLS.get(proto),
+            url,
+            rest,
+            definition.public["options"],
+            definition.credentials,
+            definition.read_credentials,
+        )
 
     def summary(self, public: Mapping[str, Any]) -> str:
         return str(public["url"])

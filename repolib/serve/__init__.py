@@ -22,8 +22,9 @@ try:
     import starlette  # noqa: F401
     import uvicorn
 except ImportError as exc:  # pragma: no cover - exercised without the extra
-    raise BackendUnavailable('repolib serve needs starlette and uvicorn: '
-                             'pip install "repolib[serve]"') from exc
+    raise BackendUnavailable(
+        'repolib serve needs starlette and uvicorn: pip install "repolib[serve]"'
+    ) from exc
 
 from .app import ServeConfig, create_app
 
@@ -72,8 +73,7 @@ class _Server(uvicorn.Server):
 
 def _setup_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s",
-                                           "%Y-%m-%dT%H:%M:%S"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
     for name in ("repolib.serve", "uvicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
@@ -92,13 +92,24 @@ def run(config: ServeConfig, ready: Callable[[str], None] | None = None) -> None
     scheme = "https" if config.tls_cert else "http"
     shown = f"[{config.host}]" if ":" in config.host else config.host
     if not is_loopback(config.host) and config.tls_cert is None:
-        log.warning("listening on %s without TLS: API keys and prompts cross the network in "
-                    "clear; give --tls-cert/--tls-key or put a TLS proxy in front", config.host)
+        log.warning(
+            "listening on %s without TLS: API keys and prompts cross the network in "
+            "clear; give --tls-cert/--tls-key or put a TLS proxy in front",
+            config.host,
+        )
     uconfig = uvicorn.Config(
-        app, log_config=None, access_log=False, server_header=False, lifespan="on",
+        app,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        lifespan="on",
         proxy_headers=False,
-        timeout_keep_alive=5, timeout_graceful_shutdown=math.ceil(config.grace),
-        ssl_certfile=config.tls_cert, ssl_keyfile=config.tls_key, log_level="warning")
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=math.ceil(config.grace),
+        ssl_certfile=config.tls_cert,
+        ssl_keyfile=config.tls_key,
+        log_level="warning",
+    )
     server = _Server(uconfig)
     server.url = f"{scheme}://{shown}:{port}/v1"
     server.ready = ready or (lambda url: log.info("listening on %s", url))

@@ -73,8 +73,9 @@ async def _within(seconds: float, awaitable: Awaitable[Any]) -> Any:
 class HTTPError(Exception):
     """An answer the server gives by itself (body too large, not JSON, ...)."""
 
-    def __init__(self, status: int, message: str, code: str,
-                 type_: str = "invalid_request_error") -> None:
+    def __init__(
+        self, status: int, message: str, code: str, type_: str = "invalid_request_error"
+    ) -> None:
         super().__init__(message)
         self.described = Described(status, type_, code, message)
 
@@ -141,8 +142,9 @@ class Server:
         return JSONResponse({"status": "ok"})
 
     async def metrics_page(self, request: Request) -> Response:
-        return PlainTextResponse(self.metrics.render(),
-                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+        return PlainTextResponse(
+            self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
 
     async def models(self, request: Request) -> Response:
         return await self._handle(request, self._models)
@@ -173,15 +175,20 @@ class Server:
         entry.model = model if isinstance(model, str) else "-"
         if not isinstance(model, str) or not model:
             raise HTTPError(400, "model is required (a model name or alias)", "missing_model")
-        if not isinstance(messages, list) or not messages or \
-                not all(isinstance(m, dict) for m in messages):
-            raise HTTPError(400, "messages must be a non-empty list of message objects",
-                            "invalid_messages")
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(isinstance(m, dict) for m in messages)
+        ):
+            raise HTTPError(
+                400, "messages must be a non-empty list of message objects", "invalid_messages"
+            )
         if not isinstance(stream, bool):
             raise HTTPError(400, "stream must be true or false", "invalid_stream")
         entry.stream = stream
         cm = repo.aio.chat.completions.with_streaming_response.create(
-            model=model, messages=messages, stream=stream, **body, **self._timeout())
+            model=model, messages=messages, stream=stream, **body, **self._timeout()
+        )
         return await self._answer(cm, entry, stream)
 
     async def _embeddings(self, request: Request, repo: Repository, entry: Entry) -> Response:
@@ -193,7 +200,8 @@ class Server:
         if not (isinstance(input_, str) or (isinstance(input_, list) and input_)):
             raise HTTPError(400, "input must be a string or a non-empty list", "invalid_input")
         cm = repo.aio.embeddings.with_streaming_response.create(
-            model=model, input=input_, **body, **self._timeout())
+            model=model, input=input_, **body, **self._timeout()
+        )
         return await self._answer(cm, entry, False)
 
     def _timeout(self) -> dict[str, Any]:
@@ -213,9 +221,9 @@ class Server:
 
     # -- the frame: authentication, errors, the access log ----------------------------------
 
-    async def _handle(self, request: Request,
-                      handler: Callable[[Request, Repository, Entry], Awaitable[Response]]
-                      ) -> Response:
+    async def _handle(
+        self, request: Request, handler: Callable[[Request, Repository, Entry], Awaitable[Response]]
+    ) -> Response:
         entry = Entry(request.method, request.url.path, time.perf_counter())
         try:
             token = _bearer(request)
@@ -236,8 +244,12 @@ class Server:
             where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
             site = f" at {where[0].filename}:{where[0].lineno}" if where else ""
             log.error("internal error: %s%s", type(exc).__name__, site)
-            d = Described(500, "server_error", "internal_error",
-                          f"internal error ({type(exc).__name__}); see the server's log")
+            d = Described(
+                500,
+                "server_error",
+                "internal_error",
+                f"internal error ({type(exc).__name__}); see the server's log",
+            )
         entry.error = d.code
         return JSONResponse(d.body(), status_code=d.status, headers=d.headers())
 
@@ -251,8 +263,11 @@ class Server:
             raise HTTPError(400, "the request body must be a JSON object", "invalid_json")
         refused = [k for k in _CLIENT_ONLY if k in body]
         if refused:
-            raise HTTPError(400, f"{', '.join(refused)} is an SDK option, not a field of the "
-                            "OpenAI API", "invalid_field")
+            raise HTTPError(
+                400,
+                f"{', '.join(refused)} is an SDK option, not a field of the OpenAI API",
+                "invalid_field",
+            )
         return body
 
     def finish(self, entry: Entry) -> None:
@@ -260,15 +275,30 @@ class Server:
         routed = entry.status < 400 or entry.status >= 500 or entry.status == 429
         model = entry.model if routed and entry.key_id != "-" else "-"
         key_id = entry.key_id if entry.status != 401 else "-"
-        self.metrics.observe(key_id=key_id, model=model, endpoint=entry.path,
-                             status=entry.status, seconds=seconds, prompt=entry.prompt,
-                             completion=entry.completion, error_type=entry.error)
+        self.metrics.observe(
+            key_id=key_id,
+            model=model,
+            endpoint=entry.path,
+            status=entry.status,
+            seconds=seconds,
+            prompt=entry.prompt,
+            completion=entry.completion,
+            error_type=entry.error,
+        )
         access_log.info(
             "%s %s status=%d key=%s model=%s stream=%s prompt_tokens=%d completion_tokens=%d "
-            "ms=%.1f%s", entry.method, entry.path, entry.status, key_id,
-            json.dumps(entry.model)[1:-1][:100], "true" if entry.stream else "false",
-            entry.prompt, entry.completion, seconds * 1000,
-            f" error={entry.error}" if entry.error else "")
+            "ms=%.1f%s",
+            entry.method,
+            entry.path,
+            entry.status,
+            key_id,
+            json.dumps(entry.model)[1:-1][:100],
+            "true" if entry.stream else "false",
+            entry.prompt,
+            entry.completion,
+            seconds * 1000,
+            f" error={entry.error}" if entry.error else "",
+        )
 
 
 def _count(entry: Entry, resp: Any) -> None:
@@ -280,8 +310,7 @@ def _count(entry: Entry, resp: Any) -> None:
 def _bearer(request: Request) -> str:
     auth = request.headers.get("authorization")
     if not auth:
-        raise InvalidKey("no API key: send the repository key as 'Authorization: Bearer "
-                         "rpk_...'")
+        raise InvalidKey("no API key: send the repository key as 'Authorization: Bearer rpk_...'")
     scheme, _, token = auth.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise InvalidKey("the Authorization header must be 'Bearer rpk_...'")
@@ -298,8 +327,9 @@ def _key_id(token: str) -> str:
 async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPError(413, f"the request body is over the limit of {limit} bytes",
-                        "body_too_large")
+        raise HTTPError(
+            413, f"the request body is over the limit of {limit} bytes", "body_too_large"
+        )
     parts: list[bytes] = []
     size = 0
 
@@ -308,15 +338,17 @@ async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise HTTPError(413, f"the request body is over the limit of {limit} bytes",
-                                "body_too_large")
+                raise HTTPError(
+                    413, f"the request body is over the limit of {limit} bytes", "body_too_large"
+                )
             parts.append(chunk)
 
     try:
         await _within(timeout, read())
     except asyncio.TimeoutError:
-        raise HTTPError(408, f"the request body did not arrive within {timeout:g} s",
-                        "client_timeout") from None
+        raise HTTPError(
+            408, f"the request body did not arrive within {timeout:g} s", "client_timeout"
+        ) from None
     except ClientDisconnect:
         raise HTTPError(499, "the client went away", "client_closed") from None
     return b"".join(parts)
@@ -334,16 +366,21 @@ class EventStream(Response):
     def __init__(self, resp: Any, entry: Entry, server: Server, send_timeout: float) -> None:
         self.status_code = 200
         self.background = None
-        self.raw_headers = [(b"content-type", b"text/event-stream; charset=utf-8"),
-                            (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+        self.raw_headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+        ]
         self.resp, self.entry, self.server, self.send_timeout = resp, entry, server, send_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         entry = self.entry
         entry.status = 200
         try:
-            await _within(self.send_timeout, send({"type": "http.response.start", "status": 200,
-                                                   "headers": self.raw_headers}))
+            await _within(
+                self.send_timeout,
+                send({"type": "http.response.start", "status": 200, "headers": self.raw_headers}),
+            )
             pump = asyncio.ensure_future(self._pump(send))
             watch = asyncio.ensure_future(_disconnected(receive))
             done, _ = await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
@@ -369,18 +406,29 @@ class EventStream(Response):
         try:
             try:
                 async for chunk in chunks:
-                    await _within(self.send_timeout, send({"type": "http.response.body",
-                                                           "body": chunk, "more_body": True}))
+                    await _within(
+                        self.send_timeout,
+                        send({"type": "http.response.body", "body": chunk, "more_body": True}),
+                    )
             except RepolibError as exc:  # the upstream failed mid-stream: say so, in its shape
                 d = describe(exc)
                 if d is None:
                     raise
                 self.entry.error = d.code
-                await _within(self.send_timeout, send({
-                    "type": "http.response.body", "more_body": True,
-                    "body": b"data: " + json.dumps(d.body()).encode() + b"\n\n"}))
-            await _within(self.send_timeout, send({"type": "http.response.body", "body": b"",
-                                                   "more_body": False}))
+                await _within(
+                    self.send_timeout,
+                    send(
+                        {
+                            "type": "http.response.body",
+                            "more_body": True,
+                            "body": b"data: " + json.dumps(d.body()).encode() + b"\n\n",
+                        }
+                    ),
+                )
+            await _within(
+                self.send_timeout,
+                send({"type": "http.response.body", "body": b"", "more_body": False}),
+            )
         finally:
             await chunks.aclose()
 
@@ -394,11 +442,13 @@ async def _disconnected(receive: Receive) -> None:
 
 async def _not_found(request: Request, exc: Exception) -> Response:
     status = getattr(exc, "status_code", 404)
-    message = {404: f"no route {request.url.path}; the API is under /v1",
-               405: f"{request.method} is not allowed on {request.url.path}"}.get(
-                   status, "bad request")
-    d = Described(status, "invalid_request_error", {404: "unknown_url"}.get(status, "invalid"),
-                  message)
+    message = {
+        404: f"no route {request.url.path}; the API is under /v1",
+        405: f"{request.method} is not allowed on {request.url.path}",
+    }.get(status, "bad request")
+    d = Described(
+        status, "invalid_request_error", {404: "unknown_url"}.get(status, "invalid"), message
+    )
     return JSONResponse(d.body(), status_code=status)
 
 
@@ -420,8 +470,9 @@ def create_app(config: ServeConfig, catalog: Catalog | None = None) -> Starlette
         Route("/v1/chat/completions", server.chat, methods=["POST"]),
         Route("/v1/embeddings", server.embeddings, methods=["POST"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: _not_found},
-                    lifespan=_lifespan)
+    app = Starlette(
+        routes=routes, exception_handlers={HTTPException: _not_found}, lifespan=_lifespan
+    )
     app.state.server = server
     return app
 

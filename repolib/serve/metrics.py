@@ -28,8 +28,18 @@ class Metrics:
         self.errors: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self._hist: dict[tuple[str, str], list[float]] = {}
 
-    def observe(self, *, key_id: str, model: str, endpoint: str, status: int, seconds: float,
-                prompt: int = 0, completion: int = 0, error_type: str | None = None) -> None:
+    def observe(
+        self,
+        *,
+        key_id: str,
+        model: str,
+        endpoint: str,
+        status: int,
+        seconds: float,
+        prompt: int = 0,
+        completion: int = 0,
+        error_type: str | None = None,
+    ) -> None:
         with self._lock:
             self.requests[(key_id, model, endpoint, status)] += 1
             if prompt:
@@ -50,30 +60,47 @@ class Metrics:
     def render(self) -> str:
         out: list[str] = []
         with self._lock:
-            out += ["# HELP repolib_requests_total Requests answered, by key, model, endpoint "
-                    "and status.", "# TYPE repolib_requests_total counter"]
+            out += [
+                "# HELP repolib_requests_total Requests answered, by key, model, endpoint "
+                "and status.",
+                "# TYPE repolib_requests_total counter",
+            ]
             for (k, m, e, s), n in sorted(self.requests.items()):
-                out.append(f'repolib_requests_total{{key_id="{_label(k)}",model="{_label(m)}",'
-                           f'endpoint="{_label(e)}",status="{s}"}} {n}')
-            out += ["# HELP repolib_tokens_total Tokens billed, by key, model and kind.",
-                    "# TYPE repolib_tokens_total counter"]
+                out.append(
+                    f'repolib_requests_total{{key_id="{_label(k)}",model="{_label(m)}",'
+                    f'endpoint="{_label(e)}",status="{s}"}} {n}'
+                )
+            out += [
+                "# HELP repolib_tokens_total Tokens billed, by key, model and kind.",
+                "# TYPE repolib_tokens_total counter",
+            ]
             for (k, m, kind), n in sorted(self.tokens.items()):
-                out.append(f'repolib_tokens_total{{key_id="{_label(k)}",model="{_label(m)}",'
-                           f'kind="{kind}"}} {n}')
-            out += ["# HELP repolib_errors_total Failed requests, by key, model and error type.",
-                    "# TYPE repolib_errors_total counter"]
+                out.append(
+                    f'repolib_tokens_total{{key_id="{_label(k)}",model="{_label(m)}",'
+                    f'kind="{kind}"}} {n}'
+                )
+            out += [
+                "# HELP repolib_errors_total Failed requests, by key, model and error type.",
+                "# TYPE repolib_errors_total counter",
+            ]
             for (k, m, t), n in sorted(self.errors.items()):
-                out.append(f'repolib_errors_total{{key_id="{_label(k)}",model="{_label(m)}",'
-                           f'type="{_label(t)}"}} {n}')
-            out += ["# HELP repolib_request_duration_seconds Time to the last byte of the answer.",
-                    "# TYPE repolib_request_duration_seconds histogram"]
+                out.append(
+                    f'repolib_errors_total{{key_id="{_label(k)}",model="{_label(m)}",'
+                    f'type="{_label(t)}"}} {n}'
+                )
+            out += [
+                "# HELP repolib_request_duration_seconds Time to the last byte of the answer.",
+                "# TYPE repolib_request_duration_seconds histogram",
+            ]
             for (k, m), h in sorted(self._hist.items()):
                 labels = f'key_id="{_label(k)}",model="{_label(m)}"'
                 for i, le in enumerate(BUCKETS):
-                    out.append(f'repolib_request_duration_seconds_bucket{{{labels},le="{le}"}} '
-                               f"{int(h[i])}")
-                out.append(f'repolib_request_duration_seconds_bucket{{{labels},le="+Inf"}} '
-                           f"{int(h[-1])}")
+                    out.append(
+                        f'repolib_request_duration_seconds_bucket{{{labels},le="{le}"}} {int(h[i])}'
+                    )
+                out.append(
+                    f'repolib_request_duration_seconds_bucket{{{labels},le="+Inf"}} {int(h[-1])}'
+                )
                 out.append(f"repolib_request_duration_seconds_sum{{{labels}}} {h[-2]:.6f}")
                 out.append(f"repolib_request_duration_seconds_count{{{labels}}} {int(h[-1])}")
         return "\n".join(out) + "\n"
