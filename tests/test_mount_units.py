@@ -155,6 +155,29 @@ def test_dir_cache_answers_lookups_from_one_listing() -> None:
     assert d.get("gone") is None
 
 
+def test_dir_cache_keeps_each_listings_subfolders_as_entries_change() -> None:
+    """A folder's link count (2 + subfolders) is asked after every change in it: the
+    subfolders are kept with the listing, not counted from its entries each time."""
+    clock = Clock(1000.0)
+    d = DirCache(5.0, clock=clock)
+    assert d.subdirs("top") is None
+    d.put("top", {"a": Meta(True), "f": Meta(False, 1)})
+    assert d.subdirs("top") == {"a"}
+    d.set_entry("top", "b", Meta(True))
+    d.set_entry("top", "f", Meta(False, 2))
+    assert d.subdirs("top") == {"a", "b"}
+    d.set_entry("top", "a", Meta(False))  # replaced by a file
+    d.remove_entry("top", "b")
+    assert d.subdirs("top") == set()
+    d.put("top", {"c": Meta(True)})  # a new listing
+    assert d.subdirs("top") == {"c"}
+    d.pop("top")
+    assert d.subdirs("top") is None
+    d.put("top", {"c": Meta(True)})
+    d.pop_below("top")
+    assert d.subdirs("top") is None
+
+
 def test_block_cache_lru_by_bytes() -> None:
     c = BlockCache(capacity=10)
     c.put(("f", (1,), 0), b"aaaa")

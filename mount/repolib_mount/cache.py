@@ -184,6 +184,9 @@ class DirCache:
             collections.OrderedDict()
         )
         self._sizes: dict[str, int] = {}  # entries in the last listing, fresh or expired
+        # names of the subfolders in each cached listing, kept as entries change: a folder's
+        # link count is asked for after every change in it (O(1), not a scan of its entries)
+        self._subdirs: dict[str, set[str]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -192,12 +195,13 @@ class DirCache:
 
     def put(self, path: str, entries: dict[str, Meta]) -> None:
         self._items[path] = (self.clock(), dict(entries))
+        self._subdirs[path] = {n for n, m in entries.items() if m.is_dir}
         if len(self._sizes) >= 4 * self.max_dirs:
             self._sizes.clear()
         self._sizes[path] = len(entries)
         self._items.move_to_end(path)
         while len(self._items) > self.max_dirs:
-            self._items.popitem(last=False)
+            self._subdirs.pop(self._items.popitem(last=False)[0], None)
 
     def get(
         self, path: str, max_age: float | None = None, count: bool = True
@@ -210,6 +214,7 @@ class DirCache:
             return item[1]
         if item is not None and self.clock() - item[0] > self.ttl:
             del self._items[path]
+            self._subdirs.pop(path, None)
         if count:
             self.misses += 1
         return None
@@ -232,24 +237,37 @@ class DirCache:
         item = self._items.get(path)
         if item is not None:
             item[1][name] = meta
+            if meta.is_dir:
+                self._subdirs[path].add(name)
+            else:
+                self._subdirs[path].discard(name)
 
     def remove_entry(self, path: str, name: str) -> None:
         item = self._items.get(path)
         if item is not None:
             item[1].pop(name, None)
+            self._subdirs[path].discard(name)
+
+    def subdirs(self, path: str) -> set[str] | None:
+        """The subfolders' names in the cached listing of ``path`` (fresh or not; None if
+        there is none). Read-only for the caller."""
+        return self._subdirs.get(path) if path in self._items else None
 
     def pop(self, path: str) -> None:
         self._items.pop(path, None)
+        self._subdirs.pop(path, None)
 
     def pop_below(self, top: str) -> None:
         for k in [k for k in self._items if is_below(k, top)]:
             del self._items[k]
+            self._subdirs.pop(k, None)
         for k in [k for k in self._sizes if is_below(k, top)]:
             del self._sizes[k]
 
     def clear(self) -> None:
         self._items.clear()
         self._sizes.clear()
+        self._subdirs.clear()
 
 
 BlockKey = tuple[str, tuple[Any, ...], int]  # (path, version, block index)

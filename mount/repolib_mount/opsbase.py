@@ -222,12 +222,11 @@ class OperationsBase(pyfuse3.Operations):
         """2 + subfolders, from the folder's cached listing (2 when there is none)."""
         if rel == "":
             return 2 + len(self._resources[1])
-        entries = self.dirs.get(rel, count=False)
-        if entries is None:
+        listed = self.dirs.subdirs(rel) if self.dirs.get(rel, count=False) is not None else None
+        if listed is None:
             return 2
-        subdirs = {n for n, m in entries.items() if m.is_dir}
-        subdirs |= {name_of(d) for d in self.pending_dirs if parent_of(d) == rel and d != rel}
-        return 2 + len(subdirs)
+        pending = {name_of(d) for d in self.pending_dirs if parent_of(d) == rel and d != rel}
+        return 2 + len(listed) + len(pending - listed)
 
     def _staged_meta(self, staged: Any) -> Meta:
         """A file being written, as it is now (its attributes as they will be uploaded)."""
@@ -431,8 +430,9 @@ class OperationsBase(pyfuse3.Operations):
             del self.known[k]
 
     def _after_write(self, rel: str, meta: Meta) -> None:
-        """Our own change to ``rel``: caches learn it now instead of after their TTL."""
-        self._forget_known(rel)
+        """Our own change to the file ``rel``: caches learn it now instead of after their TTL
+        (a file has nothing below it in ``known``: no scan)."""
+        self.known.pop(rel, None)
         self.attrs.put(rel, meta)
         self.negative.pop(rel)
         self.dirs.set_entry(parent_of(rel), name_of(rel), meta)

@@ -151,10 +151,27 @@ class WriteBack:
             "data": os.path.basename(staged.local),
             "written": time.time(),
         }
+        data = json.dumps(body).encode()
+        if staged.record is None:
+            # a new record: one create and one write (a write of a regular file is whole
+            # or absent after a kill; a torn one after a power loss is set aside at adoption)
+            try:
+                fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                fd = -1  # a stray one by that name: replaced atomically below
+            if fd >= 0:
+                try:
+                    os.write(fd, data)
+                finally:
+                    os.close(fd)
+                staged.record = record
+                return
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(body, f)
-        os.replace(tmp, record)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, record)  # a changed record: the old one or the new one, never a mix
         staged.record = record
 
     # -- what a previous daemon left ----------------------------------------------------------
