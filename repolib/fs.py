@@ -391,7 +391,9 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
         else:
             rp, backend = self._target(path, Access.READ, "list")
             try:
-                entries = self._call(rp, backend, backend.fs.ls, backend.path(rp.rel), detail=True)
+                entries = self._fast_ls(rp, backend) or self._call(
+                    rp, backend, backend.fs.ls, backend.path(rp.rel), detail=True
+                )
             except FileNotFoundError:
                 if rp.rel or not backend.prefixed:
                     raise  # a missing bucket, container or folder is an error, not emptiness
@@ -404,6 +406,20 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
             ]
             out = [e for e in out if e["name"] != rp.full or e["type"] != "directory"]
         return out if detail else [e["name"] for e in out]
+
+    def _fast_ls(self, rp: RepoPath, backend: Backend) -> list[dict[str, Any]]:
+        """An S3 folder listed through obstore; empty (ask the fsspec client) when it holds
+        nothing, is a file, or obstore cannot list it (a key it will not parse). Azure and GCS
+        listings carry metadata that obstore's do not: they keep the fsspec client."""
+        if backend.fast is None or backend.protocol != "s3":
+            return []
+        try:
+            entries: list[dict[str, Any]] = self._call(
+                rp, backend, backend.fast.list, backend.path(rp.rel)
+            )
+        except Exception:  # the fsspec client lists it, or says what is wrong
+            return []
+        return entries
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         state = self._state

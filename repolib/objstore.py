@@ -106,6 +106,39 @@ class FastObjects:
         """A whole object, as a buffer."""
         return obstore.get(self.store, self.key(path)).bytes()
 
+    def list(self, path: str) -> list[dict[str, Any]]:
+        """One folder's entries (objects and common prefixes) in the shape of s3fs's ``ls``,
+        from ListObjectsV2 with a delimiter: the XML is parsed in Rust, ~15x less CPU than
+        botocore for a large folder. A folder marker (``folder/``) is not an entry of its
+        own folder. Empty when nothing is there: the caller asks s3fs, which tells a file
+        from a missing path."""
+        head, _, key = path.partition("/")
+        if head != self.bucket:
+            raise ValueError(f"{path!r} is not in {self.bucket!r}")
+        prefix = key.strip("/")
+        got = obstore.list_with_delimiter(self.store, prefix or None)
+        out: list[dict[str, Any]] = []
+        for p in got["common_prefixes"]:
+            name = f"{self.bucket}/{str(p).rstrip('/')}"
+            out.append({"Key": name, "Size": 0, "type": "directory", "size": 0, "name": name})
+        for o in got["objects"]:
+            if o["path"] == prefix:
+                continue  # the marker ``prefix/`` (object_store drops its trailing slash)
+            name = f"{self.bucket}/{o['path']}"
+            size = int(o["size"])
+            out.append(
+                {
+                    "Key": name,
+                    "LastModified": o["last_modified"],
+                    "ETag": o.get("e_tag") or "",
+                    "Size": size,
+                    "type": "file",
+                    "size": size,
+                    "name": name,
+                }
+            )
+        return out
+
     def head(self, path: str) -> dict[str, Any]:
         """What an object is (size, ETag, server time, user metadata) from one HEAD, in the
         shape of s3fs's ``info``; FileNotFoundError when there is none."""

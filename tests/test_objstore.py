@@ -169,3 +169,46 @@ def test_a_server_that_checks_signatures_and_honours_ranges(
     with pytest.raises(PermissionError) as e:
         fs.read_range("analytics/bad/f.bin", 0, 10)
     assert e.value.errno == errno.EACCES and "wrong-secret" not in str(e.value)
+
+
+def test_s3_listings_through_obstore_match_the_fsspec_client(
+    catalog: repolib.Catalog, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """An S3 folder is listed through obstore (its XML parsed in Rust): the same names, kinds,
+    sizes, ETags and server times as s3fs lists, a folder marker not listed in its own folder,
+    and a file, an empty folder or a missing path answered as the fsspec client answers."""
+    repo = catalog.create_repository("analytics")
+    attach("s3", repo, "main", request, tmp_path)
+    fs = _fs(repo)
+    backend = backends.build(repo.resolve("main"))
+    assert backend.fast is not None
+    names = ["a.txt", "sp ace%25.txt", "ünï.txt", ".hidden", "sub/x.bin"]
+    for i, n in enumerate(names):
+        fs.pipe_file(f"analytics/main/top/{n}", b"x" * i)
+    bpath = backend.path("top")
+    backend.fs.pipe_file(f"{bpath}/empty/", b"")  # a folder marker, as the mount's mkdir makes
+    fast_entries = backend.fast.list(bpath)
+    slow = {e["name"]: e for e in backend.fs.ls(bpath, detail=True, refresh=True)}
+    fast = {e["name"]: e for e in fast_entries}
+    assert sorted(fast) == sorted(n for n in slow if not n.endswith("/"))
+    for name, e in fast.items():
+        assert (e["type"], e["size"]) == (slow[name]["type"], slow[name]["size"]), name
+        if e["type"] == "file":
+            assert e["ETag"] == slow[name]["ETag"]
+            assert int(e["LastModified"].timestamp()) == int(slow[name]["LastModified"].timestamp())
+    # through repo://, as before: names, kinds and sizes
+    listed = {
+        e["name"].rsplit("/", 1)[-1]: (e["type"], e["size"]) for e in fs.ls("analytics/main/top")
+    }
+    assert listed == {
+        "a.txt": ("file", 0),
+        "sp ace%25.txt": ("file", 1),
+        "ünï.txt": ("file", 2),
+        ".hidden": ("file", 3),
+        "sub": ("directory", 0),
+        "empty": ("directory", 0),
+    }
+    assert fs.ls("analytics/main/top/empty") == []  # the marker is not its own entry
+    assert [e["name"] for e in fs.ls("analytics/main/top/a.txt")] == ["analytics/main/top/a.txt"]
+    with pytest.raises(FileNotFoundError):
+        fs.ls("analytics/main/nothing-here")
