@@ -105,10 +105,12 @@ def timed(fn: Callable[[], Any]) -> float:
 OP_TIMEOUT = 120.0
 
 
-def run(argv: list[str]) -> bytes:
+def run(argv: list[str], env: dict[str, str] | None = None) -> bytes:
     """Run a command with a timeout (a hung FUSE answer must not hang the benchmark)."""
     try:
-        return subprocess.run(argv, capture_output=True, check=True, timeout=OP_TIMEOUT).stdout
+        return subprocess.run(
+            argv, capture_output=True, check=True, timeout=OP_TIMEOUT, env=env
+        ).stdout
     except subprocess.TimeoutExpired:
         raise TimeoutError(f"{' '.join(argv)} hung for {OP_TIMEOUT:.0f} s") from None
     except subprocess.CalledProcessError as exc:
@@ -636,6 +638,35 @@ def main() -> None:
 
             for _ in range(runs):
                 add("write", "limit", big / MiB / timed(limit_write))
+            src = shm / f"repolib-bench-w-{os.getpid()}.bin"
+            src.write_bytes(data_w)
+
+            def compiled_write() -> None:
+                """rclone's own multipart upload (16 MiB parts, 4 at once, as repolib's)."""
+                run(
+                    [
+                        mounts.rclone_exe or "rclone",
+                        "copyto",
+                        str(src),
+                        f"benchs3:{BUCKET}/w-limit-compiled.bin",
+                        "--s3-upload-cutoff",
+                        "16M",
+                        "--s3-chunk-size",
+                        "16M",
+                        "--s3-upload-concurrency",
+                        "4",
+                        "--no-check-dest",  # upload even though the same file is there
+                        "--ignore-checksum",
+                    ],
+                    env=mounts.rclone_env,
+                )
+
+            try:
+                if "rclone" not in skipped:
+                    for _ in range(runs):
+                        add("write", "limit-compiled", big / MiB / timed(compiled_write))
+            finally:
+                src.unlink(missing_ok=True)
             data_w = b""
 
             # --- untar of small files (until all are on the server) ----------------------------
@@ -883,7 +914,9 @@ def report(
         "Limit = 8 parallel ranged GETs of 8 MiB from Python (s3fs `cat_ranges`) for reads, "
         "one s3fs `pipe_file` for writes, one listing for `ls`, sequential ranged GETs "
         "for random reads; compiled limit = `rclone copyto --multi-thread-streams 8` to "
-        "/dev/shm; direct = reading the local folder itself. CPU = the daemon's user + "
+        "/dev/shm for reads, `rclone copyto` from /dev/shm in 16 MiB parts, 4 at once (as "
+        "repolib sends them) for writes; direct = reading the local folder itself. CPU = "
+        "the daemon's user + "
         "system seconds from /proc (for the limits: the client's own).",
         "",
         "| case | repolib | rclone | s3fs-fuse | limit / direct | compiled limit | "

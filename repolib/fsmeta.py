@@ -190,9 +190,9 @@ def _s3_info(bpath: str, head: Mapping[str, Any], kind: str = "file") -> dict[st
 
 
 async def _s3_stat(fs: Any, bpath: str, fast: Any = None) -> dict[str, Any]:
-    """One HEAD for a file (with its metadata; through obstore when ``fast`` is given); a
-    folder costs a LIST (and a HEAD of its marker when there is one); nothing there:
-    FileNotFoundError after HEAD + LIST."""
+    """One HEAD for a file (with its metadata; through obstore when ``fast`` is given, the
+    LIST below too); a folder costs a LIST (and a HEAD of its marker when there is one);
+    nothing there: FileNotFoundError after HEAD + LIST."""
     bucket, key = _s3_split(fs, bpath)
     if not key:
         found: dict[str, Any] = await fs._info(bpath)
@@ -204,13 +204,26 @@ async def _s3_stat(fs: Any, bpath: str, fast: Any = None) -> dict[str, Any]:
         return _s3_info(bpath, await fs._call_s3("head_object", Bucket=bucket, Key=key))
     except FileNotFoundError:
         pass
-    listed = await fs._call_s3(
-        "list_objects_v2", Bucket=bucket, Prefix=key + "/", Delimiter="/", MaxKeys=1
-    )
-    contents = listed.get("Contents") or []
-    if not contents and not listed.get("CommonPrefixes"):
-        raise FileNotFoundError(bpath)
-    if contents and contents[0].get("Key") == key + "/":
+    marker: bool | None = None
+    if fast is not None:
+        first: str | Exception | None
+        try:
+            first = await fast.first_below_async(bpath)
+        except Exception as exc:  # a key obstore will not parse: botocore's LIST answers
+            first = exc
+        if first is None:
+            raise FileNotFoundError(bpath)
+        if isinstance(first, str):
+            marker = first == key.strip("/")
+    if marker is None:
+        listed = await fs._call_s3(
+            "list_objects_v2", Bucket=bucket, Prefix=key + "/", Delimiter="/", MaxKeys=1
+        )
+        contents = listed.get("Contents") or []
+        if not contents and not listed.get("CommonPrefixes"):
+            raise FileNotFoundError(bpath)
+        marker = bool(contents) and contents[0].get("Key") == key + "/"
+    if marker:
         try:
             head = await fs._call_s3("head_object", Bucket=bucket, Key=key + "/")
             return _s3_info(bpath, head, "directory")

@@ -139,6 +139,16 @@ class FastObjects:
             )
         return out
 
+    async def first_below_async(self, path: str) -> str | None:
+        """The key of one object below the folder ``path`` (from one LIST page, parsed in
+        Rust), or None: whether a folder is there. A marker ``path/`` comes back as the
+        folder's own key (object_store drops the trailing slash)."""
+        stream = obstore.list(self.store, prefix=self.key(path), chunk_size=1)
+        async for batch in stream:
+            for o in batch:
+                return str(o["path"])
+        return None
+
     def head(self, path: str) -> dict[str, Any]:
         """What an object is (size, ETag, server time, user metadata) from one HEAD, in the
         shape of s3fs's ``info``; FileNotFoundError when there is none."""

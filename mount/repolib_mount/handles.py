@@ -264,7 +264,8 @@ class VirtualHandle:
 
 @dataclasses.dataclass
 class DirHandle:
-    """A directory listing snapshot: readdir offsets index into it, so they stay stable."""
+    """A directory listing snapshot: readdir offsets index into it, so they stay stable.
+    Taken at the first readdir (and again at a rewinddir, offset 0); None before."""
 
     path: str
-    entries: list[tuple[str, Any]]
+    entries: list[tuple[str, Any]] | None

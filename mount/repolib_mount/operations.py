@@ -91,13 +91,16 @@ class RepositoryOperations(AttrOperations):
 
     @fuse_handler()
     async def opendir(self, inode: int, ctx: Any) -> int:
-        rel = self._path(inode)
-        entries = await self._dir_entries(rel)
-        return self.dir_handles.add(DirHandle(rel, sorted(entries.items())))
+        # listed at the first readdir, not here: a folder opened only to be the base of
+        # *at() calls (``tar -C``, ``find``'s fds, ``openat``) costs no listing, and on S3
+        # no HEAD per entry for its attributes
+        return self.dir_handles.add(DirHandle(self._path(inode), None))
 
     @fuse_handler()
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         h = self.dir_handles.get(fh)
+        if h.entries is None or start_id == 0:  # the first read, or a rewinddir
+            h.entries = sorted((await self._dir_entries(h.path)).items())
         for i in range(start_id, len(h.entries)):
             name, meta = h.entries[i]
             ino = self.inodes.ensure(join(h.path, name))
