@@ -136,9 +136,10 @@ def test_close_returns_at_once_and_the_upload_follows_the_delay(wb: Any) -> None
             st = ops.stats()
             assert st["write_back"]["pending"] == 1 and st["pending_uploads"] == 1
             assert st["write_back"]["pending_bytes"] == 5
-            records = sorted(Path(ops.staging.folder).glob("*.json"))
-            assert len(records) == 1 and stat.S_IMODE(records[0].stat().st_mode) == 0o600
-            body = json.loads(records[0].read_text())
+            journal = Path(ops.staging.folder) / "pending.jsonl"
+            assert stat.S_IMODE(journal.stat().st_mode) == 0o600
+            (line,) = journal.read_text().splitlines()  # one line per change, no file each
+            body = json.loads(line)
             assert body["path"] == "local/a.txt" and body["attrs"]["mode"] & 0o777 == 0o640
             assert stat.S_IMODE(os.stat(ops.staging.folder).st_mode) == 0o700
             # this mount sees the new file already: listed, sized, readable
@@ -151,7 +152,7 @@ def test_close_returns_at_once_and_the_upload_follows_the_delay(wb: Any) -> None
             await _until(lambda: not ops.stats()["write_back"]["pending"])
             assert (data / "a.txt").read_bytes() == b"hello"
             assert stat.S_IMODE((data / "a.txt").stat().st_mode) == 0o640
-            assert not list(Path(ops.staging.folder).glob("*.json"))  # record gone
+            assert journal.read_text() == ""  # nothing pending: the journal is emptied
             assert not list(Path(ops.staging.folder).glob("*.part"))  # staged copy gone
             assert ops.stats()["write_back"]["uploaded"] == 1
             nursery.cancel_scope.cancel()
@@ -256,7 +257,50 @@ def test_the_next_daemon_of_the_mount_uploads_what_the_last_one_left(wb: Any) ->
     assert stat.S_IMODE((data / "left.txt").stat().st_mode) == 0o600
     assert (data / "sub" / "deep.txt").read_bytes() == b"deeper"
     assert second.stats()["write_back"]["adopted_at_start"] == 2
-    assert not [n for n in os.listdir(second.staging.folder) if n != ".lock"]
+    folder = Path(second.staging.folder)
+    assert sorted(os.listdir(folder)) == [".lock", "pending.jsonl"]
+    assert (folder / "pending.jsonl").read_text() == ""  # everything uploaded
+
+
+def test_a_torn_journal_line_an_earlier_record_file_and_a_stray_copy(wb: Any) -> None:
+    """What a crash or an earlier version can leave: a last line cut short (a power loss) is
+    skipped, a record file ``N.json`` of an earlier version is taken over like a line, and a
+    staged copy with no record (its upload was done, or it was never closed) is removed."""
+    import trio
+
+    first = wb()
+
+    async def write() -> None:
+        local = await first.lookup(ROOT_INODE, b"local")
+        await _write(first, local.st_ino, b"kept.txt", b"from the journal")
+
+    _run(write)
+    first.writeback.forced = True
+    first.close()
+    folder = Path(first.staging.folder)
+    with open(folder / "pending.jsonl", "a") as f:
+        f.write('{"data": "77.part", "path": "local/torn')  # cut short, no newline
+    (folder / "80.part").write_bytes(b"from an earlier version")
+    (folder / "80.json").write_text(
+        json.dumps({"path": "local/old.txt", "attrs": {"mode": 0o100644}, "data": "80.part"})
+    )
+    (folder / "81.part").write_bytes(b"no record")
+    second = wb()
+
+    async def adopt() -> None:
+        async with trio.open_nursery() as nursery:
+            second.nursery = nursery
+            await nursery.start(second.writeback.run)
+            assert second.adopt_pending() == 2
+            assert not (folder / "81.part").exists()  # the stray copy
+            assert await second.writeback.flush_all() == 0
+            nursery.cancel_scope.cancel()
+
+    _run(adopt)
+    assert (wb.data / "kept.txt").read_bytes() == b"from the journal"
+    assert (wb.data / "old.txt").read_bytes() == b"from an earlier version"
+    assert not (wb.data / "torn").exists()
+    assert sorted(os.listdir(folder)) == [".lock", "pending.jsonl"]
 
 
 # -- real mounts over S3, GCS, Azure and a local folder ---------------------------------------

@@ -2,10 +2,16 @@
 upload follows once the file has not changed for SECONDS.
 
 * A file closed with changes is *pending*: its staged copy stays in the mount's write-back
-  folder (``<cache-dir>/writeback/<repository>-<tag of the mountpoint>/N.part``, 0700) beside
-  a record ``N.json`` (its path and attributes, replaced atomically), so a daemon that dies
-  leaves everything needed to finish: the next daemon of the same repository and mountpoint
-  takes the folder over (one daemon at a time: a lock file) and uploads what it finds first.
+  folder (``<cache-dir>/writeback/<repository>-<tag of the mountpoint>/N.part``, 0700) and a
+  line in the folder's journal ``pending.jsonl`` records its path and attributes (a later line
+  for the same file replaces it; a ``done`` line ends it), so a daemon that dies leaves
+  everything needed to finish: the next daemon of the same repository and mountpoint takes the
+  folder over (one daemon at a time: a lock file) and uploads what it finds first. One
+  appended line per change, not a file per pending file: on a disk the server also writes to,
+  creating files is what a burst of small files waits for. Each line is one ``write`` of an
+  ``O_APPEND`` file (whole or absent after a kill); the journal is emptied whenever nothing is
+  pending, and rewritten (atomically) when a daemon takes it over. Records ``N.json`` left by
+  earlier versions are taken over too.
 * Uploads start ``delay`` seconds after a file's last change, ``UPLOADS`` at once. ``fsync``,
   a rename, SIGINT/SIGTERM and ``repolib umount`` upload at once and wait.
 * An upload that fails is kept and retried after a pause that doubles (1 s ... 60 s); each
@@ -39,6 +45,7 @@ from .handles import Staged, StagingArea
 log = logging.getLogger("repolib_mount")
 
 UPLOADS = 8  # uploads at once
+JOURNAL = "pending.jsonl"  # the pending files' records, one JSON line per change
 RETRY_MIN_S = 1.0
 RETRY_MAX_S = 60.0
 
@@ -79,6 +86,15 @@ class WriteBack:
         self._ended = trio.Event()  # set (and replaced) whenever an upload ends
         self._limiter = trio.CapacityLimiter(UPLOADS)
         self._lock_fd = self._lock()
+        self.journal = os.path.join(self.folder, JOURNAL)
+        self._journal_fd = -1  # opened by adopt() (after it has read what is there)
+        self._live = 0  # files with a live record in the journal
+        # the journal holds only our records (nothing was left, or adopt() has run): it may
+        # be emptied when nothing is pending
+        try:
+            self._adopted_journal = os.path.getsize(self.journal) == 0
+        except FileNotFoundError:
+            self._adopted_journal = True
 
     def _lock(self) -> int:
         fd = os.open(
@@ -96,6 +112,9 @@ class WriteBack:
         return fd
 
     def close(self) -> None:
+        if self._journal_fd >= 0:
+            os.close(self._journal_fd)
+            self._journal_fd = -1
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
@@ -129,11 +148,21 @@ class WriteBack:
             self._write_record(staged)
 
     def forget(self, staged: Staged) -> None:
-        """Deleted (or its upload is no longer wanted): the record goes."""
+        """Uploaded, deleted, or no longer wanted: its record ends (a ``done`` line; the
+        journal is emptied once nothing is pending)."""
         record, staged.record = staged.record, None
-        if record is not None:
+        if record is None:
+            return
+        if record != self.journal:  # an earlier version's record file, taken over
             with contextlib.suppress(FileNotFoundError):
                 os.remove(record)
+            return
+        self._live -= 1
+        if self._live <= 0 and self._adopted_journal:
+            self._live = 0
+            os.ftruncate(self._journal_fd, 0)  # nothing pending: appends start again at 0
+        else:
+            self._append({"data": os.path.basename(staged.local), "done": True})
 
     def done(self, staged: Staged) -> None:
         """After an upload: nothing is pending any more unless it changed meanwhile."""
@@ -142,62 +171,52 @@ class WriteBack:
             self.forget(staged)
 
     def _write_record(self, staged: Staged) -> None:
-        record = staged.record or os.path.splitext(staged.local)[0] + ".json"
-        tmp = record + ".tmp"
-        body = {
-            "path": staged.path,
-            "attrs": staged.upload_attrs(),
-            "remote": staged.remote,
-            "data": os.path.basename(staged.local),
-            "written": time.time(),
-        }
-        data = json.dumps(body).encode()
-        if staged.record is None:
-            # a new record: one create and one write (a write of a regular file is whole
-            # or absent after a kill; a torn one after a power loss is set aside at adoption)
-            try:
-                fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            except FileExistsError:
-                fd = -1  # a stray one by that name: replaced atomically below
-            if fd >= 0:
-                try:
-                    os.write(fd, data)
-                finally:
-                    os.close(fd)
-                staged.record = record
-                return
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(tmp, record)  # a changed record: the old one or the new one, never a mix
-        staged.record = record
+        self._append(
+            {
+                "data": os.path.basename(staged.local),
+                "path": staged.path,
+                "attrs": staged.upload_attrs(),
+                "remote": staged.remote,
+                "written": time.time(),
+            }
+        )
+        if staged.record != self.journal:
+            if staged.record is not None:  # an earlier version's record file: now a line
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(staged.record)
+            self._live += 1
+            staged.record = self.journal
+
+    def _append(self, body: dict[str, Any]) -> None:
+        if self._journal_fd < 0:
+            self._open_journal()
+        os.write(self._journal_fd, (json.dumps(body) + "\n").encode())
+
+    def _open_journal(self) -> None:
+        self._journal_fd = os.open(
+            self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
 
     # -- what a previous daemon left ----------------------------------------------------------
 
     def adopt(self, inode_for: Callable[[str], int]) -> list[Staged]:
         """Take over the pending files a daemon that stopped left in the folder (due at
-        once); a record without its data, or unreadable, is set aside with a warning."""
+        once); a record without its data, or unreadable, is set aside with a warning. The
+        journal is then rewritten (atomically) with the records of what was taken over."""
         found = []
-        for name in sorted(os.listdir(self.folder), key=_number):
-            if not name.endswith(".json"):
-                continue
-            record = os.path.join(self.folder, name)
+        for origin, body in self._left():
+            name = os.path.basename(origin)
             try:
-                with open(record, encoding="utf-8") as f:
-                    body = json.load(f)
                 local = os.path.join(self.folder, os.path.basename(str(body["data"])))
                 path = str(body["path"])
                 if self.staging.by_path(path) is not None:
                     raise ValueError(f"a second record for {path}")
                 staged = self.staging.adopt(local, path, inode_for(path))
             except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.warning(
-                    "write-back: could not take over %s (%s); left as %s.bad", name, exc, name
-                )
-                with contextlib.suppress(OSError):
-                    os.replace(record, record + ".bad")
+                log.warning("write-back: could not take over %s (%s); left as it is", name, exc)
+                if origin != self.journal:
+                    with contextlib.suppress(OSError):
+                        os.replace(origin, origin + ".bad")
                 continue
             attrs = dict(body.get("attrs") or {})
             staged.mtime_ns = int(attrs.pop("mtime_ns", staged.mtime_ns))
@@ -206,11 +225,80 @@ class WriteBack:
             staged.attrs = attrs
             staged.remote = bool(body.get("remote", True))
             staged.dirty = True
-            staged.record = record
+            staged.record = origin
             self._schedule(staged, 0.0)
             found.append(staged)
+        self._rewrite([s for s in found if s.record == self.journal])
+        kept = {os.path.basename(s.local) for s in found}
+        for name in os.listdir(self.folder):
+            if name.endswith(".part") and name not in kept:
+                # no record: uploaded (its "done" line was written, its removal was not), or
+                # never closed before the daemon stopped (close had not returned)
+                log.info("write-back: removing %s, which has no pending record", name)
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(self.folder, name))
         self.adopted = len(found)
         return found
+
+    def _left(self) -> list[tuple[str, dict[str, Any]]]:
+        """What a previous daemon left pending: (where its record is, the record), from the
+        journal (the last line of each file that has no ``done`` line after it) and from
+        earlier versions' ``N.json`` files."""
+        live: dict[str, dict[str, Any]] = {}
+        try:
+            with open(self.journal, encoding="utf-8", errors="replace") as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            lines = []
+        for n, line in enumerate(lines, 1):
+            try:
+                body = json.loads(line)
+                data = str(body["data"])
+            except (ValueError, KeyError, TypeError):
+                if line.strip():
+                    log.warning("write-back: line %d of %s is unreadable; skipped", n, JOURNAL)
+                continue
+            if body.get("done"):
+                live.pop(data, None)
+            else:
+                live[data] = body
+        out = [(self.journal, body) for body in live.values()]
+        for name in sorted(os.listdir(self.folder), key=_number):
+            if name.endswith(".json"):
+                record = os.path.join(self.folder, name)
+                try:
+                    with open(record, encoding="utf-8") as f:
+                        out.append((record, json.load(f)))
+                except (OSError, ValueError) as exc:
+                    log.warning(
+                        "write-back: could not take over %s (%s); left as %s.bad", name, exc, name
+                    )
+                    with contextlib.suppress(OSError):
+                        os.replace(record, record + ".bad")
+        return out
+
+    def _rewrite(self, staged: list[Staged]) -> None:
+        """The journal holds exactly these records from now on (replaced atomically)."""
+        tmp = self.journal + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            for s in staged:
+                body = {
+                    "data": os.path.basename(s.local),
+                    "path": s.path,
+                    "attrs": s.upload_attrs(),
+                    "remote": s.remote,
+                    "written": time.time(),
+                }
+                os.write(fd, (json.dumps(body) + "\n").encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.journal)
+        if self._journal_fd >= 0:
+            os.close(self._journal_fd)
+        self._open_journal()
+        self._live = len(staged)
+        self._adopted_journal = True
 
     # -- uploading ----------------------------------------------------------------------------
 
