@@ -383,11 +383,13 @@ copies on the reply path (pyfuse3 replies from our buffers, but the kernel still
 * **500 random 4 KiB reads** (0.84-1.20x s3fs-fuse across runs): one ranged GET per \
 read for both, ~0.8 ms each, so the ratio is the server's latency noise. Next: answer a read \
 without a worker-thread hop (obstore's async calls on the daemon's loop).
-* **Untar with `--write-back 1`** (0.63-0.81x rclone's time): the time is the untar itself \
-(close returns once staged: ~3 s for 1,000 files) + the 1 s delay + the last uploads. Each \
-pending file is two local files (its data and its crash-safe record) created on the disk the \
-server also writes to; the same case with `--cache-dir` on tmpfs stages in 2.2 s. Next: one \
-append-only record journal per mount instead of a record file per file.
+* **Untar with `--write-back 1`** (0.63-1.00x rclone's time): the time is the untar itself \
+(close returns once staged) + the 1 s delay + the last uploads, 8 at once, on 2 cores shared \
+with the server. Each pending file used to be two local files (its data and a \
+record) made on the disk the server also writes to; records are now lines of one journal \
+(in `bench/profile_mount.py`, the record writes went from 16% of the busy samples to none). \
+Next: stream a pending file's upload as soon as its delay ends in parts, and fewer thread \
+hops per upload.
 * **Daemon CPU per 1,000 files written** (2.8-6.7 s; s3fs-fuse 1.6-3.0 s): after the fixes \
 of this round (a folder's link count without a scan, no listing at opendir, listings and \
 folder probes through obstore) it is ~10 FUSE requests per file (lookup, create, write, \
