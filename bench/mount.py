@@ -141,7 +141,7 @@ def wait_until(pred: Callable[[], bool], timeout: float = 300.0) -> None:
     while not pred():
         if time.monotonic() > deadline:
             raise RuntimeError("timed out waiting for the upload to reach the server")
-        time.sleep(0.01)
+        time.sleep(0.02)
 
 
 class Remote:
@@ -151,12 +151,16 @@ class Remote:
         self.fs = s3.filesystem()
 
     def sizes(self, prefix: str = "") -> dict[str, int]:
-        """Names and sizes of the objects at the bucket's top level (one listing)."""
+        """Names and sizes of the objects at the bucket's top level whose names start with
+        ``prefix``: a listing of that prefix only (the top level holds every earlier run's
+        files; listing all of them at each poll would take a core from the systems that
+        upload after close, while they upload)."""
         self.fs.invalidate_cache()
+        found = self.fs.find(BUCKET, prefix=prefix, maxdepth=1, detail=True)
         return {
-            e["name"].split("/", 1)[1]: int(e["size"])
-            for e in self.fs.ls(BUCKET, detail=True)
-            if e["type"] == "file" and e["name"].split("/", 1)[1].startswith(prefix)
+            name.split("/", 1)[1]: int(e["size"])
+            for name, e in found.items()
+            if e["type"] == "file" and name.split("/", 1)[1].startswith(prefix)
         }
 
     def complete(self, files: dict[str, int], prefix: str = "") -> bool:
@@ -980,7 +984,8 @@ def report(
         "",
         "* rclone mount: `--vfs-cache-mode off` for reads, `ls` and random reads; "
         "`--vfs-cache-mode writes` for write and untar, where `close` returns before the "
-        "upload, hence the times until the object is complete in the server's data folder.",
+        "upload, hence the times until the object is complete in the server's data folder "
+        "(polled every 20 ms with a listing of that run's names only, for every system).",
         "* s3fs-fuse: default options (no local cache), `-o use_path_request_style`. "
         "The untar case extracts a flat tar into the mount's root with a per-run name "
         "prefix (`tar --transform`), the same for all systems.",
