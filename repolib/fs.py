@@ -727,7 +727,12 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
             ):
                 raise FileExistsError(errno.EEXIST, "file exists", rp.full)
         wanted = normalize(attrs)
-        if backend.fast is not None and mode == "overwrite" and not kwargs:
+        through_open = bool(wanted) and (backend.local or backend.protocol == "az")
+        # one PUT with the attributes: obstore's (whatever the attributes), or the fsspec
+        # client's where attributes must travel with the object (S3, GCS)
+        if (backend.fast is not None and mode == "overwrite" and not kwargs) or (
+            wanted and not through_open and backend.protocol in fsmeta.OBJECT_STORES
+        ):
             self._call(
                 rp,
                 backend,
@@ -739,21 +744,9 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
                 count={"bytes_written": len(value)},
             )
             return
-        if wanted and (backend.local or backend.protocol == "az"):
+        if through_open:
             with self.open(path, "wb" if mode == "overwrite" else "xb", attrs=attrs) as f:
                 f.write(value)
-            return
-        if wanted and backend.protocol in fsmeta.OBJECT_STORES:
-            self._call(
-                rp,
-                backend,
-                put_bytes,
-                backend,
-                backend.path(rp.rel),
-                value,
-                wanted,
-                count={"bytes_written": len(value)},
-            )
             return
         self._call(
             rp,

@@ -29,6 +29,7 @@ from .mounting import (
     MISSING,
     World,
     add_keys,
+    add_object_stores,
     alive,
     mounted,
     new_world,
@@ -57,23 +58,7 @@ def bworld(
     azure_server: servers.AzuriteServer,
 ) -> Iterator[World]:
     w, r = new_world(tmp_path_factory.mktemp("backendsworld"))
-    r.add_storage("bucket", f"s3://{new_bucket(rclone_server)}/data", **s3_options(rclone_server))
-    gcs = servers.make_bucket(gcs_server, f"g{os.getpid()}x{os.urandom(3).hex()}")
-    r.add_storage(
-        "gcs",
-        f"gs://{gcs}/data",
-        endpoint_url=gcs_server.endpoint_url,
-        project=gcs_server.project,
-        token="anon",
-    )
-    az = servers.make_bucket(azure_server, f"a{os.getpid()}x{os.urandom(3).hex()}")
-    r.add_storage(
-        "azure",
-        f"az://{az}/data",
-        endpoint_url=azure_server.blob_endpoint.rsplit("/", 1)[0],
-        account_name=azure_server.account_name,
-        account_key=azure_server.account_key,
-    )
+    add_object_stores(r, rclone_server, gcs_server, azure_server)
     add_keys(w, r)
     yield w
     w.catalog.close()

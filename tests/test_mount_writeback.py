@@ -25,6 +25,7 @@ from .mounting import (
     DAEMONS,
     MISSING,
     add_keys,
+    add_object_stores,
     alive,
     mounted,
     new_world,
@@ -312,30 +313,11 @@ RESOURCES = ["local", "bucket", "gcs", "azure"]
 def mworld(
     tmp_path_factory: pytest.TempPathFactory, rclone_server: Any, gcs_server: Any, azure_server: Any
 ) -> Any:
-    from . import servers
-    from .helpers import new_bucket, s3_options
-
     top = tmp_path_factory.mktemp("wbworld")
     w, r = new_world(top)
     (top / "folder").mkdir()
     r.add_storage("local", f"file://{top / 'folder'}")
-    r.add_storage("bucket", f"s3://{new_bucket(rclone_server)}/data", **s3_options(rclone_server))
-    gcs = servers.make_bucket(gcs_server, f"g{os.getpid()}w{os.urandom(3).hex()}")
-    r.add_storage(
-        "gcs",
-        f"gs://{gcs}/data",
-        endpoint_url=gcs_server.endpoint_url,
-        project=gcs_server.project,
-        token="anon",
-    )
-    az = servers.make_bucket(azure_server, f"a{os.getpid()}w{os.urandom(3).hex()}")
-    r.add_storage(
-        "azure",
-        f"az://{az}/data",
-        endpoint_url=azure_server.blob_endpoint.rsplit("/", 1)[0],
-        account_name=azure_server.account_name,
-        account_key=azure_server.account_key,
-    )
+    add_object_stores(r, rclone_server, gcs_server, azure_server)
     add_keys(w, r)
     yield w
     w.catalog.close()
