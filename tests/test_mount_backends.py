@@ -465,10 +465,15 @@ def test_write_back_upload_cut_by_sigkill_is_finished_by_the_next_daemon(
 
     data = os.urandom(96 * MiB)
     mp = tmp_path / "m"
-    with mounted(fworld, mp, fworld.write_key, "--write-back", "0") as m:
+    with mounted(fworld, mp, fworld.write_key, "--write-back", "1") as m:
         pid = stats(m)["pid"]
-        (m / "bucket" / "big.bin").write_bytes(data)  # close: staged; the upload starts
-        assert wait_for(lambda: unfinished(), timeout=30)  # parts on their way
+        # close: staged; the upload starts a second later, while this test already watches
+        # for its parts (an upload started at close can be over before the first look)
+        (m / "bucket" / "big.bin").write_bytes(data)
+        assert wait_for(lambda: unfinished(), timeout=30), (  # parts on their way
+            (fworld.data / "big.bin").exists(),
+            stats(m),
+        )
         os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
         assert wait_for(lambda: not alive(pid))  # type: ignore[arg-type]
         assert wait_for(lambda: stale(mp))
