@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import repolib  # noqa: E402
+from bench.mount import proc_cpu  # noqa: E402
 from tests import servers  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -55,11 +56,6 @@ IDLE = (
     "async_wrapper.<locals>.wrapper (_pyfuse3",
     "serve (repolib_mount/daemon",
 )
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def busy_frames(raw: Path) -> tuple[int, collections.Counter[str]]:
@@ -147,12 +143,12 @@ def run_case(
                 stderr=subprocess.DEVNULL,
             )
             time.sleep(1)
-        c0, t0 = cpu_seconds(m.pid), time.perf_counter()
+        c0, t0 = proc_cpu(m.pid), time.perf_counter()
         act(m.mp / "data")
         t1 = time.perf_counter()
         while not done(fs):
             time.sleep(0.02)
-        t2, c1 = time.perf_counter(), cpu_seconds(m.pid)
+        t2, c1 = time.perf_counter(), proc_cpu(m.pid)
         after = m.stats()
         if rec is not None:
             rec.send_signal(signal.SIGINT)

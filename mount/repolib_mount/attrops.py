@@ -171,18 +171,7 @@ class AttrOperations(FileOperations):
         attrs = await self._new_attrs(rel, stat.S_IFLNK | 0o777, ctx)
         attrs.pop("mode")
         await self._run(self.fs.symlink, text, self._fs_path(rel), attrs=attrs)
-        meta = Meta(
-            False,
-            len(target),
-            attrs["mtime_ns"] / 1e9,
-            mode=stat.S_IFLNK | 0o777,
-            uid=attrs["uid"],
-            gid=attrs["gid"],
-            atime_ns=attrs["atime_ns"],
-            mtime_ns=attrs["mtime_ns"],
-            ctime_ns=attrs["ctime_ns"],
-            target=text,
-        )
+        meta = Meta.made(attrs, size=len(target), mode=stat.S_IFLNK | 0o777, target=text)
         return self._made(rel, meta)
 
     def _made(self, rel: str, meta: Meta) -> pyfuse3.EntryAttributes:
@@ -219,18 +208,7 @@ class AttrOperations(FileOperations):
         if kind not in (stat.S_IFCHR, stat.S_IFBLK):
             rdev = 0
         await self._run(self.fs.mknod, self._fs_path(rel), attrs["mode"], rdev, attrs=attrs)
-        meta = Meta(
-            False,
-            0,
-            attrs["mtime_ns"] / 1e9,
-            mode=attrs["mode"],
-            uid=attrs["uid"],
-            gid=attrs["gid"],
-            atime_ns=attrs["atime_ns"],
-            mtime_ns=attrs["mtime_ns"],
-            ctime_ns=attrs["ctime_ns"],
-            rdev=rdev,
-        )
+        meta = Meta.made(attrs, rdev=rdev)
         return self._made(rel, meta)
 
     @fuse_handler()

@@ -88,6 +88,21 @@ class Meta:
         )
 
     @classmethod
+    def made(cls, attrs: dict[str, Any], is_dir: bool = False, **extra: Any) -> Meta:
+        """A name made here with the attributes of ``_new_attrs`` (mode, owner, times);
+        ``extra`` sets the rest (size, rdev, target) or overrides them."""
+        fields: dict[str, Any] = {
+            "mtime": attrs["mtime_ns"] / 1e9,
+            "mode": attrs.get("mode"),
+            "uid": attrs["uid"],
+            "gid": attrs["gid"],
+            "atime_ns": attrs["atime_ns"],
+            "mtime_ns": attrs["mtime_ns"],
+            "ctime_ns": attrs["ctime_ns"],
+        }
+        return cls(is_dir, **{**fields, **extra})
+
+    @classmethod
     def directory(cls, mtime: float | None = None) -> Meta:
         return cls(is_dir=True, mtime=mtime)
 
@@ -249,9 +264,9 @@ class DirCache:
             self._subdirs[path].discard(name)
 
     def subdirs(self, path: str) -> set[str] | None:
-        """The subfolders' names in the cached listing of ``path`` (fresh or not; None if
-        there is none). Read-only for the caller."""
-        return self._subdirs.get(path) if path in self._items else None
+        """The subfolders' names in the fresh listing of ``path`` (None if there is none).
+        Read-only for the caller."""
+        return None if self.get(path, count=False) is None else self._subdirs[path]
 
     def pop(self, path: str) -> None:
         self._items.pop(path, None)

@@ -126,18 +126,7 @@ class RepositoryOperations(AttrOperations):
         self._check_new_name(rel)  # (the kernel looked the name up first: it is free)
         attrs = await self._new_attrs(rel, stat.S_IFDIR | (mode & 0o7777), ctx)
         await self._run(self.fs.mkdir, self._fs_path(rel), create_parents=True, attrs=attrs)
-        meta = Meta(
-            True,
-            0,
-            attrs["mtime_ns"] / 1e9,
-            mode=attrs["mode"],
-            uid=attrs["uid"],
-            gid=attrs["gid"],
-            atime_ns=attrs["atime_ns"],
-            mtime_ns=attrs["mtime_ns"],
-            ctime_ns=attrs["ctime_ns"],
-            nlink=None,
-        )
+        meta = Meta.made(attrs, is_dir=True)
         if not self._local_paths.get(rel.split("/", 1)[0]):
             # an object store may show the folder only once a file is in it, and one without
             # folder markers keeps none of its attributes: this daemon keeps both meanwhile

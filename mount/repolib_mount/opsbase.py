@@ -222,7 +222,7 @@ class OperationsBase(pyfuse3.Operations):
         """2 + subfolders, from the folder's cached listing (2 when there is none)."""
         if rel == "":
             return 2 + len(self._resources[1])
-        listed = self.dirs.subdirs(rel) if self.dirs.get(rel, count=False) is not None else None
+        listed = self.dirs.subdirs(rel)
         if listed is None:
             return 2
         pending = {name_of(d) for d in self.pending_dirs if parent_of(d) == rel and d != rel}

@@ -171,15 +171,7 @@ class WriteBack:
             self.forget(staged)
 
     def _write_record(self, staged: Staged) -> None:
-        self._append(
-            {
-                "data": os.path.basename(staged.local),
-                "path": staged.path,
-                "attrs": staged.upload_attrs(),
-                "remote": staged.remote,
-                "written": time.time(),
-            }
-        )
+        self._append(_record(staged))
         if staged.record != self.journal:
             if staged.record is not None:  # an earlier version's record file: now a line
                 with contextlib.suppress(FileNotFoundError):
@@ -283,14 +275,7 @@ class WriteBack:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             for s in staged:
-                body = {
-                    "data": os.path.basename(s.local),
-                    "path": s.path,
-                    "attrs": s.upload_attrs(),
-                    "remote": s.remote,
-                    "written": time.time(),
-                }
-                os.write(fd, (json.dumps(body) + "\n").encode())
+                os.write(fd, (json.dumps(_record(s)) + "\n").encode())
         finally:
             os.close(fd)
         os.replace(tmp, self.journal)
@@ -411,6 +396,17 @@ class WriteBack:
             "adopted_at_start": self.adopted,
             "failing": failing,
         }
+
+
+def _record(staged: Staged) -> dict[str, Any]:
+    """A pending file's journal line: where its data is, and what to upload it as."""
+    return {
+        "data": os.path.basename(staged.local),
+        "path": staged.path,
+        "attrs": staged.upload_attrs(),
+        "remote": staged.remote,
+        "written": time.time(),
+    }
 
 
 def _number(name: str) -> int:
