@@ -398,14 +398,38 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
                 if rp.rel or not backend.prefixed:
                     raise  # a missing bucket, container or folder is an error, not emptiness
                 entries = []  # an empty prefix inside a bucket: the resource root still exists
-            out = [
-                self._entry(rp, backend, e, listed=True)
-                for e in entries
-                if not is_temp_name(e["name"].rsplit("/", 1)[-1])
-                and not fsmeta.is_marker(e["name"])
-            ]
-            out = [e for e in out if e["name"] != rp.full or e["type"] != "directory"]
+            out = self._listed(rp, backend, entries)
         return out if detail else [e["name"] for e in out]
+
+    def ls_upto(self, path: str, limit: int) -> list[dict[str, Any]] | None:
+        """``ls(path, detail=True)`` of a folder of an S3 resource holding at most ``limit``
+        objects (its subfolders' included), else None (also when obstore could not list it: a
+        key it will not parse, a server error): the mount lists a folder it is making many
+        names in this way, never paying for a huge one. NotImplementedError for a resource
+        whose listings cannot be bounded (not S3, or S3 without obstore)."""
+        rp = self._split(path)
+        if not rp.resource:
+            raise NotImplementedError(f"{rp.full or 'repo://'} is not in a resource")
+        rp, backend = self._target(path, Access.READ, "list")
+        if backend.fast is None or backend.protocol != "s3":
+            raise NotImplementedError(f"{rp.full}: only S3 listings are bounded")
+        try:
+            entries = self._call(rp, backend, backend.fast.list_upto, backend.path(rp.rel), limit)
+        except Exception:  # ``ls`` lists it (through s3fs), or says what is wrong
+            return None
+        return None if entries is None else self._listed(rp, backend, entries)
+
+    def _listed(
+        self, rp: RepoPath, backend: Backend, entries: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """A backend listing's entries as ``ls`` shows them (no temporary names, no folder
+        markers, not the folder itself)."""
+        out = [
+            self._entry(rp, backend, e, listed=True)
+            for e in entries
+            if not is_temp_name(e["name"].rsplit("/", 1)[-1]) and not fsmeta.is_marker(e["name"])
+        ]
+        return [e for e in out if e["name"] != rp.full or e["type"] != "directory"]
 
     def _fast_ls(self, rp: RepoPath, backend: Backend) -> list[dict[str, Any]]:
         """An S3 folder listed through obstore; empty (ask the fsspec client) when it holds

@@ -117,27 +117,63 @@ class FastObjects:
             raise ValueError(f"{path!r} is not in {self.bucket!r}")
         prefix = key.strip("/")
         got = obstore.list_with_delimiter(self.store, prefix or None)
-        out: list[dict[str, Any]] = []
-        for p in got["common_prefixes"]:
-            name = f"{self.bucket}/{str(p).rstrip('/')}"
-            out.append({"Key": name, "Size": 0, "type": "directory", "size": 0, "name": name})
-        for o in got["objects"]:
-            if o["path"] == prefix:
-                continue  # the marker ``prefix/`` (object_store drops its trailing slash)
-            name = f"{self.bucket}/{o['path']}"
-            size = int(o["size"])
-            out.append(
-                {
-                    "Key": name,
-                    "LastModified": o["last_modified"],
-                    "ETag": o.get("e_tag") or "",
-                    "Size": size,
-                    "type": "file",
-                    "size": size,
-                    "name": name,
-                }
-            )
+        out = [self._folder_entry(str(p).rstrip("/")) for p in got["common_prefixes"]]
+        # the marker ``prefix/`` is not an entry (object_store drops its trailing slash)
+        out += [self._file_entry(o) for o in got["objects"] if o["path"] != prefix]
         return out
+
+    def list_upto(self, path: str, limit: int) -> list[dict[str, Any]] | None:
+        """``list`` of a folder that holds at most ``limit`` objects, counting those in its
+        subfolders; None if it holds more (after reading at most ``limit`` of them): a listing
+        whose cost is bounded whatever the folder's size, for callers that would otherwise
+        ask about names one by one.
+
+        The listing is recursive (object_store's paged listing with a delimiter has no
+        bound), so a subfolder is a name with keys below it. A marker ``x/`` and an empty
+        file ``x`` look alike here (object_store drops the slash): a zero-size ``x`` with keys
+        below it is the marker; one without is shown as a file, which ``info`` corrects."""
+        head, _, key = path.partition("/")
+        if head != self.bucket:
+            raise ValueError(f"{path!r} is not in {self.bucket!r}")
+        prefix = key.strip("/")
+        skip = len(prefix) + 1 if prefix else 0
+        files: dict[str, Any] = {}
+        folders: set[str] = set()
+        seen = 0
+        for batch in obstore.list(self.store, prefix=prefix or None, chunk_size=1000):
+            seen += len(batch)
+            if seen > limit:
+                return None
+            for o in batch:
+                name, below, _ = str(o["path"])[skip:].partition("/")
+                if below:
+                    folders.add(name)
+                elif name:  # (not the folder's own marker)
+                    files[name] = o
+        out = [self._folder_entry(f"{prefix}/{n}" if prefix else n) for n in sorted(folders)]
+        out += [
+            self._file_entry(o)
+            for n, o in files.items()
+            if n not in folders or int(o["size"])  # a zero-size ``n`` beside ``n/...``: marker
+        ]
+        return out
+
+    def _folder_entry(self, key: str) -> dict[str, Any]:
+        name = f"{self.bucket}/{key}"
+        return {"Key": name, "Size": 0, "type": "directory", "size": 0, "name": name}
+
+    def _file_entry(self, o: Any) -> dict[str, Any]:
+        name = f"{self.bucket}/{o['path']}"
+        size = int(o["size"])
+        return {
+            "Key": name,
+            "LastModified": o["last_modified"],
+            "ETag": o.get("e_tag") or "",
+            "Size": size,
+            "type": "file",
+            "size": size,
+            "name": name,
+        }
 
     async def first_below_async(self, path: str) -> str | None:
         """The key of one object below the folder ``path`` (from one LIST page, parsed in

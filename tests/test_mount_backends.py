@@ -20,10 +20,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import fsspec
 import pytest
 
 from . import servers
-from .helpers import new_bucket, s3_options
+from .helpers import new_bucket, random_bytes, s3_options
 from .mounting import (
     DAEMONS,
     MISSING,
@@ -78,9 +79,9 @@ def test_the_mount_shows_one_folder_per_backend(bmnt: Path) -> None:
 def test_shell_tools(bmnt: Path, bworld: World, tmp_path: Path, resource: str) -> None:
     top = bmnt / resource / "shell"
     src = tmp_path / "a.bin"
-    src.write_bytes(os.urandom(300_000))
+    src.write_bytes(random_bytes(300_000))
     big = tmp_path / "big.bin"
-    big.write_bytes(os.urandom(5 * MiB))
+    big.write_bytes(random_bytes(5 * MiB))
     sh(f"mkdir -p {top} && cp {src} {top}/a.bin && cmp {src} {top}/a.bin")
     assert sh(f"cat {top}/a.bin | md5sum").split()[0] == hashlib.md5(src.read_bytes()).hexdigest()
     sh(f"mkdir {top}/sub && echo inside > {top}/sub/note.txt")
@@ -120,7 +121,7 @@ def test_shell_tools(bmnt: Path, bworld: World, tmp_path: Path, resource: str) -
 def test_a_big_file_written_front_to_back_is_sent_while_it_is_written(
     bmnt: Path, bworld: World, resource: str
 ) -> None:
-    data = os.urandom(40 * MiB)
+    data = random_bytes(40 * MiB)
     target = bmnt / resource / "streamed.bin"
     fs = repo_fs(bworld)
     remote = f"analytics/{resource}/streamed.bin"
@@ -157,6 +158,46 @@ def test_a_big_file_written_front_to_back_is_sent_while_it_is_written(
     fs.invalidate_cache()
     assert not fs.exists(f"analytics/{resource}/gone.bin")
     os.remove(target)
+
+
+def test_many_new_names_in_a_folder_never_listed_cost_one_bounded_listing(
+    bmnt: Path, bworld: World, tmp_path: Path
+) -> None:
+    """``tar x`` into an S3 folder the mount never listed: each new name used to cost a HEAD
+    and a LIST. Now the folder is listed once, bounded (after a burst of such lookups, or
+    for its link count when the kernel asks for its attributes), new names are answered
+    from that listing, what was there keeps its kind, and the new files are all there."""
+    fs = repo_fs(bworld)
+    writer = fsspec.filesystem(
+        "repo", key=bworld.write_key, home=str(bworld.home), skip_instance_cache=True
+    )
+    remote = "analytics/bucket/burst"
+    writer.pipe({f"{remote}/old-{i:03d}.txt": b"old" for i in range(40)})
+    writer.pipe_file(f"{remote}/sub/inner.txt", b"in")
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(120):
+        (src / f"new-{i:03d}.txt").write_bytes(b"new %d" % i)
+    sh(f"cd {src} && tar -cf {tmp_path}/t.tar *")  # names only (no "./" entry)
+    before = stats(bmnt)
+    sh(f"tar -xf {tmp_path}/t.tar -C {bmnt}/bucket --transform=s,^,burst/,")
+    after = stats(bmnt)
+    cache_before, cache_after = before["cache"], after["cache"]
+    assert isinstance(cache_before, dict) and isinstance(cache_after, dict)
+    assert cache_after["bounded_listings"] - cache_before["bounded_listings"] == 1
+    # per new file: the write check and the PUT; the lookups went to the backend ~16 times
+    assert int(after["requests"]) - int(before["requests"]) < 2 * 120 + 40  # type: ignore[call-overload]
+    top = bmnt / "bucket" / "burst"
+    assert stat.S_ISDIR(os.stat(top / "sub").st_mode)
+    assert (top / "sub" / "inner.txt").read_bytes() == b"in"
+    assert (top / "old-007.txt").read_bytes() == b"old"
+    for i in (0, 17, 119):
+        assert (top / f"new-{i:03d}.txt").read_bytes() == b"new %d" % i
+    assert sorted(os.listdir(top)) == sorted(
+        [f"old-{i:03d}.txt" for i in range(40)] + [f"new-{i:03d}.txt" for i in range(120)] + ["sub"]
+    )
+    fs.invalidate_cache()
+    assert len(fs.ls(remote)) == 40 + 120 + 1  # all on the server
 
 
 def test_disk_cache_answers_what_memory_evicted(bmnt: Path, bworld: World, tmp_path: Path) -> None:

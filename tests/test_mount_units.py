@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import repolib
-from repolib_mount.cache import BlockCache, DirCache, Meta, TTLCache
+from repolib_mount.cache import BlockCache, DirCache, Meta, RelistPolicy, TTLCache
 from repolib_mount.handles import HandleTable, StagingArea
 from repolib_mount.inodes import ROOT_INODE, InodeTable, is_below, join, parent_of
 from repolib_mount.options import MountOptions, parse_size
@@ -176,6 +176,59 @@ def test_dir_cache_keeps_each_listings_subfolders_as_entries_change() -> None:
     d.put("top", {"c": Meta(True)})
     d.pop_below("top")
     assert d.subdirs("top") is None
+
+
+def test_a_listing_keeps_the_changes_made_while_it_ran() -> None:
+    """A file uploaded (or removed) while its folder was being listed may be missing from (or
+    still in) the listing: our changes made meanwhile are laid over it, and a listing of a
+    folder dropped meanwhile is not kept."""
+    clock = Clock(1000.0)
+    d = DirCache(5.0, clock=clock)
+    d.begin("top")
+    d.set_entry("top", "new", Meta(False, 7))  # uploaded while the listing ran
+    d.remove_entry("top", "old")  # removed while it ran
+    got = d.finish("top", {"old": Meta(False, 1), "kept": Meta(True)})
+    assert got == {"new": Meta(False, 7), "kept": Meta(True)} == d.get("top")
+    assert d.subdirs("top") == {"kept"}
+    d.set_entry("top", "later", Meta(False))  # no listing under way: only the cached one
+    d.pop("top")
+    d.begin("top")
+    d.begin("top")  # two at once: the changes stay until both have ended
+    d.set_entry("top", "x", Meta(False))
+    assert d.finish("top", {}) == {"x": Meta(False)}
+    d.pop("top")  # dropped while the second still runs: it is not kept
+    assert d.finish("top", {"y": Meta(False)}) == {"x": Meta(False), "y": Meta(False)}
+    assert d.get("top") is None
+    d.begin("top")
+    assert d.finish("top", None) == {} and d.get("top") is None  # failed: nothing kept
+    d.set_entry("top", "z", Meta(False))  # nothing under way any more: nothing recorded
+    d.begin("top")
+    assert d.finish("top", {}) == {}
+
+
+def test_relist_policy_bounds_a_never_listed_folder_by_what_its_lookups_cost() -> None:
+    clock = Clock(1000.0)
+    p = RelistPolicy(window=5.0, small=1000, cap=20_000, first=16, per_lookup=64, clock=clock)
+    assert [p.limit("raw", None) for _ in range(15)] == [None] * 15  # a few lookups: ask
+    assert p.limit("raw", None) == 16 * 64  # a burst: list it if it holds at most 1,024
+    p.bigger("raw", 1024)  # it holds more: try again after twice as many lookups
+    assert [p.limit("raw", None) for _ in range(15)] == [None] * 15
+    assert p.limit("raw", None) == 32 * 64
+    p.bigger("raw", 32 * 64)
+    tried = []
+    for _ in range(5000):  # ... and so on up to the cap, then not again in this burst
+        limit = p.limit("raw", None)
+        if limit is not None:
+            tried.append(limit)
+            p.bigger("raw", limit)
+    assert tried == [4096, 8192, 16384, 20_000]
+    assert all(p.limit("other", None) is None for _ in range(15))  # each folder its own count
+    clock.t += 5.1  # a pause longer than the window: a new burst, counted from zero
+    assert [p.limit("raw", None) for _ in range(16)][-2:] == [None, 16 * 64]
+    # a folder listed before: small ones at once, others on a second lookup in a row
+    assert p.limit("small", 10) == 20_000
+    assert p.limit("big", 5000) is None and p.limit("big", 5000) == 20_000
+    assert p.limit("huge", 50_000) is None and p.limit("huge", 50_000) is None
 
 
 def test_block_cache_lru_by_bytes() -> None:

@@ -21,6 +21,7 @@ import repolib
 from repolib_mount.inodes import ROOT_INODE
 from repolib_mount.options import MountOptions
 
+from .helpers import random_bytes
 from .mounting import (
     DAEMONS,
     MISSING,
@@ -335,7 +336,7 @@ def test_a_write_back_mount_uploads_after_close_and_umount_waits(
 ) -> None:
     import tarfile
 
-    files = {f"t{i}.txt": os.urandom(100 + i * 37) for i in range(20)}
+    files = {f"t{i}.txt": random_bytes(100 + i * 37) for i in range(20)}
     tar = tmp_path / "t.tar"
     with tarfile.open(tar, "w") as tf:
         for name, body in files.items():

@@ -212,3 +212,47 @@ def test_s3_listings_through_obstore_match_the_fsspec_client(
     assert [e["name"] for e in fs.ls("analytics/main/top/a.txt")] == ["analytics/main/top/a.txt"]
     with pytest.raises(FileNotFoundError):
         fs.ls("analytics/main/nothing-here")
+
+
+def test_a_bounded_s3_listing_matches_ls_or_says_the_folder_is_bigger(
+    catalog: repolib.Catalog, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """``ls_upto`` (the mount lists a folder it is creating many names in this way): the same
+    entries as ``ls`` for a folder of at most ``limit`` objects, its subfolders' counted; None
+    for a bigger one, and for backends that cannot bound a listing (Azure, local folders)."""
+    repo = catalog.create_repository("analytics")
+    attach("s3", repo, "main", request, tmp_path)
+    attach("azure", repo, "blob", request, tmp_path)
+    attach("local", repo, "disk", request, tmp_path)
+    fs = _fs(repo)
+    for n in ["a.txt", "b.txt", "sub/x.bin", "sub/deeper/y.bin", "zero"]:
+        fs.pipe_file(f"analytics/main/top/{n}", b"" if n == "zero" else b"data")
+    backend = backends.build(repo.resolve("main"))
+    backend.fs.pipe_file(f"{backend.path('top')}/sub/", b"")  # a marker beside sub's keys
+
+    def shown(entries: list[dict[str, object]]) -> dict[str, tuple[object, object]]:
+        return {str(e["name"]).rsplit("/", 1)[-1]: (e["type"], e["size"]) for e in entries}
+
+    fs.invalidate_cache()
+    want = shown(fs.ls("analytics/main/top"))
+    assert want == {
+        "a.txt": ("file", 4),
+        "b.txt": ("file", 4),
+        "sub": ("directory", 0),
+        "zero": ("file", 0),
+    }
+    got = fs.ls_upto("analytics/main/top", 6)  # 6 objects: a, b, zero, sub/, x, y
+    assert got is not None and shown(got) == want
+    assert all(e["partial"] for e in got if e["type"] == "file")  # info() has the rest
+    assert fs.ls_upto("analytics/main/top", 5) is None  # bigger than that
+    assert fs.ls_upto("analytics/main/top/nothing", 10) == []  # nothing below: no names
+    for other in ("blob", "disk"):
+        fs.pipe_file(f"analytics/{other}/top/a.txt", b"data")
+        with pytest.raises(NotImplementedError):
+            fs.ls_upto(f"analytics/{other}/top", 100)
+    with pytest.raises(PermissionError):  # the key is checked as for ls
+        fsspec.filesystem(
+            "repo",
+            key=repo.create_key("w2", "write", resources=["disk"]).token,
+            skip_instance_cache=True,
+        ).ls_upto("analytics/main/top", 10)

@@ -47,8 +47,8 @@ class AttrOperations(FileOperations):
             and "/" in rel
             and self.dirs.get(rel, count=False) is None
         ):
-            try:  # a folder's link count needs its listing (2 + subfolders)
-                await self._listing(rel)
+            try:
+                await self._list_for_link_count(rel)
             except (FileNotFoundError, pyfuse3.FUSEError):
                 pass
         return self._attr(inode, meta, rel)

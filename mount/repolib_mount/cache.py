@@ -202,6 +202,9 @@ class DirCache:
         # names of the subfolders in each cached listing, kept as entries change: a folder's
         # link count is asked for after every change in it (O(1), not a scan of its entries)
         self._subdirs: dict[str, set[str]] = {}
+        # listings under way: folder -> [how many, our changes since (None: removed),
+        # dropped meanwhile?]; a listing that ends applies the changes made while it ran
+        self._listing: dict[str, list[Any]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -217,6 +220,37 @@ class DirCache:
         self._items.move_to_end(path)
         while len(self._items) > self.max_dirs:
             self._subdirs.pop(self._items.popitem(last=False)[0], None)
+
+    def begin(self, path: str) -> None:
+        """A listing of ``path`` starts: our changes to the folder until it ends are laid
+        over it (a file uploaded while the listing ran may be missing from it)."""
+        under_way = self._listing.setdefault(path, [0, {}, False])
+        under_way[0] += 1
+
+    def finish(self, path: str, entries: dict[str, Meta] | None) -> dict[str, Meta]:
+        """A listing begun with :meth:`begin` ends (``entries`` None: it failed). Returns
+        ``entries`` with our changes made meanwhile, kept as the folder's listing unless the
+        folder was dropped from this cache while it ran."""
+        under_way = self._listing.get(path, [1, {}, True])
+        under_way[0] -= 1
+        if under_way[0] <= 0:
+            self._listing.pop(path, None)
+        if entries is None:
+            return {}
+        out = dict(entries)
+        for name, meta in under_way[1].items():
+            if meta is None:
+                out.pop(name, None)
+            else:
+                out[name] = meta
+        if not under_way[2]:
+            self.put(path, out)
+        return out
+
+    def _dropped(self, path: str) -> None:
+        under_way = self._listing.get(path)
+        if under_way is not None:
+            under_way[2] = True
 
     def get(
         self, path: str, max_age: float | None = None, count: bool = True
@@ -247,8 +281,14 @@ class DirCache:
         whether listing it again is cheaper than asking for names one by one."""
         return self._sizes.get(path)
 
+    def bigger_than(self, path: str, size: int) -> None:
+        """A listing of ``path`` stopped after ``size`` entries: it holds more."""
+        self._sizes[path] = size + 1
+
     def set_entry(self, path: str, name: str, meta: Meta) -> None:
         """Our own change: keep a cached listing of ``path`` right (its age does not change)."""
+        if path in self._listing:
+            self._listing[path][1][name] = meta
         item = self._items.get(path)
         if item is not None:
             item[1][name] = meta
@@ -258,6 +298,8 @@ class DirCache:
                 self._subdirs[path].discard(name)
 
     def remove_entry(self, path: str, name: str) -> None:
+        if path in self._listing:
+            self._listing[path][1][name] = None
         item = self._items.get(path)
         if item is not None:
             item[1].pop(name, None)
@@ -271,6 +313,7 @@ class DirCache:
     def pop(self, path: str) -> None:
         self._items.pop(path, None)
         self._subdirs.pop(path, None)
+        self._dropped(path)
 
     def pop_below(self, top: str) -> None:
         for k in [k for k in self._items if is_below(k, top)]:
@@ -278,11 +321,74 @@ class DirCache:
             self._subdirs.pop(k, None)
         for k in [k for k in self._sizes if is_below(k, top)]:
             del self._sizes[k]
+        for k in [k for k in self._listing if is_below(k, top)]:
+            self._dropped(k)
 
     def clear(self) -> None:
         self._items.clear()
         self._sizes.clear()
         self._subdirs.clear()
+        for k in self._listing:
+            self._dropped(k)
+
+
+class RelistPolicy:
+    """When a lookup in a folder without a fresh listing lists the folder instead of asking
+    about its one name (S3: a HEAD, then a LIST for a folder of that name; a listing answers
+    every name of the folder, present or absent, for the dir timeout).
+
+    A folder listed before is listed again if it was small, or if it was not too big and
+    names are being looked up in it one after another. A folder never listed has an unknown
+    size, so its listing is bounded by what the lookups in it have cost so far (rent or buy):
+    after ``first`` lookups within ``window`` seconds of each other, a listing of at most
+    ``per_lookup`` objects per lookup is tried; when the folder holds more, the next try is
+    after twice as many lookups, twice as big, up to ``cap``. The listings tried cost about
+    what the lookups did; a folder of a million objects costs ``cap`` objects' listing at most.
+    """
+
+    def __init__(
+        self,
+        window: float,
+        small: int = 1000,
+        cap: int = 20_000,
+        first: int = 16,
+        per_lookup: int = 64,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.window = window
+        self.small = small
+        self.cap = cap
+        self.first = first
+        self.per_lookup = per_lookup
+        self.clock = clock
+        # folder -> [lookups in a row, the last one's time, lookups at which to try listing]
+        self._runs: dict[str, list[float]] = {}
+
+    def limit(self, folder: str, last_size: int | None) -> int | None:
+        """A lookup in ``folder`` that its caches cannot answer: None to ask about the name,
+        else list the folder if it holds at most this many objects. ``last_size``: how many
+        entries it had when last listed (None: never listed)."""
+        now = self.clock()
+        run = self._runs.get(folder)
+        if run is None or now - run[1] > self.window:
+            if len(self._runs) > 10_000:
+                self._runs.clear()
+            run = self._runs[folder] = [0, now, self.first]
+        run[0] += 1
+        run[1] = now
+        if last_size is not None:
+            if last_size <= self.small or (last_size <= self.cap and run[0] >= 2):
+                return self.cap
+            return None
+        if run[0] < run[2]:
+            return None
+        return min(self.cap, int(self.per_lookup * run[0]))
+
+    def bigger(self, folder: str, limit: int) -> None:
+        """A listing of at most ``limit`` objects found ``folder`` bigger: try again later."""
+        run = self._runs.get(folder)
+        if run is not None:
+            run[2] = 2 * run[0] if limit < self.cap else float("inf")
 
 
 BlockKey = tuple[str, tuple[Any, ...], int]  # (path, version, block index)

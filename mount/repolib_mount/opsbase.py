@@ -24,7 +24,7 @@ import trio
 from repolib import Access
 from repolib.fs import RepositoryFileSystem
 
-from .cache import BlockCache, DirCache, Meta, TTLCache
+from .cache import BlockCache, DirCache, Meta, RelistPolicy, TTLCache
 from .diskcache import DiskBlockCache
 from .diskcache import folder_for as disk_folder_for
 from .handles import (
@@ -46,8 +46,6 @@ VIRTUAL_DIR = ".repolib"
 STATS_FILE = ".repolib/stats"
 DOWNLOAD_CHUNK = 8 * 2**20
 WARM_UP_PROBE = ".repolib-warm-up"  # looked up (never made) to build each backend's client
-SMALL_LISTING = 1000  # a folder this small is re-listed rather than asked about name by name
-RELIST_LIMIT = 20_000  # ... and one this big if names are being looked up in it repeatedly
 KNOWN_MAX = 100_000  # objects whose attributes are remembered across listings (S3)
 _TEMP = re.compile(r"^\..+\.repolib-[0-9a-f]{8}\.tmp$")  # repolib's atomic-write temp files
 _UPLOAD_ERRNOS = {errno.EACCES, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
@@ -80,6 +78,7 @@ class OperationsBase(pyfuse3.Operations):
         self.attrs = TTLCache(options.attr_timeout)
         self.negative = TTLCache(options.attr_timeout)
         self.dirs = DirCache(options.dir_timeout)
+        self.relist = RelistPolicy(max(options.dir_timeout, 1.0))
         self.blocks = BlockCache(options.cache_size)
         self.counters: collections.Counter[str] = collections.Counter()
         self.disk = (
@@ -118,7 +117,7 @@ class OperationsBase(pyfuse3.Operations):
         self.started = time.time()
         self._resources: tuple[float, dict[str, Any]] = (-1e9, {})
         self._local_paths: dict[str, bool] = {}  # resource -> is it a local folder?
-        self._recent_misses: dict[str, float] = {}  # folder -> last lookup it could not answer
+        self._unbounded: set[str] = set()  # resources whose listings cannot be bounded
 
     @property
     def nursery(self) -> trio.Nursery | None:
@@ -223,8 +222,8 @@ class OperationsBase(pyfuse3.Operations):
         if rel == "":
             return 2 + len(self._resources[1])
         listed = self.dirs.subdirs(rel)
-        if listed is None:
-            return 2
+        if listed is None:  # not listed; 1 ("unknown") when too big to be
+            return 1 if (self.dirs.last_size(rel) or 0) > self.relist.cap else 2
         pending = {name_of(d) for d in self.pending_dirs if parent_of(d) == rel and d != rel}
         return 2 + len(listed) + len(pending - listed)
 
@@ -309,11 +308,10 @@ class OperationsBase(pyfuse3.Operations):
             self.counters["metadata_hits"] += 1
             return listed
         self.counters["metadata_misses"] += 1
-        if listed is None and max_age is None and "/" in rel and self._relist_first(parent_of(rel)):
-            try:
-                entries = await self._listing(parent_of(rel))
-            except FileNotFoundError:
-                entries = {}
+        entries = None
+        if listed is None and max_age is None and "/" in rel:
+            entries = await self._relisted(parent_of(rel))
+        if entries is not None:
             if name_of(rel) not in entries:
                 self.negative.put(rel, True)
                 raise FileNotFoundError(errno.ENOENT, "not found", rel)
@@ -330,28 +328,59 @@ class OperationsBase(pyfuse3.Operations):
         self._remember(rel, meta)
         return meta
 
-    def _relist_first(self, folder: str) -> bool:
-        """Answer a lookup in ``folder`` by listing it again rather than with ``info``?
-
-        ``info`` of a new name costs two requests (HEAD, then LIST for a folder of that name);
-        a listing answers this name and all its siblings for the dir timeout. Worth it for a
-        folder listed before that was small, or not too big and missed in a moment ago (a
-        ``tar x`` or ``cp -r`` creating many names in it)."""
+    async def _relisted(self, folder: str) -> dict[str, Meta] | None:
+        """``folder`` listed to answer a lookup in it (see RelistPolicy), or None: ask about
+        the one name. A folder never listed is listed only up to a bound (S3)."""
         known = self.dirs.last_size(folder)
-        if known is None:
-            return False
-        now = time.monotonic()
-        last = self._recent_misses.get(folder)
-        if len(self._recent_misses) > 10_000:
-            self._recent_misses.clear()
-        self._recent_misses[folder] = now
-        if known <= SMALL_LISTING:
-            return True
-        return (
-            known <= RELIST_LIMIT
-            and last is not None
-            and now - last <= max(self.options.dir_timeout, 1.0)
-        )
+        limit = self.relist.limit(folder, known)
+        if limit is None:
+            return None
+        try:
+            entries = await self._bounded_listing(folder, limit)
+        except NotImplementedError:  # not S3: its size as last listed bounds a listing
+            if known is None:  # unknown: ask name by name for the rest of this burst
+                self.relist.bigger(folder, self.relist.cap)
+                return None
+            try:
+                return await self._listing(folder)
+            except FileNotFoundError:
+                return {}
+        if entries is None:
+            self.relist.bigger(folder, limit)
+        return entries
+
+    async def _bounded_listing(self, rel: str, limit: int) -> dict[str, Meta] | None:
+        """``rel``'s entries (cached as its listing) if it holds at most ``limit`` objects,
+        else None (S3; NotImplementedError where a listing's cost cannot be bounded)."""
+        resource = rel.split("/", 1)[0]
+        if resource in self._unbounded or self._local_paths.get(resource):
+            raise NotImplementedError(resource)
+        self.dirs.begin(rel)
+        entries = None
+        try:
+            entries = await self._run(self.fs.ls_upto, self._fs_path(rel), limit)
+        except NotImplementedError:
+            self._unbounded.add(resource)
+            raise
+        finally:
+            out = self.dirs.finish(rel, None if entries is None else self._metas(rel, entries))
+        if entries is None:
+            self.dirs.bigger_than(rel, limit)
+            return None
+        self.counters["bounded_listings"] += 1
+        return out
+
+    async def _list_for_link_count(self, rel: str) -> None:
+        """A folder's link count (2 + subfolders) needs its listing: bounded where the backend
+        can bound it, and not repeated for a folder found too big (its count is then 1,
+        "unknown", which ``find`` understands)."""
+        cap = self.relist.cap
+        if (self.dirs.last_size(rel) or 0) > cap:
+            return
+        try:
+            await self._bounded_listing(rel, cap)
+        except NotImplementedError:
+            await self._listing(rel)
 
     async def _listing(self, rel: str, max_age: float | None = None) -> dict[str, Meta]:
         """A folder's entries from one bulk listing (cached for the dir timeout)."""
@@ -360,12 +389,21 @@ class OperationsBase(pyfuse3.Operations):
             self.counters["dir_hits"] += 1
             return cached
         self.counters["dir_misses"] += 1
+        self.dirs.begin(rel)
+        entries = None
         try:
             entries = await self._run(self.fs.ls, self._fs_path(rel), detail=True)
         except FileNotFoundError:
             if rel not in self.pending_dirs:
                 raise
             entries = []
+        finally:
+            out = self.dirs.finish(rel, None if entries is None else self._metas(rel, entries))
+        return out
+
+    def _metas(self, rel: str, entries: list[dict[str, Any]]) -> dict[str, Meta]:
+        """A folder's listing as the mount keeps it (attributes read before reused while a
+        listing shows the same object)."""
         out: dict[str, Meta] = {}
         for e in entries:
             name = str(e["name"]).rstrip("/").rsplit("/", 1)[-1]
@@ -377,7 +415,6 @@ class OperationsBase(pyfuse3.Operations):
                 if known is not None and meta.stamp is not None and known.stamp == meta.stamp:
                     meta = known  # unchanged since its attributes were read
             out[name] = meta
-        self.dirs.put(rel, out)
         return out
 
     async def _complete(self, rel: str, entries: dict[str, Meta]) -> dict[str, Meta]:
@@ -492,6 +529,7 @@ class OperationsBase(pyfuse3.Operations):
                 "metadata_misses": c["metadata_misses"],
                 "dir_hits": c["dir_hits"],
                 "dir_misses": c["dir_misses"],
+                "bounded_listings": c["bounded_listings"],
                 "block_hits": self.blocks.hits,
                 "block_misses": self.blocks.misses,
                 "block_bytes": self.blocks.used,
