@@ -18,6 +18,7 @@ fsspec path.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import datetime as dt
 import errno
@@ -122,7 +123,7 @@ class FastObjects:
         out += [self._file_entry(o) for o in got["objects"] if o["path"] != prefix]
         return out
 
-    def list_upto(self, path: str, limit: int) -> list[dict[str, Any]] | None:
+    def list_upto(self, path: str, limit: int) -> builtins.list[dict[str, Any]] | None:
         """``list`` of a folder that holds at most ``limit`` objects, counting those in its
         subfolders; None if it holds more (after reading at most ``limit`` of them): a listing
         whose cost is bounded whatever the folder's size, for callers that would otherwise

@@ -3,6 +3,7 @@ and the operations driven directly (no kernel) to count the requests they make."
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import os
@@ -347,6 +348,9 @@ def test_fuse_handler_lets_only_fuse_errors_out() -> None:
         read_only = False
         key_denied = False
 
+        def __init__(self) -> None:
+            self.ops: collections.Counter[str] = collections.Counter()
+
         @fuse_handler()
         async def boom(self) -> None:
             raise KeyError("bug")
@@ -378,6 +382,7 @@ def test_fuse_handler_lets_only_fuse_errors_out() -> None:
     ops.key_denied = True
     assert code(ops.gone) == errno.EACCES
     assert trio.run(ops.cleanup) == "ok"
+    assert ops.ops == {"boom": 1, "gone": 2, "change": 2, "cleanup": 1}  # counted by kind
 
 
 # -- options ----------------------------------------------------------------------------------

@@ -72,7 +72,7 @@ def fuse_handler(
     ``write``: the operation changes the repository (EROFS on a read-only mount, before any
     work). ``check_key``: refuse with EACCES once the key is known to be revoked or expired,
     even for answers the caches could give. The instance provides ``read_only`` and
-    ``key_denied`` attributes.
+    ``key_denied`` attributes, and ``ops`` (a Counter of the requests by operation).
     """
     from pyfuse3 import FUSEError
 
@@ -81,6 +81,7 @@ def fuse_handler(
 
         @functools.wraps(fn)
         async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            self.ops[name] += 1
             try:
                 if check_key and self.key_denied:
                     raise FUSEError(errno.EACCES)

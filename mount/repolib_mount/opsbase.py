@@ -81,6 +81,7 @@ class OperationsBase(pyfuse3.Operations):
         self.relist = RelistPolicy(max(options.dir_timeout, 1.0))
         self.blocks = BlockCache(options.cache_size)
         self.counters: collections.Counter[str] = collections.Counter()
+        self.ops: collections.Counter[str] = collections.Counter()  # FUSE requests by kind
         self.disk = (
             DiskBlockCache(
                 disk_folder_for(options.cache_dir), options.disk_cache_size, options.disk_cache_age
@@ -175,7 +176,11 @@ class OperationsBase(pyfuse3.Operations):
     async def _check_writable(self, rel: str) -> None:
         """What the repository would refuse for a write to ``rel`` (a key over the backend's
         length, a read-only resource), said now rather than at close."""
-        await self._run(self.fs.check_writable, self._fs_path(rel))
+        path = self._fs_path(rel)
+        if self.fs.checks_without_io(path):
+            self.fs.check_writable(path)
+        else:
+            await self._run(self.fs.check_writable, path)
 
     def _attr(self, inode: int, meta: Meta, rel: str | None = None) -> pyfuse3.EntryAttributes:
         """Kernel attributes: the kept ones where there are, else the mount's defaults."""
@@ -524,6 +529,7 @@ class OperationsBase(pyfuse3.Operations):
             "stale_uploads_aborted": c["stale_uploads_aborted"],
             "open_files": len(self.files),
             "inodes": len(self.inodes),
+            "fuse_requests": dict(sorted(self.ops.items())),
             "cache": {
                 "metadata_hits": c["metadata_hits"],
                 "metadata_misses": c["metadata_misses"],
