@@ -388,12 +388,12 @@ copies on the reply path (pyfuse3 replies from our buffers, but the kernel still
 read for both, ~0.8 ms each, so the ratio is the server's latency noise. Next: answer a read \
 without a worker-thread hop (~85 us of CPU each; obstore's async calls on the daemon's loop \
 would need an asyncio bridge).
-* **Sequential write** (0.72-1.41x s3fs-fuse across runs, met in the latest): 16 MiB \
+* **Sequential write** (0.72-1.80x s3fs-fuse across runs, met in the latest): 16 MiB \
 parts, 4 at once, sent while `dd` writes; both systems are bound by the server's ingest \
 on the 2 cores it shares with them (we are at or above rclone's own compiled multipart \
 upload in most runs).
-* **Daemon CPU per 1,000 files written** (2.6 s in the latest run, was 3.7-8.8 s; \
-s3fs-fuse 1.6-3.0 s): the kernel sends ~15 FUSE requests per file `tar` makes (lookup, \
+* **Daemon CPU per 1,000 files written** (2.0-2.6 s in the runs of this round's last \
+changes, 1.03-1.24x s3fs-fuse; was 3.7-8.8 s): the kernel sends ~15 FUSE requests per file `tar` makes (lookup, \
 create, write, three setattrs, flush, release, ~5 getattrs: with `default_permissions` \
 the kernel re-reads the folder's attributes after each create, and `chown` re-reads the \
 file's to clear set-user-ID; 2 getxattr `security.capability`: one per write, one per \

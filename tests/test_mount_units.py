@@ -119,6 +119,22 @@ def test_staging_area(tmp_path: Path) -> None:
     assert not os.path.exists(area.folder)
 
 
+def test_staged_files_made_ahead_are_used_then_removed_at_exit(tmp_path: Path) -> None:
+    """Creates of a ``tar x`` take staged files made ahead (off the daemon's loop); those
+    never used are removed when the daemon stops, also from a write-back folder."""
+    area = StagingArea(str(tmp_path / "wb"), persistent=True)
+    area.make_ready(3)
+    assert area.ready() == 3 and len(os.listdir(tmp_path / "wb")) == 3
+    made = set(os.listdir(tmp_path / "wb"))
+    s = area.new("a.txt", 5)
+    assert os.path.basename(s.local) in made and area.ready() == 2
+    s.write(0, b"data")
+    assert s.read(0, 10) == b"data" and stat.S_IMODE(os.stat(s.local).st_mode) == 0o600
+    area.discard(s)
+    area.close()
+    assert os.listdir(tmp_path / "wb") == []
+
+
 # -- caches -----------------------------------------------------------------------------------
 
 

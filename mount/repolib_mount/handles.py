@@ -11,6 +11,8 @@ Plain classes without pyfuse3 or trio; the daemon's event loop is the only calle
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -52,12 +54,16 @@ class HandleTable(Generic[T]):
 class Staged:
     """A local file holding what is being written to ``path``, until it is uploaded."""
 
-    def __init__(self, local: str, path: str, inode: int, adopt: bool = False) -> None:
+    def __init__(
+        self, local: str, path: str, inode: int, adopt: bool = False, fd: int = -1
+    ) -> None:
         self.local = local
         self.path = path  # mount-relative; follows renames
         self.inode = inode
-        flags = os.O_RDWR | os.O_CLOEXEC | (0 if adopt else os.O_CREAT | os.O_EXCL)
-        self.fd = os.open(local, flags, 0o600)
+        if fd < 0:  # (``fd``: ``local`` made empty ahead, see StagingArea.make_ready)
+            flags = os.O_RDWR | os.O_CLOEXEC | (0 if adopt else os.O_CREAT | os.O_EXCL)
+            fd = os.open(local, flags, 0o600)
+        self.fd = fd
         self.refs = 0
         self.dirty = False
         self.version = 0  # bumped by every change, so an upload knows if it is still current
@@ -149,10 +155,29 @@ class StagingArea:
             self._names = itertools.count(1)
         self._by_inode: dict[int, Staged] = {}
         self._by_path: dict[str, Staged] = {}
+        self._ready: collections.deque[tuple[str, int]] = collections.deque()
 
     def new(self, path: str, inode: int) -> Staged:
-        local = os.path.join(self.folder, f"{next(self._names)}.part")
-        return self._add(Staged(local, path, inode))
+        """A staged file for ``path``: one made ahead if there is one (creating a file can
+        block for milliseconds on a disk the object server also writes to)."""
+        try:
+            local, fd = self._ready.popleft()
+        except IndexError:
+            local, fd = os.path.join(self.folder, f"{next(self._names)}.part"), -1
+        return self._add(Staged(local, path, inode, fd=fd))
+
+    def ready(self) -> int:
+        """How many empty staged files are made ahead."""
+        return len(self._ready)
+
+    def make_ready(self, n: int) -> None:
+        """Make empty staged files ahead of need, up to ``n`` (in a worker thread, off the
+        daemon's loop). Unused ones are removed at exit; a crash leaves them to the next
+        daemon's takeover, which removes staged files without a record."""
+        while len(self._ready) < n:
+            local = os.path.join(self.folder, f"{next(self._names)}.part")
+            fd = os.open(local, os.O_RDWR | os.O_CLOEXEC | os.O_CREAT | os.O_EXCL, 0o600)
+            self._ready.append((local, fd))
 
     def adopt(self, local: str, path: str, inode: int) -> Staged:
         """A staged file a previous daemon left (``--write-back``), taken on as it is."""
@@ -216,6 +241,11 @@ class StagingArea:
                     s.fd = -1
                 continue
             self.discard(s)
+        while self._ready:
+            local, fd = self._ready.popleft()
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.remove(local)
         if not self.persistent:
             try:
                 os.rmdir(self.folder)

@@ -114,6 +114,7 @@ class OperationsBase(pyfuse3.Operations):
         self.page_versions: dict[int, tuple[Any, ...]] = {}  # what the kernel's page cache holds
         self.limiter = trio.CapacityLimiter(options.threads)
         self.uploading = 0
+        self._staging_ahead = False  # empty staged files being made ahead (fileops)
         self.kernel: dict[str, int | None] = {}  # FUSE connection settings (daemon._tune_kernel)
         self.started = time.time()
         self._resources: tuple[float, dict[str, Any]] = (-1e9, {})
