@@ -393,7 +393,8 @@ parts, 4 at once, sent while `dd` writes; both systems are bound by the server's
 on the 2 cores it shares with them (we are at or above rclone's own compiled multipart \
 upload in most runs).
 * **Daemon CPU per 1,000 files written** (2.0-2.6 s in the runs of this round's last \
-changes, 1.03-1.24x s3fs-fuse; was 3.7-8.8 s): the kernel sends ~15 FUSE requests per file `tar` makes (lookup, \
+changes, 1.03-1.24x s3fs-fuse; was 3.7-8.8 s): the kernel sends ~15 FUSE requests per \
+file `tar` makes (lookup, \
 create, write, three setattrs, flush, release, ~5 getattrs: with `default_permissions` \
 the kernel re-reads the folder's attributes after each create, and `chown` re-reads the \
 file's to clear set-user-ID; 2 getxattr `security.capability`: one per write, one per \
