@@ -113,10 +113,7 @@ class FastObjects:
         botocore for a large folder. A folder marker (``folder/``) is not an entry of its
         own folder. Empty when nothing is there: the caller asks s3fs, which tells a file
         from a missing path."""
-        head, _, key = path.partition("/")
-        if head != self.bucket:
-            raise ValueError(f"{path!r} is not in {self.bucket!r}")
-        prefix = key.strip("/")
+        prefix = self._folder_key(path)
         got = obstore.list_with_delimiter(self.store, prefix or None)
         out = [self._folder_entry(str(p).rstrip("/")) for p in got["common_prefixes"]]
         # the marker ``prefix/`` is not an entry (object_store drops its trailing slash)
@@ -133,10 +130,7 @@ class FastObjects:
         bound), so a subfolder is a name with keys below it. A marker ``x/`` and an empty
         file ``x`` look alike here (object_store drops the slash): a zero-size ``x`` with keys
         below it is the marker; one without is shown as a file, which ``info`` corrects."""
-        head, _, key = path.partition("/")
-        if head != self.bucket:
-            raise ValueError(f"{path!r} is not in {self.bucket!r}")
-        prefix = key.strip("/")
+        prefix = self._folder_key(path)
         skip = len(prefix) + 1 if prefix else 0
         files: dict[str, Any] = {}
         folders: set[str] = set()
@@ -158,6 +152,13 @@ class FastObjects:
             if n not in folders or int(o["size"])  # a zero-size ``n`` beside ``n/...``: marker
         ]
         return out
+
+    def _folder_key(self, path: str) -> str:
+        """The key prefix of a backend folder path ``bucket/folder`` ("" for the bucket)."""
+        head, _, key = path.partition("/")
+        if head != self.bucket:
+            raise ValueError(f"{path!r} is not in {self.bucket!r}")
+        return key.strip("/")
 
     def _folder_entry(self, key: str) -> dict[str, Any]:
         name = f"{self.bucket}/{key}"

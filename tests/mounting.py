@@ -182,10 +182,11 @@ def wait_for(predicate: object, timeout: float = 5.0) -> bool:
         time.sleep(0.05)
 
 
-def repo_fs(world: World) -> fsspec.AbstractFileSystem:
-    """A READ key's view through repo:// (not through the mount): what the server holds."""
+def repo_fs(world: World, key: str | None = None) -> fsspec.AbstractFileSystem:
+    """A READ key's view (or ``key``'s) through repo:// (not through the mount): what the
+    server holds."""
     return fsspec.filesystem(
-        "repo", key=world.read_key, home=str(world.home), skip_instance_cache=True
+        "repo", key=key or world.read_key, home=str(world.home), skip_instance_cache=True
     )
 
 

@@ -20,7 +20,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import fsspec
 import pytest
 
 from . import servers
@@ -168,9 +167,7 @@ def test_many_new_names_in_a_folder_never_listed_cost_one_bounded_listing(
     for its link count when the kernel asks for its attributes), new names are answered
     from that listing, what was there keeps its kind, and the new files are all there."""
     fs = repo_fs(bworld)
-    writer = fsspec.filesystem(
-        "repo", key=bworld.write_key, home=str(bworld.home), skip_instance_cache=True
-    )
+    writer = repo_fs(bworld, bworld.write_key)
     remote = "analytics/bucket/burst"
     writer.pipe({f"{remote}/old-{i:03d}.txt": b"old" for i in range(40)})
     writer.pipe_file(f"{remote}/sub/inner.txt", b"in")

@@ -229,7 +229,7 @@ class OperationsBase(pyfuse3.Operations):
             return 2 + len(self._resources[1])
         listed = self.dirs.subdirs(rel)
         if listed is None:  # not listed; 1 ("unknown") when too big to be
-            return 1 if (self.dirs.last_size(rel) or 0) > self.relist.cap else 2
+            return 1 if self._too_big(rel) else 2
         pending = {name_of(d) for d in self.pending_dirs if parent_of(d) == rel and d != rel}
         return 2 + len(listed) + len(pending - listed)
 
@@ -380,13 +380,16 @@ class OperationsBase(pyfuse3.Operations):
         """A folder's link count (2 + subfolders) needs its listing: bounded where the backend
         can bound it, and not repeated for a folder found too big (its count is then 1,
         "unknown", which ``find`` understands)."""
-        cap = self.relist.cap
-        if (self.dirs.last_size(rel) or 0) > cap:
+        if self._too_big(rel):
             return
         try:
-            await self._bounded_listing(rel, cap)
+            await self._bounded_listing(rel, self.relist.cap)
         except NotImplementedError:
             await self._listing(rel)
+
+    def _too_big(self, rel: str) -> bool:
+        """Was the folder found bigger than a listing the mount makes unasked?"""
+        return (self.dirs.last_size(rel) or 0) > self.relist.cap
 
     async def _listing(self, rel: str, max_age: float | None = None) -> dict[str, Meta]:
         """A folder's entries from one bulk listing (cached for the dir timeout)."""
