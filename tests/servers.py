@@ -14,6 +14,8 @@ group, then SIGKILL) with its temporary folder removed.
         gcs.filesystem()             # gcsfs.GCSFileSystem (endpoint_url given explicitly)
     with azurite() as az:            # AzuriteServer
         az.filesystem()              # adlfs.AzureBlobFileSystem
+    with tcp_proxy(s3.port) as net:  # TcpProxy: net.port reaches the server
+        net.cut(); net.restore()     # the network fails (and comes back), the server lives on
 
 A server whose program or client package is missing raises ServerUnavailable (message names what
 is missing and how to install it: ``bash scripts/install-servers.sh``), so tests can
@@ -32,10 +34,12 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -53,6 +57,7 @@ __all__ = [
     "RcloneS3Server",
     "S3Server",
     "ServerUnavailable",
+    "TcpProxy",
     "azurite",
     "find_executable",
     "free_port",
@@ -61,6 +66,7 @@ __all__ = [
     "moto_s3",
     "rclone_s3",
     "seaweedfs_s3",
+    "tcp_proxy",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -685,3 +691,94 @@ def make_bucket(server: S3Server | GCSServer | AzuriteServer, name: str) -> str:
     fs.mkdir(name)
     fs.invalidate_cache()
     return name
+
+
+class TcpProxy:
+    """Forwards TCP connections from ``port`` to a server's port, byte for byte. ``cut()``
+    resets every connection and refuses new ones, as a network that fails while the server
+    keeps running (and keeps its state: a killed test server may forget, e.g. rclone serve
+    s3 its multipart uploads); ``restore()`` listens on the same port again."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._listener: socket.socket | None = None
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    def restore(self) -> None:
+        """Listen (again) and forward; returns once connections are accepted."""
+        if self._listener is not None:
+            return
+        lst = socket.socket()
+        lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lst.bind((HOST, self.port))
+        lst.listen(64)
+        self.port = lst.getsockname()[1]
+        self._listener = lst
+        threading.Thread(target=self._accept, args=(lst,), daemon=True).start()
+
+    def cut(self) -> None:
+        """Reset every connection and stop listening (new ones are refused)."""
+        lst, self._listener = self._listener, None
+        if lst is not None:
+            with contextlib.suppress(OSError):
+                lst.shutdown(socket.SHUT_RDWR)
+            lst.close()
+        with self._lock:
+            conns, self._conns = self._conns, set()
+        for c in conns:
+            with contextlib.suppress(OSError):  # close() sends RST: a dropped link to the peer
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RD)  # wakes the thread reading it
+            with contextlib.suppress(OSError):
+                c.close()
+
+    def _accept(self, lst: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = lst.accept()
+            except OSError:
+                return  # cut
+            try:
+                server = socket.create_connection((HOST, self.target_port), timeout=5)
+                server.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns.update((client, server))
+            threading.Thread(target=self._forward, args=(client, server), daemon=True).start()
+
+    def _forward(self, client: socket.socket, server: socket.socket) -> None:
+        other = threading.Thread(target=_pump, args=(server, client), daemon=True)
+        other.start()
+        _pump(client, server)
+        other.join()
+        with self._lock:
+            self._conns.difference_update((client, server))
+        client.close()
+        server.close()
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    """Copy ``src`` to ``dst`` until either ends (or is reset)."""
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass  # reset by cut() or by a peer: the other direction ends too
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)
+
+
+@contextlib.contextmanager
+def tcp_proxy(target_port: int) -> Iterator[TcpProxy]:
+    """A TcpProxy to ``target_port`` on a free port, stopped (cut) at exit."""
+    proxy = TcpProxy(target_port)
+    proxy.restore()
+    try:
+        yield proxy
+    finally:
+        proxy.cut()

@@ -316,7 +316,9 @@ def test_server_stopped_during_an_upload_gives_eio_and_keeps_the_old_object(
             chunk = os.urandom(MiB)
             for _ in range(24):
                 f.write(chunk)
-            f.flush()  # Python's buffer only: the upload happens on close
+            f.flush()  # Python's buffer only: the rest is sent on close
+            # the first 16 MiB went out while it was written (a multipart upload begun)
+            assert wait_for(lambda: stats(mp)["streamed_bytes"] >= 16 * MiB, timeout=30)
             fault_server.stop(kill=True)
             t0 = time.monotonic()
             with pytest.raises(OSError) as e:
@@ -328,7 +330,9 @@ def test_server_stopped_during_an_upload_gives_eio_and_keeps_the_old_object(
                 f.close()  # a no-op after a failed close
         assert os.path.ismount(mp) and alive(pid)  # type: ignore[arg-type]
         assert (fworld.data / "obj.bin").read_bytes() == old  # the old object is intact
-        assert sorted(os.listdir(fworld.data)) == ["obj.bin"]
+        # what the server keeps of the cut multipart upload: invisible, and billed on S3
+        assert [n for n in os.listdir(fworld.data) if n.startswith(".rclone_temp")]
+        assert stats(mp)["failed_uploads_to_abort"] == 1
         fault_server.start()
         # the same mount works again, without remounting
         (mp / "bucket" / "after.txt").write_text("after\n")
@@ -336,6 +340,49 @@ def test_server_stopped_during_an_upload_gives_eio_and_keeps_the_old_object(
         assert (fworld.data / "after.txt").read_text() == "after\n"
         assert wait_for(lambda: (mp / "bucket" / "obj.bin").read_bytes() == old, timeout=8)
         assert stats(mp)["upload_errors"] >= 1  # type: ignore[operator]
+        # once the server answers, the daemon aborts what the failed upload left (this server
+        # forgot its uploads when it was killed: the network cut below finds them kept)
+        assert wait_for(lambda: stats(mp)["failed_uploads_to_abort"] == 0, timeout=20)
+    assert list((fworld.cache / "uploads").iterdir()) == []  # nothing left for the next daemon
+
+
+def test_a_network_cut_during_an_upload_leaves_no_parts_on_the_server_once_it_is_back(
+    fault_server: servers.RcloneS3Server, tmp_path: Path
+) -> None:
+    w, r = new_world(tmp_path / "world")
+    bucket = new_bucket(fault_server, "n")
+    with servers.tcp_proxy(fault_server.port) as net:
+        opts = {**s3_options(fault_server), "endpoint_url": f"http://127.0.0.1:{net.port}"}
+        r.add_storage("bucket", f"s3://{bucket}/data", **opts)
+        add_keys(w, r)
+        data = fault_server.data_dir / bucket / "data"
+        try:
+            with mounted(w, tmp_path / "m", w.write_key) as mp:
+                f = open(mp / "bucket" / "cut.bin", "wb")
+                try:
+                    for _ in range(24):
+                        f.write(os.urandom(MiB))
+                    f.flush()
+                    assert wait_for(lambda: stats(mp)["streamed_bytes"] >= 16 * MiB, timeout=30)
+                    net.cut()
+                    with pytest.raises(OSError) as e:
+                        f.close()
+                    assert e.value.errno == errno.EIO
+                finally:
+                    with contextlib.suppress(OSError):
+                        f.close()
+                assert [n for n in os.listdir(data) if n.startswith(".rclone_temp")]
+                assert stats(mp)["failed_uploads_to_abort"] == 1
+                net.restore()
+                # aborted in the background once the network is back: nothing is left billed
+                assert wait_for(lambda: os.listdir(data) == [], timeout=20), os.listdir(data)
+                assert stats(mp)["failed_uploads_aborted"] >= 1  # type: ignore[operator]
+                assert wait_for(lambda: stats(mp)["failed_uploads_to_abort"] == 0)
+                (mp / "bucket" / "cut.bin").write_bytes(b"whole\n")  # and it works again
+                assert (data / "cut.bin").read_bytes() == b"whole\n"
+            assert list((w.cache / "uploads").iterdir()) == []
+        finally:
+            w.catalog.close()
 
 
 def test_sigkill_during_an_upload_leaves_no_partial_object(

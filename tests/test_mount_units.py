@@ -327,7 +327,12 @@ def test_upload_journal_recognises_what_dead_daemons_left(tmp_path: Path) -> Non
     assert live.sweep(lambda p, s, u: 0) == 0 and not dead.exists()
     assert os.path.exists(live.path)
     live.close()
-    assert not os.path.exists(live.path)  # a clean exit leaves nothing to sweep
+    assert os.path.exists(live.path)  # mine.bin never ended: kept for the next daemon
+    again = UploadJournal(str(tmp_path))
+    again.begin("r/res/done.bin")
+    again.end("r/res/done.bin")
+    again.close()
+    assert not os.path.exists(again.path)  # a clean exit with nothing open leaves nothing
 
 
 # -- errors -----------------------------------------------------------------------------------

@@ -357,17 +357,19 @@ class FileOperations(OperationsBase):
             self.uploading += 1
             attrs = staged.upload_attrs()
             fs_path = self._fs_path(staged.path)
+            began = 0.0  # an upload that may become multipart began (uploads.begin)
             try:
                 if not await self.uploads.finish(staged):
-                    journal = size >= MULTIPART_MIN and not self._local_paths.get(
+                    if size >= MULTIPART_MIN and not self._local_paths.get(
                         staged.path.split("/", 1)[0]
-                    )
-                    if journal:
-                        self.journal.begin(fs_path)
+                    ):
+                        began = self.uploads.begin(fs_path)
                     await self._run(self.fs.put_file, staged.local, fs_path, attrs=attrs)
-                    if journal:
-                        self.journal.end(fs_path)
+                    if began:
+                        self.uploads.end(fs_path)
             except Exception as exc:
+                if began:
+                    self.uploads.failed(fs_path, began)
                 self.counters["upload_errors"] += 1
                 code = getattr(exc, "errno", None)
                 if isinstance(exc, AuthError | PermissionError):

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +52,7 @@ class UploadJournal:
         pid = os.getpid()
         self.path = os.path.join(self.folder, f"{pid}-{_start_time(pid) or 0}.jsonl")
         self._file: Any = None
+        self._open: Counter[str] = Counter()  # begun, not ended (failed ones not yet aborted)
 
     def _write(self, entry: dict[str, Any]) -> None:
         try:
@@ -65,18 +67,25 @@ class UploadJournal:
             log.debug("upload journal: %s", exc)
 
     def begin(self, fs_path: str) -> None:
+        self._open[fs_path] += 1
         self._write({"begin": fs_path, "t": time.time()})
 
     def end(self, fs_path: str) -> None:
+        """The upload committed, or what it left on the server was aborted."""
+        self._open[fs_path] -= 1
+        if self._open[fs_path] <= 0:
+            del self._open[fs_path]
         self._write({"end": fs_path})
 
     def close(self) -> None:
-        """A clean exit: nothing of ours is in flight any more."""
+        """A clean exit. The journal is removed unless an upload that failed left parts this
+        daemon could not abort (the server was gone): then the next daemon aborts them."""
         if self._file is not None:
             self._file.close()
             self._file = None
-        with contextlib.suppress(OSError):
-            os.remove(self.path)
+        if not self._open:
+            with contextlib.suppress(OSError):
+                os.remove(self.path)
 
     def stale(self) -> list[tuple[str, list[tuple[str, float]]]]:
         """(journal file, unfinished uploads) of every daemon that is not running."""

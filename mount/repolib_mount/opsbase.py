@@ -531,6 +531,8 @@ class OperationsBase(pyfuse3.Operations):
             "streamed_uploads": c["streamed_uploads"],
             "streamed_bytes": c["streamed_bytes"],
             "stale_uploads_aborted": c["stale_uploads_aborted"],
+            "failed_uploads_aborted": c["failed_uploads_aborted"],
+            "failed_uploads_to_abort": len(self.uploads.unaborted),
             "open_files": len(self.files),
             "inodes": len(self.inodes),
             "fuse_requests": dict(sorted(self.ops.items())),

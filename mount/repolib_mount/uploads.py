@@ -9,6 +9,12 @@ A write below what was already sent, a truncate, or any error abandons the strea
 upload is aborted) and close uploads the staged file in one piece with ``put_file``, as it does
 for every other file. Local-folder resources are always uploaded in one piece.
 
+An upload that may be multipart (streamed, or ``MULTIPART_MIN`` bytes or more) is written in
+the journal when it begins and when it ends. One that fails can leave parts on the server that
+the failed abort could not remove (the server was gone): they are aborted in the background,
+retried with backoff, once no upload of the same name is in flight; until then the journal
+keeps them for the next daemon.
+
 Runs on the daemon's trio loop; backend calls go through ``run`` (a worker thread each).
 """
 
@@ -17,6 +23,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -30,6 +37,8 @@ log = logging.getLogger("repolib_mount")
 MiB = 2**20
 STREAM_START = 16 * MiB  # smaller files are uploaded in one piece at close
 PART = 16 * MiB  # bytes per background send (one multipart part on S3)
+ABORT_RETRY_S = (2.0, 300.0)  # first and longest wait before aborting a failed upload's parts
+ABORT_SKEW_S = 60.0  # the server's clock may differ from ours (multipart "Initiated" times)
 
 
 class Stream:
@@ -44,6 +53,7 @@ class Stream:
         self.idle.set()
         self.attrs: dict[str, Any] = {}  # stored with the object when the upload began
         self.attrs_version = -1
+        self.began = 0.0  # time.time() when its backend upload was opened
 
 
 class Uploads:
@@ -61,6 +71,65 @@ class Uploads:
         self.counters = counters
         self.journal = journal  # UploadJournal: what a crash would leave unfinished
         self.nursery: trio.Nursery | None = None  # set by the daemon (None: no streaming)
+        self.in_flight: Counter[str] = Counter()  # fs path -> uploads begun, not ended
+        # fs path -> (first began, last failed, how many): failed uploads not yet aborted
+        self.unaborted: dict[str, tuple[float, float, int]] = {}
+
+    def begin(self, fs_path: str) -> float:
+        """An upload that may become multipart begins; returns when (for ``failed``)."""
+        self.in_flight[fs_path] += 1
+        if self.journal is not None:
+            self.journal.begin(fs_path)
+        return time.time()
+
+    def end(self, fs_path: str) -> None:
+        """The upload ``begin`` announced committed: nothing of it is left to abort."""
+        self._done(fs_path)
+        if self.journal is not None:
+            self.journal.end(fs_path)
+
+    def failed(self, fs_path: str, began: float) -> None:
+        """The upload ``begin`` announced failed and its parts may be on the server: abort
+        them in the background (the journal keeps the upload open until that works)."""
+        self._done(fs_path)
+        since, _, n = self.unaborted.get(fs_path, (began, began, 0))
+        self.unaborted[fs_path] = (min(since, began), time.time(), n + 1)
+        if n == 0 and self.nursery is not None:
+            self.nursery.start_soon(self._abort_failed, fs_path)
+
+    def _done(self, fs_path: str) -> None:
+        self.in_flight[fs_path] -= 1
+        if self.in_flight[fs_path] <= 0:
+            del self.in_flight[fs_path]
+
+    async def _abort_failed(self, fs_path: str) -> None:
+        """Abort the parts failed uploads of ``fs_path`` left, retried until it works. Not
+        while another upload of it is in flight: its parts would be aborted too."""
+        wait, longest = ABORT_RETRY_S
+        while fs_path in self.unaborted:
+            await trio.sleep(wait)
+            wait = min(wait * 2, longest)
+            if self.in_flight[fs_path]:
+                continue
+            since, until, n = self.unaborted[fs_path]
+            try:
+                aborted = await self.run(
+                    self.fs.abort_uploads, fs_path, since - ABORT_SKEW_S, until + ABORT_SKEW_S
+                )
+            except FileNotFoundError:
+                aborted = 0  # the resource (or bucket) is gone: nothing left to abort
+            except Exception as exc:
+                log.debug("aborting what the failed upload of %s left: %s", fs_path, exc)
+                continue
+            self.counters["failed_uploads_aborted"] += aborted
+            if self.journal is not None:
+                for _ in range(n):
+                    self.journal.end(fs_path)
+            now = self.unaborted[fs_path]
+            if now[2] == n:
+                del self.unaborted[fs_path]
+            else:  # another one failed meanwhile: its parts may have been listed too late
+                self.unaborted[fs_path] = (now[0], now[1], now[2] - n)
 
     def watch(self, staged: Staged, fs_path: str) -> None:
         """Stream ``staged`` (content starts empty) to ``fs_path`` once it is big enough."""
@@ -95,8 +164,7 @@ class Uploads:
             if st.file is None:
                 st.attrs = staged.upload_attrs()
                 st.attrs_version = staged.attrs_version
-                if self.journal is not None:
-                    self.journal.begin(st.path)
+                st.began = self.begin(st.path)
                 st.file = await self.run(
                     self.fs.open_upload, st.path, attrs=st.attrs, part_size=PART
                 )
@@ -142,7 +210,7 @@ class Uploads:
             else:
                 staged.stream = None
                 self.counters["streamed_uploads"] += 1
-                self._ended(st)
+                self.end(st.path)
                 await self._fix_mtime(staged, st)
                 return True
         await self.abandon(staged)
@@ -169,6 +237,8 @@ class Uploads:
         st.broken = True
         await st.idle.wait()
         if st.file is None:
+            if st.began:  # opening it failed: whether it began on the server is unknown
+                self.failed(st.path, st.began)
             return
         if self.nursery is not None:
             self.nursery.start_soon(self._discard, st)
@@ -180,12 +250,9 @@ class Uploads:
             await self.run(st.file.discard)
         except Exception as exc:  # an unfinished multipart upload the server may keep
             log.debug("aborting the streamed upload of %s: %s", st.path, exc)
-            return  # left in the journal: the next daemon aborts it
-        self._ended(st)
-
-    def _ended(self, st: Stream) -> None:
-        if self.journal is not None:
-            self.journal.end(st.path)
+            self.failed(st.path, st.began)
+            return
+        self.end(st.path)
 
 
 def _send_range(fd: int, f: Any, offset: int, n: int) -> None:
