@@ -330,9 +330,7 @@ def test_server_stopped_during_an_upload_gives_eio_and_keeps_the_old_object(
                 f.close()  # a no-op after a failed close
         assert os.path.ismount(mp) and alive(pid)  # type: ignore[arg-type]
         assert (fworld.data / "obj.bin").read_bytes() == old  # the old object is intact
-        # what the server keeps of the cut multipart upload: invisible, and billed on S3
-        assert [n for n in os.listdir(fworld.data) if n.startswith(".rclone_temp")]
-        assert stats(mp)["failed_uploads_to_abort"] == 1
+        assert stats(mp)["failed_uploads_to_abort"] == 1  # its multipart upload may be kept
         fault_server.start()
         # the same mount works again, without remounting
         (mp / "bucket" / "after.txt").write_text("after\n")
@@ -363,7 +361,11 @@ def test_a_network_cut_during_an_upload_leaves_no_parts_on_the_server_once_it_is
                     for _ in range(24):
                         f.write(os.urandom(MiB))
                     f.flush()
-                    assert wait_for(lambda: stats(mp)["streamed_bytes"] >= 16 * MiB, timeout=30)
+                    # a multipart upload on the server (invisible, and billed on S3)
+                    assert wait_for(
+                        lambda: [n for n in os.listdir(data) if n.startswith(".rclone_temp")],
+                        timeout=30,
+                    )
                     net.cut()
                     with pytest.raises(OSError) as e:
                         f.close()
@@ -371,7 +373,7 @@ def test_a_network_cut_during_an_upload_leaves_no_parts_on_the_server_once_it_is
                 finally:
                     with contextlib.suppress(OSError):
                         f.close()
-                assert [n for n in os.listdir(data) if n.startswith(".rclone_temp")]
+                assert [n for n in os.listdir(data) if n.startswith(".rclone_temp")]  # kept
                 assert stats(mp)["failed_uploads_to_abort"] == 1
                 net.restore()
                 # aborted in the background once the network is back: nothing is left billed
