@@ -34,6 +34,10 @@ class AttrOperations(FileOperations):
 
     @fuse_handler()
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return await self._getattr(inode)
+
+    async def _getattr(self, inode: int) -> pyfuse3.EntryAttributes:
+        """The attributes of ``inode`` (also the reply of setattr: not a request of its own)."""
         staged = self.staging.by_inode(inode)
         if staged is not None:
             return self._attr(inode, self._staged_meta(staged))
@@ -104,7 +108,7 @@ class AttrOperations(FileOperations):
             await self._truncate(inode, rel, attr.st_size)
         if changes:
             await self._set_attrs(inode, rel, changes)
-        return await self.getattr(inode, ctx)
+        return await self._getattr(inode)
 
     async def _set_attrs(self, inode: int, rel: str, changes: dict[str, Any]) -> None:
         if "/" not in rel or (
