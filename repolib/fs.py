@@ -267,18 +267,22 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
         fd: int = self._call(rp, backend, backend.fs.open_fd, backend.path(rp.rel), flags, mode)
         return fd
 
-    def check_writable(self, path: str) -> None:
+    def check_writable(self, path: str, *, io: bool = True) -> bool:
         """Raise now what a write to ``path`` would be refused for (the key's level and
         scope, a read-only resource, a name or key over the backend's limits), before any
-        data is staged: the mount asks this when a file is created."""
-        self._target(path, Access.WRITE, "write")
-
-    def checks_without_io(self, path: str) -> bool:
-        """Would ``check_writable(path)`` do no I/O now (no re-check of the key due, the
-        resource's client built)? The mount then asks on its event loop instead of in a
-        worker thread (a hop costs ~85 µs of CPU, paid for each file a ``tar x`` makes)."""
+        data is staged: the mount asks this when a file is created. With ``io=False`` only
+        when that needs no I/O (no re-check of the key due, the resource's client built);
+        returns whether it checked. The mount asks so on its event loop first, and in a
+        worker thread only when needed (a hop costs ~85 µs of CPU per file a ``tar x`` makes)."""
+        if io:
+            self._target(path, Access.WRITE, "write")
+            return True
         state = self._state
-        return not state.refresh_due() and self._split(path).resource in state.backends
+        rp = self._split(path)
+        if state.refresh_due() or rp.resource not in state.backends:
+            return False
+        self._checked(state, rp, Access.WRITE, "write")
+        return True
 
     def revalidate(self) -> None:
         """Check the key now (InvalidKey if it was revoked or expired), switching to the token
@@ -310,6 +314,10 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
         state = self._state
         state.refresh()
         rp = self._split(path)
+        return rp, self._checked(state, rp, need, op)
+
+    def _checked(self, state: _State, rp: RepoPath, need: Access, op: str) -> Backend:
+        """``_target`` once the key is fresh and the path split: the backend of ``rp``."""
         if not rp.resource:
             if need is Access.READ:
                 raise IsADirectoryError(errno.EISDIR, "is a directory", rp.full)
@@ -323,7 +331,7 @@ class RepositoryFileSystem(PosixOps, AbstractFileSystem):
             raise AccessDenied(f"{op} {rp.full} denied: resource {rp.resource!r} is read-only")
         if need is not Access.READ and rp.rel:
             _check_lengths(rp, backend)
-        return rp, backend
+        return backend
 
     def _call(
         self,

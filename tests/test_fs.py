@@ -231,6 +231,22 @@ def test_read_only_resource_refuses_writes_for_every_key(local_repo: repolib.Rep
     assert local_repo.fs.cat("analytics/docs/readme.md")
 
 
+def test_check_writable_without_io_checks_only_when_it_needs_none(
+    local_repo: repolib.Repository,
+) -> None:
+    fs = fs_for(local_repo, "write")
+    assert fs.check_writable("analytics/raw/new.csv", io=False) is False  # no client built yet
+    assert fs.check_writable("analytics/raw/new.csv") is True  # (builds it)
+    assert fs.check_writable("analytics/raw/other.csv", io=False) is True
+    fs.ls("analytics/docs")
+    with pytest.raises(repolib.AccessDenied, match="read-only"):
+        fs.check_writable("analytics/docs/new.md", io=False)  # refused on the spot too
+    reader = fs_for(local_repo, "read")
+    reader.ls("analytics/raw")
+    with pytest.raises(repolib.AccessDenied):
+        reader.check_writable("analytics/raw/new.csv", io=False)
+
+
 def test_key_of_another_repository(
     local_repo: repolib.Repository, catalog: repolib.Catalog
 ) -> None:

@@ -178,9 +178,7 @@ class OperationsBase(pyfuse3.Operations):
         """What the repository would refuse for a write to ``rel`` (a key over the backend's
         length, a read-only resource), said now rather than at close."""
         path = self._fs_path(rel)
-        if self.fs.checks_without_io(path):
-            self.fs.check_writable(path)
-        else:
+        if not self.fs.check_writable(path, io=False):
             await self._run(self.fs.check_writable, path)
 
     def _attr(self, inode: int, meta: Meta, rel: str | None = None) -> pyfuse3.EntryAttributes:
