@@ -58,6 +58,19 @@ class ResourceInfo:
         return d
 
 
+KEY_COLUMNS = (
+    "repository",
+    "key",
+    "name",
+    "access",
+    "resources",
+    "expires",
+    "ai",
+    "last used",
+    "status",
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class KeyInfo:
     key_id: str
@@ -83,6 +96,21 @@ class KeyInfo:
         if self.expires_at is not None and self.expires_at <= now:
             return "expired"
         return "active"
+
+    def row(self, key: str) -> list[Any]:
+        """This key's cells in a key table (``KEY_COLUMNS``; None where there is nothing):
+        the CLI's and Jupyter's are one table. ``key``: what the key column shows."""
+        return [
+            self.repository,
+            key,
+            self.name,
+            self.access.value,
+            "all" if self.resources is None else ",".join(self.resources) or "none",
+            iso(self.expires_at),
+            "off" if self.ai is None else self.ai.describe(),
+            iso(self.last_used_at),
+            self.status(),
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -140,31 +168,8 @@ class KeyList(list[KeyInfo]):
 
     def _repr_html_(self) -> str:
         return _html_table(
-            [
-                "repository",
-                "key",
-                "name",
-                "access",
-                "resources",
-                "expires",
-                "ai",
-                "last used",
-                "status",
-            ],
-            [
-                [
-                    k.repository,
-                    k.masked,
-                    k.name,
-                    k.access.value,
-                    "all" if k.resources is None else ", ".join(k.resources) or "none",
-                    iso(k.expires_at),
-                    "off" if k.ai is None else k.ai.describe(),
-                    iso(k.last_used_at),
-                    k.status(),
-                ]
-                for k in self
-            ],
+            list(KEY_COLUMNS),
+            [k.row(k.masked) for k in self],
             "no keys",
         )
 

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from ..exceptions import ConfigError
+from ..info import KEY_COLUMNS
 from ..keys import AIPolicy, check_key_id
 from .common import (
     State,
@@ -19,7 +20,6 @@ from .common import (
     print_json,
     print_record,
     print_table,
-    when,
 )
 
 SHOWN_ONCE = "this key will not be shown again: store it now (e.g. in a secrets manager)"
@@ -92,33 +92,7 @@ def _print_keys(keys: list[Any], as_json: bool) -> None:
     if as_json:
         print_json([k.to_dict() for k in keys])
         return
-    print_table(
-        [
-            (
-                k.repository,
-                k.key_id,
-                k.name,
-                k.access.value,
-                "all" if k.resources is None else ",".join(k.resources) or "none",
-                when(k.expires_at),
-                "off" if k.ai is None else k.ai.describe(),
-                when(k.last_used_at),
-                k.status(),
-            )
-            for k in keys
-        ],
-        [
-            "repository",
-            "key",
-            "name",
-            "access",
-            "resources",
-            "expires",
-            "ai",
-            "last used",
-            "status",
-        ],
-    )
+    print_table([k.row(k.key_id) for k in keys], KEY_COLUMNS)
 
 
 @click.group("key", context_settings={"help_option_names": ["-h", "--help"]})
