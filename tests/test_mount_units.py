@@ -119,6 +119,38 @@ def test_staging_area(tmp_path: Path) -> None:
     assert not os.path.exists(area.folder)
 
 
+def test_small_staged_files_stay_in_memory_until_they_grow(tmp_path: Path) -> None:
+    """Without --write-back a staged file starts in memory (no local file per small file a
+    ``tar x`` makes) and moves to disk, content and all, past MEMORY_MAX or the budget."""
+    from repolib_mount.handles import MEMORY_MAX
+
+    area = StagingArea(str(tmp_path / "cache"))
+    budget = area.memory
+    assert budget is not None
+    s = area.new("r/small.txt", 1)
+    s.write(0, b"hello")
+    s.write(8, b"!")  # a hole
+    s.truncate(7)
+    s.truncate(9)
+    assert s.read(0, 100) == b"hello\0\0\0\0" and s.size() == 9 and s.content() == s.read(0, 9)
+    assert os.listdir(area.folder) == [] and budget.used == 9 and s.dirty
+    big = area.new("r/big.bin", 2)
+    big.fill(0, b"x" * 1000)  # a download: not a change
+    assert not big.dirty and budget.used == 1009
+    big.write(1000, b"y" * MEMORY_MAX)  # past MEMORY_MAX: to disk
+    assert big.content() is None and os.path.exists(big.local) and budget.used == 9
+    assert big.read(0, 1001) == b"x" * 1000 + b"y" and big.size() == 1000 + MEMORY_MAX
+    budget.total = 20  # the area's budget used up: the next one goes to disk at once
+    third = area.new("r/third.txt", 3)
+    third.write(0, b"z" * 12)
+    assert third.content() is None and third.read(0, 20) == b"z" * 12 and budget.used == 9
+    for staged in (s, big, third):
+        area.discard(staged)
+    assert budget.used == 0 and os.listdir(area.folder) == []
+    area.close()
+    assert not os.path.exists(area.folder)
+
+
 def test_staged_files_made_ahead_are_used_then_removed_at_exit(tmp_path: Path) -> None:
     """Creates of a ``tar x`` take staged files made ahead (off the daemon's loop); those
     never used are removed when the daemon stops, also from a write-back folder."""

@@ -132,7 +132,7 @@ class FileOperations(OperationsBase):
                 chunk = src.read(DOWNLOAD_CHUNK)
                 if not chunk:
                     break
-                os.pwrite(staged.fd, chunk, offset)
+                staged.fill(offset, chunk)
                 offset += len(chunk)
         return offset
 
@@ -224,7 +224,7 @@ class FileOperations(OperationsBase):
             try:
                 async with staged.lock:  # another open may still be downloading it
                     pass
-                if staged.fd < 0:
+                if staged.closed:
                     raise _fuse_error(errno.EIO)
             except BaseException:
                 staged.refs -= 1
@@ -350,7 +350,7 @@ class FileOperations(OperationsBase):
     async def _upload(self, staged: Staged) -> None:
         """Upload a staged file in one piece; on failure the remote object is unchanged."""
         async with staged.lock:
-            if not staged.dirty or staged.unlinked or staged.fd < 0:
+            if not staged.dirty or staged.unlinked or staged.closed:
                 return
             version = staged.version
             size = staged.size()
@@ -364,7 +364,11 @@ class FileOperations(OperationsBase):
                         staged.path.split("/", 1)[0]
                     ):
                         began = self.uploads.begin(fs_path)
-                    await self._run(self.fs.put_file, staged.local, fs_path, attrs=attrs)
+                    content = staged.content()  # (a copy: writes may go on meanwhile)
+                    if content is not None:
+                        await self._run(self.fs.pipe_file, fs_path, content, attrs=attrs)
+                    else:
+                        await self._run(self.fs.put_file, staged.local, fs_path, attrs=attrs)
                     if began:
                         self.uploads.end(fs_path)
             except Exception as exc:

@@ -6,6 +6,12 @@ reference-counted. The daemon uploads it on flush/fsync and discards it when the
 is released. Readers of an inode that is being written read the staged file, so a process sees
 its own writes before they are uploaded.
 
+Without ``--write-back`` a staged file starts in memory and moves to disk when it grows past
+``MEMORY_MAX`` (or the area's ``MEMORY_TOTAL`` is used up): a ``tar x`` of small files then
+creates, writes, reads back and removes no local file per file (~50 µs of kernel time each).
+Nothing is less durable for it: such staged files do not outlive the daemon either way, and
+close returns only once the upload is done. ``--write-back`` staging is always on disk.
+
 Plain classes without pyfuse3 or trio; the daemon's event loop is the only caller.
 """
 
@@ -17,6 +23,7 @@ import dataclasses
 import itertools
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -24,6 +31,10 @@ from typing import Any, Generic, TypeVar
 from .inodes import is_below
 
 T = TypeVar("T")
+
+MiB = 2**20
+MEMORY_MAX = 1 * MiB  # a staged file up to this size may stay in memory
+MEMORY_TOTAL = 64 * MiB  # ... while all of them together hold at most this much
 
 
 class HandleTable(Generic[T]):
@@ -51,19 +62,55 @@ class HandleTable(Generic[T]):
         return list(self._items.values())
 
 
+class MemoryBudget:
+    """Bytes held by the staged files of one area that are in memory (downloads fill them
+    from worker threads, hence the lock)."""
+
+    def __init__(self, total: int = MEMORY_TOTAL) -> None:
+        self.total = total
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self.used + n > self.total:
+                return False
+            self.used += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.used -= n
+
+
 class Staged:
-    """A local file holding what is being written to ``path``, until it is uploaded."""
+    """What is being written to ``path``, until it is uploaded: in memory (``budget`` given,
+    until it grows past ``MEMORY_MAX``), else in the local file ``local``."""
 
     def __init__(
-        self, local: str, path: str, inode: int, adopt: bool = False, fd: int = -1
+        self,
+        local: str,
+        path: str,
+        inode: int,
+        adopt: bool = False,
+        fd: int = -1,
+        *,
+        budget: MemoryBudget | None = None,
+        to_disk: Callable[[], tuple[str, int]] | None = None,
     ) -> None:
         self.local = local
         self.path = path  # mount-relative; follows renames
         self.inode = inode
-        if fd < 0:  # (``fd``: ``local`` made empty ahead, see StagingArea.make_ready)
+        self.mem: bytearray | None = None
+        self._budget = budget
+        self._to_disk = to_disk  # a new local file, open (made ahead when there is one)
+        if budget is not None:
+            self.mem = bytearray()
+        elif fd < 0:  # (``fd``: ``local`` made empty ahead, see StagingArea.make_ready)
             flags = os.O_RDWR | os.O_CLOEXEC | (0 if adopt else os.O_CREAT | os.O_EXCL)
             fd = os.open(local, flags, 0o600)
         self.fd = fd
+        self.closed = False
         self.refs = 0
         self.dirty = False
         self.version = 0  # bumped by every change, so an upload knows if it is still current
@@ -87,8 +134,46 @@ class Staged:
         self.error = ""  # why the last upload failed
         self.failing_since = 0.0  # wall time of the first failure in a row
 
+    def _fits(self, end: int) -> bool:
+        """Can the content, ``end`` bytes long, stay in memory? Moves it to disk if not."""
+        mem = self.mem
+        if mem is None:
+            return False
+        assert self._budget is not None
+        if end <= MEMORY_MAX and self._budget.take(max(0, end - len(mem))):
+            return True
+        self._spill()
+        return False
+
+    def _spill(self) -> None:
+        mem = self.mem
+        if mem is None:
+            return
+        if self._to_disk is not None:
+            self.local, self.fd = self._to_disk()
+        else:
+            self.fd = os.open(self.local, os.O_RDWR | os.O_CLOEXEC | os.O_CREAT | os.O_EXCL, 0o600)
+        os.pwrite(self.fd, mem, 0)
+        self._release_memory()
+
+    def _release_memory(self) -> None:
+        if self.mem is not None and self._budget is not None:
+            self._budget.give(len(self.mem))
+        self.mem = None
+
+    def fill(self, offset: int, data: bytes) -> None:
+        """Put ``data`` at ``offset`` as it is remotely (a download): not a change."""
+        mem = self.mem
+        if mem is not None and self._fits(offset + len(data)):
+            if offset > len(mem):
+                mem.extend(bytes(offset - len(mem)))
+            mem[offset : offset + len(data)] = data
+        else:
+            os.pwrite(self.fd, data, offset)
+
     def write(self, offset: int, data: bytes) -> int:
-        n = os.pwrite(self.fd, data, offset)
+        self.fill(offset, data)
+        n = len(data)
         sequential = offset == self.written_end
         self.written_end = offset + n
         self._changed(offset, sequential)
@@ -98,15 +183,32 @@ class Staged:
         return self.write(self.size(), data)
 
     def read(self, offset: int, size: int) -> bytes:
+        if self.mem is not None:
+            return bytes(memoryview(self.mem)[offset : offset + size])  # one copy
         return os.pread(self.fd, size, offset)
 
+    def content(self) -> bytes | None:
+        """The whole content when it is in memory (None: it is in ``local``)."""
+        return None if self.mem is None else bytes(self.mem)
+
     def truncate(self, size: int) -> None:
-        os.ftruncate(self.fd, size)
+        mem = self.mem
+        if mem is not None and self._fits(size):
+            if size < len(mem):
+                assert self._budget is not None
+                self._budget.give(len(mem) - size)
+                del mem[size:]
+            else:
+                mem.extend(bytes(size - len(mem)))
+        else:
+            os.ftruncate(self.fd, size)
         sequential = size == 0 and self.written_end == 0
         self.written_end = min(self.written_end, size)
         self._changed(size, sequential)
 
     def size(self) -> int:
+        if self.mem is not None:
+            return len(self.mem)
         return os.fstat(self.fd).st_size
 
     def _changed(self, offset: int | None = None, sequential: bool = True) -> None:
@@ -125,6 +227,10 @@ class Staged:
         return {**self.attrs, "mtime_ns": self.mtime_ns, "ctime_ns": self.ctime_ns}
 
     def close(self) -> None:
+        self.closed = True
+        if self.mem is not None:  # never on disk
+            self._release_memory()
+            return
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -132,6 +238,13 @@ class Staged:
             os.remove(self.local)
         except FileNotFoundError:
             pass
+
+    def detach(self) -> None:
+        """At exit, a staged file kept for the next daemon (``--write-back``): close it."""
+        self.closed = True
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class StagingArea:
@@ -156,15 +269,26 @@ class StagingArea:
         self._by_inode: dict[int, Staged] = {}
         self._by_path: dict[str, Staged] = {}
         self._ready: collections.deque[tuple[str, int]] = collections.deque()
+        # a persistent (write-back) area keeps everything on disk: it must survive a crash
+        self.memory = None if persistent else MemoryBudget()
 
     def new(self, path: str, inode: int) -> Staged:
-        """A staged file for ``path``: one made ahead if there is one (creating a file can
+        """A staged file for ``path``: in memory where it may be, else on disk."""
+        if self.memory is not None:
+            name = os.path.join(self.folder, f"{next(self._names)}.part")
+            return self._add(Staged(name, path, inode, budget=self.memory, to_disk=self._file))
+        local, fd = self._file()
+        return self._add(Staged(local, path, inode, fd=fd))
+
+    def _file(self) -> tuple[str, int]:
+        """A new empty staged file, open: one made ahead if there is one (creating a file can
         block for milliseconds on a disk the object server also writes to)."""
         try:
-            local, fd = self._ready.popleft()
+            return self._ready.popleft()
         except IndexError:
-            local, fd = os.path.join(self.folder, f"{next(self._names)}.part"), -1
-        return self._add(Staged(local, path, inode, fd=fd))
+            local = os.path.join(self.folder, f"{next(self._names)}.part")
+            fd = os.open(local, os.O_RDWR | os.O_CLOEXEC | os.O_CREAT | os.O_EXCL, 0o600)
+            return local, fd
 
     def ready(self) -> int:
         """How many empty staged files are made ahead."""
@@ -236,9 +360,7 @@ class StagingArea:
         (``--write-back``): they stay, with their records, for the next daemon."""
         for s in self.all():
             if s.record is not None and not s.unlinked:
-                if s.fd >= 0:
-                    os.close(s.fd)
-                    s.fd = -1
+                s.detach()
                 continue
             self.discard(s)
         while self._ready:

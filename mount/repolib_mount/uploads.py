@@ -168,7 +168,7 @@ class Uploads:
                 st.file = await self.run(
                     self.fs.open_upload, st.path, attrs=st.attrs, part_size=PART
                 )
-            while not st.broken and staged.fd >= 0:
+            while not st.broken and not staged.closed:
                 n = min(PART, staged.size() - st.claimed)
                 if n <= 0 or (n < PART and not final):
                     break

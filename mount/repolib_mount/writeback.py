@@ -416,6 +416,6 @@ def _number(name: str) -> int:
 
 def _size(staged: Staged) -> int:
     try:
-        return staged.size() if staged.fd >= 0 else os.path.getsize(staged.local)
+        return os.path.getsize(staged.local) if staged.closed else staged.size()
     except OSError:
         return 0
