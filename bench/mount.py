@@ -382,29 +382,36 @@ What bounds the goals that runs miss (the full runs of 2026-12-02; profiles in \
 * **Cold read vs the Python limit** (0.75-0.93x across runs; met in most): that limit is 8 \
 parallel GETs into memory and nothing else, and here it is above rclone's own compiled \
 parallel download (the compiled limit); the mount matches the compiled limit (0.99-1.04x) \
-while also copying every byte through FUSE, on 2 cores shared with the server. Next: fewer \
+while also copying every byte through FUSE, on 2 cores shared with the server. Alone (no \
+other daemon mounted, 3-4 runs) it reads at 0.90-1.0x the Python limit. 16 MiB requests \
+instead of 8 MiB: no difference beyond the noise (554-687 vs 524-658 MiB/s). Next: fewer \
 copies on the reply path (pyfuse3 replies from our buffers, but the kernel still copies).
-* **500 random 4 KiB reads** (0.84-1.20x s3fs-fuse across runs): one ranged GET per \
-read for both, ~0.8 ms each, so the ratio is the server's latency noise. Next: answer a read \
-without a worker-thread hop (~85 us of CPU each; obstore's async calls on the daemon's loop \
-would need an asyncio bridge).
+* **500 random 4 KiB reads** (0.84-1.20x s3fs-fuse across runs): both systems end up \
+reading the whole 256 MiB file, so both finish when it has arrived at the server's \
+bandwidth. Per-read latencies of one run: s3fs-fuse's first reads take 25-75 ms each (it \
+fetches large chunks), ours after the 4th miss fetch the neighbourhoods of misses in the \
+background (8 MiB ranged GETs, 8 at once) while the misses in between take 2-75 ms; from \
+~370-400 ms on every read of either system is answered from memory (ours: ~470 of 500 from \
+the block cache). Tried: 2, 4 or 12 background fetches and 2, 4 or 16 MiB runs: none \
+better beyond the noise (2 fetches or 2 MiB runs: worse, 0.8-0.9x). Next: nothing short of \
+fetching less than the file; a sparse reader is where exact ranged GETs win, and there \
+each of our reads is one GET, as each of s3fs-fuse's is.
 * **Sequential write** (0.72-1.80x s3fs-fuse across runs, met in the latest): 16 MiB \
 parts, 4 at once, sent while `dd` writes; both systems are bound by the server's ingest \
 on the 2 cores it shares with them (we are at or above rclone's own compiled multipart \
 upload in most runs).
-* **Daemon CPU per 1,000 files written** (2.0-2.6 s in the runs of this round's last \
-changes, 1.03-1.24x s3fs-fuse; was 3.7-8.8 s): the kernel sends ~15 FUSE requests per \
-file `tar` makes (lookup, \
-create, write, three setattrs, flush, release, ~5 getattrs: with `default_permissions` \
-the kernel re-reads the folder's attributes after each create, and `chown` re-reads the \
-file's to clear set-user-ID; 2 getxattr `security.capability`: one per write, one per \
-chown), ~45 us of daemon CPU each through pyfuse3 (measured with a stat loop), plus the \
-PUT and one worker-thread hop per file (the write check no longer hops), plus listing the \
-benchmark's ~12,000-object folder once, bounded (~0.2-0.3 s per run, tries that found \
-it bigger included). Next: FUSE_CAP_HANDLE_KILLPRIV_V2 would drop the chown getattr and \
-the getxattr per write, but pyfuse3 does not let a filesystem ask for it; a cheaper \
-conversion of listing entries; a bounded listing resumed rather than restarted when a try \
-finds the folder bigger."""
+* **Daemon CPU per 1,000 files written** (1.49 s, 0.94x s3fs-fuse in the latest run, since \
+small staged files stay in memory: 1.18-1.25 s vs 1.36-1.76 s with disk staging in \
+interleaved runs of bench/profile_mount.py's case; 2.0-2.6 s, 1.03-1.24x before): the \
+kernel sends 12 FUSE requests per file `tar` makes (lookup, create, write, three setattrs, \
+flush, release, 2 getattrs: with `default_permissions` the kernel re-reads the folder's \
+attributes after each create, and `chown` re-reads the file's to clear set-user-ID; 2 \
+getxattr `security.capability`: one per write, one per chown), ~45 us of daemon CPU each \
+through pyfuse3, plus the PUT and one worker-thread hop per file, plus listing the \
+benchmark's ~12,000-object folder once, bounded. Next: FUSE_CAP_HANDLE_KILLPRIV_V2 would \
+drop the chown getattr and the getxattr per write, but pyfuse3 does not let a filesystem \
+ask for it; a bounded listing resumed rather than restarted when a try finds the folder \
+bigger."""
 
 
 def _mount_fusectl() -> str:
