@@ -390,12 +390,14 @@ copies on the reply path (pyfuse3 replies from our buffers, but the kernel still
 reading the whole 256 MiB file, so both finish when it has arrived at the server's \
 bandwidth. Per-read latencies of one run: s3fs-fuse's first reads take 25-75 ms each (it \
 fetches large chunks), ours after the 4th miss fetch the neighbourhoods of misses in the \
-background (8 MiB ranged GETs, 8 at once) while the misses in between take 2-75 ms; from \
-~370-400 ms on every read of either system is answered from memory (ours: ~470 of 500 from \
-the block cache). Tried: 2, 4 or 12 background fetches and 2, 4 or 16 MiB runs: none \
-better beyond the noise (2 fetches or 2 MiB runs: worse, 0.8-0.9x). Next: nothing short of \
-fetching less than the file; a sparse reader is where exact ranged GETs win, and there \
-each of our reads is one GET, as each of s3fs-fuse's is.
+background (8 MiB ranged GETs, 8 at once) while the misses in between take 2-75 ms (6-13 \
+ms even with only 2 background GETs, vs 0.8 ms idle: the 2 cores are saturated by the \
+server, the daemon and the kernel moving the file); from ~370-400 ms on every read of \
+either system is answered from memory (ours: ~470 of 500 from the block cache). Tried: 2, \
+4 or 12 background fetches and 2, 4 or 16 MiB runs: none better beyond the noise (2 \
+fetches or 2 MiB runs: worse, 0.8-0.9x). Next: nothing short of fetching less than the \
+file; a sparse reader is where exact ranged GETs win, and there each of our reads is one \
+GET, as each of s3fs-fuse's is.
 * **Sequential write** (0.72-1.80x s3fs-fuse across runs, met in the latest): 16 MiB \
 parts, 4 at once, sent while `dd` writes; both systems are bound by the server's ingest \
 on the 2 cores it shares with them (we are at or above rclone's own compiled multipart \
