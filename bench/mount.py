@@ -395,9 +395,10 @@ ms even with only 2 background GETs, vs 0.8 ms idle: the 2 cores are saturated b
 server, the daemon and the kernel moving the file); from ~370-400 ms on every read of \
 either system is answered from memory (ours: ~470 of 500 from the block cache). Tried: 2, \
 4 or 12 background fetches and 2, 4 or 16 MiB runs: none better beyond the noise (2 \
-fetches or 2 MiB runs: worse, 0.8-0.9x). Next: nothing short of fetching less than the \
-file; a sparse reader is where exact ranged GETs win, and there each of our reads is one \
-GET, as each of s3fs-fuse's is.
+fetches or 2 MiB runs: worse, 0.8-0.9x). Next: run it where the server does not share \
+the client's 2 cores (the misses then stay near 0.8 ms while the file arrives, and the \
+reader finishes before it has all arrived); a sparse reader is where exact ranged GETs \
+win, and there each of our reads is one GET, as each of s3fs-fuse's is.
 * **Sequential write** (0.72-1.80x s3fs-fuse across runs, met in the latest): 16 MiB \
 parts, 4 at once, sent while `dd` writes; both systems are bound by the server's ingest \
 on the 2 cores it shares with them (we are at or above rclone's own compiled multipart \
