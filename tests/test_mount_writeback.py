@@ -9,6 +9,7 @@ fault injection (server killed, daemon SIGKILLed) is in test_mount_backends.py.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
@@ -20,6 +21,7 @@ import pytest
 import repolib
 from repolib_mount.inodes import ROOT_INODE
 from repolib_mount.options import MountOptions
+from repolib_mount.writeback import INLINE_MAX
 
 from .helpers import random_bytes
 from .mounting import (
@@ -143,6 +145,9 @@ def test_close_returns_at_once_and_the_upload_follows_the_delay(wb: Any) -> None
             (line,) = journal.read_text().splitlines()  # one line per change, no file each
             body = json.loads(line)
             assert body["path"] == "local/a.txt" and body["attrs"]["mode"] & 0o777 == 0o640
+            # a small file's content is in its line: no staged file of its own
+            assert base64.b64decode(body["content"]) == b"hello"
+            assert not (Path(ops.staging.folder) / body["data"]).exists()
             assert stat.S_IMODE(os.stat(ops.staging.folder).st_mode) == 0o700
             # this mount sees the new file already: listed, sized, readable
             assert (await ops.lookup(local.st_ino, b"a.txt")).st_size == 5
@@ -229,13 +234,23 @@ def test_the_next_daemon_of_the_mount_uploads_what_the_last_one_left(wb: Any) ->
     first = wb()
     data: Path = wb.data
 
+    big = os.urandom(INLINE_MAX + 1)  # too big for its journal line: a staged file of its own
+
     async def write() -> None:
         local = await first.lookup(ROOT_INODE, b"local")
         await _write(first, local.st_ino, b"left.txt", b"written before the crash", 0o600)
         sub = await first.mkdir(local.st_ino, b"sub", 0o755, None)
         await _write(first, sub.st_ino, b"deep.txt", b"deeper")
+        await _write(first, local.st_ino, b"big.bin", big)
 
     _run(write)
+    lines = [json.loads(x) for x in (Path(first.staging.folder) / "pending.jsonl").open()]
+    assert [("content" in b, b["path"]) for b in lines] == [
+        (True, "local/left.txt"),
+        (True, "local/sub/deep.txt"),
+        (False, "local/big.bin"),
+    ]
+    assert (Path(first.staging.folder) / lines[2]["data"]).stat().st_size == len(big)
     with pytest.raises(WriteBackBusy):
         wb()  # the same mount while its daemon still runs
     first.writeback.forced = True
@@ -247,21 +262,31 @@ def test_the_next_daemon_of_the_mount_uploads_what_the_last_one_left(wb: Any) ->
         async with trio.open_nursery() as nursery:
             second.nursery = nursery
             await nursery.start(second.writeback.run)
-            assert second.adopt_pending() == 2
+            assert second.adopt_pending() == 3
+            taken = {json.loads(x)["data"] for x in (folder / "pending.jsonl").open()}
+            assert len(taken) == 3
             local = await second.lookup(ROOT_INODE, b"local")
             assert (
                 await _read(second, local.st_ino, b"left.txt") == b"written before the crash"
             )  # readable before it is uploaded
+            # a file made now does not take the name of one taken over from the journal
+            await _write(second, local.st_ino, b"new.txt", b"made after the takeover")
+            made = second.staging.by_path("local/new.txt")
+            assert made is not None and os.path.basename(made.local) not in taken
             assert await second.writeback.flush_all() == 0
             nursery.cancel_scope.cancel()
 
+    folder = Path(second.staging.folder)
     _run(adopt)
     assert (data / "left.txt").read_bytes() == b"written before the crash"
     assert stat.S_IMODE((data / "left.txt").stat().st_mode) == 0o600
     assert (data / "sub" / "deep.txt").read_bytes() == b"deeper"
-    assert second.stats()["write_back"]["adopted_at_start"] == 2
-    folder = Path(second.staging.folder)
-    assert sorted(os.listdir(folder)) == [".lock", "pending.jsonl"]
+    assert (data / "big.bin").read_bytes() == big
+    assert (data / "new.txt").read_bytes() == b"made after the takeover"
+    assert second.stats()["write_back"]["adopted_at_start"] == 3
+    others = [n for n in os.listdir(folder) if not n.endswith(".part")]
+    assert sorted(others) == [".lock", "pending.jsonl"]
+    assert len(os.listdir(folder)) - 2 == second.staging.ready()  # the rest: made ahead
     assert (folder / "pending.jsonl").read_text() == ""  # everything uploaded
 
 

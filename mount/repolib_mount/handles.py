@@ -6,11 +6,11 @@ reference-counted. The daemon uploads it on flush/fsync and discards it when the
 is released. Readers of an inode that is being written read the staged file, so a process sees
 its own writes before they are uploaded.
 
-Without ``--write-back`` a staged file starts in memory and moves to disk when it grows past
-``MEMORY_MAX`` (or the area's ``MEMORY_TOTAL`` is used up): a ``tar x`` of small files then
-creates, writes, reads back and removes no local file per file (~50 µs of kernel time each).
-Nothing is less durable for it: such staged files do not outlive the daemon either way, and
-close returns only once the upload is done. ``--write-back`` staging is always on disk.
+A staged file starts in memory and moves to disk when it grows past ``MEMORY_MAX`` (or the
+area's ``MEMORY_TOTAL`` is used up): a ``tar x`` of small files then creates, writes, reads
+back and removes no local file per file. Nothing is less durable for it: without
+``--write-back`` close returns once the upload is done; with it, close writes what a small
+file holds into the write-back journal (writeback.py), a larger one to its own file.
 
 Plain classes without pyfuse3 or trio; the daemon's event loop is the only caller.
 """
@@ -145,6 +145,10 @@ class Staged:
         self._spill()
         return False
 
+    def to_disk(self) -> None:
+        """Move the content from memory to a local file (no-op if it is there already)."""
+        self._spill()
+
     def _spill(self) -> None:
         mem = self.mem
         if mem is None:
@@ -269,8 +273,7 @@ class StagingArea:
         self._by_inode: dict[int, Staged] = {}
         self._by_path: dict[str, Staged] = {}
         self._ready: collections.deque[tuple[str, int]] = collections.deque()
-        # a persistent (write-back) area keeps everything on disk: it must survive a crash
-        self.memory = None if persistent else MemoryBudget()
+        self.memory = MemoryBudget()
 
     def new(self, path: str, inode: int) -> Staged:
         """A staged file for ``path``: in memory where it may be, else on disk."""
@@ -303,9 +306,23 @@ class StagingArea:
             fd = os.open(local, os.O_RDWR | os.O_CLOEXEC | os.O_CREAT | os.O_EXCL, 0o600)
             self._ready.append((local, fd))
 
-    def adopt(self, local: str, path: str, inode: int) -> Staged:
-        """A staged file a previous daemon left (``--write-back``), taken on as it is."""
-        return self._add(Staged(local, path, inode, adopt=True))
+    def adopt(self, local: str, path: str, inode: int, content: bytes | None = None) -> Staged:
+        """A staged file a previous daemon left (``--write-back``), taken on as it is: the
+        file ``local``, or ``content`` (kept under the name ``local``, in memory while the
+        budget lasts)."""
+        if content is None:
+            return self._add(Staged(local, path, inode, adopt=True))
+        staged = Staged(local, path, inode, budget=self.memory, to_disk=self._file)
+        staged.fill(0, content)
+        return self._add(staged)
+
+    def reserve(self, names: list[str]) -> None:
+        """New staged files take names after these (names a journal holds, that no file on
+        disk has: the content of small files)."""
+        numbers = [int(n.split(".", 1)[0]) for n in names if n.split(".", 1)[0].isdigit()]
+        if numbers:
+            start = next(self._names)
+            self._names = itertools.count(max(start, max(numbers) + 1))
 
     def _add(self, staged: Staged) -> Staged:
         self._by_inode[staged.inode] = staged

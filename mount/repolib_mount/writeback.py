@@ -1,17 +1,18 @@
 """``--write-back SECONDS``: ``close`` returns once the data is staged on local disk; the
 upload follows once the file has not changed for SECONDS.
 
-* A file closed with changes is *pending*: its staged copy stays in the mount's write-back
-  folder (``<cache-dir>/writeback/<repository>-<tag of the mountpoint>/N.part``, 0700) and a
-  line in the folder's journal ``pending.jsonl`` records its path and attributes (a later line
-  for the same file replaces it; a ``done`` line ends it), so a daemon that dies leaves
-  everything needed to finish: the next daemon of the same repository and mountpoint takes the
+* A file closed with changes is *pending*: a line in the journal ``pending.jsonl`` of the
+  mount's write-back folder (``<cache-dir>/writeback/<repository>-<tag of the mountpoint>/``,
+  0700) records its path and attributes and, for a file of up to ``INLINE_MAX`` bytes, its
+  content; a larger one's staged copy stays in the folder as ``N.part`` (a later line for the
+  same file replaces it; a ``done`` line ends it), so a daemon that dies leaves everything
+  needed to finish: the next daemon of the same repository and mountpoint takes the
   folder over (one daemon at a time: a lock file) and uploads what it finds first. One
-  appended line per change, not a file per pending file: on a disk the server also writes to,
-  creating files is what a burst of small files waits for. Each line is one ``write`` of an
-  ``O_APPEND`` file (whole or absent after a kill); the journal is emptied whenever nothing is
-  pending, and rewritten (atomically) when a daemon takes it over. Records ``N.json`` left by
-  earlier versions are taken over too.
+  appended line per change, and no file at all for a small file: on a disk the server also
+  writes to, creating files is what a burst of small files waits for. Each line is one
+  ``write`` of an ``O_APPEND`` file (whole or absent after a kill); the journal is emptied
+  whenever nothing is pending, and rewritten (atomically) when a daemon takes it over.
+  Records ``N.json`` left by earlier versions are taken over too.
 * Uploads start ``delay`` seconds after a file's last change, ``UPLOADS`` at once. ``fsync``,
   a rename, SIGINT/SIGTERM and ``repolib umount`` upload at once and wait.
 * An upload that fails is kept and retried after a pause that doubles (1 s ... 60 s); each
@@ -25,6 +26,7 @@ written to the disk. Runs on the daemon's trio loop; file work is small and sync
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import fcntl
@@ -46,6 +48,7 @@ log = logging.getLogger("repolib_mount")
 
 UPLOADS = 8  # uploads at once
 JOURNAL = "pending.jsonl"  # the pending files' records, one JSON line per change
+INLINE_MAX = 64 * 1024  # a pending file up to this size is kept in its journal line
 RETRY_MIN_S = 1.0
 RETRY_MAX_S = 60.0
 
@@ -171,6 +174,8 @@ class WriteBack:
             self.forget(staged)
 
     def _write_record(self, staged: Staged) -> None:
+        if staged.mem is not None and staged.size() > INLINE_MAX:
+            staged.to_disk()  # too big for a journal line: its own file
         self._append(_record(staged))
         if staged.record != self.journal:
             if staged.record is not None:  # an earlier version's record file: now a line
@@ -196,14 +201,22 @@ class WriteBack:
         once); a record without its data, or unreadable, is set aside with a warning. The
         journal is then rewritten (atomically) with the records of what was taken over."""
         found = []
-        for origin, body in self._left():
+        left = self._left()
+        self.staging.reserve([os.path.basename(str(body.get("data"))) for _, body in left])
+        for origin, body in left:
             name = os.path.basename(origin)
             try:
                 local = os.path.join(self.folder, os.path.basename(str(body["data"])))
                 path = str(body["path"])
                 if self.staging.by_path(path) is not None:
                     raise ValueError(f"a second record for {path}")
-                staged = self.staging.adopt(local, path, inode_for(path))
+                content = body.get("content")
+                staged = self.staging.adopt(
+                    local,
+                    path,
+                    inode_for(path),
+                    None if content is None else base64.b64decode(content, validate=True),
+                )
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("write-back: could not take over %s (%s); left as it is", name, exc)
                 if origin != self.journal:
@@ -399,14 +412,19 @@ class WriteBack:
 
 
 def _record(staged: Staged) -> dict[str, Any]:
-    """A pending file's journal line: where its data is, and what to upload it as."""
-    return {
+    """A pending file's journal line: its data (a small file's content, or the name of the
+    file holding it; the name identifies it either way), and what to upload it as."""
+    body: dict[str, Any] = {
         "data": os.path.basename(staged.local),
         "path": staged.path,
         "attrs": staged.upload_attrs(),
         "remote": staged.remote,
         "written": time.time(),
     }
+    content = staged.content()
+    if content is not None:
+        body["content"] = base64.b64encode(content).decode("ascii")
+    return body
 
 
 def _number(name: str) -> int:
@@ -416,6 +434,8 @@ def _number(name: str) -> int:
 
 def _size(staged: Staged) -> int:
     try:
-        return os.path.getsize(staged.local) if staged.closed else staged.size()
+        if staged.closed and staged.mem is None:
+            return os.path.getsize(staged.local)
+        return staged.size()
     except OSError:
         return 0
