@@ -10,6 +10,7 @@ fault injection (server killed, daemon SIGKILLed) is in test_mount_backends.py.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import stat
@@ -329,6 +330,50 @@ def test_a_torn_journal_line_an_earlier_record_file_and_a_stray_copy(wb: Any) ->
     assert (wb.data / "old.txt").read_bytes() == b"from an earlier version"
     assert not (wb.data / "torn").exists()
     assert sorted(os.listdir(folder)) == [".lock", "pending.jsonl"]
+
+
+def test_a_full_disk_fails_the_close_and_leaves_no_torn_journal_line(tmp_path: Path) -> None:
+    """On a real full filesystem (a 64 KiB tmpfs) a pending file's line is written whole or
+    not at all: the close that could not record it fails, and the lines before it (and
+    after it, once there is room) stay readable for the next daemon."""
+    import subprocess
+
+    from repolib_mount.handles import StagingArea
+    from repolib_mount.writeback import WriteBack
+
+    disk = tmp_path / "small"
+    disk.mkdir()
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {res.stderr.strip()}")
+    try:
+
+        async def upload(staged: Any) -> None:
+            raise AssertionError("not uploaded in this test")
+
+        area = StagingArea(str(disk / "wb"), persistent=True)
+        wb = WriteBack(area, 1.0, upload, clock=lambda: 0.0)
+        marked = 0
+        with pytest.raises(OSError) as e:
+            for n in range(100):
+                staged = area.new(f"local/f{n}.bin", 100 + n)
+                staged.write(0, os.urandom(20_000))  # ~27 KB once in base64
+                wb.mark(staged)
+                marked += 1
+        assert e.value.errno == errno.ENOSPC and 1 <= marked < 100
+        lines = (disk / "wb" / "pending.jsonl").read_text().splitlines()
+        assert [json.loads(x)["path"] for x in lines] == [f"local/f{n}.bin" for n in range(marked)]
+        wb.forget(area.by_path("local/f0.bin"))  # room again for a "done" line
+        assert json.loads((disk / "wb" / "pending.jsonl").read_text().splitlines()[-1])["done"]
+        wb.close()
+        area.close()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 # -- real mounts over S3, GCS, Azure and a local folder ---------------------------------------

@@ -185,9 +185,20 @@ class WriteBack:
             staged.record = self.journal
 
     def _append(self, body: dict[str, Any]) -> None:
+        """One line, whole or not at all: a write cut short (a full disk) is taken back, so
+        the next line cannot join a torn one (both would be unreadable after a crash)."""
         if self._journal_fd < 0:
             self._open_journal()
-        os.write(self._journal_fd, (json.dumps(body) + "\n").encode())
+        fd = self._journal_fd
+        end = os.lseek(fd, 0, os.SEEK_END)  # (one daemon appends: the lock)
+        view = memoryview((json.dumps(body) + "\n").encode())
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, end)
+            raise
 
     def _open_journal(self) -> None:
         self._journal_fd = os.open(
