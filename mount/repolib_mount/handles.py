@@ -37,6 +37,11 @@ MEMORY_MAX = 1 * MiB  # a staged file up to this size may stay in memory
 MEMORY_TOTAL = 64 * MiB  # ... while all of them together hold at most this much
 
 
+def _create(local: str) -> int:
+    """A new, empty, private staged file, open for reading and writing."""
+    return os.open(local, os.O_RDWR | os.O_CLOEXEC | os.O_CREAT | os.O_EXCL, 0o600)
+
+
 class HandleTable(Generic[T]):
     """Integer handles for open objects (file handles, directory handles)."""
 
@@ -107,8 +112,7 @@ class Staged:
         if budget is not None:
             self.mem = bytearray()
         elif fd < 0:  # (``fd``: ``local`` made empty ahead, see StagingArea.make_ready)
-            flags = os.O_RDWR | os.O_CLOEXEC | (0 if adopt else os.O_CREAT | os.O_EXCL)
-            fd = os.open(local, flags, 0o600)
+            fd = os.open(local, os.O_RDWR | os.O_CLOEXEC, 0o600) if adopt else _create(local)
         self.fd = fd
         self.closed = False
         self.refs = 0
@@ -156,7 +160,7 @@ class Staged:
         if self._to_disk is not None:
             self.local, self.fd = self._to_disk()
         else:
-            self.fd = os.open(self.local, os.O_RDWR | os.O_CLOEXEC | os.O_CREAT | os.O_EXCL, 0o600)
+            self.fd = _create(self.local)
         os.pwrite(self.fd, mem, 0)
         self._release_memory()
 
@@ -165,19 +169,19 @@ class Staged:
             self._budget.give(len(self.mem))
         self.mem = None
 
-    def fill(self, offset: int, data: bytes) -> None:
-        """Put ``data`` at ``offset`` as it is remotely (a download): not a change."""
+    def fill(self, offset: int, data: bytes) -> int:
+        """Put ``data`` at ``offset`` as it is remotely (a download): not a change. Returns
+        how many bytes were put (fewer only on a full disk)."""
         mem = self.mem
         if mem is not None and self._fits(offset + len(data)):
             if offset > len(mem):
                 mem.extend(bytes(offset - len(mem)))
             mem[offset : offset + len(data)] = data
-        else:
-            os.pwrite(self.fd, data, offset)
+            return len(data)
+        return os.pwrite(self.fd, data, offset)
 
     def write(self, offset: int, data: bytes) -> int:
-        self.fill(offset, data)
-        n = len(data)
+        n = self.fill(offset, data)
         sequential = offset == self.written_end
         self.written_end = offset + n
         self._changed(offset, sequential)
@@ -276,12 +280,10 @@ class StagingArea:
         self.memory = MemoryBudget()
 
     def new(self, path: str, inode: int) -> Staged:
-        """A staged file for ``path``: in memory where it may be, else on disk."""
-        if self.memory is not None:
-            name = os.path.join(self.folder, f"{next(self._names)}.part")
-            return self._add(Staged(name, path, inode, budget=self.memory, to_disk=self._file))
-        local, fd = self._file()
-        return self._add(Staged(local, path, inode, fd=fd))
+        """A staged file for ``path``, in memory until it moves to disk (its name is kept:
+        a write-back journal line names it)."""
+        name = os.path.join(self.folder, f"{next(self._names)}.part")
+        return self._add(Staged(name, path, inode, budget=self.memory, to_disk=self._file))
 
     def _file(self) -> tuple[str, int]:
         """A new empty staged file, open: one made ahead if there is one (creating a file can
@@ -290,8 +292,7 @@ class StagingArea:
             return self._ready.popleft()
         except IndexError:
             local = os.path.join(self.folder, f"{next(self._names)}.part")
-            fd = os.open(local, os.O_RDWR | os.O_CLOEXEC | os.O_CREAT | os.O_EXCL, 0o600)
-            return local, fd
+            return local, _create(local)
 
     def ready(self) -> int:
         """How many empty staged files are made ahead."""
@@ -303,8 +304,7 @@ class StagingArea:
         daemon's takeover, which removes staged files without a record."""
         while len(self._ready) < n:
             local = os.path.join(self.folder, f"{next(self._names)}.part")
-            fd = os.open(local, os.O_RDWR | os.O_CLOEXEC | os.O_CREAT | os.O_EXCL, 0o600)
-            self._ready.append((local, fd))
+            self._ready.append((local, _create(local)))
 
     def adopt(self, local: str, path: str, inode: int, content: bytes | None = None) -> Staged:
         """A staged file a previous daemon left (``--write-back``), taken on as it is: the
