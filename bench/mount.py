@@ -403,10 +403,11 @@ win, and there each of our reads is one GET, as each of s3fs-fuse's is.
 parts, 4 at once, sent while `dd` writes; both systems are bound by the server's ingest \
 on the 2 cores it shares with them (we are at or above rclone's own compiled multipart \
 upload in most runs).
-* **Daemon CPU per 1,000 files written** (1.49 s, 0.94x s3fs-fuse in the latest run, since \
-small staged files stay in memory: 1.18-1.25 s vs 1.36-1.76 s with disk staging in \
-interleaved runs of bench/profile_mount.py's case; 2.0-2.6 s, 1.03-1.24x before): the \
-kernel sends 12 FUSE requests per file `tar` makes (lookup, create, write, three setattrs, \
+* **Daemon CPU per 1,000 files written** (met since small staged files stay in memory: \
+1.09-1.49 s, 0.81-0.94x s3fs-fuse in the two runs since; 1.18-1.25 s vs 1.36-1.76 s with \
+disk staging in interleaved runs of bench/profile_mount.py's case; 2.0-2.6 s, 1.03-1.24x \
+before). What it is made of: the kernel sends 12 FUSE requests per file `tar` makes \
+(lookup, create, write, three setattrs, \
 flush, release, 2 getattrs: with `default_permissions` the kernel re-reads the folder's \
 attributes after each create, and `chown` re-reads the file's to clear set-user-ID; 2 \
 getxattr `security.capability`: one per write, one per chown), ~45 us of daemon CPU each \
