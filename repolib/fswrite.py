@@ -73,16 +73,7 @@ class WriteOps:
         if (backend.fast is not None and mode == "overwrite" and not kwargs) or (
             wanted and not through_open and backend.protocol in fsmeta.OBJECT_STORES
         ):
-            self._call(
-                rp,
-                backend,
-                put_bytes,
-                backend,
-                backend.path(rp.rel),
-                value,
-                wanted,
-                count={"bytes_written": len(value)},
-            )
+            self._put(rp, backend, value, wanted, len(value))
             return
         if through_open:
             with self.open(path, "wb" if mode == "overwrite" else "xb", attrs=attrs) as f:
@@ -96,6 +87,22 @@ class WriteOps:
             value,
             count={"bytes_written": len(value)},
             **kwargs,
+        )
+
+    def _put(
+        self, rp: RepoPath, backend: Backend, data: Any, wanted: dict[str, Any], size: int
+    ) -> None:
+        """One object with its attributes through :func:`put_bytes` (obstore's PUT, or parts
+        several at once for a large local file; else the fsspec client's one request)."""
+        self._call(
+            rp,
+            backend,
+            put_bytes,
+            backend,
+            backend.path(rp.rel),
+            data,
+            wanted,
+            count={"bytes_written": size},
         )
 
     def put_file(
@@ -122,17 +129,7 @@ class WriteOps:
             and not kwargs
             and callback is DEFAULT_CALLBACK
         ):  # obstore: one PUT, or parts several at once
-            size = os.path.getsize(lpath)
-            self._call(
-                rp,
-                backend,
-                put_bytes,
-                backend,
-                backend.path(rp.rel),
-                Path(lpath),
-                wanted,
-                count={"bytes_written": size},
-            )
+            self._put(rp, backend, Path(lpath), wanted, os.path.getsize(lpath))
             return
         if wanted and backend.protocol in ("az", "file"):
             # adlfs's put_file fixes the metadata itself; a local file gets its attributes
