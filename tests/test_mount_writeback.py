@@ -140,7 +140,7 @@ def test_close_returns_at_once_and_the_upload_follows_the_delay(wb: Any) -> None
             assert not (data / "a.txt").exists()  # staged, not uploaded
             st = ops.stats()
             assert st["write_back"]["pending"] == 1 and st["pending_uploads"] == 1
-            assert st["write_back"]["pending_bytes"] == 5
+            assert st["write_back"]["pending_bytes"] == 5 and st["staged_in_memory_bytes"] == 5
             journal = Path(ops.staging.folder) / "pending.jsonl"
             assert stat.S_IMODE(journal.stat().st_mode) == 0o600
             (line,) = journal.read_text().splitlines()  # one line per change, no file each
@@ -161,6 +161,7 @@ def test_close_returns_at_once_and_the_upload_follows_the_delay(wb: Any) -> None
             assert (data / "a.txt").read_bytes() == b"hello"
             assert stat.S_IMODE((data / "a.txt").stat().st_mode) == 0o640
             assert journal.read_text() == ""  # nothing pending: the journal is emptied
+            assert ops.stats()["staged_in_memory_bytes"] == 0
             parts = len(list(Path(ops.staging.folder).glob("*.part")))
             assert parts == ops.staging.ready()  # the staged copy is gone (the rest: ahead)
             assert ops.stats()["write_back"]["uploaded"] == 1

@@ -524,6 +524,7 @@ class OperationsBase(pyfuse3.Operations):
             "uploads": c["uploads"],
             "upload_errors": c["upload_errors"],
             "pending_uploads": self.staging.pending(),
+            "staged_in_memory_bytes": self.staging.memory.used,
             "write_back": self.writeback.stats() if self.writeback is not None else None,
             "kernel": dict(self.kernel),
             "streamed_uploads": c["streamed_uploads"],
