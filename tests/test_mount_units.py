@@ -369,6 +369,75 @@ def test_upload_journal_recognises_what_dead_daemons_left(tmp_path: Path) -> Non
     assert not os.path.exists(again.path)  # a clean exit with nothing open leaves nothing
 
 
+def test_a_failed_uploads_parts_are_aborted_later_and_no_upload_of_the_name_begins_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """The parts a failed multipart upload left are aborted in the background (retried until
+    the server answers), never while another upload of the same name is in flight, and a new
+    one waits while the abort lists and aborts (its own parts would be aborted with them)."""
+    import functools
+    import threading
+
+    import trio
+    import trio.testing
+
+    from repolib_mount.journal import UploadJournal
+    from repolib_mount.uploads import Uploads
+
+    listing = threading.Event()  # the abort is listing the name's uploads
+    answer = threading.Event()  # ... and the server answers
+    tries: list[str] = []
+
+    class Server:
+        def abort_uploads(self, path: str, since: float, until: float) -> int:
+            tries.append(path)
+            if len(tries) == 1:
+                raise OSError(errno.ECONNREFUSED, "the server is still away")
+            listing.set()
+            assert answer.wait(10)
+            return 2
+
+    async def run(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+    journal = UploadJournal(str(tmp_path))
+    counters: collections.Counter[str] = collections.Counter()
+    uploads = Uploads(Server(), run, counters, journal)
+    path = "analytics/bucket/big.bin"
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            uploads.nursery = nursery
+            began = await uploads.begin(path)
+            await uploads.begin(path)  # a second upload of the name, in flight
+            uploads.failed(path, began)
+            await trio.sleep(30)  # retried with backoff, never while the other is in flight
+            assert tries == [] and uploads.unaborted
+            uploads.end(path)  # the other one committed
+            while not listing.is_set():
+                await trio.sleep(1)
+            assert tries == [path, path]  # the first try failed, the second is listing
+            begun = trio.Event()
+
+            async def third() -> None:
+                await uploads.begin(path)
+                begun.set()
+
+            nursery.start_soon(third)
+            await trio.sleep(1)
+            assert not begun.is_set()  # waits for the abort
+            answer.set()
+            await begun.wait()
+            assert not uploads.unaborted and counters["failed_uploads_aborted"] == 2
+            assert uploads.in_flight[path] == 1
+            uploads.end(path)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0.01))
+    journal.close()
+    assert not os.path.exists(journal.path)  # every upload ended or was aborted
+
+
 # -- errors -----------------------------------------------------------------------------------
 
 

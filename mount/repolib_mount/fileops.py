@@ -363,7 +363,7 @@ class FileOperations(OperationsBase):
                     if size >= MULTIPART_MIN and not self._local_paths.get(
                         staged.path.split("/", 1)[0]
                     ):
-                        began = self.uploads.begin(fs_path)
+                        began = await self.uploads.begin(fs_path)
                     content = staged.content()  # (a copy: writes may go on meanwhile)
                     if content is not None:
                         await self._run(self.fs.pipe_file, fs_path, content, attrs=attrs)

@@ -12,8 +12,8 @@ for every other file. Local-folder resources are always uploaded in one piece.
 An upload that may be multipart (streamed, or ``MULTIPART_MIN`` bytes or more) is written in
 the journal when it begins and when it ends. One that fails can leave parts on the server that
 the failed abort could not remove (the server was gone): they are aborted in the background,
-retried with backoff, once no upload of the same name is in flight; until then the journal
-keeps them for the next daemon.
+retried with backoff, once no upload of the same name is in flight (and none begins while the
+abort runs); until then the journal keeps them for the next daemon.
 
 Runs on the daemon's trio loop; backend calls go through ``run`` (a worker thread each).
 """
@@ -74,9 +74,14 @@ class Uploads:
         self.in_flight: Counter[str] = Counter()  # fs path -> uploads begun, not ended
         # fs path -> (first began, last failed, how many): failed uploads not yet aborted
         self.unaborted: dict[str, tuple[float, float, int]] = {}
+        self._aborting: dict[str, trio.Event] = {}  # fs path -> set when its abort ends
 
-    def begin(self, fs_path: str) -> float:
-        """An upload that may become multipart begins; returns when (for ``failed``)."""
+    async def begin(self, fs_path: str) -> float:
+        """An upload that may become multipart begins; returns when (for ``failed``). It
+        waits while what failed uploads of the same name left is being aborted: its own
+        parts would be listed, and aborted, with theirs."""
+        while (aborting := self._aborting.get(fs_path)) is not None:
+            await aborting.wait()
         self.in_flight[fs_path] += 1
         if self.journal is not None:
             self.journal.begin(fs_path)
@@ -104,7 +109,8 @@ class Uploads:
 
     async def _abort_failed(self, fs_path: str) -> None:
         """Abort the parts failed uploads of ``fs_path`` left, retried until it works. Not
-        while another upload of it is in flight: its parts would be aborted too."""
+        while another upload of it is in flight, and none begins meanwhile (``begin``
+        waits): its parts would be aborted too."""
         wait, longest = ABORT_RETRY_S
         while fs_path in self.unaborted:
             await trio.sleep(wait)
@@ -112,6 +118,7 @@ class Uploads:
             if self.in_flight[fs_path]:
                 continue
             since, until, n = self.unaborted[fs_path]
+            done = self._aborting[fs_path] = trio.Event()
             try:
                 aborted = await self.run(
                     self.fs.abort_uploads, fs_path, since - ABORT_SKEW_S, until + ABORT_SKEW_S
@@ -121,6 +128,9 @@ class Uploads:
             except Exception as exc:
                 log.debug("aborting what the failed upload of %s left: %s", fs_path, exc)
                 continue
+            finally:
+                del self._aborting[fs_path]
+                done.set()
             self.counters["failed_uploads_aborted"] += aborted
             if self.journal is not None:
                 for _ in range(n):
@@ -164,7 +174,7 @@ class Uploads:
             if st.file is None:
                 st.attrs = staged.upload_attrs()
                 st.attrs_version = staged.attrs_version
-                st.began = self.begin(st.path)
+                st.began = await self.begin(st.path)
                 st.file = await self.run(
                     self.fs.open_upload, st.path, attrs=st.attrs, part_size=PART
                 )
