@@ -152,6 +152,20 @@ def s3_options(server: servers.S3Server) -> dict[str, object]:
     return opts
 
 
+def gcs_options(server: servers.GCSServer) -> dict[str, object]:
+    """add_storage options for the GCS emulator."""
+    return {"endpoint_url": server.endpoint_url, "project": server.project, "token": "anon"}
+
+
+def azure_options(server: servers.AzuriteServer) -> dict[str, object]:
+    """add_storage options for Azurite (its account endpoint, without the account path)."""
+    return {
+        "endpoint_url": server.blob_endpoint.rsplit("/", 1)[0],
+        "account_name": server.account_name,
+        "account_key": server.account_key,
+    }
+
+
 def unique() -> str:
     return f"b{uuid.uuid4().hex[:12]}"
 
@@ -174,23 +188,11 @@ def attach(
     elif kind == "gcs":
         gcs = request.getfixturevalue("gcs_server")
         bucket = servers.make_bucket(gcs, unique())
-        repo.add_storage(
-            name,
-            f"gs://{bucket}/prefix",
-            endpoint_url=gcs.endpoint_url,
-            project=gcs.project,
-            token="anon",
-        )
+        repo.add_storage(name, f"gs://{bucket}/prefix", **gcs_options(gcs))
     elif kind == "azure":
         az = request.getfixturevalue("azure_server")
         container = servers.make_bucket(az, unique())
-        repo.add_storage(
-            name,
-            f"az://{container}/prefix",
-            endpoint_url=az.blob_endpoint.rsplit("/", 1)[0],
-            account_name=az.account_name,
-            account_key=az.account_key,
-        )
+        repo.add_storage(name, f"az://{container}/prefix", **azure_options(az))
     elif kind == "local":
         folder = tmp_path / f"folder-{name}"
         folder.mkdir()

@@ -222,23 +222,11 @@ def add_object_stores(
     """Resources "bucket" (S3), "gcs" and "azure", each a fresh bucket's ``data/`` folder on
     the session's test servers."""
     from . import servers
-    from .helpers import new_bucket, s3_options
+    from .helpers import azure_options, gcs_options, new_bucket, s3_options
 
     tag = f"{os.getpid()}{os.urandom(3).hex()}"
     repo.add_storage("bucket", f"s3://{new_bucket(s3_server)}/data", **s3_options(s3_server))
     gcs = servers.make_bucket(gcs_server, f"g{tag}")
-    repo.add_storage(
-        "gcs",
-        f"gs://{gcs}/data",
-        endpoint_url=gcs_server.endpoint_url,
-        project=gcs_server.project,
-        token="anon",
-    )
+    repo.add_storage("gcs", f"gs://{gcs}/data", **gcs_options(gcs_server))
     az = servers.make_bucket(azure_server, f"a{tag}")
-    repo.add_storage(
-        "azure",
-        f"az://{az}/data",
-        endpoint_url=azure_server.blob_endpoint.rsplit("/", 1)[0],
-        account_name=azure_server.account_name,
-        account_key=azure_server.account_key,
-    )
+    repo.add_storage("azure", f"az://{az}/data", **azure_options(azure_server))

@@ -18,7 +18,7 @@ import pytest
 import repolib
 
 from . import servers
-from .helpers import new_bucket, s3_options
+from .helpers import azure_options, gcs_options, new_bucket, s3_options
 
 BACKENDS = ["local", "s3", "moto", "gcs", "azure"]
 T1 = 978307200_123456789  # 2001-01-01 00:00:00.123456789, in ns
@@ -66,23 +66,11 @@ def _world(
     elif kind == "gcs":
         server = request.getfixturevalue("gcs_server")
         bucket = servers.make_bucket(server, f"p{os.getpid()}x{os.urandom(3).hex()}")
-        repo.add_storage(
-            "res",
-            f"gs://{bucket}/data",
-            endpoint_url=server.endpoint_url,
-            project=server.project,
-            token="anon",
-        )
+        repo.add_storage("res", f"gs://{bucket}/data", **gcs_options(server))
     else:
         server = request.getfixturevalue("azure_server")
         container = servers.make_bucket(server, f"p{os.getpid()}x{os.urandom(3).hex()}")
-        repo.add_storage(
-            "res",
-            f"az://{container}/data",
-            endpoint_url=server.blob_endpoint.rsplit("/", 1)[0],
-            account_name=server.account_name,
-            account_key=server.account_key,
-        )
+        repo.add_storage("res", f"az://{container}/data", **azure_options(server))
     token = repo.create_key("w", "write").token
     fs = fsspec.filesystem("repo", key=token, home=str(tmp_path / "home"), skip_instance_cache=True)
     return Target(kind, fs, "posix/res", folder, server)
