@@ -33,7 +33,7 @@ from .opsbase import (
     log,
 )
 
-STAGED_AHEAD = 32  # empty staged files kept made ahead of creates ...
+STAGED_AHEAD = 32  # empty staged files kept made ahead of files moving to disk ...
 STAGED_AHEAD_LOW = 8  # ... made again in a worker thread when fewer are left
 
 
@@ -83,9 +83,10 @@ class FileOperations(OperationsBase):
         return staged
 
     def _make_staged_ahead(self) -> None:
-        """Keep empty staged files made ahead, in a worker thread: a ``tar x`` then creates
-        no file on the daemon's loop (where a create blocking on a busy disk stalls every
-        request; 47% of the busy samples of an untar with --write-back)."""
+        """Keep empty staged files made ahead, in a worker thread, for staged files that
+        move from memory to disk (past 1 MiB, or past a write-back journal line): a create
+        blocking on a busy disk would stall every request on the daemon's loop (it was 47%
+        of the busy samples of an untar with --write-back when every staged file had one)."""
         if self._staging_ahead or self.nursery is None or self.staging.ready() > STAGED_AHEAD_LOW:
             return
         self._staging_ahead = True

@@ -101,14 +101,14 @@ class Staged:
         fd: int = -1,
         *,
         budget: MemoryBudget | None = None,
-        to_disk: Callable[[], tuple[str, int]] | None = None,
+        new_file: Callable[[], tuple[str, int]] | None = None,
     ) -> None:
         self.local = local
         self.path = path  # mount-relative; follows renames
         self.inode = inode
         self.mem: bytearray | None = None
         self._budget = budget
-        self._to_disk = to_disk  # a new local file, open (made ahead when there is one)
+        self._new_file = new_file  # with ``budget``: where the content goes past it
         if budget is not None:
             self.mem = bytearray()
         elif fd < 0:  # (``fd``: ``local`` made empty ahead, see StagingArea.make_ready)
@@ -146,21 +146,16 @@ class Staged:
         assert self._budget is not None
         if end <= MEMORY_MAX and self._budget.take(max(0, end - len(mem))):
             return True
-        self._spill()
+        self.to_disk()
         return False
 
     def to_disk(self) -> None:
         """Move the content from memory to a local file (no-op if it is there already)."""
-        self._spill()
-
-    def _spill(self) -> None:
         mem = self.mem
         if mem is None:
             return
-        if self._to_disk is not None:
-            self.local, self.fd = self._to_disk()
-        else:
-            self.fd = _create(self.local)
+        assert self._new_file is not None
+        self.local, self.fd = self._new_file()
         os.pwrite(self.fd, mem, 0)
         self._release_memory()
 
@@ -283,7 +278,7 @@ class StagingArea:
         """A staged file for ``path``, in memory until it moves to disk (its name is kept:
         a write-back journal line names it)."""
         name = os.path.join(self.folder, f"{next(self._names)}.part")
-        return self._add(Staged(name, path, inode, budget=self.memory, to_disk=self._file))
+        return self._add(Staged(name, path, inode, budget=self.memory, new_file=self._file))
 
     def _file(self) -> tuple[str, int]:
         """A new empty staged file, open: one made ahead if there is one (creating a file can
@@ -312,7 +307,7 @@ class StagingArea:
         budget lasts)."""
         if content is None:
             return self._add(Staged(local, path, inode, adopt=True))
-        staged = Staged(local, path, inode, budget=self.memory, to_disk=self._file)
+        staged = Staged(local, path, inode, budget=self.memory, new_file=self._file)
         staged.fill(0, content)
         return self._add(staged)
 
